@@ -1,0 +1,30 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// The C kernels are bit-exact only without FMA contraction (see Sources/CMoEKernels/moe_token.h).
+let kernelFlags: [CSetting] = [.unsafeFlags(["-ffp-contract=off", "-O3"])]
+
+let package = Package(
+    name: "moe-router",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "MoERouting", targets: ["MoERouting"]),
+        .executable(name: "moe-route-eval", targets: ["moe-route-eval"]),
+        .executable(name: "moe-router-kernel-bench", targets: ["moe-router-kernel-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
+        .target(name: "CMoEKernels", cSettings: kernelFlags),
+        .target(name: "MoERouting", dependencies: ["CMoEKernels"]),
+        .executableTarget(
+            name: "moe-route-eval",
+            dependencies: ["MoERouting", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "moe-router-kernel-bench",
+            dependencies: ["MoERouting", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "MoERoutingTests", dependencies: ["MoERouting", "CMoEKernels"]),
+    ]
+)

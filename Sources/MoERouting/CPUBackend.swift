@@ -1,0 +1,129 @@
+import CMoEKernels
+import Dispatch
+
+/// The CPU backend: C kernels (AVX-512 where the CPU has it, else a portable path with
+/// bit-identical results), batches split across threads.
+///
+/// A request of fewer than `parallelThreshold` tokens runs on the calling thread without
+/// touching the heap; larger ones are cut into contiguous token ranges, one per thread.
+public final class CPUBackend: RoutingBackend {
+    /// The kernel implementation to run.
+    public enum Kernel: Int32, Sendable, CaseIterable, CustomStringConvertible {
+        case generic = 0
+        case avx512 = 1
+
+        public var description: String { String(cString: mrk_impl_name(rawValue)) }
+
+        /// Whether this CPU can run it.
+        public var isSupported: Bool { mrk_impl_supported(rawValue) != 0 }
+
+        /// The fastest kernel this CPU runs.
+        public static var best: Kernel { Kernel(rawValue: mrk_best_impl()) ?? .generic }
+    }
+
+    public let kernel: Kernel
+    public let threads: Int
+    public let parallelThreshold: Int
+    public var name: String { "cpu-\(kernel)" }
+
+    /// - Parameters:
+    ///   - kernel: defaults to the fastest supported; an unsupported one is a precondition failure.
+    ///   - threads: worker count for large batches (default: all cores).
+    ///   - parallelThreshold: smallest batch worth splitting.
+    public init(kernel: Kernel = .best, threads: Int? = nil, parallelThreshold: Int = 512) {
+        precondition(kernel.isSupported, "kernel \(kernel) is not supported on this CPU")
+        self.kernel = kernel
+        self.threads = max(1, threads ?? ProcessInfoCores.count)
+        self.parallelThreshold = max(1, parallelThreshold)
+    }
+
+    public func route(
+        layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
+        weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
+    ) throws(RouteError) -> RouteOutcome {
+        try checkShapes(layer: layer, inputBytes: input.count, dtype: dtype, tokens: tokens,
+                        weights: weights.count, ids: ids.count)
+        let spec = layer.spec
+        if spec.nonFinite == .reject && tokens > 0 {
+            var count: Int64 = 0
+            let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue),
+                                           Int64(spec.numExperts), Int64(tokens), &count)
+            if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
+        }
+        guard let bias = layer.storedBias, dtype != bias.dtype else {
+            // The matched path (or no bias): the layer's own buffer, nothing converted.
+            let nonFinite = layer.kernelBias.withOptionalBuffer { biasPointer in
+                run(spec, biasPointer, input, dtype, tokens, weights, ids)
+            }
+            return RouteOutcome(nonFiniteInputs: nonFinite, usedFallbackCast: false)
+        }
+        layer.countFallbackCast()
+        let nonFinite = withUnsafeTemporaryAllocation(of: Float.self, capacity: spec.numExperts) { converted in
+            bias.convert(to: dtype, into: converted)
+            return run(spec, UnsafePointer(converted.baseAddress), input, dtype, tokens, weights, ids)
+        }
+        return RouteOutcome(nonFiniteInputs: nonFinite, usedFallbackCast: true)
+    }
+
+    private func run(
+        _ spec: LayerSpec, _ bias: UnsafePointer<Float>?, _ input: UnsafeRawBufferPointer,
+        _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
+        _ ids: UnsafeMutableBufferPointer<Int32>
+    ) -> Int {
+        var layer = mrk_layer(
+            method: Int32(spec.method.rawValue), scoring: Int32(spec.scoring.rawValue),
+            num_experts: Int32(spec.numExperts), top_k: Int32(spec.topK),
+            num_groups: Int32(spec.numExpertGroup), topk_group: Int32(spec.topKGroup),
+            renormalize: spec.renormalize ? 1 : 0, routed_scaling_factor: spec.routedScalingFactor,
+            bias: bias)
+        let workers = tokens >= parallelThreshold ? min(threads, tokens / (parallelThreshold / 2)) : 1
+        if workers <= 1 {
+            return Int(mrk_route(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens),
+                                 weights.baseAddress, ids.baseAddress, kernel.rawValue))
+        }
+        let rowBytes = spec.numExperts * dtype.byteSize
+        let k = spec.topK
+        let impl = kernel.rawValue
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: workers) { counts in
+            let shared = UnsafeSendable((layer, input, weights, ids, counts))
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                var (layer, input, weights, ids, counts) = shared.value
+                let begin = tokens * w / workers, end = tokens * (w + 1) / workers
+                counts[w] = Int(mrk_route(
+                    &layer, input.baseAddress! + begin * rowBytes, Int32(dtype.rawValue),
+                    Int64(end - begin), weights.baseAddress! + begin * k, ids.baseAddress! + begin * k,
+                    impl))
+            }
+            return counts.reduce(0, +)
+        }
+    }
+}
+
+/// Carries pointers into `concurrentPerform`, whose workers write disjoint ranges.
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+extension Optional where Wrapped == [Float] {
+    func withOptionalBuffer<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
+        switch self {
+        case .some(let array): array.withUnsafeBufferPointer { body($0.baseAddress) }
+        case .none: body(nil)
+        }
+    }
+}
+
+enum ProcessInfoCores {
+    static var count: Int {
+        #if canImport(Glibc)
+        return max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        #else
+        return 1
+        #endif
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
