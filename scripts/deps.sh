@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing need, idempotently: Debian packages and Python modules.
+# Swift itself (6.1+) must already be on PATH.
+set -euo pipefail
+
+APT_PACKAGES=(libzmq3-dev libbsd-dev pkg-config python3-pip)
+PIP_PACKAGES=(pyzmq numpy pytest)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] || [ "${MOE_ROUTER_APT_UPDATE:-0}" = 1 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]:-${APT_PACKAGES[@]}}"
+fi
+
+if ! python3 -c "import zmq, numpy, pytest" 2>/dev/null; then
+    python3 -m pip install -q "${PIP_PACKAGES[@]}" 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages "${PIP_PACKAGES[@]}"
+fi
