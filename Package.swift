@@ -14,11 +14,21 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
         .target(name: "CMoEKernels", cSettings: kernelFlags),
         .target(name: "MoERouting", dependencies: ["CMoEKernels"]),
+        .target(name: "CMoERouterSys", linkerSettings: [.linkedLibrary("bsd")]),
+        .target(
+            name: "MoERouterService",
+            dependencies: [
+                "CMoERouterSys",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         .executableTarget(
             name: "moe-route-eval",
             dependencies: ["MoERouting", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
@@ -26,5 +36,6 @@ let package = Package(
             name: "moe-router-kernel-bench",
             dependencies: ["MoERouting", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "MoERoutingTests", dependencies: ["MoERouting", "CMoEKernels"]),
+        .testTarget(name: "MoERouterServiceTests", dependencies: ["MoERouterService"]),
     ]
 )
