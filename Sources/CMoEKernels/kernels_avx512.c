@@ -207,66 +207,566 @@ AVX512 static void select_topk(float *key, int32_t E, int32_t k, float *chosen, 
     }
 }
 
+
+/* ------------------------------------------------------------------------------------------
+ * Fast path for sigmoid scoring with a bias (biased_grouped_topk, biased_topk).
+ *
+ * The contract's sigmoid costs ~60 vector operations per 16 experts, but only the few experts
+ * that can be selected need it. A cheap approximation A(x) (a cubic per unit interval, looked
+ * up with vpermt2ps) is within SIG_APPROX_ERR of mrk_sigmoid_f for EVERY fp32 input (checked
+ * exhaustively over all 2^32 bit patterns by
+ * mrk_verify_sig_approx() at the end of this file, built with -DMRK_VERIFY_SIG_APPROX; max
+ * error found 4.0233e-5 at x = 0.644617856; the bound below has slack). From it every key is known to within Dp, so:
+ *  - group scores are known to within 2Dp + rounding; when the Gk-th and (Gk+1)-th best groups
+ *    are separated by more than that, the kept set is exactly the contract's; otherwise the
+ *    token takes the exact path;
+ *  - at least k kept experts have approx key >= L, so no expert whose approx key is below
+ *    L - 2Dp can be selected; the others (candidates) get the exact sigmoid and are ranked
+ *    exactly (descending key, lower index first). Too many candidates: exact path.
+ * Rows holding a non-finite input always take the exact path.
+ * ------------------------------------------------------------------------------------------ */
+static const float SIG_C0[32] __attribute__((aligned(64))) = {
+    5.000000000e-01f, 4.962283969e-01f, 4.614047408e-01f, 4.834226370e-01f,
+    6.032913327e-01f, 7.421289086e-01f, 8.491405845e-01f, 9.176105261e-01f,
+    9.571334124e-01f, 9.784988761e-01f, 9.895246625e-01f, 9.950169921e-01f,
+    9.976767898e-01f, 9.989353418e-01f, 9.995192885e-01f, 9.997857213e-01f,
+    0.000000000e+00f, 2.142619342e-04f, 4.807330843e-04f, 1.064687385e-03f,
+    2.323198598e-03f, 4.983009305e-03f, 1.047534216e-02f, 2.150114998e-02f,
+    4.286661372e-02f, 8.238945156e-02f, 1.508594006e-01f, 2.578710914e-01f,
+    3.967086375e-01f, 5.165773630e-01f, 5.385952592e-01f, 5.037716031e-01f};
+static const float SIG_C1[32] __attribute__((aligned(64))) = {
+    2.499841303e-01f, 2.669785023e-01f, 3.395658731e-01f, 3.168901503e-01f,
+    2.141068429e-01f, 1.206991449e-01f, 6.174831092e-02f, 2.985315956e-02f,
+    1.391077694e-02f, 6.312488578e-03f, 2.806483535e-03f, 1.227268600e-03f,
+    5.293387221e-04f, 2.256549633e-04f, 9.523032350e-05f, 3.983705028e-05f,
+    0.000000000e+00f, 3.983705028e-05f, 9.523032350e-05f, 2.256549633e-04f,
+    5.293387221e-04f, 1.227268600e-03f, 2.806483535e-03f, 6.312488578e-03f,
+    1.391077694e-02f, 2.985315956e-02f, 6.174831092e-02f, 1.206991449e-01f,
+    2.141068429e-01f, 3.168901503e-01f, 3.395658731e-01f, 2.669785023e-01f};
+static const float SIG_C2[32] __attribute__((aligned(64))) = {
+    4.336808690e-17f, -2.619975992e-02f, -7.752650231e-02f, -6.993327290e-02f,
+    -4.045768082e-02f, -1.946757361e-02f, -8.628200740e-03f, -3.671006067e-03f,
+    -1.525937929e-03f, -6.247129058e-04f, -2.529371995e-04f, -1.015261878e-04f,
+    -4.046308823e-05f, -1.603034434e-05f, -6.318286978e-06f, -2.479250497e-06f,
+    0.000000000e+00f, 2.479250497e-06f, 6.318286978e-06f, 1.603034434e-05f,
+    4.046308823e-05f, 1.015261878e-04f, 2.529371995e-04f, 6.247129058e-04f,
+    1.525937929e-03f, 3.671006067e-03f, 8.628200740e-03f, 1.946757361e-02f,
+    4.045768082e-02f, 6.993327290e-02f, 7.752650231e-02f, 2.619975992e-02f};
+static const float SIG_C3[32] __attribute__((aligned(64))) = {
+    -2.032378316e-02f, -5.987975746e-03f, 6.294947118e-03f, 5.477278493e-03f,
+    2.650348237e-03f, 1.074990723e-03f, 4.097819910e-04f, 1.527285058e-04f,
+    5.645545025e-05f, 2.080541344e-05f, 7.658843970e-06f, 2.818202802e-06f,
+    1.036849767e-06f, 3.814480181e-07f, 1.403285523e-07f, 5.162421601e-08f,
+    0.000000000e+00f, 5.162421601e-08f, 1.403285523e-07f, 3.814480181e-07f,
+    1.036849767e-06f, 2.818202802e-06f, 7.658843970e-06f, 2.080541344e-05f,
+    5.645545025e-05f, 1.527285058e-04f, 4.097819910e-04f, 1.074990723e-03f,
+    2.650348237e-03f, 5.477278493e-03f, 6.294947118e-03f, -5.987975746e-03f};
+
+#define SIG_APPROX_ERR 4.5e-5f /* verified max |A(x) - mrk_sigmoid_f(x)| is below this */
+#define FAST_MAX_CAND 32
+
+AVX512 static inline __m512 sig_approx_v(__m512 x, __m512 t0a, __m512 t0b, __m512 t1a,
+                                         __m512 t1b, __m512 t2a, __m512 t2b, __m512 t3a,
+                                         __m512 t3b) {
+    const __m512 xc = _mm512_range_ps(x, _mm512_set1_ps(15.0f), 0x2); /* sign(x)*min(|x|,15) */
+    const __m512i j = _mm512_castps_si512(_mm512_add_ps(xc, _mm512_set1_ps(MRK_ROUND_MAGIC)));
+    __m512 p = _mm512_permutex2var_ps(t3a, j, t3b);
+    p = _mm512_fmadd_ps(p, xc, _mm512_permutex2var_ps(t2a, j, t2b));
+    p = _mm512_fmadd_ps(p, xc, _mm512_permutex2var_ps(t1a, j, t1b));
+    return _mm512_fmadd_ps(p, xc, _mm512_permutex2var_ps(t0a, j, t0b));
+}
+
+/* Lane c of the result = max over the 16 lanes of v[c]. */
+static const int32_t TREE16_PERM[16] __attribute__((aligned(64))) = {
+    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15}; /* chunk c sits in lane TREE16_PERM[c] */
+
+AVX512 static inline void top2_merge(__m512 *m1, __m512 *m2, __m512 a1, __m512 a2, __m512 b1,
+                                     __m512 b2) {
+    *m1 = _mm512_max_ps(a1, b1);
+    *m2 = _mm512_max_ps(_mm512_min_ps(a1, b1), _mm512_max_ps(a2, b2));
+}
+
+/* Transposed top-2 over 8 (m1, m2) lane sets: on return, lane q*4+0 / q*4+1 (q = 0..3) hold
+ * the top-2 (m1, m2) of set q / set q+4 ... see group_top2_8. */
+AVX512 static inline void group_top2_8(__m512 *m1, __m512 *m2, __m512 *o1, __m512 *o2) {
+    __m512 a1[4], a2[4], b1[2], b2[2], c1, c2;
+    for (int i = 0; i < 4; i++) {
+        __m512 x = m1[2 * i], y = m1[2 * i + 1], u = m2[2 * i], v = m2[2 * i + 1];
+        top2_merge(&a1[i], &a2[i], _mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(u, v, 0x44),
+                   _mm512_shuffle_f32x4(x, y, 0xee), _mm512_shuffle_f32x4(u, v, 0xee));
+    }
+    for (int i = 0; i < 2; i++) {
+        __m512 x = a1[2 * i], y = a1[2 * i + 1], u = a2[2 * i], v = a2[2 * i + 1];
+        top2_merge(&b1[i], &b2[i], _mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(u, v, 0x88),
+                   _mm512_shuffle_f32x4(x, y, 0xdd), _mm512_shuffle_f32x4(u, v, 0xdd));
+    }
+    {
+        __m512 x = b1[0], y = b1[1], u = b2[0], v = b2[1];
+        top2_merge(&c1, &c2, _mm512_shuffle_ps(x, y, 0x44), _mm512_shuffle_ps(u, v, 0x44),
+                   _mm512_shuffle_ps(x, y, 0xee), _mm512_shuffle_ps(u, v, 0xee));
+    }
+    top2_merge(o1, o2, _mm512_shuffle_ps(c1, c1, 0x88), _mm512_shuffle_ps(c2, c2, 0x88),
+               _mm512_shuffle_ps(c1, c1, 0xdd), _mm512_shuffle_ps(c2, c2, 0xdd));
+}
+
+/* Transposed max over 16 vectors (same shuffle tree); lanes come out permuted. */
+AVX512 static inline __m512 tree_max16(const __m512 *v) {
+    __m512 a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_max_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xdd));
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm512_max_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xee));
+    return _mm512_max_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xdd));
+}
+
+typedef struct {
+    const mrk_layer *L;
+    int32_t E, k, method, logit_key, sigmoid, grouped;
+} route_ctx;
+
+/* The exact path for one token: moe_token.h's operations, vectorised. */
+AVX512 static int32_t route_token_exact(const route_ctx *C, const void *row, int32_t dtype,
+                                        float *score, float *key, float *w_out,
+                                        int32_t *id_out) {
+    const mrk_layer *L = C->L;
+    const int32_t E = C->E, k = C->k, method = C->method;
+    float gscore[MRK_MAX_GROUPS_INLINE];
+    float chosen[MRK_MAX_TOPK];
+    int32_t nonfinite = 0;
+    if (C->sigmoid) {
+        /* fused: widen, count, sigmoid, clamp, bias */
+        for (int32_t i = 0; i < E; i += 16) {
+            __mmask16 m = tail_mask(E - i);
+            __m512 x = load_widened(row, dtype, i, m);
+            nonfinite += __builtin_popcount(nonfinite_mask(x) & m);
+            __m512 s = zero_nonfinite(sigmoid_v(x));
+            _mm512_mask_storeu_ps(score + i, m, s);
+            __m512 c = L->bias ? _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, L->bias + i)) : s;
+            _mm512_mask_storeu_ps(key + i, m, c);
+        }
+    } else {
+        nonfinite += widen_row(row, dtype, E, score);
+        if (C->logit_key) {
+            for (int32_t i = 0; i < E; i += 16) {
+                __mmask16 m = tail_mask(E - i);
+                __m512 s = zero_nonfinite(_mm512_maskz_loadu_ps(m, score + i));
+                _mm512_mask_storeu_ps(score + i, m, s);
+            }
+        } else {
+            softmax_scores(score, E);
+        }
+        for (int32_t i = 0; i < E; i += 16) {
+            __mmask16 m = tail_mask(E - i);
+            __m512 s = _mm512_maskz_loadu_ps(m, score + i);
+            __m512 c = L->bias ? _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, L->bias + i)) : s;
+            _mm512_mask_storeu_ps(key + i, m, c);
+        }
+    }
+    if (C->grouped) {
+        const int32_t G = L->num_groups, P = E / G;
+        for (int32_t g = 0; g < G; g++)
+            gscore[g] = group_score_v(key + g * P, P, method == MRK_BIASED_GROUPED_TOPK);
+        mrk_keep_groups(gscore, G, L->topk_group, P, key);
+    }
+    select_topk(key, E, k, chosen, id_out);
+    mrk_token_weights(method, k, L->renormalize, L->routed_scaling_factor, chosen, score, id_out,
+                      w_out);
+    return nonfinite;
+}
+
+typedef struct {
+    int32_t G, Gk, nch, cpg; /* groups (0: ungrouped), kept groups, chunks, chunks per group */
+    float dp;                /* bound on |exact key - approx key|, rounding included */
+    __m512 t[8];             /* the approximation's tables */
+} fast_ctx;
+
+/* The fast path runs in three phases over a block of tokens (so that one token's long chain of
+ * dependent operations overlaps the next token's work). Each phase returns 0 when it cannot
+ * prove its answer: the caller then reruns the token exactly. */
+
+/* Phase 1: approximate keys (and the widened row, for dtypes other than fp32). */
+AVX512 static inline __attribute__((always_inline)) int
+fast_phase1(const fast_ctx *F, const float *bias, const void *row, int32_t dtype, float *xw,
+            float *akey, const int32_t E) {
+    const int32_t nch = (E + 15) / 16;
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    const __m512i expmask = _mm512_set1_epi32(0x7f800000);
+    __m512i nfacc = _mm512_setzero_si512();
+    for (int32_t c = 0; c < nch; c++) {
+        const int32_t i = 16 * c;
+        const __mmask16 m = tail_mask(E - i);
+        __m512 x = load_widened(row, dtype, i, m);
+        nfacc = _mm512_max_epu32(nfacc, _mm512_and_si512(_mm512_castps_si512(x), expmask));
+        if (dtype != MRK_DTYPE_FP32) _mm512_store_ps(xw + i, x);
+        __m512 a = sig_approx_v(x, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6],
+                                F->t[7]);
+        a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, bias + i));
+        _mm512_store_ps(akey + i, _mm512_mask_mov_ps(ninf, m, a));
+    }
+    return !_mm512_cmpeq_epi32_mask(nfacc, expmask);
+}
+
+/* Phase 2: kept groups and the candidates (indices, ascending) into cidx; returns their number,
+ * or 0 when the token must take the exact path. cidx has room for FAST_MAX_CAND + 16. */
+AVX512 static inline __attribute__((always_inline)) int32_t
+fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E, const int32_t k,
+            const int32_t G_, const int32_t cpg_) {
+    const int32_t nch = (E + 15) / 16;
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    float thr;
+    uint64_t kept_chunks[MAX_CHUNKS / 64 + 1];
+    if (G_) {
+        /* 2. group scores (top-2 sums) of the approximate keys, G <= 8, P = 16 * cpg */
+        const int32_t G = G_, cpg = cpg_;
+        __m512 m1[8], m2[8], o1, o2;
+        for (int32_t g = 0; g < 8; g++) {
+            if (g >= G) {
+                m1[g] = ninf;
+                m2[g] = ninf;
+                continue;
+            }
+            const float *kg = akey + 16 * cpg * g;
+            if (cpg == 1) {
+                m1[g] = _mm512_load_ps(kg);
+                m2[g] = ninf;
+            } else {
+                __m512 v0 = _mm512_load_ps(kg), v1 = _mm512_load_ps(kg + 16);
+                m1[g] = _mm512_max_ps(v0, v1);
+                m2[g] = _mm512_min_ps(v0, v1);
+                for (int32_t q = 2; q < cpg; q++) {
+                    __m512 v = _mm512_load_ps(kg + 16 * q);
+                    m2[g] = _mm512_max_ps(m2[g], _mm512_min_ps(m1[g], v));
+                    m1[g] = _mm512_max_ps(m1[g], v);
+                }
+            }
+        }
+        group_top2_8(m1, m2, &o1, &o2);
+        const __m512i gperm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+        const __mmask16 gm = (__mmask16)((1u << G) - 1u);
+        const __m512 gt2 = _mm512_permutexvar_ps(gperm, o2);
+        const __m512 ga = _mm512_mask_mov_ps(ninf, gm, _mm512_add_ps(_mm512_permutexvar_ps(gperm, o1), gt2));
+        float gav[16] __attribute__((aligned(64)));
+        _mm512_store_ps(gav, ga);
+        __m512i cnt = _mm512_setzero_si512();
+        for (int32_t h = 0; h < G; h++)
+            cnt = _mm512_mask_sub_epi32(cnt, _mm512_cmp_ps_mask(_mm512_set1_ps(gav[h]), ga, _CMP_GT_OQ),
+                                        cnt, _mm512_set1_epi32(-1));
+        const __mmask16 kept = _mm512_mask_cmplt_epi32_mask(gm, cnt, _mm512_set1_epi32(F->Gk));
+        if (__builtin_popcount(kept) != F->Gk) return 0;
+        const float min_kept = _mm512_mask_reduce_min_ps(kept, ga);
+        const __mmask16 rest = gm & (__mmask16)~kept;
+        if (rest) {
+            const float max_rest = _mm512_mask_reduce_max_ps(rest, ga);
+            if (!(min_kept > max_rest + 6.0f * F->dp)) return 0;
+        }
+        thr = _mm512_mask_reduce_min_ps(kept, gt2) - 2.5f * F->dp;
+        uint64_t km = 0;
+        for (int32_t g = 0; g < G; g++)
+            if (kept & (1u << g)) km |= ((cpg == 64 ? ~0ull : ((1ull << cpg) - 1)) << (g * cpg));
+        kept_chunks[0] = km;
+    } else {
+        /* 2'. threshold from the chunk maxima: the k-th largest is a lower bound on the k-th key */
+        float cm[MAX_CHUNKS] __attribute__((aligned(64)));
+        const int32_t ncv = (nch + 15) / 16;
+        for (int32_t q = 0; q < ncv; q++) {
+            __m512 v[16];
+            for (int32_t c = 0; c < 16; c++)
+                v[c] = 16 * q + c < nch ? _mm512_load_ps(akey + 16 * (16 * q + c)) : ninf;
+            _mm512_store_ps(cm + 16 * q, _mm512_permutexvar_ps(_mm512_load_si512(TREE16_PERM),
+                                                               tree_max16(v)));
+        }
+        __m512i cnt[MAX_CHUNKS / 16];
+        __m512 cmv[MAX_CHUNKS / 16];
+        for (int32_t q = 0; q < ncv; q++) {
+            cnt[q] = _mm512_setzero_si512();
+            cmv[q] = _mm512_load_ps(cm + 16 * q);
+        }
+        for (int32_t j = 0; j < nch; j++) {
+            const __m512 b = _mm512_set1_ps(cm[j]);
+            for (int32_t q = 0; q < ncv; q++)
+                cnt[q] = _mm512_mask_sub_epi32(cnt[q], _mm512_cmp_ps_mask(b, cmv[q], _CMP_GE_OQ),
+                                               cnt[q], _mm512_set1_epi32(-1));
+        }
+        __m512 best = ninf;
+        for (int32_t q = 0; q < ncv; q++)
+            best = _mm512_mask_max_ps(best, _mm512_cmpge_epi32_mask(cnt[q], _mm512_set1_epi32(k)),
+                                      best, cmv[q]);
+        thr = _mm512_reduce_max_ps(best) - 2.5f * F->dp;
+    }
+    /* 3. candidates: every expert whose approximate key reaches thr */
+    int32_t n = 0;
+    const __m512 vthr = _mm512_set1_ps(thr);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    if (G_) {
+        for (uint64_t km = kept_chunks[0]; km; km &= km - 1) {
+            const int32_t c = __builtin_ctzll(km);
+            const __mmask16 m = _mm512_cmp_ps_mask(_mm512_load_ps(akey + 16 * c), vthr, _CMP_GE_OQ);
+            _mm512_storeu_si512(cidx + (n < FAST_MAX_CAND ? n : FAST_MAX_CAND), _mm512_maskz_compress_epi32(
+                                              m, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+            n += __builtin_popcount(m);
+        }
+    } else {
+        for (int32_t c = 0; c < nch; c++) {
+            const __mmask16 m = _mm512_cmp_ps_mask(_mm512_load_ps(akey + 16 * c), vthr, _CMP_GE_OQ);
+            _mm512_storeu_si512(cidx + (n < FAST_MAX_CAND ? n : FAST_MAX_CAND), _mm512_maskz_compress_epi32(
+                                              m, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+            n += __builtin_popcount(m);
+        }
+    }
+    return n < k || n > FAST_MAX_CAND ? 0 : n;
+}
+
+/* Phase 3: exact keys of the candidates, ranked exactly; ids and weights out. */
+AVX512 static inline __attribute__((always_inline)) void
+fast_phase3(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
+            const int32_t *cidx, int32_t n, float *w_out, int32_t *id_out, const int32_t k) {
+    const float *bias = L->bias;
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    /* 4. exact keys of the candidates, ranked exactly */
+    const int32_t nv = (n + 15) / 16;
+    __m512 cv[2], sv[2];
+    __m512i iv[2];
+    float carr[FAST_MAX_CAND] __attribute__((aligned(64)));
+    for (int32_t q = 0; q < nv; q++) {
+        const __mmask16 m = tail_mask(n - 16 * q);
+        iv[q] = _mm512_maskz_loadu_epi32(m, cidx + 16 * q);
+        __m512 x = dtype == MRK_DTYPE_FP32
+                       ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv[q], row, 4)
+                       : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv[q], xw, 4);
+        __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv[q], bias, 4);
+        sv[q] = zero_nonfinite(sigmoid_v(x));
+        cv[q] = _mm512_mask_mov_ps(ninf, m, _mm512_add_ps(sv[q], b));
+        _mm512_store_ps(carr + 16 * q, cv[q]);
+    }
+    float wtmp[FAST_MAX_CAND] __attribute__((aligned(64)));
+    const __m512i minus1 = _mm512_set1_epi32(-1);
+    if (nv == 1) {
+        __m512i rank = _mm512_setzero_si512();
+#pragma clang loop unroll(full)
+        for (int32_t j = 0; j < 16; j++) {
+            const __m512 b = _mm512_set1_ps(carr[j]);
+            const __mmask16 after = j >= 15 ? (__mmask16)0 : (__mmask16)(0xffffu << (j + 1));
+            const __mmask16 beats = _mm512_cmp_ps_mask(b, cv[0], _CMP_GT_OQ) |
+                                    _mm512_mask_cmp_ps_mask(after, b, cv[0], _CMP_EQ_OQ);
+            rank = _mm512_mask_sub_epi32(rank, beats, rank, minus1);
+        }
+        /* lanes >= n hold -inf and rank n..15, so the ranks are a permutation of 0..15 */
+        int32_t rk[16] __attribute__((aligned(64)));
+        int32_t ix[16] __attribute__((aligned(64)));
+        float sx[16] __attribute__((aligned(64)));
+        int32_t idt[16] __attribute__((aligned(64)));
+        _mm512_store_si512(rk, rank);
+        _mm512_store_si512(ix, iv[0]);
+        _mm512_store_ps(sx, sv[0]);
+        for (int32_t i = 0; i < 16; i++) {
+            idt[rk[i]] = ix[i];
+            wtmp[rk[i]] = sx[i];
+        }
+        for (int32_t j = 0; j < k; j += 16)
+            _mm512_mask_storeu_epi32(id_out + j, tail_mask(k - j), _mm512_load_si512(idt + j));
+    } else {
+        for (int32_t q = 0; q < nv; q++) {
+            __m512i rank = _mm512_setzero_si512();
+            for (int32_t j = 0; j < 16 * nv; j++) {
+                const __m512 b = _mm512_set1_ps(carr[j]);
+                /* lanes i with position > j lose ties to j */
+                const int32_t rel = j - 16 * q; /* j's position relative to this vector's lane 0 */
+                const __mmask16 after = rel < 0 ? (__mmask16)0xffff
+                                      : rel >= 15 ? (__mmask16)0
+                                                  : (__mmask16)(0xffffu << (rel + 1));
+                const __mmask16 beats = _mm512_cmp_ps_mask(b, cv[q], _CMP_GT_OQ) |
+                                        _mm512_mask_cmp_ps_mask(after, b, cv[q], _CMP_EQ_OQ);
+                rank = _mm512_mask_sub_epi32(rank, beats, rank, minus1);
+            }
+            const __mmask16 out = tail_mask(n - 16 * q) &
+                                  _mm512_cmplt_epi32_mask(rank, _mm512_set1_epi32(k));
+            _mm512_mask_i32scatter_epi32(id_out, out, rank, iv[q], 4);
+            _mm512_mask_i32scatter_ps(wtmp, out, rank, sv[q], 4);
+        }
+    }
+
+    /* 5. weights: w = s[ids], renormalised in column order, times rsf */
+    const float rsf = L->routed_scaling_factor;
+    if (L->renormalize) {
+        float sum = 0.0f;
+        for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
+        if (sum > 0.0f) {
+            const __m512 vs = _mm512_set1_ps(sum);
+            for (int32_t j = 0; j < k; j += 16) {
+                const __mmask16 m = tail_mask(k - j);
+                _mm512_mask_storeu_ps(wtmp + j, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, wtmp + j), vs));
+            }
+        }
+    }
+    for (int32_t j = 0; j < k; j += 16) {
+        const __mmask16 m = tail_mask(k - j);
+        _mm512_mask_storeu_ps(w_out + j, m,
+                              _mm512_mul_ps(_mm512_maskz_loadu_ps(m, wtmp + j), _mm512_set1_ps(rsf)));
+    }
+}
+
+#define FAST_BLOCK_FLOATS 4096
+#ifdef MRK_FAST_STATS
+long mrk_ncand_hist[64];
+#endif
+
+/* Routes tokens [0, tokens) of the block; returns 1 per token that still needs the exact path in
+ * need_exact[]. */
+AVX512 static inline __attribute__((always_inline)) void
+fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row_bytes,
+             int32_t dtype, int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
+             const int32_t E, const int32_t k, const int32_t G_, const int32_t cpg_) {
+    float akey[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
+    float xw[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
+    int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
+    int32_t ncand[16];
+    const int32_t stride = (E + 15) & ~15;
+    for (int32_t b = 0; b < nb; b++)
+        need_exact[b] = !fast_phase1(F, C->L->bias, rows + (size_t)b * row_bytes, dtype,
+                                     xw + b * stride, akey + b * stride, E);
+    for (int32_t b = 0; b < nb; b++) {
+        ncand[b] = need_exact[b] ? 0 : fast_phase2(F, akey + b * stride, cidx[b], E, k, G_, cpg_);
+        need_exact[b] = ncand[b] == 0;
+#ifdef MRK_FAST_STATS
+        mrk_ncand_hist[ncand[b]]++;
+#endif
+    }
+    for (int32_t b = 0; b < nb; b++)
+        if (ncand[b])
+            fast_phase3(C->L, rows + (size_t)b * row_bytes, dtype, xw + b * stride, cidx[b],
+                        ncand[b], weights + (size_t)b * k, ids + (size_t)b * k, k);
+}
+
+AVX512 static void fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,
+                              size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
+                              int32_t *ids, uint8_t *need_exact) {
+    if (C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2);
+    else if (C->E == 256 && C->k == 8 && F->G == 0)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0);
+    else
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
+                     F->cpg);
+}
+
+#ifdef MRK_FAST_STATS
+long mrk_fast_fallbacks;
+#endif
 AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t dtype,
                                 int64_t tokens, float *weights, int32_t *ids) {
     float score[MRK_MAX_EXPERTS] __attribute__((aligned(64)));
     float key[MRK_MAX_EXPERTS] __attribute__((aligned(64)));
-    float gscore[MRK_MAX_GROUPS_INLINE];
-    float chosen[MRK_MAX_TOPK];
-    const int32_t E = L->num_experts, k = L->top_k, method = L->method;
+    route_ctx C;
+    C.L = L;
+    C.E = L->num_experts;
+    C.k = L->top_k;
+    C.method = L->method;
+    C.logit_key = C.method == MRK_TOPK_SOFTMAX || C.method == MRK_LLAMA4_TOP1;
+    C.sigmoid = !C.logit_key && L->scoring == MRK_SCORING_SIGMOID;
+    C.grouped = (C.method == MRK_GROUPED_TOPK || C.method == MRK_BIASED_GROUPED_TOPK) &&
+                L->num_groups > 1;
+    const int32_t E = C.E, k = C.k;
     const int32_t padded = (E + 15) & ~15;
     const size_t row_bytes = (size_t)E * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
-    const int32_t logit_key = method == MRK_TOPK_SOFTMAX || method == MRK_LLAMA4_TOP1;
-    const int32_t sigmoid = !logit_key && L->scoring == MRK_SCORING_SIGMOID;
-    const int32_t grouped =
-        (method == MRK_GROUPED_TOPK || method == MRK_BIASED_GROUPED_TOPK) && L->num_groups > 1;
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
     int64_t nonfinite = 0;
 
     for (int32_t i = E & ~15; i < padded; i += 16) _mm512_store_ps(key + i, ninf);
 
+    /* Is the fast path usable for this layer? */
+    fast_ctx F;
+    int fast = 0;
+    if (C.sigmoid && L->bias &&
+        (C.method == MRK_BIASED_GROUPED_TOPK || C.method == MRK_BIASED_TOPK)) {
+        float bmax = 0.0f;
+        for (int32_t i = 0; i < E; i++) {
+            float a = L->bias[i] < 0.0f ? -L->bias[i] : L->bias[i];
+            if (!(a <= bmax)) bmax = a;
+        }
+        F.nch = (E + 15) / 16;
+        F.G = 0;
+        F.Gk = 0;
+        F.cpg = 0;
+        fast = bmax <= 1.0e6f;
+        if (C.grouped) {
+            const int32_t G = L->num_groups, P = E / G;
+            F.G = G;
+            F.Gk = L->topk_group;
+            F.cpg = P / 16;
+            if (!(P % 16 == 0 && G <= 8 && 2 * F.Gk >= k && P / 16 <= 64 / G)) fast = 0;
+        } else if (F.nch < k) {
+            fast = 0;
+        }
+        /* D + 2^-21 (2 + bmax), rounded up generously */
+        F.dp = (SIG_APPROX_ERR + (2.0f + bmax) * 4.76837158e-7f) * 1.0001f;
+        F.t[0] = _mm512_load_ps(SIG_C0);
+        F.t[1] = _mm512_load_ps(SIG_C0 + 16);
+        F.t[2] = _mm512_load_ps(SIG_C1);
+        F.t[3] = _mm512_load_ps(SIG_C1 + 16);
+        F.t[4] = _mm512_load_ps(SIG_C2);
+        F.t[5] = _mm512_load_ps(SIG_C2 + 16);
+        F.t[6] = _mm512_load_ps(SIG_C3);
+        F.t[7] = _mm512_load_ps(SIG_C3 + 16);
+    }
+
+    if (fast) {
+        const int32_t block = FAST_BLOCK_FLOATS / padded < 16 ? FAST_BLOCK_FLOATS / padded : 16;
+        uint8_t need_exact[16];
+        for (int64_t t0 = 0; t0 < tokens; t0 += block) {
+            const int32_t nb = tokens - t0 < block ? (int32_t)(tokens - t0) : block;
+            const char *rows = (const char *)logits + (size_t)t0 * row_bytes;
+            fast_block(&C, &F, rows, row_bytes, dtype, nb, weights + t0 * k, ids + t0 * k,
+                       need_exact);
+            for (int32_t b = 0; b < nb; b++) {
+                if (!need_exact[b]) continue;
+#ifdef MRK_FAST_STATS
+                mrk_fast_fallbacks++;
+#endif
+                const int64_t t = t0 + b;
+                nonfinite += route_token_exact(&C, rows + (size_t)b * row_bytes, dtype, score, key,
+                                               weights + t * k, ids + t * k);
+            }
+        }
+        return nonfinite;
+    }
     for (int64_t t = 0; t < tokens; t++) {
         const void *row = (const char *)logits + (size_t)t * row_bytes;
-        if (sigmoid) {
-            /* fused: widen, count, sigmoid, clamp, bias */
-            for (int32_t i = 0; i < E; i += 16) {
-                __mmask16 m = tail_mask(E - i);
-                __m512 x = load_widened(row, dtype, i, m);
-                nonfinite += __builtin_popcount(nonfinite_mask(x) & m);
-                __m512 s = zero_nonfinite(sigmoid_v(x));
-                _mm512_mask_storeu_ps(score + i, m, s);
-                __m512 c = L->bias ? _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, L->bias + i)) : s;
-                _mm512_mask_storeu_ps(key + i, m, c);
-            }
-        } else {
-            nonfinite += widen_row(row, dtype, E, score);
-            if (logit_key) {
-                for (int32_t i = 0; i < E; i += 16) {
-                    __mmask16 m = tail_mask(E - i);
-                    __m512 s = zero_nonfinite(_mm512_maskz_loadu_ps(m, score + i));
-                    _mm512_mask_storeu_ps(score + i, m, s);
-                }
-            } else {
-                softmax_scores(score, E);
-            }
-            for (int32_t i = 0; i < E; i += 16) {
-                __mmask16 m = tail_mask(E - i);
-                __m512 s = _mm512_maskz_loadu_ps(m, score + i);
-                __m512 c = L->bias ? _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, L->bias + i)) : s;
-                _mm512_mask_storeu_ps(key + i, m, c);
-            }
-        }
-        if (grouped) {
-            const int32_t G = L->num_groups, P = E / G;
-            for (int32_t g = 0; g < G; g++)
-                gscore[g] = group_score_v(key + g * P, P, method == MRK_BIASED_GROUPED_TOPK);
-            mrk_keep_groups(gscore, G, L->topk_group, P, key);
-        }
-        int32_t *id_out = ids + t * k;
-        float *w_out = weights + t * k;
-        select_topk(key, E, k, chosen, id_out);
-        mrk_token_weights(method, k, L->renormalize, L->routed_scaling_factor, chosen, score,
-                          id_out, w_out);
+        nonfinite += route_token_exact(&C, row, dtype, score, key, weights + t * k, ids + t * k);
     }
     return nonfinite;
 }
+
+#ifdef MRK_VERIFY_SIG_APPROX
+/* Exhaustive check of SIG_APPROX_ERR: max |sig_approx_v(x) - sigmoid_v(x)| over every finite
+ * fp32 x (about 20 s on one core). Returns 1 when the bound holds; *max_err gets the maximum. */
+AVX512 int mrk_verify_sig_approx(double *max_err) {
+    const __m512 t0a = _mm512_load_ps(SIG_C0), t0b = _mm512_load_ps(SIG_C0 + 16);
+    const __m512 t1a = _mm512_load_ps(SIG_C1), t1b = _mm512_load_ps(SIG_C1 + 16);
+    const __m512 t2a = _mm512_load_ps(SIG_C2), t2b = _mm512_load_ps(SIG_C2 + 16);
+    const __m512 t3a = _mm512_load_ps(SIG_C3), t3b = _mm512_load_ps(SIG_C3 + 16);
+    const __m512i inc = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512d mx = _mm512_setzero_pd();
+    int ok = 1;
+    for (uint64_t b = 0; b < (1ull << 32); b += 16) {
+        const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)b), inc));
+        const __mmask16 fin = (__mmask16)~nonfinite_mask(x);
+        const __m512 a = sig_approx_v(x, t0a, t0b, t1a, t1b, t2a, t2b, t3a, t3b);
+        const __m512 s = sigmoid_v(x);
+        __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a)),
+                                   _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
+        __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1)),
+                                   _mm512_cvtps_pd(_mm512_extractf32x8_ps(s, 1)));
+        d0 = _mm512_maskz_mov_pd((__mmask8)fin, _mm512_abs_pd(d0));
+        d1 = _mm512_maskz_mov_pd((__mmask8)(fin >> 8), _mm512_abs_pd(d1));
+        if (_mm512_cmp_pd_mask(d0, d0, _CMP_UNORD_Q) | _mm512_cmp_pd_mask(d1, d1, _CMP_UNORD_Q)) ok = 0;
+        mx = _mm512_max_pd(mx, _mm512_max_pd(d0, d1));
+    }
+    *max_err = _mm512_reduce_max_pd(mx);
+    return ok && *max_err < (double)SIG_APPROX_ERR;
+}
+#endif
