@@ -11,11 +11,15 @@ let package = Package(
         .library(name: "MoERouting", targets: ["MoERouting"]),
         .executable(name: "moe-route-eval", targets: ["moe-route-eval"]),
         .executable(name: "moe-router-kernel-bench", targets: ["moe-router-kernel-bench"]),
+        .executable(name: "moe-routerd", targets: ["moe-routerd"]),
+        .executable(name: "moe-router-latency-bench", targets: ["moe-router-latency-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
@@ -36,6 +40,33 @@ let package = Package(
             name: "moe-router-kernel-bench",
             dependencies: ["MoERouting", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "MoERoutingTests", dependencies: ["MoERouting", "CMoEKernels"]),
+
+        // moe-routerd: the wire protocol is Include/moe_router.h, imported through CMoERouterWire
+        // (its include/ is a symlink to ../../Include).
+        .target(name: "CMoERouterWire"),
+        .target(name: "CMoERouterdOS"),
+        // The plain-C client library (also built without Swift by the top-level Makefile).
+        .target(name: "CMoERouterClient", dependencies: ["CMoERouterWire"], path: "clients/c",
+                linkerSettings: [.linkedLibrary("zmq")]),
+        .target(
+            name: "MoERouterServer",
+            dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterdOS", "CZMQ",
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "Yams", package: "Yams")]),
+        .executableTarget(
+            name: "moe-routerd",
+            dependencies: ["MoERouterServer", "MoERouting", "MoERouterService",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(
+            name: "moe-router-latency-bench",
+            dependencies: ["MoERouterServer", "MoERouting", "CMoERouterWire", "CMoERouterClient", "CZMQ",
+                           "CMoERouterdOS",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(
+            name: "MoERouterServerTests",
+            dependencies: ["MoERouterServer", "MoERouting", "CMoERouterWire", "CMoERouterClient",
+                           "CMoERouterdOS", "CZMQ"]),
         .testTarget(name: "MoERouterServiceTests", dependencies: ["MoERouterService"]),
     ]
 )

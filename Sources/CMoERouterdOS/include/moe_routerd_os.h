@@ -1,0 +1,60 @@
+/*
+ * moe_routerd_os.h — the few OS operations moe-routerd needs that Swift cannot express well:
+ * a SIGBUS guard for client-owned shared memory, shm opening with its metadata, thread names,
+ * and a liveness probe for an existing ipc socket file.
+ */
+#ifndef MOE_ROUTERD_OS_H
+#define MOE_ROUTERD_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Installs the process-wide SIGBUS handler (idempotent). A fault inside a guarded range
+ * replaces the whole range with anonymous zero pages (so the faulting access and every later
+ * one succeed), and marks the range broken; any other SIGBUS gets the previous disposition.
+ * Returns 0 or an errno. */
+int mro_guard_install(void);
+/* Guards [base, base+length); returns a slot >= 0, or -1 when all slots are taken. */
+int mro_guard_add(void *base, size_t length);
+/* Whether the range in `slot` faulted since it was added. */
+int mro_guard_broken(int slot);
+/* Forgets `slot` (call before munmap). */
+void mro_guard_remove(int slot);
+/* Maximum simultaneously guarded ranges. */
+int mro_guard_capacity(void);
+
+typedef struct mro_shm_info {
+    int fd;
+    uint32_t uid;
+    uint32_t mode;
+    uint64_t size;
+    uint64_t dev;
+    uint64_t ino;
+    int is_regular;
+} mro_shm_info;
+
+/* shm_open(name, O_RDWR|O_NOFOLLOW|O_CLOEXEC) + fstat. Returns 0 or an errno. */
+int mro_shm_open(const char *name, mro_shm_info *info);
+/* Current size of an open fd, or -1 with errno. */
+int64_t mro_fd_size(int fd);
+
+/* Names the calling thread (15 characters kept). */
+void mro_set_thread_name(const char *name);
+
+/* 1 when something accepts connections on the unix socket at `path`, 0 when not (stale file
+ * or none). */
+int mro_unix_socket_alive(const char *path);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t mro_now_ns(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,150 @@
+#define _GNU_SOURCE
+#include "moe_routerd_os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GUARD_SLOTS 4096
+
+/* Slots are claimed with a CAS on `base`; the handler only reads. A slot is removed only when
+ * no request uses its range, so no fault can race with removal. */
+typedef struct {
+    _Atomic(uintptr_t) base;
+    _Atomic(size_t) length;
+    atomic_int broken;
+} guard_slot;
+
+static guard_slot slots[GUARD_SLOTS];
+static struct sigaction previous;
+static atomic_int installed;
+
+static void on_sigbus(int sig, siginfo_t *info, void *ctx) {
+    uintptr_t addr = (uintptr_t)info->si_addr;
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t base = atomic_load(&slots[i].base);
+        size_t length = atomic_load(&slots[i].length);
+        if (base != 0 && addr >= base && addr - base < length) {
+            int saved = errno;
+            /* The client shrank its object: back the range with private zero pages. */
+            void *p = mmap((void *)base, length, PROT_READ | PROT_WRITE,
+                           MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            errno = saved;
+            if (p != MAP_FAILED) {
+                atomic_store(&slots[i].broken, 1);
+                return;
+            }
+            break;
+        }
+    }
+    /* Not ours: behave as if we had never been installed. */
+    if (previous.sa_flags & SA_SIGINFO) {
+        previous.sa_sigaction(sig, info, ctx);
+    } else if (previous.sa_handler != SIG_IGN && previous.sa_handler != SIG_DFL) {
+        previous.sa_handler(sig);
+    } else {
+        signal(SIGBUS, SIG_DFL);
+        raise(SIGBUS);
+    }
+}
+
+int mro_guard_install(void) {
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&installed, &expected, 1)) return 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, &previous) != 0) {
+        atomic_store(&installed, 0);
+        return errno;
+    }
+    return 0;
+}
+
+int mro_guard_add(void *base, size_t length) {
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t expected = 0;
+        if (atomic_compare_exchange_strong(&slots[i].base, &expected, (uintptr_t)base)) {
+            atomic_store(&slots[i].broken, 0);
+            atomic_store(&slots[i].length, length);
+            return i;
+        }
+    }
+    return -1;
+}
+
+int mro_guard_broken(int slot) {
+    if (slot < 0 || slot >= GUARD_SLOTS) return 0;
+    return atomic_load(&slots[slot].broken);
+}
+
+void mro_guard_remove(int slot) {
+    if (slot < 0 || slot >= GUARD_SLOTS) return;
+    atomic_store(&slots[slot].length, 0);
+    atomic_store(&slots[slot].broken, 0);
+    atomic_store(&slots[slot].base, 0);
+}
+
+int mro_guard_capacity(void) { return GUARD_SLOTS; }
+
+int mro_shm_open(const char *name, mro_shm_info *info) {
+    int fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    info->fd = fd;
+    info->uid = st.st_uid;
+    info->mode = st.st_mode & 07777;
+    info->size = st.st_size < 0 ? 0 : (uint64_t)st.st_size;
+    info->dev = st.st_dev;
+    info->ino = st.st_ino;
+    info->is_regular = S_ISREG(st.st_mode) ? 1 : 0;
+    return 0;
+}
+
+int64_t mro_fd_size(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    return st.st_size;
+}
+
+void mro_set_thread_name(const char *name) {
+    char buf[16];
+    strncpy(buf, name, sizeof buf - 1);
+    buf[sizeof buf - 1] = 0;
+    pthread_setname_np(pthread_self(), buf);
+}
+
+int mro_unix_socket_alive(const char *path) {
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof addr.sun_path) return 0;
+    strcpy(addr.sun_path, path);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return 0;
+    int alive = connect(s, (struct sockaddr *)&addr, sizeof addr) == 0;
+    close(s);
+    return alive;
+}
+
+uint64_t mro_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,139 @@
+import CMoERouterdOS
+import CZMQ
+import Glibc
+import Logging
+import MoERouting
+import Synchronization
+
+/// moe-routerd's server: one I/O thread owns the client-facing ROUTER sockets, answers small
+/// requests itself (no thread hand-off on the latency path) and hands large ROUTEs to workers.
+public final class RouterServer: Sendable {
+    public let config: ServerConfig
+    let handler: RequestHandler
+    private let logger: Logger
+    private let wake: (read: Int32, write: Int32)
+    private let stopping = Atomic<Bool>(false)
+
+    /// Builds every layer and the backend; throws a `ConfigError` naming what is wrong.
+    public init(config: ServerConfig, logger: Logger) throws(ConfigError) {
+        guard ServerConfig.ipcPath(config.endpoint) != nil else {
+            throw ConfigError("endpoint '\(config.endpoint)' is not ipc://PATH (use --tcp for tcp)")
+        }
+        if let t = config.tcpEndpoint, !t.hasPrefix("tcp://") { throw ConfigError("tcp endpoint '\(t)' is not tcp://HOST:PORT") }
+        let catalog = try LayerCatalog(config.layers)
+        let backend = try BackendFactory.make(config.backend, threads: config.workers)
+        self.config = config
+        self.handler = RequestHandler(config: config, catalog: catalog, backend: backend)
+        self.logger = logger
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw ConfigError("pipe2: \(String(cString: strerror(errno)))") }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wake = (fds[0], fds[1])
+    }
+
+    deinit {
+        close(wake.read)
+        close(wake.write)
+    }
+
+    public var layers: [BuiltLayer] { handler.catalog.layers }
+    public var backendName: String { handler.backend.name }
+
+    /// Asks `run()` to shut down gracefully. Async-signal-safe in effect (one write to a pipe).
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        var b: UInt8 = 1
+        _ = write(wake.write, &b, 1)
+    }
+
+    /// Binds, serves until `stop()`, drains, releases everything and removes the socket file.
+    /// `ready` runs once the endpoints accept connections.
+    public func run(ready: () -> Void = {}) throws {
+        let rc = mro_guard_install()
+        guard rc == 0 else { throw ConfigError("cannot install the SIGBUS guard: \(String(cString: strerror(rc)))") }
+        let context = ZMQContext(ioThreads: 1)
+        let zap = try ZAPHandler(context: context, logger: logger)
+        let zapThread = ServiceThread(name: "moe-zap") { [zap] in zap.serve() }
+        let results = try ZMQSocket(context, type: ZMQ_PULL)
+        try results.bind(WorkerPool.resultsEndpoint)
+        let path = ServerConfig.ipcPath(config.endpoint)!
+        try Self.prepareSocketPath(path)
+        let ipc = try makeRouter(context, domain: ZAPHandler.ipcDomain)
+        let saved = umask(0o117)  // the socket file gets mode 0660
+        do { try ipc.bind(config.endpoint) } catch {
+            umask(saved)
+            throw ConfigError("cannot bind \(config.endpoint): \(error)")
+        }
+        umask(saved)
+        chmod(path, 0o660)
+        let ipcMonitor = try monitor(ipc, context, name: "ipc")
+        var tcp: ZMQSocket?, tcpMonitor: ZMQSocket?
+        if let t = config.tcpEndpoint {
+            let s = try makeRouter(context, domain: ZAPHandler.tcpDomain)
+            do { try s.bind(t) } catch { throw ConfigError("cannot bind \(t): \(error)") }
+            tcp = s
+            tcpMonitor = try monitor(s, context, name: "tcp")
+        }
+        let pool = WorkerPool(count: config.workers, context: context, handler: handler, logger: logger)
+        var loop = IOLoop(server: self, ipc: ipc, tcp: tcp, monitors: [ipcMonitor, tcpMonitor].compactMap { $0 },
+                          results: results, pool: pool, logger: logger)
+        logger.info("serving", metadata: ["endpoint": "\(config.endpoint)", "tcp": "\(config.tcpEndpoint ?? "-")",
+                                          "layers": "\(layers.count)", "backend": "\(backendName)", "workers": "\(config.workers)"])
+        ready()
+        try loop.serve(wakeFD: wake.read, isStopping: { self.stopping.load(ordering: .relaxed) })
+        // Stop accepting: the socket file goes first, then in-flight requests finish.
+        unlink(path)
+        loop.drain(timeoutMs: config.drainTimeoutMs)
+        pool.stop()
+        loop.flushResults()
+        handler.registry.releaseAll()
+        for s in [ipc, tcp, ipcMonitor, tcpMonitor, results].compactMap({ $0 }) { s.close() }
+        context.shutdown()
+        zapThread.join()
+        logger.info("stopped")
+    }
+
+    private func makeRouter(_ context: ZMQContext, domain: String) throws(ZMQError) -> ZMQSocket {
+        let s = try ZMQSocket(context, type: ZMQ_ROUTER)
+        try s.set(ZMQ_ZAP_DOMAIN, domain)
+        try s.set(ZMQ_RCVHWM, config.highWaterMark)
+        try s.set(ZMQ_SNDHWM, config.highWaterMark)
+        try s.set(ZMQ_MAXMSGSIZE, Int64(config.maxMessageBytes + (64 << 10)))
+        try s.set(ZMQ_HEARTBEAT_IVL, config.heartbeatMs)
+        try s.set(ZMQ_HEARTBEAT_TTL, config.heartbeatMs * 3)
+        try s.set(ZMQ_HEARTBEAT_TIMEOUT, config.heartbeatMs * 3)
+        return s
+    }
+
+    private func monitor(_ s: ZMQSocket, _ context: ZMQContext, name: String) throws(ZMQError) -> ZMQSocket {
+        let endpoint = "inproc://moe-routerd-monitor-\(name)"
+        try s.monitor(endpoint, events: ZMQ_EVENT_DISCONNECTED)
+        let pair = try ZMQSocket(context, type: ZMQ_PAIR)
+        try pair.connect(endpoint)
+        return pair
+    }
+
+    /// Creates the socket's directory (0700 when we create it) and refuses to replace a socket
+    /// file a live daemon still listens on.
+    static func prepareSocketPath(_ path: String) throws(ConfigError) {
+        let dir = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        if !dir.isEmpty {
+            var parts: [Substring] = []
+            for component in dir.split(separator: "/") {
+                parts.append(component)
+                let p = "/" + parts.joined(separator: "/")
+                if mkdir(p, 0o700) != 0 && errno != EEXIST {
+                    throw ConfigError("cannot create \(p): \(String(cString: strerror(errno)))")
+                }
+            }
+        }
+        guard path.utf8.count < 108 else { throw ConfigError("ipc path \(path) is longer than 107 bytes") }
+        if access(path, F_OK) == 0 {
+            if mro_unix_socket_alive(path) != 0 { throw ConfigError("\(path): another daemon is listening there") }
+            unlink(path)
+        }
+    }
+}

@@ -1,0 +1,168 @@
+import Glibc
+import Synchronization
+
+/// Every client's shared-memory registrations. Thread-safe.
+///
+/// A registration belongs to the connection that made it: another connection can neither use
+/// nor unregister it (it gets UNKNOWN_HANDLE, exactly as for a handle that never existed).
+/// Requests check a segment out (reference count up) and in again; an unregister or a vanished
+/// client while a request holds the segment only marks it, and the last check-in releases it.
+final class SegmentRegistry: Sendable {
+    struct Limits: Sendable {
+        var maxPerClient: Int
+        var maxSegmentBytes: UInt64
+    }
+
+    private struct State {
+        var segments: [UInt64: SharedSegment] = [:]
+        var byClient: [ClientKey: Set<UInt64>] = [:]
+        /// Connection fd and peer process of each client holding registrations.
+        var connection: [ClientKey: (fd: Int32, pid: Int32)] = [:]
+        var nextHandle: UInt64
+        var releasedClients: UInt64 = 0
+    }
+
+    private let state: Mutex<State>
+    let limits: Limits
+
+    init(limits: Limits) {
+        self.limits = limits
+        // Handles start at a random point so a stale handle from an earlier daemon run is
+        // unlikely to name a live registration.
+        let seed = UInt64.random(in: 0...UInt64.max)
+        state = Mutex(State(nextHandle: (seed & 0x0000_FFFF_FFFF_0000) | 1))
+    }
+
+    /// Maps `name` for `client`. The shm checks run outside the lock.
+    func register(client: ClientKey, peer: PeerCredentials, connectionFD: Int32, name: String,
+                  size: UInt64) throws(RequestFailure) -> SharedSegment {
+        let handle: UInt64 = try state.withLock { s throws(RequestFailure) in
+            if s.byClient[client, default: []].count >= limits.maxPerClient {
+                throw RequestFailure(.limit, "this client already holds \(limits.maxPerClient) registrations (max_registrations)")
+            }
+            defer { s.nextHandle &+= 1 }
+            return s.nextHandle
+        }
+        let segment = try SharedSegment(handle: handle, owner: client, name: name, size: size, peer: peer,
+                                        maxBytes: limits.maxSegmentBytes)
+        try state.withLock { s throws(RequestFailure) in
+            if s.byClient[client, default: []].count >= limits.maxPerClient {
+                segment.release()
+                throw RequestFailure(.limit, "this client already holds \(limits.maxPerClient) registrations (max_registrations)")
+            }
+            s.segments[handle] = segment
+            s.byClient[client, default: []].insert(handle)
+            s.connection[client] = (connectionFD, peer.pid)
+        }
+        return segment
+    }
+
+    /// Unregisters `handle`; returns true when a running request defers the release.
+    func unregister(client: ClientKey, handle: UInt64) throws(RequestFailure) -> Bool {
+        try state.withLock { s throws(RequestFailure) in
+            guard let seg = s.segments[handle], seg.owner == client, !seg.releasePending else {
+                throw RequestFailure(.unknownHandle, "handle \(handle) is not registered by this client")
+            }
+            return Self.drop(seg, in: &s)
+        }
+    }
+
+    /// Takes a reference on `handle` for one request.
+    func checkout(client: ClientKey, handle: UInt64) throws(RequestFailure) -> SharedSegment {
+        try state.withLock { s throws(RequestFailure) in
+            guard let seg = s.segments[handle], seg.owner == client, !seg.releasePending else {
+                throw RequestFailure(.unknownHandle, "handle \(handle) is not registered by this client")
+            }
+            seg.users += 1
+            return seg
+        }
+    }
+
+    /// Returns a reference; releases the segment if an unregister waited for it.
+    func checkin(_ segment: SharedSegment) {
+        state.withLock { s in
+            segment.users -= 1
+            if segment.users == 0 && segment.releasePending { segment.release() }
+        }
+    }
+
+    /// Drops a segment whose client truncated it (it can never be used again).
+    func drop(handle: UInt64) {
+        state.withLock { s in
+            if let seg = s.segments[handle] { _ = Self.drop(seg, in: &s) }
+        }
+    }
+
+    /// Drops every registration of `client` (it disconnected). Returns how many.
+    @discardableResult
+    func releaseClient(_ client: ClientKey) -> Int {
+        state.withLock { s in Self.releaseClient(client, in: &s) }
+    }
+
+    /// Drops the registrations of clients whose connection used `fd` (a disconnect event).
+    @discardableResult
+    func releaseClients(connectionFD fd: Int32, transport: ClientKey.Transport) -> Int {
+        state.withLock { s in
+            let gone = s.connection.filter { $0.value.fd == fd && $0.key.transport == transport }.map(\.key)
+            return gone.reduce(0) { $0 + Self.releaseClient($1, in: &s) }
+        }
+    }
+
+    /// Drops the registrations of clients whose process no longer exists (backstop for a lost
+    /// disconnect event). Returns how many registrations were dropped.
+    @discardableResult
+    func releaseDeadProcesses() -> Int {
+        state.withLock { s in
+            let gone = s.connection.filter { kill($0.value.pid, 0) != 0 && errno == ESRCH }.map(\.key)
+            return gone.reduce(0) { $0 + Self.releaseClient($1, in: &s) }
+        }
+    }
+
+    /// Releases everything (shutdown; no request runs any more).
+    func releaseAll() {
+        state.withLock { s in
+            for seg in s.segments.values { seg.release() }
+            s.segments.removeAll()
+            s.byClient.removeAll()
+            s.connection.removeAll()
+        }
+    }
+
+    struct Snapshot {
+        var registrations: Int
+        var clients: Int
+        var mappedBytes: Int
+        var releasedClients: UInt64
+    }
+
+    var snapshot: Snapshot {
+        state.withLock { s in
+            Snapshot(registrations: s.segments.count, clients: s.byClient.count,
+                     mappedBytes: s.segments.values.reduce(0) { $0 + $1.size }, releasedClients: s.releasedClients)
+        }
+    }
+
+    private static func releaseClient(_ client: ClientKey, in s: inout State) -> Int {
+        guard let handles = s.byClient[client] else { return 0 }
+        for h in handles { if let seg = s.segments[h] { _ = drop(seg, in: &s) } }
+        s.connection[client] = nil
+        s.releasedClients += 1
+        return handles.count
+    }
+
+    /// Forgets `seg`; releases it now or when its last user checks in. Returns true if deferred.
+    private static func drop(_ seg: SharedSegment, in s: inout State) -> Bool {
+        s.segments[seg.handle] = nil
+        s.byClient[seg.owner]?.remove(seg.handle)
+        if s.byClient[seg.owner]?.isEmpty == true {
+            s.byClient[seg.owner] = nil
+            s.connection[seg.owner] = nil
+        }
+        if seg.users > 0 {
+            seg.releasePending = true
+            return true
+        }
+        seg.release()
+        return false
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import MoERouting
+
+/// Everything the daemon needs to serve: endpoints, limits and the layers to build.
+public struct ServerConfig: Sendable {
+    /// The ipc endpoint ("ipc:///run/moe-router/routerd.sock"); see `ServerConfig.defaultEndpoint`.
+    public var endpoint: String
+    /// A tcp endpoint, bound only when set. Shared memory is refused to its peers.
+    public var tcpEndpoint: String?
+    /// "cpu" (fastest kernel), "cpu-avx512" or "cpu-generic"; see `BackendFactory`.
+    public var backend: String = "cpu"
+    /// Worker threads for large requests (default: online cores).
+    public var workers: Int = ProcessInfo.processInfo.activeProcessorCount
+    /// Requests waiting for or running on a worker before new ones get BUSY.
+    public var queueDepth: Int = 64
+    /// ROUTE requests of at most this many tokens run on the I/O thread without a hand-off.
+    public var inlineTokens: Int = 64
+    /// Largest request frame answered with a typed error; libzmq drops a connection that
+    /// sends a frame larger than this plus 64 KiB (ZMQ_MAXMSGSIZE).
+    public var maxMessageBytes: Int = 64 << 20
+    public var maxTokens: Int = 1 << 20
+    public var defaultDeadlineMs: UInt32 = 5000
+    public var maxRegistrations: Int = 64
+    public var maxSegmentBytes: UInt64 = 1 << 34
+    /// ZMQ_RCVHWM / ZMQ_SNDHWM of the client-facing sockets.
+    public var highWaterMark: Int32 = 1000
+    /// ZMQ heartbeat interval; a tcp peer silent for 3 intervals is dropped.
+    public var heartbeatMs: Int32 = 1000
+    /// How long shutdown waits for in-flight requests.
+    public var drainTimeoutMs: Int = 10_000
+    public var layers: [LayerSpec] = []
+
+    public init(endpoint: String) { self.endpoint = endpoint }
+
+    /// The documented default ipc endpoint:
+    /// `$RUNTIME_DIRECTORY/routerd.sock` (systemd's RuntimeDirectory=, first entry), else
+    /// `$XDG_RUNTIME_DIR/moe-router/routerd.sock`, else `/tmp/moe-router-$UID/routerd.sock`.
+    public static func defaultEndpoint(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let dir = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first, !dir.isEmpty {
+            return "ipc://\(dir)/routerd.sock"
+        }
+        if let xdg = environment["XDG_RUNTIME_DIR"], !xdg.isEmpty {
+            return "ipc://\(xdg)/moe-router/routerd.sock"
+        }
+        return "ipc:///tmp/moe-router-\(getuid())/routerd.sock"
+    }
+
+    /// The filesystem path of an ipc endpoint, or nil for other transports.
+    public static func ipcPath(_ endpoint: String) -> String? {
+        endpoint.hasPrefix("ipc://") ? String(endpoint.dropFirst(6)) : nil
+    }
+}
+
+/// Creates the backend named in the configuration. To add one (e.g. "rocm"), add a case here.
+public enum BackendFactory {
+    public static let names = ["cpu", "cpu-avx512", "cpu-generic"]
+
+    public static func make(_ name: String, threads: Int) throws(ConfigError) -> any RoutingBackend {
+        switch name {
+        case "cpu": return CPUBackend(threads: threads)
+        case "cpu-avx512":
+            guard CPUBackend.Kernel.avx512.isSupported else { throw ConfigError("backend cpu-avx512: this CPU lacks AVX-512") }
+            return CPUBackend(kernel: .avx512, threads: threads)
+        case "cpu-generic": return CPUBackend(kernel: .generic, threads: threads)
+        default: throw ConfigError("unknown backend '\(name)' (known: \(names.joined(separator: ", ")))")
+        }
+    }
+}
+
+/// A configuration the daemon cannot start with; the message names the field and value.
+public struct ConfigError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The built layers, addressed by id (their index, in configuration order).
+public final class LayerCatalog: Sendable {
+    public let layers: [BuiltLayer]
+
+    public init(_ specs: [LayerSpec]) throws(ConfigError) {
+        var seen = Set<String>()
+        var built: [BuiltLayer] = []
+        for spec in specs {
+            guard seen.insert(spec.name).inserted else { throw ConfigError("layer name '\(spec.name)' appears twice") }
+            guard spec.name.utf8.count < 64 else { throw ConfigError("layer name '\(spec.name)' is longer than 63 bytes") }
+            do { built.append(try BuiltLayer(spec)) } catch { throw ConfigError(error.description) }
+        }
+        guard !built.isEmpty else { throw ConfigError("no layers: pass --preset NAME or --config FILE") }
+        layers = built
+    }
+
+    public func layer(_ id: UInt32) -> BuiltLayer? { Int(id) < layers.count ? layers[Int(id)] : nil }
+}

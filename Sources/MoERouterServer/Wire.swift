@@ -1,0 +1,132 @@
+import CMoERouterWire
+
+/// A status code of the wire protocol (`moe_status` in Include/moe_router.h).
+public struct WireStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    init(_ s: moe_status) { rawValue = s.rawValue }
+
+    public static let ok = WireStatus(MOE_OK)
+    public static let malformed = WireStatus(MOE_ERR_MALFORMED)
+    public static let badMagic = WireStatus(MOE_ERR_BAD_MAGIC)
+    public static let badVersion = WireStatus(MOE_ERR_BAD_VERSION)
+    public static let unknownOp = WireStatus(MOE_ERR_UNKNOWN_OP)
+    public static let unknownLayer = WireStatus(MOE_ERR_UNKNOWN_LAYER)
+    public static let badDType = WireStatus(MOE_ERR_BAD_DTYPE)
+    public static let sizeMismatch = WireStatus(MOE_ERR_SIZE_MISMATCH)
+    public static let outOfBounds = WireStatus(MOE_ERR_OUT_OF_BOUNDS)
+    public static let overflow = WireStatus(MOE_ERR_OVERFLOW)
+    public static let misaligned = WireStatus(MOE_ERR_MISALIGNED)
+    public static let overlap = WireStatus(MOE_ERR_OVERLAP)
+    public static let unknownHandle = WireStatus(MOE_ERR_UNKNOWN_HANDLE)
+    public static let shmRefused = WireStatus(MOE_ERR_SHM_REFUSED)
+    public static let shmOwner = WireStatus(MOE_ERR_SHM_OWNER)
+    public static let shmPermissions = WireStatus(MOE_ERR_SHM_PERMISSIONS)
+    public static let shmOpen = WireStatus(MOE_ERR_SHM_OPEN)
+    public static let shmSize = WireStatus(MOE_ERR_SHM_SIZE)
+    public static let shmTruncated = WireStatus(MOE_ERR_SHM_TRUNCATED)
+    public static let shmName = WireStatus(MOE_ERR_SHM_NAME)
+    public static let nonFinite = WireStatus(MOE_ERR_NONFINITE)
+    public static let busy = WireStatus(MOE_ERR_BUSY)
+    public static let deadline = WireStatus(MOE_ERR_DEADLINE)
+    public static let tooLarge = WireStatus(MOE_ERR_TOO_LARGE)
+    public static let limit = WireStatus(MOE_ERR_LIMIT)
+    public static let shuttingDown = WireStatus(MOE_ERR_SHUTTING_DOWN)
+    public static let badField = WireStatus(MOE_ERR_BAD_FIELD)
+    public static let internalError = WireStatus(MOE_ERR_INTERNAL)
+
+    public var description: String { "status \(rawValue)" }
+}
+
+/// A request the daemon refuses: a status and a message naming the field and value.
+public struct RequestFailure: Error, CustomStringConvertible {
+    public let status: WireStatus
+    public let message: String
+    public init(_ status: WireStatus, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+    public var description: String { message }
+}
+
+/// The wire's operation codes.
+public enum WireOp: UInt16, Sendable {
+    case hello = 1, listLayers = 2, registerShm = 3, unregisterShm = 4, route = 5, stats = 6, ping = 7
+}
+
+enum WireBytes {
+    /// Reads a `T` from `bytes` at `offset` (caller checked the size).
+    static func load<T>(_ type: T.Type, from bytes: UnsafeRawBufferPointer, at offset: Int = 0) -> T {
+        bytes.loadUnaligned(fromByteOffset: offset, as: T.self)
+    }
+
+    /// The raw bytes of a struct value.
+    static func bytes<T>(of value: T) -> [UInt8] {
+        withUnsafeBytes(of: value) { Array($0) }
+    }
+
+    /// A NUL-padded fixed field (a C `char[N]` imported as a tuple) as a String, or nil when it
+    /// holds no NUL.
+    static func string<T>(fromFixed field: T) -> String? {
+        withUnsafeBytes(of: field) { raw in
+            guard let end = raw.firstIndex(of: 0) else { return nil }
+            return String(decoding: raw[..<end], as: UTF8.self)
+        }
+    }
+
+    /// Writes `text` NUL-padded into a fixed field, truncating to leave room for the NUL.
+    static func setFixed<T>(_ field: inout T, _ text: String) {
+        withUnsafeMutableBytes(of: &field) { raw in
+            raw.initializeMemory(as: UInt8.self, repeating: 0)
+            let utf8 = Array(text.utf8.prefix(raw.count - 1))
+            raw.copyBytes(from: utf8)
+        }
+    }
+}
+
+/// A response before encoding: status, message, op body and extra frames.
+public struct Reply {
+    public var op: UInt16
+    public var requestID: UInt64
+    public var status: WireStatus
+    public var message: String
+    public var body: [UInt8]
+    public var frames: [ZMQMessage]
+
+    public init(op: UInt16, requestID: UInt64, status: WireStatus = .ok, message: String = "ok",
+                body: [UInt8] = [], frames: [ZMQMessage] = []) {
+        self.op = op
+        self.requestID = requestID
+        self.status = status
+        self.message = message
+        self.body = body
+        self.frames = frames
+    }
+
+    public init(failure: RequestFailure, op: UInt16, requestID: UInt64, body: [UInt8] = []) {
+        self.init(op: op, requestID: requestID, status: failure.status, message: failure.message, body: body)
+    }
+
+    /// Frame 0 (header + body + message) followed by the extra frames.
+    public func encode() -> [ZMQMessage] {
+        var text = Array(message.utf8.prefix(Int(MOE_MAX_MESSAGE_TEXT)))
+        while let last = text.last, last & 0xC0 == 0x80 { text.removeLast() } // keep UTF-8 whole
+        var header = moe_resp_header()
+        header.magic = MOE_PROTOCOL_MAGIC
+        header.version = UInt16(MOE_PROTOCOL_VERSION)
+        header.op = op
+        header.request_id = requestID
+        header.status = status.rawValue
+        header.body_size = UInt32(body.count)
+        header.message_len = UInt16(text.count)
+        let headerSize = MemoryLayout<moe_resp_header>.size
+        let first = ZMQMessage(size: headerSize + body.count + text.count)
+        let out = first.mutableBytes
+        withUnsafeBytes(of: header) { out.copyMemory(from: $0) }
+        body.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[headerSize...]).copyMemory(from: $0) }
+        text.withUnsafeBytes {
+            UnsafeMutableRawBufferPointer(rebasing: out[(headerSize + body.count)...]).copyMemory(from: $0)
+        }
+        return [first] + frames
+    }
+}

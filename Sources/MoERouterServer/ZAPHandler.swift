@@ -1,0 +1,58 @@
+import CZMQ
+import Logging
+
+/// The ZAP handler (RFC 27) at inproc://zeromq.zap.01. libzmq asks it about every new
+/// connection on a socket with a ZAP domain. It admits everyone (the ipc socket file's mode
+/// 0660 is the access control) and sets the connection's User-Id, which every message from that
+/// connection then carries: "ipc:UID:GID:PID" from the kernel's SO_PEERCRED for ipc peers,
+/// "tcp:ADDRESS" for tcp peers.
+final class ZAPHandler: @unchecked Sendable {
+    static let endpoint = "inproc://zeromq.zap.01"
+    static let ipcDomain = "moe-router-ipc"
+    static let tcpDomain = "moe-router-tcp"
+
+    private let socket: ZMQSocket
+    private let logger: Logger
+
+    /// Binds on the calling thread (before any socket with a ZAP domain binds).
+    init(context: ZMQContext, logger: Logger) throws(ZMQError) {
+        socket = try ZMQSocket(context, type: ZMQ_REP)
+        try socket.bind(Self.endpoint)
+        self.logger = logger
+    }
+
+    /// Answers requests until the context shuts down. Run on its own thread.
+    func serve() {
+        while true {
+            let frames: [ZMQMessage]
+            do { frames = try socket.receiveMultipart() } catch {
+                if error.isTerminated { break }
+                logger.warning("zap: \(error)")
+                continue
+            }
+            let text = frames.map { String(decoding: $0.bytes, as: UTF8.self) }
+            let requestID = frames.count > 1 ? frames[1].array : []
+            var status = "200", reason = "OK", user = ""
+            if frames.count < 6 || text[0] != "1.0" {
+                status = "400"
+                reason = "malformed ZAP request"
+            } else if text[2] == Self.ipcDomain {
+                if let creds = PeerCredentials(text[3]) {
+                    user = "ipc:\(creds.uid):\(creds.gid):\(creds.pid)"
+                } else {
+                    user = "ipc:"
+                }
+            } else {
+                user = "tcp:\(text[3])"
+            }
+            let reply: [ZMQMessage] = [
+                ZMQMessage(Array("1.0".utf8)), ZMQMessage(requestID), ZMQMessage(Array(status.utf8)),
+                ZMQMessage(Array(reason.utf8)), ZMQMessage(Array(user.utf8)), ZMQMessage([]),
+            ]
+            do { try socket.sendMultipart(reply) } catch {
+                if error.isTerminated { break }
+            }
+        }
+        socket.close()
+    }
+}

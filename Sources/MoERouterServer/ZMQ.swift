@@ -1,0 +1,198 @@
+import CZMQ
+import Glibc
+
+/// A libzmq error: the errno-style code and libzmq's text for it.
+public struct ZMQError: Error, CustomStringConvertible, Equatable {
+    public let code: Int32
+    public let function: String
+
+    static func last(_ function: String) -> ZMQError { ZMQError(code: zmq_errno(), function: function) }
+
+    public var isTerminated: Bool { code == ETERM }
+    public var wouldBlock: Bool { code == EAGAIN }
+    public var interrupted: Bool { code == EINTR }
+    public var description: String { "\(function): \(String(cString: zmq_strerror(code)))" }
+}
+
+/// A libzmq context. Thread-safe; every socket keeps a strong reference to its context so the
+/// context is terminated only after its last socket closed (see shared/SWIFT-NOTES.md).
+public final class ZMQContext: @unchecked Sendable {
+    let raw: UnsafeMutableRawPointer
+
+    public init(ioThreads: Int32 = 1) {
+        raw = zmq_ctx_new()!
+        zmq_ctx_set(raw, ZMQ_IO_THREADS, ioThreads)
+        zmq_ctx_set(raw, ZMQ_BLOCKY, 0)
+    }
+
+    /// Makes blocked calls on every socket of this context return ETERM.
+    public func shutdown() { zmq_ctx_shutdown(raw) }
+
+    deinit {
+        while zmq_ctx_term(raw) != 0 && zmq_errno() == EINTR {}
+    }
+}
+
+/// One message part, heap-allocated so libzmq's `zmq_msg_t` never moves.
+public final class ZMQMessage {
+    let msg: UnsafeMutablePointer<zmq_msg_t>
+
+    public init() {
+        msg = .allocate(capacity: 1)
+        zmq_msg_init(msg)
+    }
+
+    /// A message of `size` uninitialised bytes, to be filled through `mutableBytes`.
+    public init(size: Int) {
+        msg = .allocate(capacity: 1)
+        zmq_msg_init_size(msg, size)
+    }
+
+    public convenience init(bytes: UnsafeRawBufferPointer) {
+        self.init(size: bytes.count)
+        if bytes.count > 0 { mutableBytes.copyMemory(from: bytes) }
+    }
+
+    public convenience init(_ array: [UInt8]) {
+        self.init(size: array.count)
+        array.withUnsafeBytes { if $0.count > 0 { mutableBytes.copyMemory(from: $0) } }
+    }
+
+    deinit {
+        zmq_msg_close(msg)
+        msg.deallocate()
+    }
+
+    public var count: Int { zmq_msg_size(msg) }
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: count) }
+    public var mutableBytes: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: zmq_msg_data(msg), count: count)
+    }
+    public var hasMore: Bool { zmq_msg_more(msg) != 0 }
+
+    /// A metadata property of a received message ("User-Id", "Peer-Address", ...).
+    public func property(_ name: String) -> String? {
+        guard let p = zmq_msg_gets(msg, name) else { return nil }
+        return String(cString: p)
+    }
+
+    /// The file descriptor of the connection the message arrived on (libzmq's ZMQ_SRCFD).
+    public var sourceFD: Int32 { zmq_msg_get(msg, 2 /* ZMQ_SRCFD */) }
+
+    public var array: [UInt8] { Array(bytes) }
+}
+
+/// A libzmq socket. Not thread-safe: create, use and close it on one thread.
+public final class ZMQSocket {
+    public let context: ZMQContext
+    let raw: UnsafeMutableRawPointer
+    private var closed = false
+
+    public init(_ context: ZMQContext, type: Int32) throws(ZMQError) {
+        guard let s = zmq_socket(context.raw, type) else { throw .last("zmq_socket") }
+        self.context = context
+        raw = s
+        try set(ZMQ_LINGER, Int32(0))
+    }
+
+    public func set(_ option: Int32, _ value: Int32) throws(ZMQError) {
+        var v = value
+        guard zmq_setsockopt(raw, option, &v, MemoryLayout<Int32>.size) == 0 else { throw .last("zmq_setsockopt(\(option))") }
+    }
+
+    public func set(_ option: Int32, _ value: Int64) throws(ZMQError) {
+        var v = value
+        guard zmq_setsockopt(raw, option, &v, MemoryLayout<Int64>.size) == 0 else { throw .last("zmq_setsockopt(\(option))") }
+    }
+
+    public func set(_ option: Int32, _ value: String) throws(ZMQError) {
+        let rc = value.withCString { zmq_setsockopt(raw, option, $0, strlen($0)) }
+        guard rc == 0 else { throw .last("zmq_setsockopt(\(option))") }
+    }
+
+    public func bind(_ endpoint: String) throws(ZMQError) {
+        guard zmq_bind(raw, endpoint) == 0 else { throw .last("zmq_bind(\(endpoint))") }
+    }
+
+    public func unbind(_ endpoint: String) { _ = zmq_unbind(raw, endpoint) }
+
+    public func connect(_ endpoint: String) throws(ZMQError) {
+        guard zmq_connect(raw, endpoint) == 0 else { throw .last("zmq_connect(\(endpoint))") }
+    }
+
+    /// Sends one part; `more` marks further parts. The message is consumed (emptied) on success.
+    public func send(_ message: ZMQMessage, more: Bool = false, dontWait: Bool = false) throws(ZMQError) {
+        let flags = (more ? ZMQ_SNDMORE : 0) | (dontWait ? ZMQ_DONTWAIT : 0)
+        while zmq_msg_send(message.msg, raw, flags) < 0 {
+            let e = ZMQError.last("zmq_msg_send")
+            if !e.interrupted { throw e }
+        }
+    }
+
+    public func send(bytes: [UInt8], more: Bool = false) throws(ZMQError) {
+        try send(ZMQMessage(bytes), more: more)
+    }
+
+    /// Receives one part into a new message.
+    public func receive(dontWait: Bool = false) throws(ZMQError) -> ZMQMessage {
+        let m = ZMQMessage()
+        while zmq_msg_recv(m.msg, raw, dontWait ? ZMQ_DONTWAIT : 0) < 0 {
+            let e = ZMQError.last("zmq_msg_recv")
+            if !e.interrupted { throw e }
+        }
+        return m
+    }
+
+    /// Receives every part of one multipart message.
+    public func receiveMultipart(dontWait: Bool = false) throws(ZMQError) -> [ZMQMessage] {
+        var parts = [try receive(dontWait: dontWait)]
+        while parts[parts.count - 1].hasMore { parts.append(try receive()) }
+        return parts
+    }
+
+    public func sendMultipart(_ parts: [ZMQMessage]) throws(ZMQError) {
+        for (i, p) in parts.enumerated() { try send(p, more: i < parts.count - 1) }
+    }
+
+    /// Starts a socket monitor publishing `events` on inproc `endpoint`.
+    public func monitor(_ endpoint: String, events: Int32) throws(ZMQError) {
+        guard zmq_socket_monitor(raw, endpoint, events) == 0 else { throw .last("zmq_socket_monitor") }
+    }
+
+    public func close() {
+        if !closed {
+            closed = true
+            zmq_close(raw)
+        }
+    }
+
+    deinit { close() }
+}
+
+/// Waits on several sockets (and raw fds); returns which are readable.
+public struct ZMQPoller {
+    private var items: [zmq_pollitem_t] = []
+
+    public init() {}
+
+    public mutating func add(_ socket: ZMQSocket) -> Int {
+        items.append(zmq_pollitem_t(socket: socket.raw, fd: -1, events: Int16(ZMQ_POLLIN), revents: 0))
+        return items.count - 1
+    }
+
+    public mutating func add(fd: Int32) -> Int {
+        items.append(zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0))
+        return items.count - 1
+    }
+
+    /// Polls for at most `timeoutMs` (-1: forever). Returns the readable item indices.
+    public mutating func poll(timeoutMs: Int) throws(ZMQError) -> [Int] {
+        let n = items.withUnsafeMutableBufferPointer { zmq_poll($0.baseAddress, Int32($0.count), timeoutMs) }
+        if n < 0 {
+            let e = ZMQError.last("zmq_poll")
+            if e.interrupted { return [] }
+            throw e
+        }
+        return items.indices.filter { items[$0].revents & Int16(ZMQ_POLLIN) != 0 }
+    }
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import MoERouterServer
+import MoERouterService
+import MoERouting
+
+/// moe-routerd: holds built MoE routing layers and serves top-k routing over ZeroMQ, with bulk
+/// tensors in POSIX shared memory. Protocol: docs/PROTOCOL.md; wire structs: Include/moe_router.h.
+@main
+struct RouterDaemon: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moe-routerd",
+        abstract: "Serve MoE top-k routing over ZeroMQ (ipc, optional tcp) with shared-memory tensors.",
+        discussion: """
+        Layers come from --config (YAML) and --preset (repeatable), in that order; their ids are \
+        their positions. Presets: \(Presets.names.joined(separator: ", ")). A biased preset uses \
+        the deterministic synthetic bias of Presets.syntheticBias (uniform in [-0.1, 0.1)).
+        Default endpoint: ipc://$RUNTIME_DIRECTORY/routerd.sock, else \
+        ipc://$XDG_RUNTIME_DIR/moe-router/routerd.sock, else ipc:///tmp/moe-router-$UID/routerd.sock.
+        """)
+
+    @Option(name: .customLong("preset"), help: "Serve a built-in model layer (repeatable).")
+    var presets: [String] = []
+
+    @Option(help: "YAML configuration file (endpoints, limits, layers).")
+    var config: String?
+
+    @Option(help: "The ipc endpoint, ipc://PATH (socket file mode 0660).")
+    var endpoint: String?
+
+    @Option(help: "Also bind this tcp endpoint (tcp://HOST:PORT). Shared memory is refused there.")
+    var tcp: String?
+
+    @Option(help: "Routing backend: \(BackendFactory.names.joined(separator: ", ")).")
+    var backend: String?
+
+    @Option(help: "Gate dtype of --preset layers: fp32, bf16, fp16.")
+    var gateDtype: String = "bf16"
+
+    @Option(help: "Non-finite policy of --preset layers: clamp or reject.")
+    var nonfinite: String = "clamp"
+
+    @Option(help: "Worker threads for large requests (default: online cores).")
+    var workers: Int?
+
+    @Option(help: "Queued large requests before BUSY.")
+    var queueDepth: Int?
+
+    @Option(help: "ROUTEs up to this many tokens run on the I/O thread.")
+    var inlineTokens: Int?
+
+    @Option(help: "Largest request in bytes answered with a typed error.")
+    var maxMessageBytes: Int?
+
+    @Option(help: "Largest token count per ROUTE.")
+    var maxTokens: Int?
+
+    @Option(help: "Default per-request deadline in milliseconds.")
+    var deadlineMs: UInt32?
+
+    @Option(help: "Shared-memory registrations per client.")
+    var maxRegistrations: Int?
+
+    @Option(help: "Write and lock a pidfile.")
+    var pidfile: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    mutating func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "moe-routerd")
+        let settings = try makeConfig()
+        let server: RouterServer
+        do { server = try RouterServer(config: settings, logger: logger) } catch {
+            logger.critical("\(error)")
+            throw ExitCode(2)
+        }
+        let pid = try pidfile.map { path in
+            do { return try PidFile(path: path) } catch {
+                logger.critical("\(error)")
+                throw ExitCode(2)
+            }
+        }
+        for layer in server.layers {
+            let s = layer.spec
+            logger.info("layer \(s.name): \(s.method) E=\(s.numExperts) k=\(s.topK) G=\(s.numExpertGroup) Gk=\(s.topKGroup) gate=\(s.gateDType) nonfinite=\(s.nonFinite)")
+        }
+        let signals = [SIGTERM, SIGINT].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                logger.info("signal \(sig): shutting down")
+                server.stop()
+            }
+            source.resume()
+            return source
+        }
+        let notifier = SystemdNotifier()
+        do {
+            try server.run(ready: { notifier.ready(status: "serving \(server.layers.count) layers on \(settings.endpoint)") })
+        } catch {
+            logger.critical("\(error)")
+            pid?.remove()
+            throw ExitCode(1)
+        }
+        notifier.stopping(status: "stopped")
+        signals.forEach { $0.cancel() }
+        pid?.remove()
+    }
+
+    func makeConfig() throws -> ServerConfig {
+        var file = ConfigFile()
+        var specs: [LayerSpec] = []
+        do {
+            if let config {
+                file = try ConfigFile.load(path: config)
+                let dir = URL(fileURLWithPath: config).deletingLastPathComponent().path
+                specs = try file.layerSpecs(baseDirectory: dir)
+            }
+            guard let gate = DType(name: gateDtype) else { throw ConfigError("--gate-dtype \(gateDtype): expected fp32, bf16 or fp16") }
+            guard let policy = NonFinitePolicy(name: nonfinite) else { throw ConfigError("--nonfinite \(nonfinite): expected clamp or reject") }
+            for name in presets {
+                guard var spec = Presets.spec(named: name, gateDType: gate) else {
+                    throw ConfigError("--preset \(name) is unknown (known: \(Presets.names.joined(separator: ", ")))")
+                }
+                spec.nonFinite = policy
+                specs.append(spec)
+            }
+        } catch let e as ConfigError {
+            throw ValidationError(e.description)
+        }
+        var c = ServerConfig(endpoint: endpoint ?? file.endpoint ?? ServerConfig.defaultEndpoint())
+        c.tcpEndpoint = tcp ?? file.tcp
+        c.backend = backend ?? file.backend ?? "cpu"
+        if let v = workers ?? file.workers { c.workers = max(1, v) }
+        if let v = queueDepth ?? file.queue_depth { c.queueDepth = max(1, v) }
+        if let v = inlineTokens ?? file.inline_tokens { c.inlineTokens = max(0, v) }
+        if let v = maxMessageBytes ?? file.max_message_bytes { c.maxMessageBytes = max(4096, v) }
+        if let v = maxTokens ?? file.max_tokens { c.maxTokens = max(1, v) }
+        if let v = deadlineMs ?? file.deadline_ms { c.defaultDeadlineMs = max(1, v) }
+        if let v = maxRegistrations ?? file.max_registrations { c.maxRegistrations = max(1, v) }
+        c.layers = specs
+        return c
+    }
+}
