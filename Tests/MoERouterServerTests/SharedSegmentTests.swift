@@ -1,0 +1,79 @@
+import CMoERouterdOS
+import Glibc
+import Testing
+@testable import MoERouterServer
+
+/// The SIGBUS guard and the registry's reference counting, on real POSIX shm objects.
+@Suite(.serialized) struct SharedSegmentTests {
+    static let me = ClientKey(transport: .ipc, routingID: [1, 2, 3])
+    static let peer = PeerCredentials(uid: getuid(), gid: getgid(), pid: getpid())
+
+    func makeObject(_ size: Int, mode: mode_t = 0o600) -> (String, Int32) {
+        let name = "/moe-router-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, mode)
+        precondition(fd >= 0)
+        fchmod(fd, mode)
+        ftruncate(fd, off_t(size))
+        return (name, fd)
+    }
+
+    @Test func truncatedSegmentFaultsAreAbsorbedAndReported() throws {
+        #expect(mro_guard_install() == 0)
+        let registry = SegmentRegistry(limits: .init(maxPerClient: 4, maxSegmentBytes: 1 << 30))
+        let (name, fd) = makeObject(3 * 4096)
+        defer { shm_unlink(name); close(fd) }
+        let seg = try registry.register(client: Self.me, peer: Self.peer, connectionFD: -1, name: name, size: 3 * 4096)
+        #expect(seg.isIntact)
+        ftruncate(fd, 0)  // the client shrinks its object behind the daemon's back
+        #expect(!seg.isIntact)
+        // Touch every page as a kernel would: without the guard this is SIGBUS.
+        var sum = 0
+        for off in stride(from: 0, to: seg.size, by: 512) { sum += Int(seg.base.load(fromByteOffset: off, as: UInt8.self)) }
+        seg.base.storeBytes(of: 7, toByteOffset: 100, as: UInt8.self)
+        #expect(sum == 0)
+        #expect(seg.faulted)
+        registry.drop(handle: seg.handle)
+        #expect(registry.snapshot.registrations == 0)
+    }
+
+    @Test func unregisterDuringUseIsDeferred() throws {
+        let registry = SegmentRegistry(limits: .init(maxPerClient: 4, maxSegmentBytes: 1 << 30))
+        let (name, fd) = makeObject(4096)
+        defer { shm_unlink(name); close(fd) }
+        let seg = try registry.register(client: Self.me, peer: Self.peer, connectionFD: -1, name: name, size: 4096)
+        let inUse = try registry.checkout(client: Self.me, handle: seg.handle)
+        #expect(try registry.unregister(client: Self.me, handle: seg.handle) == true)
+        #expect(!inUse.released)
+        inUse.base.storeBytes(of: 1, as: UInt8.self)  // still mapped
+        registry.checkin(inUse)
+        #expect(inUse.released)
+        #expect(throws: RequestFailure.self) { try registry.checkout(client: Self.me, handle: seg.handle) }
+    }
+
+    @Test func registrationsArePerClientAndChecked() throws {
+        let registry = SegmentRegistry(limits: .init(maxPerClient: 1, maxSegmentBytes: 1 << 30))
+        let other = ClientKey(transport: .ipc, routingID: [9])
+        let (name, fd) = makeObject(4096)
+        defer { shm_unlink(name); close(fd) }
+        let seg = try registry.register(client: Self.me, peer: Self.peer, connectionFD: 5, name: name, size: 4096)
+        #expect(throws: RequestFailure.self) { try registry.checkout(client: other, handle: seg.handle) }
+        #expect(throws: RequestFailure.self) { try registry.unregister(client: other, handle: seg.handle) }
+        #expect(throws: RequestFailure.self) {  // limit of 1 per client
+            try registry.register(client: Self.me, peer: Self.peer, connectionFD: 5, name: name, size: 4096)
+        }
+        let stranger = PeerCredentials(uid: getuid() &+ 1, gid: 0, pid: 1)
+        #expect(throws: RequestFailure.self) {
+            try registry.register(client: other, peer: stranger, connectionFD: 6, name: name, size: 4096)
+        }
+        #expect(registry.releaseClients(connectionFD: 5, transport: .ipc) == 1)
+        #expect(seg.released)
+        let (open, fd2) = makeObject(4096, mode: 0o666)
+        defer { shm_unlink(open); close(fd2) }
+        do {
+            _ = try registry.register(client: other, peer: Self.peer, connectionFD: 6, name: open, size: 4096)
+            Issue.record("world-writable segment accepted")
+        } catch {
+            #expect(error.status == .shmPermissions)
+        }
+    }
+}
