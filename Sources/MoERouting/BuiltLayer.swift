@@ -13,6 +13,7 @@ public final class BuiltLayer: Sendable {
     /// The exact fp32 widening of `storedBias`, which the matched path hands to the kernel.
     let kernelBias: [Float]?
     private let fallbackCastCount = Atomic<Int>(0)
+    private let biasCopyCount = Atomic<Int>(0)
 
     /// Validates `spec` and pre-casts its bias to the gate dtype.
     public init(_ spec: LayerSpec) throws(LayerSpecError) {
@@ -32,7 +33,28 @@ public final class BuiltLayer: Sendable {
     /// layer has a bias to convert).
     public var fallbackCasts: Int { fallbackCastCount.load(ordering: .relaxed) }
 
-    func countFallbackCast() { fallbackCastCount.add(1, ordering: .relaxed) }
+    /// Bias copies this layer has made (one per fallback request); 0 proves the matched path
+    /// never converted or copied anything.
+    public var biasCopies: Int { biasCopyCount.load(ordering: .relaxed) }
+
+    /// Runs `body` with the bias as a request in `dtype` sees it: the layer's own fp32 widening
+    /// when `dtype` is the gate dtype (nothing converted, nothing copied), else the stored bias
+    /// converted to `dtype` in a stack buffer (the counted fallback). `body` gets `nil` for
+    /// layers without bias, and whether the fallback ran.
+    public func withRequestBias<R, E: Error>(
+        _ dtype: DType, _ body: (UnsafePointer<Float>?, _ fallback: Bool) throws(E) -> R
+    ) throws(E) -> R {
+        guard let stored = storedBias, let widened = kernelBias else { return try body(nil, false) }
+        if dtype == stored.dtype {
+            return try widened.withUnsafeBufferPointer { (p) throws(E) -> R in try body(p.baseAddress, false) }
+        }
+        fallbackCastCount.add(1, ordering: .relaxed)
+        biasCopyCount.add(1, ordering: .relaxed)
+        return try withUnsafeTemporaryAllocation(of: Float.self, capacity: spec.numExperts) { (buf) throws(E) -> R in
+            stored.convert(to: dtype, into: buf)
+            return try body(UnsafePointer(buf.baseAddress), true)
+        }
+    }
 
     public var name: String { spec.name }
 }
@@ -67,10 +89,8 @@ public enum StoredBias: Sendable, Equatable {
     }
 
     /// The fallback conversion: the stored values converted to `dtype`, widened to fp32, into
-    /// `out`. Counted process-wide in `StoredBias.conversions` so tests can prove the matched
-    /// path never gets here.
+    /// `out`.
     func convert(to dtype: DType, into out: UnsafeMutableBufferPointer<Float>) {
-        StoredBias.conversionCount.add(1, ordering: .relaxed)
         switch self {
         case .fp32(let v):
             for i in v.indices { out[i] = dtype.roundTrip(v[i]) }
@@ -78,9 +98,4 @@ public enum StoredBias: Sendable, Equatable {
             for i in bits.indices { out[i] = dtype.roundTrip(d.widen(bits[i])) }
         }
     }
-
-    static let conversionCount = Atomic<Int>(0)
-
-    /// Fallback bias conversions performed in this process, by any layer.
-    public static var conversions: Int { conversionCount.load(ordering: .relaxed) }
 }

@@ -50,19 +50,10 @@ public final class CPUBackend: RoutingBackend {
                                            Int64(spec.numExperts), Int64(tokens), &count)
             if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
         }
-        guard let bias = layer.storedBias, dtype != bias.dtype else {
-            // The matched path (or no bias): the layer's own buffer, nothing converted.
-            let nonFinite = layer.kernelBias.withOptionalBuffer { biasPointer in
-                run(spec, biasPointer, input, dtype, tokens, weights, ids)
-            }
-            return RouteOutcome(nonFiniteInputs: nonFinite, usedFallbackCast: false)
+        return layer.withRequestBias(dtype) { bias, fallback in
+            RouteOutcome(nonFiniteInputs: run(spec, bias, input, dtype, tokens, weights, ids),
+                         usedFallbackCast: fallback)
         }
-        layer.countFallbackCast()
-        let nonFinite = withUnsafeTemporaryAllocation(of: Float.self, capacity: spec.numExperts) { converted in
-            bias.convert(to: dtype, into: converted)
-            return run(spec, UnsafePointer(converted.baseAddress), input, dtype, tokens, weights, ids)
-        }
-        return RouteOutcome(nonFiniteInputs: nonFinite, usedFallbackCast: true)
     }
 
     private func run(
@@ -103,15 +94,6 @@ public final class CPUBackend: RoutingBackend {
 struct UnsafeSendable<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
-}
-
-extension Optional where Wrapped == [Float] {
-    func withOptionalBuffer<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
-        switch self {
-        case .some(let array): array.withUnsafeBufferPointer { body($0.baseAddress) }
-        case .none: body(nil)
-        }
-    }
 }
 
 enum ProcessInfoCores {
