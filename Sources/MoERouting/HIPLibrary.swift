@@ -1,0 +1,127 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why the ROCm backend cannot be used. Every case says what was tried and what to do.
+public enum ROCmBackendError: Error, Equatable, CustomStringConvertible {
+    /// No backend library at any of `searched` (build it with scripts/build-rocm.sh).
+    case libraryNotFound(searched: [String])
+    /// The library exists but `dlopen` refused it; usually the ROCm runtime (libamdhip64.so.5)
+    /// is not installed.
+    case libraryLoadFailed(path: String, reason: String)
+    /// The library lacks a symbol or speaks another ABI version.
+    case incompatibleLibrary(path: String, reason: String)
+    /// The runtime loaded but reports no usable device (this is hipErrorNoDevice, status 100,
+    /// on a machine without an AMD GPU or without access to /dev/kfd).
+    case noDevice(runtime: String, status: Int32, error: String)
+    /// The runtime failed in `operation` (layer upload, stream creation, a route).
+    case deviceFailure(operation: String, status: Int32, error: String)
+
+    public var description: String {
+        switch self {
+        case .libraryNotFound(let paths):
+            "ROCm backend library not found (looked at \(paths.joined(separator: ", "))); "
+                + "build it with scripts/build-rocm.sh or set MOE_ROUTER_HIP_LIB"
+        case .libraryLoadFailed(let path, let reason):
+            "no ROCm runtime: cannot load \(path): \(reason) "
+                + "(is the HIP runtime libamdhip64 installed? apt-get install libamdhip64-5)"
+        case .incompatibleLibrary(let path, let reason):
+            "ROCm backend library \(path) is incompatible: \(reason); rebuild it with scripts/build-rocm.sh"
+        case .noDevice(let runtime, let status, let error):
+            "no ROCm device: the \(runtime) runtime reports \(error) (status \(status)); "
+                + "use --backend cpu or auto"
+        case .deviceFailure(let op, let status, let error):
+            "ROCm \(op) failed: \(error) (status \(status))"
+        }
+    }
+}
+
+/// The C ABI of rocm/moe_router_hip.h, resolved from a dlopen'ed library. The library is never
+/// unloaded: GPU runtimes do not support being unloaded from a live process.
+final class HIPLibrary: @unchecked Sendable {
+    typealias CountFn = @convention(c) (UnsafeMutablePointer<Int32>?) -> Int32
+    typealias NameFn = @convention(c) (Int32, UnsafeMutablePointer<CChar>?, Int32) -> Int32
+    typealias StatusTextFn = @convention(c) (Int32) -> UnsafePointer<CChar>?
+    typealias LayerCreateFn = @convention(c) (
+        Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?,
+        UnsafeMutablePointer<OpaquePointer?>?
+    ) -> Int32
+    typealias StreamCreateFn = @convention(c) (Int32, UnsafeMutablePointer<OpaquePointer?>?) -> Int32
+    typealias DestroyFn = @convention(c) (OpaquePointer?) -> Void
+    typealias RouteFn = @convention(c) (
+        OpaquePointer?, OpaquePointer?, UnsafePointer<Float>?, UnsafeRawPointer?, Int32, Int64,
+        UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<Int64>?
+    ) -> Int32
+
+    static let abiVersion: Int32 = 1
+
+    let path: String
+    let runtime: String
+    let deviceCount: CountFn
+    let deviceName: NameFn
+    let errorName: StatusTextFn
+    let errorString: StatusTextFn
+    let layerCreate: LayerCreateFn
+    let layerDestroy: DestroyFn
+    let streamCreate: StreamCreateFn
+    let streamDestroy: DestroyFn
+    let route: RouteFn
+
+    init(path: String) throws(ROCmBackendError) {
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            let reason = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
+            throw .libraryLoadFailed(path: path, reason: reason)
+        }
+        func symbol<T>(_ name: String, as: T.Type) throws(ROCmBackendError) -> T {
+            guard let p = dlsym(handle, name) else {
+                throw .incompatibleLibrary(path: path, reason: "missing symbol \(name)")
+            }
+            return unsafeBitCast(p, to: T.self)
+        }
+        typealias VersionFn = @convention(c) () -> Int32
+        typealias TextFn = @convention(c) () -> UnsafePointer<CChar>?
+        let version = try symbol("mrh_abi_version", as: VersionFn.self)()
+        guard version == Self.abiVersion else {
+            throw .incompatibleLibrary(path: path, reason: "ABI version \(version), expected \(Self.abiVersion)")
+        }
+        self.path = path
+        runtime = try symbol("mrh_runtime_name", as: TextFn.self)().map { String(cString: $0) } ?? "?"
+        deviceCount = try symbol("mrh_device_count", as: CountFn.self)
+        deviceName = try symbol("mrh_device_name", as: NameFn.self)
+        errorName = try symbol("mrh_error_name", as: StatusTextFn.self)
+        errorString = try symbol("mrh_error_string", as: StatusTextFn.self)
+        layerCreate = try symbol("mrh_layer_create", as: LayerCreateFn.self)
+        layerDestroy = try symbol("mrh_layer_destroy", as: DestroyFn.self)
+        streamCreate = try symbol("mrh_stream_create", as: StreamCreateFn.self)
+        streamDestroy = try symbol("mrh_stream_destroy", as: DestroyFn.self)
+        route = try symbol("mrh_route", as: RouteFn.self)
+    }
+
+    /// "hipErrorNoDevice: no ROCm-capable device is detected".
+    func describe(_ status: Int32) -> String {
+        let name = errorName(status).map { String(cString: $0) } ?? "status \(status)"
+        let text = errorString(status).map { String(cString: $0) } ?? ""
+        return text.isEmpty || text == name ? name : "\(name): \(text)"
+    }
+
+    func failure(_ operation: String, _ status: Int32) -> ROCmBackendError {
+        .deviceFailure(operation: operation, status: status, error: describe(status))
+    }
+
+    /// Where the backend looks for its library, in order: `MOE_ROUTER_HIP_LIB` alone when set;
+    /// else next to the executable, then `build/rocm/` under the working directory.
+    static func searchPaths(fileName: String = "libmoe_router_hip.so") -> [String] {
+        if let env = getenv("MOE_ROUTER_HIP_LIB"), env.pointee != 0 { return [String(cString: env)] }
+        var paths: [String] = []
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if n > 0 {
+            let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let slash = exe.lastIndex(of: "/") { paths.append(exe[..<slash] + "/" + fileName) }
+        }
+        paths.append("build/rocm/" + fileName)
+        return paths
+    }
+
+    static func fileExists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+}

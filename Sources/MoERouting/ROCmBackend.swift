@@ -1,0 +1,211 @@
+import CMoEKernels
+import Synchronization
+
+/// The ROCm backend: the HIP kernels of rocm/ (the per-token code of the CPU backend, compiled
+/// as device code, one thread per token), loaded at run time from libmoe_router_hip.so so that
+/// the package builds and runs where ROCm is absent. Results are bit-identical to `CPUBackend`.
+///
+/// Each layer is uploaded once (`prepare`, or on its first request): its parameters and its
+/// bias in the gate dtype's fp32 widening stay resident on the device. Each request copies its
+/// gating output through a pinned staging buffer of a stream, runs the kernel and copies the
+/// outputs back the same way. Streams are pooled: every concurrent caller (worker thread)
+/// holds its own for the duration of a request, so the pool grows to the peak concurrency.
+///
+/// A runtime failure during a request (which `RouteError` cannot express) is answered by the
+/// CPU backend instead, with the same bits; it is counted in `deviceFailures` and described in
+/// `lastDeviceFailure`.
+public final class ROCmBackend: RoutingBackend {
+    /// "rocm" on a HIP device, "cuda" on the CUDA build, "rocm-host-emulation" on the CPU
+    /// emulation library the tests use.
+    public let name: String
+    /// The device ordinal this backend routes on.
+    public let device: Int
+    /// The device's architecture name as the runtime reports it ("gfx90a:sramecc+:xnack-").
+    public let deviceName: String
+    /// Devices the runtime reported when the backend was opened.
+    public let deviceCount: Int
+    /// The library this backend loaded.
+    public var libraryPath: String { library.path }
+
+    private let library: HIPLibrary
+    private let layers = Mutex<[ObjectIdentifier: DeviceLayer]>([:])
+    private let idleStreams = Mutex<[DeviceStream]>([])
+    private let failures = Mutex<(count: Int, last: ROCmBackendError?)>((0, nil))
+
+    /// Loads the backend library and checks that the runtime has a device.
+    ///
+    /// - Parameters:
+    ///   - library: the library to load; by default the first that exists of
+    ///     `ROCmBackend.searchPaths` (`MOE_ROUTER_HIP_LIB`, next to the executable,
+    ///     `build/rocm/libmoe_router_hip.so`).
+    ///   - device: the device ordinal.
+    /// - Throws: `ROCmBackendError.libraryNotFound`, `.libraryLoadFailed` (no ROCm runtime),
+    ///   `.incompatibleLibrary`, or `.noDevice` (e.g. hipErrorNoDevice).
+    public static func open(library: String? = nil, device: Int = 0) throws(ROCmBackendError) -> ROCmBackend {
+        let candidates = library.map { [$0] } ?? searchPaths
+        guard let path = candidates.first(where: HIPLibrary.fileExists) else {
+            throw .libraryNotFound(searched: candidates)
+        }
+        let lib = try HIPLibrary(path: path)
+        var count: Int32 = 0
+        let status = lib.deviceCount(&count)
+        guard status == 0, count > 0 else {
+            throw .noDevice(runtime: lib.runtime, status: status, error: lib.describe(status))
+        }
+        guard device >= 0, device < Int(count) else {
+            throw .noDevice(runtime: lib.runtime, status: status,
+                            error: "device \(device) requested, \(count) present")
+        }
+        var buffer = [CChar](repeating: 0, count: 256)
+        let nameStatus = lib.deviceName(Int32(device), &buffer, Int32(buffer.count))
+        let arch = nameStatus == 0
+            ? String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            : "unknown"
+        return ROCmBackend(library: lib, device: device, deviceName: arch, deviceCount: Int(count))
+    }
+
+    /// Where `open()` looks for the library, in order.
+    public static var searchPaths: [String] { HIPLibrary.searchPaths() }
+
+    private init(library: HIPLibrary, device: Int, deviceName: String, deviceCount: Int) {
+        self.library = library
+        self.device = device
+        self.deviceName = deviceName
+        self.deviceCount = deviceCount
+        switch library.runtime {
+        case "hip": name = "rocm"
+        case "host-emulation": name = "rocm-host-emulation"
+        default: name = library.runtime
+        }
+    }
+
+    deinit {
+        for layer in layers.withLock({ $0.values }) { library.layerDestroy(layer.handle) }
+        for stream in idleStreams.withLock({ $0 }) { library.streamDestroy(stream.handle) }
+    }
+
+    /// Runtime failures answered by the CPU backend instead (see the type's documentation).
+    public var deviceFailures: Int { failures.withLock { $0.count } }
+    /// The most recent of them.
+    public var lastDeviceFailure: ROCmBackendError? { failures.withLock { $0.last } }
+
+    /// Uploads `layer` to the device now (at layer build) rather than on its first request.
+    public func prepare(_ layer: BuiltLayer) throws(ROCmBackendError) {
+        _ = try deviceLayer(for: layer)
+    }
+
+    /// Frees the device copy of `layer`. Requests for it in flight must have returned.
+    public func release(_ layer: BuiltLayer) {
+        if let gone = layers.withLock({ $0.removeValue(forKey: ObjectIdentifier(layer)) }) {
+            library.layerDestroy(gone.handle)
+        }
+    }
+
+    public func route(
+        layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
+        weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
+    ) throws(RouteError) -> RouteOutcome {
+        try checkShapes(layer: layer, inputBytes: input.count, dtype: dtype, tokens: tokens,
+                        weights: weights.count, ids: ids.count)
+        let spec = layer.spec
+        if spec.nonFinite == .reject && tokens > 0 {
+            var count: Int64 = 0
+            let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue),
+                                           Int64(spec.numExperts), Int64(tokens), &count)
+            if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
+        }
+        // The matched path (or no bias) passes no bias: the kernel reads the copy resident on the
+        // device. The fallback uploads the converted bias with the request.
+        return layer.withRequestBias(dtype) { bias, fallback in
+            let nonFinite: Int
+            do throws(ROCmBackendError) {
+                nonFinite = try run(layer, fallback ? bias : nil, input, dtype, tokens, weights, ids)
+            } catch {
+                failures.withLock { $0 = ($0.count + 1, error) }
+                nonFinite = routeOnCPU(spec, bias, input, dtype, tokens, weights, ids)
+            }
+            return RouteOutcome(nonFiniteInputs: nonFinite, usedFallbackCast: fallback)
+        }
+    }
+
+    /// The same request on the CPU kernels (identical bits), for when the device failed.
+    private func routeOnCPU(
+        _ spec: LayerSpec, _ bias: UnsafePointer<Float>?, _ input: UnsafeRawBufferPointer,
+        _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
+        _ ids: UnsafeMutableBufferPointer<Int32>
+    ) -> Int {
+        var layer = mrk_layer(
+            method: Int32(spec.method.rawValue), scoring: Int32(spec.scoring.rawValue),
+            num_experts: Int32(spec.numExperts), top_k: Int32(spec.topK),
+            num_groups: Int32(spec.numExpertGroup), topk_group: Int32(spec.topKGroup),
+            renormalize: spec.renormalize ? 1 : 0, routed_scaling_factor: spec.routedScalingFactor,
+            bias: bias)
+        return Int(mrk_route(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens),
+                             weights.baseAddress, ids.baseAddress, mrk_best_impl()))
+    }
+
+    private func run(
+        _ layer: BuiltLayer, _ fallbackBias: UnsafePointer<Float>?, _ input: UnsafeRawBufferPointer,
+        _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
+        _ ids: UnsafeMutableBufferPointer<Int32>
+    ) throws(ROCmBackendError) -> Int {
+        if tokens == 0 { return 0 }
+        let deviceLayer = try deviceLayer(for: layer)
+        let stream = try takeStream()
+        defer { idleStreams.withLock { $0.append(stream) } }
+        var nonFinite: Int64 = 0
+        let status = library.route(deviceLayer.handle, stream.handle, fallbackBias, input.baseAddress,
+                                   Int32(dtype.rawValue), Int64(tokens), weights.baseAddress,
+                                   ids.baseAddress, &nonFinite)
+        guard status == 0 else { throw library.failure("route", status) }
+        return Int(nonFinite)
+    }
+
+    private func deviceLayer(for layer: BuiltLayer) throws(ROCmBackendError) -> DeviceLayer {
+        let key = ObjectIdentifier(layer)
+        if let existing = layers.withLock({ $0[key] }) { return existing }
+        let spec = layer.spec
+        var handle: OpaquePointer?
+        let bias = layer.kernelBias ?? []
+        let status = bias.withUnsafeBufferPointer { bias in
+            library.layerCreate(
+                Int32(device), Int32(spec.method.rawValue), Int32(spec.scoring.rawValue),
+                Int32(spec.numExperts), Int32(spec.topK), Int32(spec.numExpertGroup),
+                Int32(spec.topKGroup), spec.renormalize ? 1 : 0, spec.routedScalingFactor,
+                layer.kernelBias == nil ? nil : bias.baseAddress, &handle)
+        }
+        guard status == 0, let handle else { throw library.failure("layer upload '\(spec.name)'", status) }
+        let created = DeviceLayer(handle: handle, layer: layer)
+        let (kept, duplicate) = layers.withLock { table -> (DeviceLayer, DeviceLayer?) in
+            if let raced = table[key] { return (raced, created) }
+            table[key] = created
+            return (created, nil)
+        }
+        if let duplicate { library.layerDestroy(duplicate.handle) }
+        return kept
+    }
+
+    private func takeStream() throws(ROCmBackendError) -> DeviceStream {
+        if let idle = idleStreams.withLock({ $0.popLast() }) { return idle }
+        var handle: OpaquePointer?
+        let status = library.streamCreate(Int32(device), &handle)
+        guard status == 0, let handle else { throw library.failure("stream creation", status) }
+        return DeviceStream(handle: handle)
+    }
+}
+
+/// A layer resident on the device. Holds its `BuiltLayer` so that the `ObjectIdentifier` keying
+/// it cannot be reused by another layer while the entry exists.
+private final class DeviceLayer: @unchecked Sendable {
+    let handle: OpaquePointer
+    let layer: BuiltLayer
+    init(handle: OpaquePointer, layer: BuiltLayer) {
+        self.handle = handle
+        self.layer = layer
+    }
+}
+
+/// One worker's stream with its staging buffers; used by one request at a time.
+private struct DeviceStream: @unchecked Sendable {
+    let handle: OpaquePointer
+}

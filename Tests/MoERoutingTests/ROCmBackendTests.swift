@@ -1,0 +1,209 @@
+import Dispatch
+import Glibc
+import Synchronization
+import Testing
+@testable import MoERouting
+
+/// The libraries scripts/build-rocm.sh writes, found from this file so the tests do not depend
+/// on the working directory.
+enum ROCmArtifacts {
+    static let directory: String = {
+        var path = "\(#filePath)"
+        for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
+        return path + "/build/rocm"
+    }()
+    static let hostEmulation = directory + "/libmoe_router_hip_host.so"
+    static let device = directory + "/libmoe_router_hip.so"
+    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    static let missing = "absent: run scripts/build-rocm.sh (.ci/run does) to build it"
+}
+
+/// The HIP kernels and the backend's host side, run through `ROCmBackend` on the host-emulation
+/// build of rocm/moe_router_hip.cpp: every spec × input family × gate dtype × request dtype
+/// against the CPU backend, ids and weights bit for bit.
+@Suite(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.hostEmulation),
+                "\(ROCmArtifacts.hostEmulation) \(ROCmArtifacts.missing)"))
+struct ROCmHostLogicTests {
+    let backend: ROCmBackend
+
+    init() throws {
+        backend = try ROCmBackend.open(library: ROCmArtifacts.hostEmulation)
+    }
+
+    @Test func opensAsAnEmulatedDevice() {
+        #expect(backend.name == "rocm-host-emulation")
+        #expect(backend.deviceName == "host-emulation")
+        #expect(backend.deviceCount == 1)
+    }
+
+    @Test(arguments: allSpecs.map(\.name), InputKind.allCases)
+    func kernelsMatchCPUBackend(specName: String, kind: InputKind) throws {
+        let base = allSpecs.first { $0.name == specName }!
+        // 67 tokens: two blocks of 64 threads, the second partly idle.
+        let tokens = 67
+        let cpu = CPUBackend(kernel: .generic, threads: 1)
+        for gate in DType.allCases {
+            var spec = base
+            spec.gateDType = gate
+            let layer = try BuiltLayer(spec)
+            try backend.prepare(layer)
+            let values = kind.rows(tokens: tokens, experts: spec.numExperts, groups: spec.numExpertGroup,
+                                   seed: UInt64(spec.numExperts * 977 + InputKind.allCases.firstIndex(of: kind)!))
+            for dtype in DType.allCases {
+                let (expected, cpuOutcome) = try route(layer, cpu, values, tokens: tokens, dtype: dtype)
+                let (got, outcome) = try route(layer, backend, values, tokens: tokens, dtype: dtype)
+                #expect(got == expected, "\(spec.name) gate=\(gate) input=\(dtype)")
+                #expect(outcome == cpuOutcome)
+            }
+            backend.release(layer)
+        }
+        #expect(backend.deviceFailures == 0, "\(String(describing: backend.lastDeviceFailure))")
+    }
+
+    @Test func matchesTheScalarReference() throws {
+        for spec in allSpecs where spec.numExperts <= 256 {
+            let layer = try BuiltLayer(spec)
+            let values = InputKind.gaussian.rows(tokens: 5, experts: spec.numExperts, groups: spec.numExpertGroup, seed: 11)
+            for dtype in DType.allCases {
+                let (got, _) = try route(layer, backend, values, tokens: 5, dtype: dtype)
+                #expect(got == reference(layer, values, tokens: 5, dtype: dtype), "\(spec.name) input=\(dtype)")
+            }
+        }
+    }
+
+    @Test func fallbackIsCountedAndMatchedPathCopiesNothing() throws {
+        let layer = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: .bf16)!)
+        let values = InputKind.wide.rows(tokens: 8, experts: 256, groups: 8, seed: 4)
+        let (_, matched) = try route(layer, backend, values, tokens: 8, dtype: .bf16)
+        #expect(!matched.usedFallbackCast)
+        #expect(layer.fallbackCasts == 0 && layer.biasCopies == 0)
+        let (_, mismatched) = try route(layer, backend, values, tokens: 8, dtype: .fp32)
+        #expect(mismatched.usedFallbackCast)
+        #expect(layer.fallbackCasts == 1)
+    }
+
+    @Test func rejectPolicyNamesFirstTokenAndWritesNothing() throws {
+        var spec = Presets.spec(named: "kimi-k2", gateDType: .fp32)!
+        spec.nonFinite = .reject
+        let layer = try BuiltLayer(spec)
+        var values = InputKind.gaussian.rows(tokens: 4, experts: 384, groups: 1, seed: 2)
+        values[2 * 384 + 5] = .nan
+        values[3 * 384] = .infinity
+        var w = [Float](repeating: -7, count: 4 * 8)
+        var ids = [Int32](repeating: -7, count: 4 * 8)
+        let bytes = encode(values, as: .fp32)
+        #expect(throws: RouteError.nonFiniteInput(firstToken: 2, count: 2)) {
+            try bytes.withUnsafeBytes { input in
+                try w.withUnsafeMutableBufferPointer { wp in
+                    try ids.withUnsafeMutableBufferPointer { ip in
+                        try backend.route(layer: layer, input: input, dtype: .fp32, tokens: 4, weights: wp, ids: ip)
+                    }
+                }
+            }
+        }
+        #expect(w.allSatisfy { $0 == -7 } && ids.allSatisfy { $0 == -7 })
+    }
+
+    @Test func emptyBatchAndBadShapes() throws {
+        let layer = try BuiltLayer(Presets.spec(named: "qwen3-moe", gateDType: .bf16)!)
+        let (got, outcome) = try route(layer, backend, [], tokens: 0, dtype: .bf16)
+        #expect(got.ids.isEmpty && outcome.nonFiniteInputs == 0)
+        #expect(throws: RouteError.self) {
+            try route(layer, backend, [Float](repeating: 0, count: 100), tokens: 1, dtype: .bf16)
+        }
+    }
+
+    @Test func concurrentCallersEachGetAStream() throws {
+        let layer = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: .bf16)!)
+        let tokens = 33
+        let inputs = (0..<8).map { InputKind.gaussian.rows(tokens: tokens, experts: 256, groups: 8, seed: UInt64(100 + $0)) }
+        let expected = try inputs.map { try route(layer, CPUBackend(kernel: .generic), $0, tokens: tokens, dtype: .bf16).0 }
+        let results = Mutex<[Int: Routed]>([:])
+        let shared = UnsafeSendable((backend, layer, inputs))
+        DispatchQueue.concurrentPerform(iterations: 32) { i in
+            let (backend, layer, inputs) = shared.value
+            let got = try! route(layer, backend, inputs[i % 8], tokens: tokens, dtype: .bf16).0
+            results.withLock { $0[i] = got }
+        }
+        for (i, got) in results.withLock({ $0 }) { #expect(got == expected[i % 8]) }
+    }
+}
+
+/// What a machine without an AMD GPU sees: the clear error, and `auto` falling back to the CPU.
+@Suite struct ROCmNoDeviceTests {
+    @Test func missingLibraryIsNamed() {
+        let path = "/nonexistent/libmoe_router_hip.so"
+        #expect(throws: ROCmBackendError.libraryNotFound(searched: [path])) {
+            try ROCmBackend.open(library: path)
+        }
+        let message = ROCmBackendError.libraryNotFound(searched: [path]).description
+        #expect(message.contains(path) && message.contains("scripts/build-rocm.sh"))
+    }
+
+    /// The device library on this machine: hipErrorNoDevice when the HIP runtime is installed,
+    /// a load failure naming the runtime when it is not. On a machine with an AMD GPU it opens,
+    /// and the kernels must then match the CPU backend on the real device.
+    @Test(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.device),
+                   "\(ROCmArtifacts.device) \(ROCmArtifacts.missing)"))
+    func deviceLibraryReportsNoDeviceClearly() throws {
+        do {
+            let backend = try ROCmBackend.open(library: ROCmArtifacts.device)
+            try expectMatchesCPU(backend)
+        } catch let error as ROCmBackendError {
+            switch error {
+            case .noDevice(let runtime, let status, let text):
+                #expect(runtime == "hip")
+                #expect(status == 100, "expected hipErrorNoDevice, got \(text)")
+                #expect(error.description.hasPrefix("no ROCm device: "))
+                #expect(error.description.contains("hipErrorNoDevice"))
+            case .libraryLoadFailed:
+                #expect(error.description.hasPrefix("no ROCm runtime: "))
+            default:
+                Issue.record("unexpected error: \(error)")
+            }
+            print("ROCm device library on this machine: \(error)")
+        }
+    }
+
+    @Test func choiceResolvesWithReasons() throws {
+        let cpu = try BackendChoice.cpu.select()
+        #expect(cpu.backend is CPUBackend && cpu.reason.contains("--backend cpu"))
+
+        let absent = "/nonexistent/libmoe_router_hip.so"
+        let auto = try BackendChoice.auto.select(rocmLibrary: absent)
+        #expect(auto.backend is CPUBackend)
+        #expect(auto.reason.contains("(auto): ROCm unavailable: ROCm backend library not found"))
+        #expect(throws: ROCmBackendError.self) { try BackendChoice.rocm.select(rocmLibrary: absent) }
+        #expect(BackendChoice(rawValue: "auto") == .auto && BackendChoice(rawValue: "gpu") == nil)
+    }
+
+    @Test(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.device),
+                   "\(ROCmArtifacts.device) \(ROCmArtifacts.missing)"))
+    func autoPicksCPUWithoutADevice() throws {
+        let auto = try BackendChoice.auto.select(rocmLibrary: ROCmArtifacts.device)
+        if auto.backend is ROCmBackend { return } // this machine has a device
+        #expect(auto.reason.contains("ROCm unavailable: no ROCm"))
+        print(auto.reason)
+    }
+
+    @Test(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.hostEmulation),
+                   "\(ROCmArtifacts.hostEmulation) \(ROCmArtifacts.missing)"))
+    func autoPicksAPresentDevice() throws {
+        let auto = try BackendChoice.auto.select(rocmLibrary: ROCmArtifacts.hostEmulation)
+        #expect(auto.backend.name == "rocm-host-emulation")
+        #expect(auto.reason.contains("device 0 of 1 (host-emulation)"))
+    }
+
+    private func expectMatchesCPU(_ backend: ROCmBackend) throws {
+        for spec in allSpecs {
+            let layer = try BuiltLayer(spec)
+            let values = InputKind.gaussian.rows(tokens: 257, experts: spec.numExperts, groups: spec.numExpertGroup, seed: 3)
+            for dtype in DType.allCases {
+                let (expected, _) = try route(layer, CPUBackend(), values, tokens: 257, dtype: dtype)
+                let (got, _) = try route(layer, backend, values, tokens: 257, dtype: dtype)
+                #expect(got == expected, "\(spec.name) input=\(dtype) on \(backend.deviceName)")
+            }
+        }
+        #expect(backend.deviceFailures == 0, "\(String(describing: backend.lastDeviceFailure))")
+    }
+}

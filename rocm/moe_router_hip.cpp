@@ -1,0 +1,223 @@
+/*
+ * The ROCm routing backend: kernels and the host side of moe_router_hip.h.
+ *
+ * The per-token arithmetic is Sources/CMoEKernels/moe_token.h compiled as device code, so the
+ * results are those of the CPU backend bit for bit (no FMA contraction, IEEE fp32 division and
+ * denormals: see scripts/build-rocm.sh for the flags that guarantee it). One thread routes one
+ * token; its scratch (score/key rows) lives in private memory.
+ */
+#include "hip_compat.h"
+
+#define MRK_HD __host__ __device__ static inline
+#include "moe_kernels.h"
+#include "moe_token.h"
+
+#include "moe_router_hip.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+const unsigned kThreadsPerBlock = 64; /* one wavefront on CDNA; two on RDNA wave32 */
+
+struct LayerParams {
+    int32_t method, scoring, num_experts, top_k, num_groups, topk_group, renormalize;
+    float rsf;
+};
+
+__global__ void route_kernel(LayerParams p, const float *bias, const void *logits,
+                             int32_t dtype, int64_t tokens, float *weights, int32_t *ids,
+                             unsigned long long *nonfinite) {
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= tokens) return;
+    float score[MRK_MAX_EXPERTS], key[MRK_MAX_EXPERTS];
+    const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
+    const void *row = (const char *)logits + (size_t)t * row_bytes;
+    int32_t n = mrk_route_token(p.method, p.scoring, p.num_experts, p.top_k, p.num_groups,
+                                p.topk_group, p.renormalize, p.rsf, bias, row, dtype, score,
+                                key, weights + t * p.top_k, ids + t * p.top_k);
+    if (n) atomicAdd(nonfinite, (unsigned long long)n);
+}
+
+/* A device buffer or a pinned host buffer that only grows. */
+struct Buffer {
+    void *ptr = nullptr;
+    size_t size = 0;
+    bool pinned = false;
+
+    hipError_t reserve(size_t n) {
+        if (n <= size) return hipSuccess;
+        release();
+        size_t want = n < 4096 ? 4096 : n + n / 2;
+        hipError_t e = pinned ? hipHostMalloc(&ptr, want, hipHostMallocDefault) : hipMalloc(&ptr, want);
+        if (e != hipSuccess) {
+            ptr = nullptr;
+            return e;
+        }
+        size = want;
+        return hipSuccess;
+    }
+    void release() {
+        if (ptr) (void)(pinned ? hipHostFree(ptr) : hipFree(ptr));
+        ptr = nullptr;
+        size = 0;
+    }
+};
+
+size_t align_up(size_t n) { return (n + 255) & ~(size_t)255; }
+
+} // namespace
+
+struct mrh_layer {
+    int32_t device;
+    LayerParams params;
+    float *bias; /* device */
+};
+
+struct mrh_stream {
+    int32_t device;
+    hipStream_t stream;
+    Buffer stage_in, stage_out;    /* pinned host */
+    Buffer dev_in, dev_out;        /* device: [logits | fallback bias], [count | weights | ids] */
+};
+
+extern "C" {
+
+int32_t mrh_abi_version(void) { return MRH_ABI_VERSION; }
+
+const char *mrh_runtime_name(void) { return MRH_RUNTIME_NAME; }
+
+int32_t mrh_device_count(int32_t *count) {
+    int n = 0;
+    hipError_t e = hipGetDeviceCount(&n);
+    *count = e == hipSuccess ? n : 0;
+    if (e == hipSuccess && n == 0) return hipErrorNoDevice;
+    return e;
+}
+
+int32_t mrh_device_name(int32_t device, char *buf, int32_t len) {
+    if (!buf || len <= 0) return hipErrorInvalidValue;
+    hipError_t e = MRH_DEVICE_NAME(device, buf, (size_t)len);
+    buf[len - 1] = 0;
+    return e;
+}
+
+const char *mrh_error_name(int32_t status) { return hipGetErrorName((hipError_t)status); }
+const char *mrh_error_string(int32_t status) { return hipGetErrorString((hipError_t)status); }
+
+int32_t mrh_layer_create(int32_t device, int32_t method, int32_t scoring, int32_t num_experts,
+                         int32_t top_k, int32_t num_groups, int32_t topk_group,
+                         int32_t renormalize, float routed_scaling_factor, const float *bias,
+                         mrh_layer **out) {
+    *out = nullptr;
+    if (num_experts < 1 || num_experts > MRK_MAX_EXPERTS || top_k < 1 || top_k > MRK_MAX_TOPK ||
+        top_k > num_experts || num_groups < 1 || num_experts % num_groups != 0)
+        return hipErrorInvalidValue;
+    hipError_t e = hipSetDevice(device);
+    if (e != hipSuccess) return e;
+    mrh_layer *L = new mrh_layer{device,
+                                 {method, scoring, num_experts, top_k, num_groups, topk_group,
+                                  renormalize, routed_scaling_factor},
+                                 nullptr};
+    if (bias) {
+        e = hipMalloc((void **)&L->bias, sizeof(float) * (size_t)num_experts);
+        if (e == hipSuccess)
+            e = hipMemcpy(L->bias, bias, sizeof(float) * (size_t)num_experts, hipMemcpyHostToDevice);
+        if (e != hipSuccess) {
+            mrh_layer_destroy(L);
+            return e;
+        }
+    }
+    *out = L;
+    return hipSuccess;
+}
+
+void mrh_layer_destroy(mrh_layer *layer) {
+    if (!layer) return;
+    if (layer->bias) {
+        (void)hipSetDevice(layer->device);
+        (void)hipFree(layer->bias);
+    }
+    delete layer;
+}
+
+int32_t mrh_stream_create(int32_t device, mrh_stream **out) {
+    *out = nullptr;
+    hipError_t e = hipSetDevice(device);
+    if (e != hipSuccess) return e;
+    mrh_stream *s = new mrh_stream();
+    s->device = device;
+    s->stage_in.pinned = s->stage_out.pinned = true;
+    e = hipStreamCreateWithFlags(&s->stream, hipStreamNonBlocking);
+    if (e != hipSuccess) {
+        delete s;
+        return e;
+    }
+    *out = s;
+    return hipSuccess;
+}
+
+void mrh_stream_destroy(mrh_stream *s) {
+    if (!s) return;
+    (void)hipSetDevice(s->device);
+    (void)hipStreamSynchronize(s->stream);
+    s->stage_in.release();
+    s->stage_out.release();
+    s->dev_in.release();
+    s->dev_out.release();
+    (void)hipStreamDestroy(s->stream);
+    delete s;
+}
+
+int32_t mrh_route(const mrh_layer *L, mrh_stream *s, const float *fallback_bias,
+                  const void *logits, int32_t dtype, int64_t tokens, float *weights,
+                  int32_t *ids, int64_t *nonfinite) {
+    *nonfinite = 0;
+    if (!L || !s || tokens < 0 || dtype < MRK_DTYPE_FP32 || dtype > MRK_DTYPE_FP16 ||
+        L->device != s->device)
+        return hipErrorInvalidValue;
+    if (tokens == 0) return hipSuccess;
+    const LayerParams &p = L->params;
+    const size_t in_bytes = (size_t)tokens * (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
+    const size_t bias_off = align_up(in_bytes);
+    const size_t in_total = bias_off + (fallback_bias ? sizeof(float) * (size_t)p.num_experts : 0);
+    const size_t w_bytes = sizeof(float) * (size_t)tokens * (size_t)p.top_k;
+    const size_t ids_bytes = sizeof(int32_t) * (size_t)tokens * (size_t)p.top_k;
+    const size_t w_off = 256, ids_off = w_off + align_up(w_bytes), out_total = ids_off + ids_bytes;
+
+    hipError_t e = hipSetDevice(s->device);
+    if (e == hipSuccess) e = s->stage_in.reserve(in_total);
+    if (e == hipSuccess) e = s->stage_out.reserve(out_total);
+    if (e == hipSuccess) e = s->dev_in.reserve(in_total);
+    if (e == hipSuccess) e = s->dev_out.reserve(out_total);
+    if (e != hipSuccess) return e;
+
+    char *stage_in = (char *)s->stage_in.ptr, *stage_out = (char *)s->stage_out.ptr;
+    char *dev_in = (char *)s->dev_in.ptr, *dev_out = (char *)s->dev_out.ptr;
+    std::memcpy(stage_in, logits, in_bytes);
+    if (fallback_bias) std::memcpy(stage_in + bias_off, fallback_bias, sizeof(float) * (size_t)p.num_experts);
+    const float *bias = fallback_bias ? (const float *)(dev_in + bias_off) : L->bias;
+
+    e = hipMemcpyAsync(dev_in, stage_in, in_total, hipMemcpyHostToDevice, s->stream);
+    if (e == hipSuccess) e = hipMemsetAsync(dev_out, 0, sizeof(unsigned long long), s->stream);
+    if (e != hipSuccess) return e;
+    const unsigned blocks = (unsigned)((tokens + kThreadsPerBlock - 1) / kThreadsPerBlock);
+    MRH_LAUNCH(route_kernel, blocks, kThreadsPerBlock, s->stream, p, bias, (const void *)dev_in,
+               dtype, tokens, (float *)(dev_out + w_off), (int32_t *)(dev_out + ids_off),
+               (unsigned long long *)dev_out);
+    e = hipGetLastError();
+    if (e == hipSuccess)
+        e = hipMemcpyAsync(stage_out, dev_out, out_total, hipMemcpyDeviceToHost, s->stream);
+    if (e == hipSuccess) e = hipStreamSynchronize(s->stream);
+    if (e != hipSuccess) return e;
+
+    unsigned long long count;
+    std::memcpy(&count, stage_out, sizeof count);
+    std::memcpy(weights, stage_out + w_off, w_bytes);
+    std::memcpy(ids, stage_out + ids_off, ids_bytes);
+    *nonfinite = (int64_t)count;
+    return hipSuccess;
+}
+
+} // extern "C"

@@ -1,0 +1,79 @@
+/*
+ * moe_router_hip.h — the C ABI of libmoe_router_hip.so, the ROCm routing backend.
+ *
+ * Loaded at run time (dlopen) by Sources/MoERouting/ROCmBackend.swift, so that the package
+ * builds and runs where no ROCm is installed. The same source builds three libraries:
+ *   libmoe_router_hip.so       hipcc, AMD gfx targets (links libamdhip64)
+ *   libmoe_router_cuda.so      nvcc, through hip_compat.h (not built by default)
+ *   libmoe_router_hip_host.so  any C++ compiler, MRH_HOST_EMULATION: kernels run on the CPU
+ *
+ * Every function returning int32_t returns a runtime status: 0 is success, anything else is the
+ * runtime's error code (hipError_t, or cudaError_t in the CUDA build); mrh_error_name and
+ * mrh_error_string describe it. Enum values (method, scoring, dtype) are those of moe_kernels.h.
+ */
+#ifndef MOE_ROUTER_HIP_H
+#define MOE_ROUTER_HIP_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MRH_ABI_VERSION 1
+
+/* Only the functions below are exported (the library builds with -fvisibility=hidden), so two
+ * builds of it (device and host emulation) can be loaded into one process side by side. */
+#define MRH_API __attribute__((visibility("default")))
+
+/* A layer resident on one device: its parameters and its bias (fp32 widening of the bias as
+ * stored in the gate dtype), uploaded once at creation. Immutable afterwards; shareable. */
+typedef struct mrh_layer mrh_layer;
+
+/* One worker's queue: a device stream, pinned host staging buffers and device I/O buffers,
+ * grown on demand. Not thread-safe: one stream per concurrent caller. */
+typedef struct mrh_stream mrh_stream;
+
+MRH_API int32_t mrh_abi_version(void);
+
+/* "hip", "cuda" or "host-emulation". */
+MRH_API const char *mrh_runtime_name(void);
+
+/* Number of usable devices. Without a device the status is the runtime's no-device code
+ * (hipErrorNoDevice = 100) and *count is 0. */
+MRH_API int32_t mrh_device_count(int32_t *count);
+
+/* The device's architecture name (e.g. "gfx90a:sramecc+:xnack-"), NUL-terminated in buf. */
+MRH_API int32_t mrh_device_name(int32_t device, char *buf, int32_t len);
+
+MRH_API const char *mrh_error_name(int32_t status);
+MRH_API const char *mrh_error_string(int32_t status);
+
+/* Allocates the layer on `device` and uploads `bias` (num_experts floats, or NULL for methods
+ * without bias). The layer must already be valid (BuiltLayer validates it). */
+MRH_API int32_t mrh_layer_create(int32_t device, int32_t method, int32_t scoring, int32_t num_experts,
+                         int32_t top_k, int32_t num_groups, int32_t topk_group,
+                         int32_t renormalize, float routed_scaling_factor, const float *bias,
+                         mrh_layer **out);
+MRH_API void mrh_layer_destroy(mrh_layer *layer);
+
+MRH_API int32_t mrh_stream_create(int32_t device, mrh_stream **out);
+MRH_API void mrh_stream_destroy(mrh_stream *stream);
+
+/*
+ * Routes `tokens` rows of `logits` ([tokens, num_experts] in `dtype`) on the layer's device:
+ * copies them through the stream's pinned staging buffer, runs the kernel, and copies
+ * `weights`/`ids` ([tokens, top_k]) back the same way. Synchronous: returns when the outputs
+ * are written. `fallback_bias`, when not NULL, replaces the layer's resident bias for this call
+ * (the bias converted to the request dtype; uploaded with the logits). Non-finite inputs are
+ * clamped; their count goes to *nonfinite. On error the outputs are not written.
+ */
+MRH_API int32_t mrh_route(const mrh_layer *layer, mrh_stream *stream, const float *fallback_bias,
+                  const void *logits, int32_t dtype, int64_t tokens, float *weights,
+                  int32_t *ids, int64_t *nonfinite);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
