@@ -3,7 +3,9 @@
 # Swift itself (6.1+) must already be on PATH.
 set -euo pipefail
 
-APT_PACKAGES=(libzmq3-dev libbsd-dev pkg-config python3-pip)
+# hipcc (Debian 12: ROCm 5.2) pulls clang-15, lld-15, rocm-device-libs, libamdhip64-dev/-5 and the
+# HSA runtime: what scripts/build-rocm.sh needs to compile the HIP kernels (docs/ROCM.md).
+APT_PACKAGES=(libzmq3-dev libbsd-dev pkg-config python3-pip hipcc)
 PIP_PACKAGES=(pyzmq numpy pytest)
 
 missing=()

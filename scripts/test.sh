@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
+scripts/build-rocm.sh   # the HIP library, and its host-emulation build the ROCm tests run
 swift build --build-tests
 swift test --skip-build --disable-xctest
 python3 -m pytest -q tests/python
