@@ -59,3 +59,15 @@ if grep -nE 'fmuladd|llvm\.fma\.|(fadd|fsub|fmul|fdiv) [a-z ]*(contract|fast|afn
     exit 1
 fi
 echo "build-rocm: device IR for $first_arch checked: no FMA, no contraction, IEEE division"
+
+# Guard: the fat binary holds a code object for every requested target.
+BUNDLER=$(command -v clang-offload-bundler clang-offload-bundler-15 2>/dev/null | head -1 || true)
+if [ -n "$BUNDLER" ]; then
+    objcopy -O binary --only-section=.hip_fatbin "$OUT/libmoe_router_hip.so" "$OUT/fatbin.bin"
+    bundled=$("$BUNDLER" --list --type=o --input="$OUT/fatbin.bin")
+    rm -f "$OUT/fatbin.bin"
+    for a in $ARCHS; do
+        grep -q -- "--$a\$" <<<"$bundled" || { echo "build-rocm: no code object for $a" >&2; exit 1; }
+    done
+    echo "build-rocm: code objects present for $ARCHS"
+fi
