@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "moe-router-kernel-bench", targets: ["moe-router-kernel-bench"]),
         .executable(name: "moe-routerd", targets: ["moe-routerd"]),
         .executable(name: "moe-router-latency-bench", targets: ["moe-router-latency-bench"]),
+        .executable(name: "moe-router-bench", targets: ["moe-router-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -20,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
@@ -68,5 +70,10 @@ let package = Package(
             dependencies: ["MoERouterServer", "MoERouting", "CMoERouterWire", "CMoERouterClient",
                            "CMoERouterdOS", "CZMQ"]),
         .testTarget(name: "MoERouterServiceTests", dependencies: ["MoERouterService"]),
+        .executableTarget(
+            name: "moe-router-bench",
+            dependencies: ["MoERouting", "MoERouterServer", "CMoERouterClient", "CMoERouterWire", "CZMQ",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Histogram", package: "hdrhistogram-swift")]),
     ]
 )

@@ -1,0 +1,167 @@
+import ArgumentParser
+import CMoERouterClient
+import Foundation
+import MoERouting
+
+/// moe-router-bench: how much can the daemon take, and what does it cost over the bare
+/// transport? Closed loop (N clients, one request in flight each) over clients × batches ×
+/// transports, optionally an open-loop rate sweep that finds the knee and a soak at 80% of it.
+/// Every configuration is compared with a bare ZeroMQ echo of the same frame sizes and with the
+/// in-process kernel, measured in the same run.
+@main
+struct LoadBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moe-router-bench",
+        abstract: "Load-test a running moe-routerd: latency percentiles, throughput, baselines.",
+        discussion: "Exit status: 0 when every request succeeded, 3 when some failed (counted by status), 1 on setup errors.")
+
+    @Option(help: "Daemon endpoint (default: the client library's default endpoint).")
+    var endpoint: String?
+    @Option(help: "Layer name (a preset name when the daemon serves presets).")
+    var layer = "deepseek-v3"
+    @Option(help: "Input dtype: fp32, bf16, fp16.")
+    var dtype = "bf16"
+    @Option(help: "Closed loop: comma-separated client counts.")
+    var clients = "1,8"
+    @Option(help: "Closed loop: comma-separated batch sizes (tokens), one configuration each.")
+    var batches = "1,64,4096"
+    @Option(help: "A batch-size mix for one configuration instead, e.g. 1:0.9,64:0.09,4096:0.01.")
+    var mix: String?
+    @Option(help: "inline, shm or both.")
+    var transport = "both"
+    @Option(help: "Seconds per configuration.")
+    var seconds = 2.0
+    @Option(help: "Stop a configuration after this many requests (across its clients).")
+    var requests: Int?
+    @Flag(help: "Run the open-loop rate sweep (finds the knee).")
+    var openLoop = false
+    @Option(help: "Open loop: clients, batch size, transport.")
+    var openClients = 8
+    @Option var openBatch = 64
+    @Option var openTransport = "shm"
+    @Option(help: "Open loop: first offered rate (req/s), growth factor, last rate.")
+    var rateStart = 500.0
+    @Option var rateFactor = 2.0
+    @Option var rateMax = 1_000_000.0
+    @Option(help: "Open loop: p99 latency (µs) above which a rate is past the knee (default: 20× the first step's p99, at least 2000).")
+    var sloP99Us: Double?
+    @Option(help: "After the sweep, run this many seconds at 80% of the knee and watch the daemon's RSS and fds.")
+    var soakSeconds = 0.0
+    @Option(help: "The daemon's pid, for RSS and fd sampling.")
+    var daemonPid: Int32?
+    @Flag(help: "Skip the echo and kernel baselines.")
+    var noBaselines = false
+    @Flag(help: "Print JSON instead of tables.")
+    var json = false
+    @Option(help: "Write latency charts (vs offered load, vs batch size) to this SVG file.")
+    var svg: String?
+    @Flag(help: "No progress lines on stderr.")
+    var quiet = false
+
+    mutating func run() throws {
+        guard let dt = DType(name: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
+        let ep = endpoint ?? defaultEndpoint()
+        let transports: [Bool] = switch transport {
+        case "inline": [false]
+        case "shm": [true]
+        case "both": [false, true]
+        default: throw ValidationError("transport must be inline, shm or both")
+        }
+        let clientCounts = try ints(clients, "clients")
+        let batchSets: [[(tokens: Int, weight: Double)]] = try mix.map { [try parseMix($0)] }
+            ?? ints(batches, "batches").map { [($0, 1.0)] }
+        let local = try localLayer(endpoint: ep, name: layer)
+        let echo = noBaselines ? nil : try EchoServer(replySizes: [])
+        defer { echo?.stop() }
+        var report = Report(endpoint: ep, layer: layer, dtype: dt)
+
+        for shm in transports {
+            for set in batchSets {
+                for n in clientCounts {
+                    let config = LoadConfig(clients: n, batches: set, shm: shm, dtype: dt, rate: nil,
+                                            seconds: seconds, maxRequests: requests)
+                    if !quiet { progressLine("closed loop: \(n) clients, batch \(config.batchLabel), \(shm ? "shm" : "inline")\n") }
+                    let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: !quiet && seconds >= 5)
+                    var row = ClosedRow(result: r)
+                    if let echo, set.count == 1 {
+                        let shape = ExchangeShape(tokens: set[0].tokens, experts: local.spec.numExperts,
+                                                  topK: local.spec.topK, dtype: dt, shm: shm)
+                        row.echo = runEcho(server: echo, shape: shape, clients: n, seconds: min(seconds, 2))
+                        row.kernelNs = kernelTimeNs(layer: local, dtype: dt, tokens: set[0].tokens)
+                    }
+                    report.closed.append(row)
+                }
+            }
+        }
+        if openLoop { try runOpenLoop(ep, dt, &report) }
+        if json {
+            print(String(decoding: try JSONSerialization.data(withJSONObject: report.json, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+        } else {
+            report.printTables()
+        }
+        if let svg { try svgDocument(report.charts).write(toFile: svg, atomically: true, encoding: .utf8) }
+        if report.totalErrors > 0 { throw ExitCode(3) }
+    }
+
+    func runOpenLoop(_ ep: String, _ dt: DType, _ report: inout Report) throws {
+        let shm = openTransport == "shm"
+        var rate = rateStart
+        var slo = sloP99Us
+        while rate <= rateMax {
+            let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, dtype: dt,
+                                    rate: rate, seconds: seconds)
+            if !quiet { progressLine("open loop: offered \(Int(rate)) req/s\n") }
+            let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: false)
+            let limit = slo ?? max(2000, 20 * r.percentileUs(99))
+            slo = limit
+            let ok = r.errorCount == 0 && r.requestsPerSecond >= 0.95 * rate && r.percentileUs(99) <= limit
+            report.open.append(OpenRow(offered: rate, result: r, withinSLO: ok))
+            if !ok { break }
+            report.knee = rate
+            rate *= rateFactor
+        }
+        guard soakSeconds > 0, let knee = report.knee else { return }
+        let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, dtype: dt,
+                                rate: 0.8 * knee, seconds: soakSeconds)
+        if !quiet { progressLine("soak: \(Int(soakSeconds))s at \(Int(0.8 * knee)) req/s\n") }
+        let pid = daemonPid
+        let start = Date()
+        let sampler = Thread {
+            while Date().timeIntervalSince(start) < config.seconds {
+                if let pid, let s = sampleDaemon(pid: pid, at: Date().timeIntervalSince(start)) {
+                    soakSamples.withLock { $0.append(s) }
+                }
+                Thread.sleep(forTimeInterval: 1)
+            }
+        }
+        sampler.start()
+        let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: !quiet)
+        Thread.sleep(forTimeInterval: 0.2)
+        report.soak = SoakRow(result: r, samples: soakSamples.withLock { $0 })
+    }
+
+    func ints(_ s: String, _ what: String) throws -> [Int] {
+        let v = s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !v.isEmpty, v.allSatisfy({ $0 > 0 }) else { throw ValidationError("--\(what): positive integers, comma-separated") }
+        return v
+    }
+
+    func parseMix(_ s: String) throws -> [(tokens: Int, weight: Double)] {
+        try s.split(separator: ",").map { part in
+            let kv = part.split(separator: ":")
+            guard kv.count == 2, let t = Int(kv[0]), let w = Double(kv[1]), t > 0, w > 0 else {
+                throw ValidationError("--mix: TOKENS:WEIGHT pairs, e.g. 1:0.9,64:0.1")
+            }
+            return (t, w)
+        }
+    }
+}
+
+func defaultEndpoint() -> String {
+    var buf = [CChar](repeating: 0, count: 512)
+    _ = moe_default_endpoint(&buf, buf.count)
+    return String(cString: buf)
+}
+
+import Synchronization
+let soakSamples = Mutex<[DaemonSample]>([])

@@ -1,0 +1,162 @@
+import Foundation
+import MoERouting
+
+struct ClosedRow {
+    var result: LoadResult
+    var echo: LoadResult?
+    var kernelNs: Double?
+
+    /// daemon p50 / echo p50.
+    var overEcho: Double? { echo.map { result.percentileUs(50) / $0.percentileUs(50) } }
+    /// daemon p50 / (kernel + echo p50).
+    var overKernelEcho: Double? {
+        guard let echo, let kernelNs else { return nil }
+        return result.percentileUs(50) / (kernelNs / 1000 + echo.percentileUs(50))
+    }
+    /// daemon throughput / echo throughput.
+    var throughputVsEcho: Double? { echo.map { result.requestsPerSecond / $0.requestsPerSecond } }
+}
+
+struct OpenRow {
+    var offered: Double
+    var result: LoadResult
+    var withinSLO: Bool
+}
+
+struct SoakRow {
+    var result: LoadResult
+    var samples: [DaemonSample]
+    /// Flat within ±5% once warm (the first sample is the warm-up).
+    var rssFlat: Bool { isFlat(samples.dropFirst().map(\.rssKiB), tolerance: 0.05) }
+    var fdsFlat: Bool { isFlat(samples.dropFirst().map(\.fds), tolerance: 0.05) }
+}
+
+struct Report {
+    var endpoint: String
+    var layer: String
+    var dtype: DType
+    var closed: [ClosedRow] = []
+    var open: [OpenRow] = []
+    var knee: Double?
+    var soak: SoakRow?
+
+    var totalErrors: Int {
+        closed.map(\.result.errorCount).reduce(0, +) + (soak?.result.errorCount ?? 0)
+    }
+
+    func printTables() {
+        print("moe-router-bench: layer \(layer), \(dtype) input, endpoint \(endpoint)")
+        print("\nclosed loop (latency in µs; echo = bare ZeroMQ DEALER/ROUTER with the same frame sizes; kernel = in-process CPU backend)")
+        let head = ["clients", "batch", "xport", "req/s", "Mtok/s", "p50", "p90", "p99", "p99.9", "max", "errors",
+                    "echo p50", "echo req/s", "kernel", "d/echo", "d/(k+echo)", "tput/echo"]
+        var rows: [[String]] = []
+        for r in closed {
+            let x = r.result
+            rows.append([
+                "\(x.config.clients)", x.config.batchLabel, x.config.shm ? "shm" : "inline",
+                f(x.requestsPerSecond, 0), f(x.tokensPerSecond / 1e6, 3), f(x.percentileUs(50), 1), f(x.percentileUs(90), 1),
+                f(x.percentileUs(99), 1), f(x.percentileUs(99.9), 1), f(x.maxUs, 1), "\(x.errorCount)",
+                r.echo.map { f($0.percentileUs(50), 1) } ?? "-", r.echo.map { f($0.requestsPerSecond, 0) } ?? "-",
+                r.kernelNs.map { f($0 / 1000, 1) } ?? "-", r.overEcho.map { f($0, 2) } ?? "-",
+                r.overKernelEcho.map { f($0, 2) } ?? "-", r.throughputVsEcho.map { f($0, 2) } ?? "-",
+            ])
+        }
+        table(head, rows)
+        let errs = closed.flatMap { $0.result.errors }.reduce(into: [String: Int]()) { $0[$1.key, default: 0] += $1.value }
+        if !errs.isEmpty { print("errors by status: " + errs.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")) }
+        if !open.isEmpty {
+            print("\nopen loop (offered rate, latency from the scheduled send time, µs)")
+            table(["offered", "achieved", "p50", "p90", "p99", "p99.9", "max", "errors", "within SLO"],
+                  open.map { o in
+                      let x = o.result
+                      return [f(o.offered, 0), f(x.requestsPerSecond, 0), f(x.percentileUs(50), 1), f(x.percentileUs(90), 1),
+                              f(x.percentileUs(99), 1), f(x.percentileUs(99.9), 1), f(x.maxUs, 1), "\(x.errorCount)",
+                              o.withinSLO ? "yes" : "no"]
+                  })
+            print("knee: " + (knee.map { "\(f($0, 0)) req/s" } ?? "below the first step"))
+        }
+        if let soak {
+            let x = soak.result
+            print("\nsoak at 80% of the knee: \(f(x.requestsPerSecond, 0)) req/s, p99 \(f(x.percentileUs(99), 1)) µs, errors \(x.errorCount)")
+            if let a = soak.samples.dropFirst().first, let b = soak.samples.last {
+                print("daemon RSS \(a.rssKiB) -> \(b.rssKiB) KiB (flat ±5%: \(soak.rssFlat ? "yes" : "NO")), fds \(a.fds) -> \(b.fds) (flat: \(soak.fdsFlat ? "yes" : "NO"))")
+            } else {
+                print("daemon RSS/fds: not sampled (pass --daemon-pid)")
+            }
+        }
+    }
+
+    var json: [String: Any] {
+        func res(_ x: LoadResult) -> [String: Any] {
+            ["requests": x.requests, "tokens": x.tokens, "requests_per_s": x.requestsPerSecond,
+             "tokens_per_s": x.tokensPerSecond, "errors": x.errors,
+             "latency_us": ["p50": x.percentileUs(50), "p90": x.percentileUs(90), "p99": x.percentileUs(99),
+                            "p99.9": x.percentileUs(99.9), "max": x.maxUs]]
+        }
+        var out: [String: Any] = ["endpoint": endpoint, "layer": layer, "dtype": "\(dtype)", "total_errors": totalErrors]
+        out["closed_loop"] = closed.map { r -> [String: Any] in
+            var d = res(r.result)
+            d["clients"] = r.result.config.clients
+            d["batch"] = r.result.config.batchLabel
+            d["transport"] = r.result.config.shm ? "shm" : "inline"
+            if let e = r.echo { d["echo"] = res(e) }
+            if let k = r.kernelNs { d["kernel_us"] = k / 1000 }
+            if let v = r.overEcho { d["daemon_over_echo_p50"] = v }
+            if let v = r.overKernelEcho { d["daemon_over_kernel_plus_echo_p50"] = v }
+            if let v = r.throughputVsEcho { d["throughput_over_echo"] = v }
+            return d
+        }
+        out["open_loop"] = open.map { o -> [String: Any] in
+            var d = res(o.result)
+            d["offered_per_s"] = o.offered
+            d["within_slo"] = o.withinSLO
+            return d
+        }
+        if let knee { out["knee_per_s"] = knee }
+        if let soak {
+            var d = res(soak.result)
+            d["samples"] = soak.samples.map { ["s": $0.seconds, "rss_kib": $0.rssKiB, "fds": $0.fds] }
+            d["rss_flat"] = soak.rssFlat
+            d["fds_flat"] = soak.fdsFlat
+            out["soak"] = d
+        }
+        return out
+    }
+
+    var charts: [LineChart] {
+        var list: [LineChart] = []
+        if !open.isEmpty {
+            list.append(LineChart(
+                title: "\(layer): latency vs offered load", xLabel: "offered requests/s", yLabel: "latency (µs)", logX: true,
+                series: [50.0, 99, 99.9].map { p in ("p\(p == 99.9 ? "99.9" : String(Int(p)))",
+                                                    open.map { ($0.offered, $0.result.percentileUs(p)) }) }))
+        }
+        let single = closed.filter { $0.result.config.batches.count == 1 }
+        if !single.isEmpty {
+            var series: [(name: String, points: [(x: Double, y: Double)])] = []
+            let groups = Dictionary(grouping: single) { "\($0.result.config.clients) cl, \($0.result.config.shm ? "shm" : "inline")" }
+            for key in groups.keys.sorted() {
+                let rows = groups[key]!.sorted { $0.result.config.maxTokens < $1.result.config.maxTokens }
+                series.append(("p50 " + key, rows.map { (Double($0.result.config.maxTokens), $0.result.percentileUs(50)) }))
+                series.append(("p99 " + key, rows.map { (Double($0.result.config.maxTokens), $0.result.percentileUs(99)) }))
+            }
+            list.append(LineChart(title: "\(layer): latency vs batch size", xLabel: "tokens per request",
+                                  yLabel: "latency (µs)", logX: true, series: series))
+        }
+        return list
+    }
+}
+
+func f(_ v: Double, _ digits: Int) -> String {
+    guard v.isFinite else { return "-" }
+    return String(format: "%.\(digits)f", v)
+}
+
+func table(_ head: [String], _ rows: [[String]]) {
+    let widths = head.indices.map { i in max(head[i].count, rows.map { $0[i].count }.max() ?? 0) }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+    }
+    print(line(head))
+    for r in rows { print(line(r)) }
+}

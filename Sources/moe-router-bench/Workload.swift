@@ -1,0 +1,184 @@
+import CMoERouterClient
+import CMoERouterWire
+import Histogram
+import MoERouting
+import Synchronization
+
+/// One load configuration: who sends what, how.
+struct LoadConfig: Sendable {
+    var clients: Int
+    /// (tokens, weight) pairs; each request draws its size from them.
+    var batches: [(tokens: Int, weight: Double)]
+    var shm: Bool
+    var dtype: DType
+    /// Closed loop when nil; otherwise the offered rate in requests/s across all clients.
+    var rate: Double?
+    var seconds: Double
+    var maxRequests: Int?
+
+    var batchLabel: String {
+        batches.count == 1 ? "\(batches[0].tokens)" : batches.map { "\($0.tokens):\($0.weight)" }.joined(separator: ",")
+    }
+    var maxTokens: Int { batches.map(\.tokens).max() ?? 1 }
+}
+
+/// What one configuration measured.
+struct LoadResult {
+    var config: LoadConfig
+    var latency = Histogram<UInt64>(highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
+    var requests = 0
+    var tokens = 0
+    var errors: [String: Int] = [:]
+    var elapsedNs: UInt64 = 0
+
+    var requestsPerSecond: Double { Double(requests) / (Double(elapsedNs) / 1e9) }
+    var tokensPerSecond: Double { Double(tokens) / (Double(elapsedNs) / 1e9) }
+    func percentileUs(_ p: Double) -> Double { Double(latency.valueAtPercentile(p)) / 1000 }
+    var maxUs: Double { Double(latency.max) / 1000 }
+    var errorCount: Int { errors.values.reduce(0, +) }
+}
+
+/// A failure to set a client up (not a request error: those are counted).
+struct SetupError: Error, CustomStringConvertible { let description: String }
+
+/// Drives the daemon with `config.clients` connections, each on its own thread with its own
+/// shm segment (when `shm`), and merges their histograms.
+func runLoad(endpoint: String, layer: String, config: LoadConfig, progress: Bool) throws -> LoadResult {
+    let results = Mutex<[LoadResult]>([])
+    let setupFailure = Mutex<String?>(nil)
+    let start = nowNs()
+    let end = start + UInt64(config.seconds * 1e9)
+    let perClientCap = config.maxRequests.map { max(1, $0 / config.clients) }
+    let interval = config.rate.map { UInt64(1e9 * Double(config.clients) / $0) }
+    let done = Atomic<Int>(0)
+    let ticker = progress ? ProgressTicker(total: config.seconds) : nil
+    runThreads(config.clients + (ticker == nil ? 0 : 1)) { index in
+        if index == config.clients {
+            ticker?.run(until: end) { done.load(ordering: .relaxed) }
+            return
+        }
+        do {
+            var r = try clientLoop(endpoint: endpoint, layer: layer, config: config, index: index,
+                                   start: start, end: end, cap: perClientCap, interval: interval, done: done)
+            r.elapsedNs = nowNs() - start
+            results.withLock { $0.append(r) }
+        } catch {
+            setupFailure.withLock { $0 = "\(error)" }
+        }
+    }
+    if let f = setupFailure.withLock({ $0 }) { throw SetupError(description: f) }
+    var merged = LoadResult(config: config)
+    for r in results.withLock({ $0 }) {
+        merged.latency.add(r.latency)
+        merged.requests += r.requests
+        merged.tokens += r.tokens
+        merged.errors.merge(r.errors, uniquingKeysWith: +)
+        merged.elapsedNs = max(merged.elapsedNs, r.elapsedNs)
+    }
+    return merged
+}
+
+private func clientLoop(endpoint: String, layer: String, config: LoadConfig, index: Int, start: UInt64,
+                        end: UInt64, cap: Int?, interval: UInt64?, done: borrowing Atomic<Int>) throws -> LoadResult {
+    var client: OpaquePointer?
+    let rc = moe_connect(endpoint, 10_000, &client)
+    guard rc == 0, let client else { throw SetupError(description: "connect \(endpoint): \(String(cString: moe_status_name(rc)))") }
+    defer { moe_close(client) }
+    var info = moe_layer_info()
+    guard moe_find_layer(client, layer, &info) == 0 else {
+        throw SetupError(description: "layer '\(layer)': \(String(cString: moe_last_error(client)))")
+    }
+    let E = Int(info.num_experts), k = Int(info.top_k)
+    let maxT = config.maxTokens
+    let inBytes = maxT * E * config.dtype.byteSize
+    let input = randomLogits(count: maxT * E, dtype: config.dtype, seed: UInt64(index + 1))
+    var weights = [Float](repeating: 0, count: maxT * k)
+    var ids = [Int32](repeating: 0, count: maxT * k)
+    var segment = moe_segment()
+    if config.shm {
+        let size = UInt64(inBytes + maxT * k * 8)
+        let src = moe_segment_create(client, size, &segment)
+        guard src == 0 else { throw SetupError(description: "segment: \(String(cString: moe_last_error(client)))") }
+        input.withUnsafeBytes { segment.base.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+    defer { if config.shm { moe_segment_destroy(client, &segment) } }
+
+    var result = LoadResult(config: config)
+    var rng = UInt64(index + 17) &* 0x9E37_79B9_7F4A_7C15
+    let totalWeight = config.batches.map(\.weight).reduce(0, +)
+    var scheduled = start + (interval.map { $0 * UInt64(index) / UInt64(config.clients) } ?? 0)
+    while nowNs() < end, cap.map({ result.requests < $0 }) ?? true {
+        rng = rng &* 6364136223846793005 &+ 1442695040888963407
+        var pick = Double(rng >> 11) / Double(1 << 53) * totalWeight
+        var tokens = config.batches[0].tokens
+        for b in config.batches {
+            pick -= b.weight
+            if pick < 0 { tokens = b.tokens; break }
+        }
+        if let interval {
+            sleepUntil(scheduled)
+        }
+        let sent = interval == nil ? nowNs() : scheduled
+        var out = moe_route_result()
+        let status: Int32
+        if config.shm {
+            status = moe_route_shm(client, info.layer_id, moe_dtype(UInt32(config.dtype.rawValue)), UInt64(tokens),
+                                   &segment, &info, 0, UInt64(inBytes), UInt64(inBytes + maxT * k * 4), &out)
+        } else {
+            status = input.withUnsafeBytes { inp in
+                weights.withUnsafeMutableBufferPointer { w in
+                    ids.withUnsafeMutableBufferPointer { i in
+                        moe_route(client, info.layer_id, moe_dtype(UInt32(config.dtype.rawValue)), UInt64(tokens),
+                                  inp.baseAddress, tokens * E * config.dtype.byteSize, w.baseAddress, i.baseAddress,
+                                  tokens * k, &out)
+                    }
+                }
+            }
+        }
+        let finished = nowNs()
+        if status == 0 {
+            _ = result.latency.record(finished - sent)
+            result.requests += 1
+            result.tokens += tokens
+        } else {
+            result.errors[String(cString: moe_status_name(status)), default: 0] += 1
+        }
+        done.add(1, ordering: .relaxed)
+        if let interval { scheduled += interval }
+    }
+    return result
+}
+
+/// Random logits, gaussian-like, in `dtype`'s bytes.
+func randomLogits(count: Int, dtype: DType, seed: UInt64) -> [UInt8] {
+    var s = seed &* 0x2545_F491_4F6C_DD1D
+    let values: [Float] = (0..<count).map { _ in
+        s = s &* 6364136223846793005 &+ 1442695040888963407
+        var v: Float = 0
+        for shift: UInt64 in [0, 16, 32, 48] { v += Float((s >> shift) & 0xffff) / 65536 }
+        return (v - 2) * 1.7
+    }
+    switch dtype {
+    case .fp32: return values.withUnsafeBytes { Array($0) }
+    default: return values.map { dtype.narrow($0) }.withUnsafeBytes { Array($0) }
+    }
+}
+
+/// Prints completed requests once a second on long runs.
+final class ProgressTicker: Sendable {
+    let total: Double
+    init(total: Double) { self.total = total }
+    func run(until end: UInt64, count: () -> Int) {
+        let start = nowNs()
+        var next = start + 1_000_000_000
+        while next < end {
+            sleepUntil(next)
+            let t = Double(nowNs() - start) / 1e9
+            let line = "  ... \(Int(t))s / \(Int(total))s, \(count()) requests\n"
+            progressLine(line)
+            next += 1_000_000_000
+        }
+    }
+}
+
+import Glibc

@@ -1,0 +1,65 @@
+"""moe-router-bench against a real daemon: brief runs whose JSON must be well-formed and
+error-free, an open-loop sweep with a knee, a soak with RSS/fd samples, and an SVG picture."""
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import find_binary
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return find_binary("moe-router-bench", "MOE_ROUTER_BENCH")
+
+
+def run_bench(bench, *args, timeout=120):
+    p = subprocess.run([str(bench), *args, "--json", "--quiet"], capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr + p.stdout
+    return json.loads(p.stdout)
+
+
+def test_closed_loop_is_well_formed_and_error_free(bench, start_daemon, tmp_path):
+    d = start_daemon("--preset", "deepseek-v3", "--preset", "kimi-k2")
+    svg = tmp_path / "bench.svg"
+    out = run_bench(bench, "--endpoint", d.endpoint, "--layer", "kimi-k2", "--clients", "1,2",
+                    "--batches", "1,64", "--transport", "both", "--seconds", "0.4", "--svg", str(svg))
+    assert out["total_errors"] == 0 and out["layer"] == "kimi-k2"
+    rows = out["closed_loop"]
+    assert {(r["clients"], r["batch"], r["transport"]) for r in rows} == {
+        (c, b, t) for c in (1, 2) for b in ("1", "64") for t in ("inline", "shm")}
+    for r in rows:
+        lat = r["latency_us"]
+        assert r["requests"] > 0 and r["errors"] == {}
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+        assert r["tokens"] == r["requests"] * int(r["batch"])
+        assert r["echo"]["requests"] > 0 and r["kernel_us"] > 0
+        assert r["daemon_over_echo_p50"] > 0 and r["throughput_over_echo"] > 0
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg") and len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) >= 2
+    assert d.alive()
+
+
+def test_mix_open_loop_knee_and_soak(bench, start_daemon):
+    d = start_daemon("--preset", "deepseek-v3")
+    out = run_bench(bench, "--endpoint", d.endpoint, "--clients", "2", "--mix", "1:0.8,64:0.2",
+                    "--transport", "shm", "--seconds", "0.5", "--no-baselines", "--open-loop",
+                    "--open-clients", "2", "--rate-start", "200", "--rate-factor", "4", "--rate-max", "3200",
+                    "--soak-seconds", "3", "--daemon-pid", str(d.pid), timeout=180)
+    assert out["closed_loop"][0]["batch"] == "1:0.8,64:0.2" and out["closed_loop"][0]["requests"] > 0
+    steps = out["open_loop"]
+    assert steps and steps[0]["offered_per_s"] == 200
+    assert "knee_per_s" in out  # 200 req/s is far below this daemon's knee
+    soak = out["soak"]
+    assert soak["errors"] == {} and len(soak["samples"]) >= 2
+    assert all(s["rss_kib"] > 0 and s["fds"] > 0 for s in soak["samples"])
+
+
+def test_bad_arguments_and_unknown_layer_fail_clearly(bench, start_daemon):
+    d = start_daemon("--preset", "deepseek-v3")
+    p = subprocess.run([str(bench), "--endpoint", d.endpoint, "--layer", "nope", "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "nope" in (p.stderr + p.stdout)
+    p = subprocess.run([str(bench), "--transport", "carrier-pigeon"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "transport" in p.stderr
