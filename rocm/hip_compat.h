@@ -64,7 +64,13 @@ static inline hipError_t hipStreamCreateWithFlags(hipStream_t *s, unsigned) {
     *s = (hipStream_t)(uintptr_t)1; /* work runs at launch time: nothing to queue */
     return hipSuccess;
 }
-static inline hipError_t hipStreamSynchronize(hipStream_t) { return hipSuccess; }
+/* A test hook (mrh_emulation_fail_next): the next synchronisation on this thread fails. */
+static thread_local hipError_t mrh_emulated_failure = hipSuccess;
+static inline hipError_t hipStreamSynchronize(hipStream_t) {
+    hipError_t e = mrh_emulated_failure;
+    mrh_emulated_failure = hipSuccess;
+    return e;
+}
 static inline hipError_t hipStreamDestroy(hipStream_t) { return hipSuccess; }
 static inline hipError_t hipGetLastError(void) { return hipSuccess; }
 static inline const char *hipGetErrorName(hipError_t e) {

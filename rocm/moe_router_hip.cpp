@@ -220,4 +220,10 @@ int32_t mrh_route(const mrh_layer *L, mrh_stream *s, const float *fallback_bias,
     return hipSuccess;
 }
 
+#if defined(MRH_HOST_EMULATION)
+/* Test hook, host emulation only: the next mrh_route on the calling thread fails with `status`
+ * after running, so tests can drive the backend's device-failure path. */
+MRH_API void mrh_emulation_fail_next(int32_t status) { mrh_emulated_failure = (hipError_t)status; }
+#endif
+
 } // extern "C"

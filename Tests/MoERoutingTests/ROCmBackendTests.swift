@@ -113,6 +113,27 @@ struct ROCmHostLogicTests {
         }
     }
 
+    @Test func deviceFailureIsAnsweredByCPUAndCounted() throws {
+        typealias FailNext = @convention(c) (Int32) -> Void
+        let handle = dlopen(ROCmArtifacts.hostEmulation, RTLD_NOW | RTLD_NOLOAD)
+        let symbol = try #require(dlsym(handle, "mrh_emulation_fail_next"))
+        let layer = try BuiltLayer(Presets.spec(named: "glm-4.5", gateDType: .bf16)!)
+        let values = InputKind.gaussian.rows(tokens: 6, experts: 160, groups: 1, seed: 8)
+        let (expected, _) = try route(layer, CPUBackend(kernel: .generic), values, tokens: 6, dtype: .fp16)
+        unsafeBitCast(symbol, to: FailNext.self)(2) // hipErrorOutOfMemory, on this thread's next route
+        let (got, outcome) = try route(layer, backend, values, tokens: 6, dtype: .fp16)
+        #expect(got == expected)
+        #expect(outcome.usedFallbackCast && layer.fallbackCasts == 2) // the CPU run above, then this one
+        #expect(backend.deviceFailures == 1)
+        guard case .deviceFailure("route", 2, let text) = backend.lastDeviceFailure else {
+            Issue.record("lastDeviceFailure: \(String(describing: backend.lastDeviceFailure))")
+            return
+        }
+        #expect(text.contains("hipErrorOutOfMemory"))
+        _ = try route(layer, backend, values, tokens: 6, dtype: .bf16)
+        #expect(backend.deviceFailures == 1)
+    }
+
     @Test func concurrentCallersEachGetAStream() throws {
         let layer = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: .bf16)!)
         let tokens = 33
