@@ -129,7 +129,8 @@ struct Report {
             list.append(LineChart(
                 title: "\(layer): latency vs offered load", xLabel: "offered requests/s", yLabel: "latency (µs)", logX: true,
                 series: [50.0, 99, 99.9].map { p in ("p\(p == 99.9 ? "99.9" : String(Int(p)))",
-                                                    open.map { ($0.offered, $0.result.percentileUs(p)) }) }))
+                                                    open.map { ($0.offered, $0.result.percentileUs(p)) }) },
+                dashed: { $0 > 0 }))
         }
         let single = closed.filter { $0.result.config.batches.count == 1 }
         if !single.isEmpty {
@@ -140,8 +141,9 @@ struct Report {
                 series.append(("p50 " + key, rows.map { (Double($0.result.config.maxTokens), $0.result.percentileUs(50)) }))
                 series.append(("p99 " + key, rows.map { (Double($0.result.config.maxTokens), $0.result.percentileUs(99)) }))
             }
-            list.append(LineChart(title: "\(layer): latency vs batch size", xLabel: "tokens per request",
-                                  yLabel: "latency (µs)", logX: true, series: series))
+            list.append(LineChart(title: "\(layer): latency vs batch size (p50 solid, p99 dashed)",
+                                  xLabel: "tokens per request", yLabel: "latency (µs)", logX: true, series: series,
+                                  colorOf: { $0 / 2 }, dashed: { $0 % 2 == 1 }))
         }
         return list
     }

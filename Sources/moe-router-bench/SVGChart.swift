@@ -7,6 +7,9 @@ struct LineChart {
     var yLabel: String
     var logX: Bool
     var series: [(name: String, points: [(x: Double, y: Double)])]
+    /// Series i is drawn in colour colorOf(i), dashed when dashed(i).
+    var colorOf: (Int) -> Int = { $0 }
+    var dashed: (Int) -> Bool = { _ in false }
 
     static let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
@@ -37,9 +40,10 @@ struct LineChart {
         s += "<text x=\"\((l + r) / 2)\" y=\"\(b + 36)\" text-anchor=\"middle\">\(xLabel)</text>\n"
         s += "<text transform=\"translate(\(ox + 16),\((t + b) / 2)) rotate(-90)\" text-anchor=\"middle\">\(yLabel)</text>\n"
         for (i, serie) in series.enumerated() {
-            let c = Self.colors[i % Self.colors.count]
+            let c = Self.colors[colorOf(i) % Self.colors.count]
             let pts = serie.points.filter { $0.y > 0 }.map { "\(px($0.x)),\(py($0.y))" }.joined(separator: " ")
-            s += "<polyline fill=\"none\" stroke=\"\(c)\" stroke-width=\"2\" points=\"\(pts)\"/>\n"
+            let dash = dashed(i) ? " stroke-dasharray=\"6 4\"" : ""
+            s += "<polyline fill=\"none\" stroke=\"\(c)\" stroke-width=\"2\"\(dash) points=\"\(pts)\"/>\n"
             for p in serie.points where p.y > 0 {
                 s += "<circle cx=\"\(px(p.x))\" cy=\"\(py(p.y))\" r=\"3\" fill=\"\(c)\"/>"
             }
