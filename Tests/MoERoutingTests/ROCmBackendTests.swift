@@ -186,6 +186,40 @@ struct ROCmHostLogicTests {
         }
     }
 
+    /// A machine without the HIP runtime: the device library with its libamdhip64.so.5
+    /// dependency renamed (same length) so that dlopen cannot resolve it.
+    @Test(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.device),
+                   "\(ROCmArtifacts.device) \(ROCmArtifacts.missing)"))
+    func missingRuntimeIsNamed() throws {
+        var bytes = try #require(readFile(ROCmArtifacts.device))
+        let from = Array("libamdhip64.so.5".utf8), to = Array("libamdhipXX.so.5".utf8)
+        var replaced = 0
+        var i = 0
+        while i + from.count <= bytes.count {
+            if bytes[i] == from[0] && Array(bytes[i..<i + from.count]) == from {
+                bytes.replaceSubrange(i..<i + from.count, with: to)
+                replaced += 1
+            }
+            i += 1
+        }
+        try #require(replaced > 0, "libamdhip64.so.5 not named in \(ROCmArtifacts.device)")
+        let path = "/tmp/moe-router-test-\(getpid())-no-runtime.so"
+        defer { unlink(path) }
+        try #require(writeFile(path, bytes))
+        do {
+            _ = try ROCmBackend.open(library: path)
+            Issue.record("opened a library whose runtime is missing")
+        } catch {
+            guard case .libraryLoadFailed(_, let reason) = error else {
+                Issue.record("unexpected error: \(error)")
+                return
+            }
+            #expect(reason.contains("libamdhipXX.so.5"))
+            #expect(error.description.hasPrefix("no ROCm runtime: cannot load \(path)"))
+            print(error)
+        }
+    }
+
     @Test func choiceResolvesWithReasons() throws {
         let cpu = try BackendChoice.cpu.select()
         #expect(cpu.backend is CPUBackend && cpu.reason.contains("--backend cpu"))
@@ -227,4 +261,23 @@ struct ROCmHostLogicTests {
         }
         #expect(backend.deviceFailures == 0, "\(String(describing: backend.lastDeviceFailure))")
     }
+}
+
+func readFile(_ path: String) -> [UInt8]? {
+    guard let f = fopen(path, "rb") else { return nil }
+    defer { fclose(f) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, f)
+        if n <= 0 { break }
+        out += chunk[0..<n]
+    }
+    return out
+}
+
+func writeFile(_ path: String, _ bytes: [UInt8]) -> Bool {
+    guard let f = fopen(path, "wb") else { return false }
+    defer { fclose(f) }
+    return fwrite(bytes, 1, bytes.count, f) == bytes.count
 }
