@@ -1,0 +1,106 @@
+"""The wire protocol v1 of Include/moe_router.h, as struct layouts.
+
+Every struct is a list of (C field name, struct format) pairs; nested structs are flattened with
+dotted names (``input.kind``) so tests/python/test_python_client_wire.py can compare each offset
+with the C compiler's ``offsetof``. All formats are little-endian with no implicit padding: the
+header's explicit reserved fields make the C layout padding-free.
+"""
+import struct
+
+MAGIC = 0x52454F4D
+VERSION = 1
+NAME_BYTES = 64
+SHM_NAME_BYTES = 256
+TAG_BYTES = 32
+MAX_MESSAGE_TEXT = 1024
+
+OP_HELLO, OP_LIST_LAYERS, OP_REGISTER_SHM, OP_UNREGISTER_SHM, OP_ROUTE, OP_STATS, OP_PING = range(1, 8)
+BUF_INLINE, BUF_SHM = 0, 1
+
+
+class WireStruct:
+    """One C struct of the header: its fields in order, their offsets, and a struct.Struct."""
+
+    def __init__(self, c_name, fields):
+        self.c_name = c_name
+        self.fields = list(fields)
+        self.names = [n for n, _ in self.fields]
+        self.struct = struct.Struct("<" + "".join(f for _, f in self.fields))
+        self.size = self.struct.size
+        self.offsets = {}
+        at = 0
+        for name, fmt in self.fields:
+            self.offsets[name] = at
+            at += struct.calcsize("<" + fmt)
+
+    def pack(self, **values):
+        """Packs the named fields; every field not given is zero (reserved fields included)."""
+        unknown = set(values) - set(self.names)
+        if unknown:
+            raise KeyError(f"{self.c_name} has no field {sorted(unknown)}")
+        return self.struct.pack(*[values.get(n, b"" if f.endswith("s") else 0) for n, f in self.fields])
+
+    def unpack(self, buf, offset=0):
+        return dict(zip(self.names, self.struct.unpack_from(buf, offset)))
+
+
+def _ref(prefix):
+    return [(f"{prefix}.kind", "I"), (f"{prefix}.reserved", "I"), (f"{prefix}.handle", "Q"),
+            (f"{prefix}.offset", "Q"), (f"{prefix}.length", "Q")]
+
+
+REQ_HEADER = WireStruct("moe_req_header", [
+    ("magic", "I"), ("version", "H"), ("op", "H"), ("request_id", "Q"), ("body_size", "I"),
+    ("deadline_ms", "I"), ("reserved", "Q")])
+RESP_HEADER = WireStruct("moe_resp_header", [
+    ("magic", "I"), ("version", "H"), ("op", "H"), ("request_id", "Q"), ("status", "I"),
+    ("body_size", "I"), ("message_len", "H"), ("reserved0", "H"), ("reserved1", "I")])
+HELLO_REQ = WireStruct("moe_hello_req", [
+    ("min_version", "H"), ("max_version", "H"), ("reserved", "I"), ("client_name", f"{NAME_BYTES}s")])
+HELLO_RESP = WireStruct("moe_hello_resp", [
+    ("protocol_version", "H"), ("min_protocol_version", "H"), ("layer_count", "I"),
+    ("daemon_version", f"{TAG_BYTES}s"), ("backend", f"{TAG_BYTES}s"), ("max_message_bytes", "Q"),
+    ("max_tokens", "Q"), ("max_registrations", "I"), ("default_deadline_ms", "I"), ("workers", "I"),
+    ("queue_depth", "I"), ("shm_allowed", "I"), ("max_experts", "I"), ("max_top_k", "I"),
+    ("reserved", "I")])
+LIST_RESP = WireStruct("moe_list_resp", [("count", "I"), ("reserved", "I")])
+LAYER_INFO = WireStruct("moe_layer_info", [
+    ("layer_id", "I"), ("method", "B"), ("scoring", "B"), ("gate_dtype", "B"), ("nonfinite", "B"),
+    ("num_experts", "I"), ("top_k", "I"), ("num_expert_group", "I"), ("topk_group", "I"),
+    ("renormalize", "B"), ("has_bias", "B"), ("reserved", "H"), ("routed_scaling_factor", "f"),
+    ("bias_offset", "I"), ("reserved2", "I"), ("name", f"{NAME_BYTES}s")])
+REGISTER_REQ = WireStruct("moe_register_req", [("name", f"{SHM_NAME_BYTES}s"), ("size", "Q")])
+REGISTER_RESP = WireStruct("moe_register_resp", [("handle", "Q"), ("size", "Q")])
+UNREGISTER_REQ = WireStruct("moe_unregister_req", [("handle", "Q")])
+UNREGISTER_RESP = WireStruct("moe_unregister_resp", [("deferred", "I"), ("reserved", "I")])
+BUFFER_REF = WireStruct("moe_buffer_ref", [
+    ("kind", "I"), ("reserved", "I"), ("handle", "Q"), ("offset", "Q"), ("length", "Q")])
+ROUTE_REQ = WireStruct("moe_route_req", [
+    ("layer_id", "I"), ("dtype", "B"), ("reserved0", "3s"), ("tokens", "Q"),
+    *_ref("input"), *_ref("weights"), *_ref("ids")])
+ROUTE_RESP = WireStruct("moe_route_resp", [
+    ("tokens", "Q"), ("nonfinite_count", "Q"), ("first_nonfinite_token", "Q"), ("fallback_cast", "I"),
+    ("top_k", "I"), ("compute_ns", "Q")])
+STATS_RESP = WireStruct("moe_stats_resp", [
+    ("uptime_ns", "Q"), ("requests", "Q"), ("errors", "Q"), ("routes", "Q"), ("tokens", "Q"),
+    ("shm_routes", "Q"), ("busy_rejections", "Q"), ("deadline_misses", "Q"), ("nonfinite_inputs", "Q"),
+    ("fallback_casts", "Q"), ("registrations", "Q"), ("clients", "Q"), ("mapped_bytes", "Q"),
+    ("queued", "Q"), ("clients_released", "Q"), ("compute_ns", "Q"), ("backend", f"{TAG_BYTES}s")])
+
+ALL_STRUCTS = [REQ_HEADER, RESP_HEADER, HELLO_REQ, HELLO_RESP, LIST_RESP, LAYER_INFO, REGISTER_REQ,
+               REGISTER_RESP, UNREGISTER_REQ, UNREGISTER_RESP, BUFFER_REF, ROUTE_REQ, ROUTE_RESP, STATS_RESP]
+
+# The ROUTE request is the hot path: packed positionally (field order of ROUTE_REQ).
+_ROUTE_PACK = ROUTE_REQ.struct.pack
+_ZERO3 = b"\0\0\0"
+
+
+def route_body(layer_id, dtype, tokens, refs):
+    """refs: three (kind, handle, offset, length) tuples: input, weights, ids."""
+    (k0, h0, o0, n0), (k1, h1, o1, n1), (k2, h2, o2, n2) = refs
+    return _ROUTE_PACK(layer_id, dtype, _ZERO3, tokens, k0, 0, h0, o0, n0, k1, 0, h1, o1, n1, k2, 0, h2, o2, n2)
+
+
+def cstr(raw):
+    """A NUL-padded C char array as str."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -1,0 +1,344 @@
+"""The moe-routerd client: one ZeroMQ DEALER connection, one request in flight at a time."""
+import itertools
+import os
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from . import _wire as w
+from ._arrays import as_logits
+from .errors import (ClientArgumentError, ClientIOError, ClientProtocolError, ClientTimeoutError, Status,
+                     SizeMismatchError, UnknownLayerError, error_for)
+from .shm import SharedBuffer, Session
+from .types import DType, Layer, Method, Nonfinite, RouteResult, Scoring, ServerInfo, Stats
+
+DEFAULT_TIMEOUT_MS = 5000
+
+
+def default_endpoint():
+    """The daemon's default endpoint, resolved like the C client's moe_default_endpoint():
+    $MOE_ROUTER_ENDPOINT, else ipc://$RUNTIME_DIRECTORY/routerd.sock (first entry), else
+    ipc://$XDG_RUNTIME_DIR/moe-router/routerd.sock, else ipc:///tmp/moe-router-$UID/routerd.sock."""
+    env = os.environ
+    if env.get("MOE_ROUTER_ENDPOINT"):
+        return env["MOE_ROUTER_ENDPOINT"]
+    if env.get("RUNTIME_DIRECTORY"):
+        return f"ipc://{env['RUNTIME_DIRECTORY'].split(':', 1)[0]}/routerd.sock"
+    if env.get("XDG_RUNTIME_DIR"):
+        return f"ipc://{env['XDG_RUNTIME_DIR']}/moe-router/routerd.sock"
+    return f"ipc:///tmp/moe-router-{os.getuid()}/routerd.sock"
+
+
+class _Reply:
+    __slots__ = ("status", "body", "message", "frames")
+
+    def __init__(self, status, body, message, frames):
+        self.status, self.body, self.message, self.frames = status, body, message, frames
+
+
+class Client:
+    """A connection to moe-routerd.
+
+    ``Client(endpoint=None, timeout_ms=5000)`` connects (``endpoint`` None: default_endpoint())
+    and performs HELLO; the answer is ``client.server``. ``timeout_ms`` bounds every call's wait
+    for an answer (ClientTimeoutError) and is sent as the request's deadline.
+
+    Thread-safety: a Client may be shared by threads; its calls are serialized by a lock (one
+    request in flight per connection, as the protocol requires), so threads sharing one Client
+    take turns. For parallel requests give each thread its own Client. Shared-memory buffers
+    belong to the Client that registered them; concurrent routes on one Session race on its
+    buffers, so give each thread its own Session.
+
+    ``close()`` (or leaving a ``with`` block) unregisters every SharedBuffer/Session made through
+    this Client and closes the socket.
+    """
+
+    def __init__(self, endpoint=None, timeout_ms=DEFAULT_TIMEOUT_MS, client_name=None):
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout_ms = int(timeout_ms) if timeout_ms and timeout_ms > 0 else DEFAULT_TIMEOUT_MS
+        self._client_name = (client_name or f"moe_router-py pid {os.getpid()}").encode()[:w.NAME_BYTES - 1]
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._buffers = {}
+        self._layers_by_id = {}
+        self._layers_by_name = {}
+        self._closed = False
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.linger = 0
+        try:
+            self._sock.connect(self.endpoint)
+        except zmq.ZMQError as e:
+            self._sock.close()
+            raise ClientIOError(f"connect({self.endpoint}): {e}") from e
+        try:
+            self.server = self.hello()
+        except BaseException:
+            self._sock.close()
+            self._closed = True
+            raise
+
+    # ---- the request/answer cycle ----------------------------------------------------------
+    def _call(self, op, body=b"", payload=None):
+        """Sends one request (``payload``: the inline ROUTE input frame) and returns its answer;
+        raises the status's exception unless it is OK (ROUTE bodies are returned either way)."""
+        with self._lock:
+            if self._closed:
+                raise ClientArgumentError("the client is closed")
+            request_id = next(self._ids)
+            frame0 = w.REQ_HEADER.struct.pack(w.MAGIC, w.VERSION, op, request_id, len(body), self.timeout_ms, 0) + body
+            try:
+                if payload is None:
+                    self._sock.send(frame0)
+                else:
+                    self._sock.send_multipart([frame0, payload], copy=False)
+            except zmq.ZMQError as e:
+                raise ClientIOError(f"send: {e}") from e
+            deadline = time.monotonic() + self.timeout_ms / 1000
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClientTimeoutError(f"no answer from {self.endpoint} within {self.timeout_ms} ms")
+                try:
+                    if not self._sock.poll(max(1, int(left * 1000))):
+                        continue
+                    frames = self._sock.recv_multipart(copy=False)
+                except zmq.ZMQError as e:
+                    raise ClientIOError(f"receive: {e}") from e
+                head = frames[0].bytes
+                if len(head) < w.RESP_HEADER.size:
+                    raise ClientProtocolError(f"answer of {len(head)} bytes is shorter than a header")
+                magic, _version, _op, rid, status, body_size, message_len, _, _ = w.RESP_HEADER.struct.unpack_from(head)
+                if rid != request_id and rid != 0:
+                    continue  # a late answer to an earlier request that timed out
+                if magic != w.MAGIC or w.RESP_HEADER.size + body_size + message_len != len(head):
+                    raise ClientProtocolError("malformed answer: magic or sizes disagree with the header")
+                body = head[w.RESP_HEADER.size:w.RESP_HEADER.size + body_size]
+                message = head[w.RESP_HEADER.size + body_size:].decode("utf-8", "replace")
+                reply = _Reply(status, body, message, frames[1:])
+                if status != Status.OK and op != w.OP_ROUTE:
+                    raise error_for(status, message or f"daemon answered status {status}")
+                return reply
+
+    def _body(self, reply, st):
+        if len(reply.body) != st.size:
+            raise ClientProtocolError(f"{st.c_name} answer is {len(reply.body)} bytes, expected {st.size}")
+        return st.unpack(reply.body)
+
+    # ---- simple ops --------------------------------------------------------------------------
+    def hello(self):
+        """HELLO: the daemon's version, backend and limits (also kept as ``self.server``)."""
+        body = w.HELLO_REQ.pack(min_version=w.VERSION, max_version=w.VERSION, client_name=self._client_name)
+        d = self._body(self._call(w.OP_HELLO, body), w.HELLO_RESP)
+        d["daemon_version"] = w.cstr(d["daemon_version"])
+        d["backend"] = w.cstr(d["backend"])
+        d["shm_allowed"] = bool(d["shm_allowed"])
+        d.pop("reserved")
+        return ServerInfo(**d)
+
+    def ping(self):
+        """PING: round-trip seconds."""
+        t = time.perf_counter()
+        self._call(w.OP_PING)
+        return time.perf_counter() - t
+
+    def stats(self):
+        """STATS: the daemon's counters."""
+        d = self._body(self._call(w.OP_STATS), w.STATS_RESP)
+        d["backend"] = w.cstr(d["backend"])
+        return Stats(**d)
+
+    def layers(self):
+        """LIST_LAYERS: every layer with its full spec (also refreshes the lookup cache)."""
+        reply = self._call(w.OP_LIST_LAYERS)
+        if len(reply.body) < w.LIST_RESP.size:
+            raise ClientProtocolError("layer list shorter than its header")
+        count = w.LIST_RESP.unpack(reply.body)["count"]
+        if len(reply.body) != w.LIST_RESP.size + count * w.LAYER_INFO.size or not reply.frames:
+            raise ClientProtocolError("malformed layer list")
+        biases = np.frombuffer(reply.frames[0].bytes, dtype="<f4")
+        out = []
+        for i in range(count):
+            d = w.LAYER_INFO.unpack(reply.body, w.LIST_RESP.size + i * w.LAYER_INFO.size)
+            bias = None
+            if d["has_bias"]:
+                lo, hi = d["bias_offset"], d["bias_offset"] + d["num_experts"]
+                if hi > biases.size:
+                    raise ClientProtocolError(f"bias of layer {d['layer_id']} lies past the bias frame")
+                bias = biases[lo:hi].astype(np.float32)
+                bias.flags.writeable = False
+            try:
+                layer = Layer(id=d["layer_id"], name=w.cstr(d["name"]), method=Method(d["method"]),
+                              scoring=Scoring(d["scoring"]), gate_dtype=DType(d["gate_dtype"]),
+                              nonfinite=Nonfinite(d["nonfinite"]), num_experts=d["num_experts"], top_k=d["top_k"],
+                              num_expert_group=d["num_expert_group"], topk_group=d["topk_group"],
+                              renormalize=bool(d["renormalize"]),
+                              routed_scaling_factor=float(d["routed_scaling_factor"]), bias=bias)
+            except ValueError as e:
+                raise ClientProtocolError(f"layer {d['layer_id']}: {e}") from e
+            out.append(layer)
+        with self._lock:
+            self._layers_by_id = {l.id: l for l in out}
+            self._layers_by_name = {l.name: l for l in out}
+        return out
+
+    def layer(self, key):
+        """A Layer by id (int) or name (str); a Layer is returned as is. UnknownLayerError when
+        the daemon has none such (the layer list is fetched again once before giving up)."""
+        if isinstance(key, Layer):
+            return key
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            table, k = "_layers_by_id", int(key)
+        elif isinstance(key, str):
+            table, k = "_layers_by_name", key
+        else:
+            raise ClientArgumentError(f"a layer is an id, a name or a Layer; got {type(key).__name__}")
+        found = getattr(self, table).get(k)
+        if found is None:
+            self.layers()
+            found = getattr(self, table).get(k)
+        if found is None:
+            known = ", ".join(f"{l.id}:{l.name}" for l in self._layers_by_id.values())
+            raise UnknownLayerError(f"no layer {'named ' + repr(k) if isinstance(k, str) else 'with id ' + str(k)} "
+                                    f"(the daemon serves {known or 'no layers'})")
+        return found
+
+    # ---- shared memory -----------------------------------------------------------------------
+    def register_shm(self, name, size):
+        """REGISTER_SHM for a segment the host manages itself ("/name", its exact size).
+        Returns the handle, valid on this connection only. Prefer SharedBuffer/Session."""
+        raw = name.encode() if isinstance(name, str) else bytes(name)
+        if len(raw) >= w.SHM_NAME_BYTES:
+            raise ClientArgumentError(f"shm name of {len(raw)} bytes is longer than {w.SHM_NAME_BYTES - 1}")
+        d = self._body(self._call(w.OP_REGISTER_SHM, w.REGISTER_REQ.pack(name=raw, size=int(size))), w.REGISTER_RESP)
+        return d["handle"]
+
+    def unregister_shm(self, handle):
+        """UNREGISTER_SHM. Returns True when the daemon deferred it behind a running request."""
+        d = self._body(self._call(w.OP_UNREGISTER_SHM, w.UNREGISTER_REQ.pack(handle=int(handle))), w.UNREGISTER_RESP)
+        return bool(d["deferred"])
+
+    def shared_buffer(self, size):
+        """A new SharedBuffer of ``size`` bytes registered on this connection."""
+        return SharedBuffer(self, size)
+
+    def session(self, layer, max_tokens, dtype="fp32"):
+        """A new Session: shared input/weights/ids buffers for ``layer`` and up to ``max_tokens``."""
+        return Session(self, layer, max_tokens, dtype)
+
+    def _adopt(self, buffer):
+        with self._lock:
+            self._buffers[id(buffer)] = buffer
+
+    def _release(self, buffer):
+        with self._lock:
+            self._buffers.pop(id(buffer), None)
+            if not self._closed:
+                self.unregister_shm(buffer.handle)
+
+    def _locate(self, arr):
+        """(handle, offset) of an array lying in one of this client's buffers, or None."""
+        for b in list(self._buffers.values()):
+            off = b.offset_of(arr)
+            if off is not None:
+                return b.handle, off
+        return None
+
+    # ---- ROUTE -------------------------------------------------------------------------------
+    def route(self, layer, logits, dtype=None, out=None):
+        """Routes ``logits`` [tokens, num_experts] (1-D: one token) through ``layer`` (id, name
+        or Layer). ``logits``: float32, float16, a torch float32/float16/bfloat16 tensor, or
+        uint16 bf16 bit patterns with ``dtype="bf16"``.
+
+        Buffers that lie in this client's shared memory (SharedBuffer/Session views) go by
+        reference and are read/written in place; others travel inline. ``out=(weights, ids)``:
+        float32 and int32 C-contiguous [tokens, top_k] arrays to write into (in place when they
+        are shared memory). Returns a RouteResult, which unpacks to ``(weights, ids)``.
+        """
+        layer = self.layer(layer)
+        arr, wire = as_logits(logits, dtype)
+        tokens, k = arr.shape[0], layer.top_k
+        out_len = tokens * k * 4
+        payload = None
+        loc = self._locate(arr)
+        if loc is None:
+            payload = arr.reshape(-1).view(np.uint8)
+            refs = [(w.BUF_INLINE, 0, 0, arr.nbytes)]
+        else:
+            refs = [(w.BUF_SHM, loc[0], loc[1], arr.nbytes)]
+        outs = [None, None]
+        if out is not None:
+            outs = list(out)
+            if len(outs) != 2:
+                raise ClientArgumentError("out must be a (weights, ids) pair")
+            for a, want, name in ((outs[0], np.float32, "weights"), (outs[1], np.int32, "ids")):
+                if not isinstance(a, np.ndarray) or a.dtype != want or not a.flags.c_contiguous or not a.flags.writeable:
+                    raise ClientArgumentError(f"out {name} must be a writable C-contiguous {np.dtype(want)} array")
+        for a in outs:
+            loc = None if a is None else self._locate(a)
+            if loc is None:
+                refs.append((w.BUF_INLINE, 0, 0, out_len if a is None else a.nbytes))
+            else:
+                refs.append((w.BUF_SHM, loc[0], loc[1], a.nbytes))
+        body = w.route_body(layer.id, int(wire), tokens, refs)
+        reply = self._call(w.OP_ROUTE, body, payload)
+        resp = w.ROUTE_RESP.unpack(reply.body) if len(reply.body) == w.ROUTE_RESP.size else None
+        if reply.status != Status.OK:
+            extra = {}
+            message = reply.message
+            if reply.status == Status.NONFINITE and resp is not None:
+                extra = dict(token=resp["first_nonfinite_token"], count=resp["nonfinite_count"])
+            if reply.status == Status.SIZE_MISMATCH:
+                message += (f" (logits shape {tuple(arr.shape)} {wire.label}; layer '{layer.name}' has "
+                            f"num_experts={layer.num_experts}, top_k={k})")
+            raise error_for(reply.status, message, **extra)
+        if resp is None:
+            raise ClientProtocolError(f"ROUTE answer body is {len(reply.body)} bytes, expected {w.ROUTE_RESP.size}")
+        results = []
+        frame = 0
+        for i, (a, dt) in enumerate(zip(outs, (np.float32, np.int32))):
+            if refs[1 + i][0] == w.BUF_SHM:
+                results.append(a.reshape(tokens, k) if a.size == tokens * k else a)
+                continue
+            if frame >= len(reply.frames) or len(reply.frames[frame]) != refs[1 + i][3]:
+                raise ClientProtocolError(f"ROUTE output frame {frame + 1} missing or of the wrong size")
+            got = np.frombuffer(reply.frames[frame].buffer, dtype=dt)
+            frame += 1
+            if a is None:
+                results.append(got.reshape(tokens, k).copy())
+            else:
+                np.copyto(a.reshape(-1), got)
+                results.append(a)
+        return RouteResult(results[0], results[1], tokens=tokens, nonfinite_count=resp["nonfinite_count"],
+                           fallback_cast=bool(resp["fallback_cast"]), compute_ns=resp["compute_ns"])
+
+    # ---- lifetime ----------------------------------------------------------------------------
+    def close(self):
+        """Unregisters every SharedBuffer/Session made through this client, then closes the
+        connection. Errors while unregistering are ignored (the daemon drops a vanished
+        client's registrations anyway). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            for b in list(self._buffers.values()):
+                try:
+                    b.close()
+                except Exception:  # noqa: BLE001 - closing must finish
+                    pass
+            self._buffers.clear()
+            self._closed = True
+            self._sock.close(linger=0)
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"Client({self.endpoint!r}, timeout_ms={self.timeout_ms}, closed={self._closed})"
