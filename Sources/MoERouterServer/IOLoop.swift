@@ -87,7 +87,7 @@ struct IOLoop {
 
     private mutating func handle(_ parts: [ZMQMessage], on socket: ZMQSocket, transport: ClientKey.Transport) {
         // [routing id, (empty delimiter from a REQ client), payload...]
-        let split = parts.count > 1 && parts[1].count == 0 ? 2 : 1
+        let split = parts.count > 2 && parts[1].count == 0 ? 2 : 1
         let envelope = Array(parts[..<split]), payload = Array(parts[split...])
         let peer: PeerCredentials? = transport == .ipc ? payload.first.flatMap(Self.credentials) : nil
         let request = IncomingRequest(transport: transport, envelope: envelope, frames: payload, peer: peer)

@@ -1,0 +1,294 @@
+"""Malformed and hostile requests against a real moe-routerd: each gets its typed error, the
+daemon keeps serving, and afterwards its fds and mappings are back at the baseline."""
+import os
+import random
+import struct
+
+import numpy as np
+import pytest
+import zmq
+
+import moe_wire as w
+from daemon_helpers import Segment, dealer, inline_route, register, shm_route, wait_until
+
+S = w.STATUS
+DS = "deepseek-v3"
+
+
+@pytest.fixture(scope="module")
+def env(routerd_binary, routerd_class, tmp_path_factory):
+    d = routerd_class(routerd_binary, ["--preset", DS, "--preset", "mixtral-8x7b", "--preset", "qwen3-moe",
+                                       "--nonfinite", "reject", "--max-registrations", "4",
+                                       "--max-message-bytes", "1048576", "--max-tokens", "100000"],
+                      tmp_path_factory.mktemp("hostile"))
+    ctx = zmq.Context()
+    sock = dealer(ctx, d.endpoint)
+    layers, _ = w.layers(sock)
+    # Warm up both paths (I/O thread and workers) and shm before taking the baseline.
+    for tokens in (1, 300, 1000):
+        assert inline_route(sock, layers[DS], tokens).status == 0
+    seg = Segment(1 << 20)
+    r, h = register(sock, seg)
+    assert r.status == 0
+    assert shm_route(sock, layers[DS], 100, [(h, 0, 100 * 256 * 4), (h, 1 << 19, 3200), (h, (1 << 19) + 4096, 3200)]).status == 0
+    w.call(sock, [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", h))])
+    seg.close()
+    sock.close()
+    assert wait_until(lambda: len(d.shm_maps()) == 0)
+    baseline = dict(fds=d.fd_count(), maps=len(d.maps()))
+    yield dict(daemon=d, ctx=ctx, layers=layers, baseline=baseline)
+    ctx.term()
+    assert d.stop() == 0
+
+
+@pytest.fixture
+def sock(env):
+    s = dealer(env["ctx"], env["daemon"].endpoint)
+    yield s
+    s.close()
+
+
+def route_hdr(**kw):
+    return w.frame0(w.OP["ROUTE"], w.route_body(0, w.FP32, 1, w.buffer_ref(length=1024), w.buffer_ref(length=32),
+                                                w.buffer_ref(length=32)), **kw)
+
+
+ONE_TOKEN = np.zeros(256, np.float32).tobytes()
+
+# Framing: (name, frames, expected status)
+FRAMING = [
+    ("empty frame", [b""], "MALFORMED"),
+    ("truncated header", [w.frame0(w.OP["PING"])[:10]], "MALFORMED"),
+    ("bad magic", [w.frame0(w.OP["PING"], magic=0xDEADBEEF)], "BAD_MAGIC"),
+    ("future version", [w.frame0(w.OP["PING"], version=2)], "BAD_VERSION"),
+    ("version zero", [w.frame0(w.OP["PING"], version=0)], "BAD_VERSION"),
+    ("unknown op", [w.frame0(99)], "UNKNOWN_OP"),
+    ("op zero", [w.frame0(0)], "UNKNOWN_OP"),
+    ("reserved header field", [w.frame0(w.OP["PING"], reserved=5)], "BAD_FIELD"),
+    ("body_size larger than frame", [w.header(w.OP["PING"], 64)], "MALFORMED"),
+    ("body on a bodiless op", [w.frame0(w.OP["PING"], b"12345678")], "MALFORMED"),
+    ("extra frame on ping", [w.frame0(w.OP["PING"]), b"xx"], "MALFORMED"),
+    ("truncated route body", [route_hdr()[:60]], "MALFORMED"),
+    ("route without input frame", [route_hdr()], "MALFORMED"),
+    ("route with two input frames", [route_hdr(), ONE_TOKEN, ONE_TOKEN], "MALFORMED"),
+    ("hello bad version range", [w.frame0(w.OP["HELLO"], w.hello_body(2, 3))], "BAD_VERSION"),
+    ("hello name without NUL", [w.frame0(w.OP["HELLO"], w.hello_body(name=b"x" * 64))], "BAD_FIELD"),
+    ("oversized request", [w.frame0(w.OP["PING"]), b"\0" * ((1 << 20) + 1)], "TOO_LARGE"),
+]
+
+
+@pytest.mark.parametrize("name,frames,expected", FRAMING, ids=[c[0] for c in FRAMING])
+def test_framing_errors(sock, name, frames, expected):
+    r = w.call(sock, frames)
+    assert r.status_name == expected, r
+    assert r.message
+    assert w.call(sock, [w.frame0(w.OP["PING"])]).status == 0
+
+
+def route(layer_id=0, dtype=w.FP32, tokens=1, refs=None, reserved0=b"\0\0\0"):
+    refs = refs or [w.buffer_ref(length=1024), w.buffer_ref(length=32), w.buffer_ref(length=32)]
+    return w.frame0(w.OP["ROUTE"], w.route_body(layer_id, dtype, tokens, *refs, reserved0=reserved0))
+
+
+# ROUTE field errors with inline buffers (deepseek-v3: E=256, k=8).
+ROUTE_FIELDS = [
+    ("unknown layer", [route(layer_id=77), ONE_TOKEN], "UNKNOWN_LAYER"),
+    ("bad dtype", [route(dtype=7), ONE_TOKEN], "BAD_DTYPE"),
+    ("input length mismatch", [route(refs=[w.buffer_ref(length=1020), w.buffer_ref(length=32), w.buffer_ref(length=32)]), ONE_TOKEN[:1020]], "SIZE_MISMATCH"),
+    ("input frame shorter than length", [route(), ONE_TOKEN[:512]], "SIZE_MISMATCH"),
+    ("dtype disagrees with input size", [route(dtype=w.BF16), ONE_TOKEN], "SIZE_MISMATCH"),
+    ("weights length mismatch", [route(refs=[w.buffer_ref(length=1024), w.buffer_ref(length=28), w.buffer_ref(length=32)]), ONE_TOKEN], "SIZE_MISMATCH"),
+    ("ids length mismatch", [route(refs=[w.buffer_ref(length=1024), w.buffer_ref(length=32), w.buffer_ref(length=36)]), ONE_TOKEN], "SIZE_MISMATCH"),
+    ("too many tokens", [route(tokens=100001), ONE_TOKEN], "TOO_LARGE"),
+    ("token count near 2^64", [route(tokens=2**64 - 1), ONE_TOKEN], "TOO_LARGE"),
+    ("unknown buffer kind", [route(refs=[w.buffer_ref(kind=5, length=1024), w.buffer_ref(length=32), w.buffer_ref(length=32)])], "BAD_FIELD"),
+    ("inline ref with a handle", [route(refs=[w.buffer_ref(length=1024), w.buffer_ref(handle=3, length=32), w.buffer_ref(length=32)]), ONE_TOKEN], "BAD_FIELD"),
+    ("buffer ref reserved", [route(refs=[w.buffer_ref(length=1024, reserved=1), w.buffer_ref(length=32), w.buffer_ref(length=32)]), ONE_TOKEN], "BAD_FIELD"),
+    ("route reserved bytes", [route(reserved0=b"\0\1\0"), ONE_TOKEN], "BAD_FIELD"),
+    ("unregistered handle", [route(refs=[w.buffer_ref(w.SHM, 12345, 0, 1024), w.buffer_ref(length=32), w.buffer_ref(length=32)])], "UNKNOWN_HANDLE"),
+    ("unregister unknown handle", [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", 999))], "UNKNOWN_HANDLE"),
+]
+
+
+@pytest.mark.parametrize("name,frames,expected", ROUTE_FIELDS, ids=[c[0] for c in ROUTE_FIELDS])
+def test_route_field_errors(sock, name, frames, expected):
+    r = w.call(sock, frames)
+    assert r.status_name == expected, r
+    assert len(r.body) == w.ROUTE_RESP.size or r.op != w.OP["ROUTE"]
+    assert not r.frames, "an error answer carries no output frames"
+
+
+def test_nonfinite_input_rejected_naming_the_token(sock, env):
+    x = np.zeros(3 * 256, np.float32)
+    x[2 * 256 + 17] = np.nan
+    x[2 * 256 + 18] = np.inf
+    r = inline_route(sock, env["layers"][DS], 3, data=x.tobytes())
+    assert r.status_name == "NONFINITE", r
+    tokens, count, first, _, _, _ = w.ROUTE_RESP.unpack(r.body)
+    assert (count, first) == (2, 2)
+    assert "token 2" in r.message
+
+
+REG = w.OP["REGISTER_SHM"]
+SHM_REG = [
+    ("name without NUL", lambda seg: w.register_body(b"/" + b"a" * 300, 4096), "SHM_NAME"),
+    ("name without slash", lambda seg: w.register_body("noslash", 4096), "SHM_NAME"),
+    ("name with inner slash", lambda seg: w.register_body("/a/b", 4096), "SHM_NAME"),
+    ("dot-dot name", lambda seg: w.register_body("/..", 4096), "SHM_NAME"),
+    ("missing object", lambda seg: w.register_body("/moe-router-does-not-exist", 4096), "SHM_OPEN"),
+    ("wrong size", lambda seg: w.register_body(seg.name, seg.size + 4096), "SHM_SIZE"),
+    ("zero size", lambda seg: w.register_body(seg.name, 0), "SHM_SIZE"),
+]
+
+
+@pytest.mark.parametrize("name,body,expected", SHM_REG, ids=[c[0] for c in SHM_REG])
+def test_register_errors(sock, name, body, expected):
+    seg = Segment(8192)
+    try:
+        r = w.call(sock, [w.frame0(REG, body(seg))])
+        assert r.status_name == expected, r
+    finally:
+        seg.close()
+
+
+def test_world_writable_segment_refused(sock):
+    seg = Segment(8192, mode=0o666)
+    try:
+        r, _ = register(sock, seg)
+        assert r.status_name == "SHM_PERMISSIONS", r
+    finally:
+        seg.close()
+
+
+def test_foreign_owner_segment_refused(sock):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a segment to another uid")
+    seg = Segment(8192)
+    try:
+        os.fchown(seg.fd, 65534, 65534)
+        r, _ = register(sock, seg)
+        assert r.status_name == "SHM_OWNER", r
+    finally:
+        seg.close()
+
+
+def test_registration_limit(sock):
+    segs = [Segment(4096) for _ in range(5)]
+    try:
+        results = [register(sock, s)[0].status_name for s in segs]
+        assert results == ["OK"] * 4 + ["LIMIT"]
+    finally:
+        for s in segs:
+            s.close()
+
+
+@pytest.fixture
+def shm(sock):
+    seg = Segment(1 << 20)
+    r, h = register(sock, seg)
+    assert r.status == 0, r
+    yield seg, h
+    seg.close()
+
+
+IN, OUT = 4 * 256 * 4, 4 * 8 * 4   # deepseek-v3, 4 tokens, fp32
+SHM_ROUTES = [
+    ("offset past end", lambda h: [(h, (1 << 20) - 100, IN), (h, 65536, OUT), (h, 70000, OUT)], "OUT_OF_BOUNDS"),
+    ("offset plus length overflows", lambda h: [(h, 2**64 - 8, IN), (h, 65536, OUT), (h, 70000, OUT)], "OVERFLOW"),
+    ("misaligned input", lambda h: [(h, 2, IN), (h, 65536, OUT), (h, 70000, OUT)], "MISALIGNED"),
+    ("misaligned output", lambda h: [(h, 0, IN), (h, 65538, OUT), (h, 70000, OUT)], "MISALIGNED"),
+    ("input overlaps weights", lambda h: [(h, 0, IN), (h, IN - 64, OUT), (h, 70000, OUT)], "OVERLAP"),
+    ("weights overlap ids", lambda h: [(h, 0, IN), (h, 65536, OUT), (h, 65536 + 64, OUT)], "OVERLAP"),
+    ("wrong shm length", lambda h: [(h, 0, IN - 4), (h, 65536, OUT), (h, 70000, OUT)], "SIZE_MISMATCH"),
+    ("unknown handle beside a good one", lambda h: [(h, 0, IN), (h + 1000, 65536, OUT), (h, 70000, OUT)], "UNKNOWN_HANDLE"),
+]
+
+
+@pytest.mark.parametrize("name,refs,expected", SHM_ROUTES, ids=[c[0] for c in SHM_ROUTES])
+def test_shm_route_errors(sock, env, shm, name, refs, expected):
+    seg, h = shm
+    seg.mm[65536:65536 + OUT] = b"\xAB" * OUT
+    r = shm_route(sock, env["layers"][DS], 4, refs(h))
+    assert r.status_name == expected, r
+    assert seg.mm[65536:65536 + OUT] == b"\xAB" * OUT, "nothing written on error"
+
+
+def test_overlap_through_two_registrations_of_one_object(sock, env, shm):
+    seg, h1 = shm
+    r, h2 = register(sock, seg)
+    assert r.status == 0
+    r = shm_route(sock, env["layers"][DS], 4, [(h1, 0, IN), (h2, 0, OUT), (h1, 70000, OUT)])
+    assert r.status_name == "OVERLAP", r
+
+
+def test_foreign_handle_is_unknown(env, sock, shm):
+    seg, h = shm
+    other = dealer(env["ctx"], env["daemon"].endpoint)
+    try:
+        r = shm_route(other, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)])
+        assert r.status_name == "UNKNOWN_HANDLE", r
+        r = w.call(other, [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", h))])
+        assert r.status_name == "UNKNOWN_HANDLE", r
+    finally:
+        other.close()
+    # The owner still uses it.
+    assert shm_route(sock, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)]).status == 0
+
+
+def test_double_unregister(sock, shm):
+    _, h = shm
+    unreg = [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", h))]
+    assert w.call(sock, unreg).status == 0
+    assert w.call(sock, unreg).status_name == "UNKNOWN_HANDLE"
+
+
+def test_segment_truncated_after_registration(sock, env, shm):
+    seg, h = shm
+    os.ftruncate(seg.fd, 4096)
+    r = shm_route(sock, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)])
+    assert r.status_name == "SHM_TRUNCATED", r
+    r = shm_route(sock, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)])
+    assert r.status_name == "UNKNOWN_HANDLE", "a truncated registration is dropped"
+    assert env["daemon"].alive()
+
+
+def test_random_bytes(sock):
+    rng = random.Random(1234)
+    for i in range(200):
+        frames = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300))) for _ in range(rng.randrange(1, 4))]
+        if i % 3 == 0 and frames[0][:4]:
+            frames[0] = struct.pack("<IH", w.MAGIC, 1) + frames[0][6:]
+        r = w.call(sock, frames)
+        assert r.status != 0 or r.op == w.OP["PING"], r
+    assert w.call(sock, [w.frame0(w.OP["PING"])]).status == 0
+
+
+def test_frame_over_the_hard_limit_drops_only_that_connection(env, sock):
+    rogue = dealer(env["ctx"], env["daemon"].endpoint)
+    rogue.send_multipart([w.frame0(w.OP["PING"]), b"\0" * ((1 << 20) + (128 << 10))])
+    assert not rogue.poll(500), "libzmq drops a connection that exceeds ZMQ_MAXMSGSIZE"
+    rogue.close()
+    assert w.call(sock, [w.frame0(w.OP["PING"])]).status == 0
+
+
+def test_req_socket_clients_are_answered(env):
+    req = env["ctx"].socket(zmq.REQ)
+    req.linger = 0
+    req.connect(env["daemon"].endpoint)
+    req.send(w.frame0(w.OP["PING"]))
+    assert req.poll(5000)
+    assert w.Reply(req.recv_multipart()).status == 0
+    req.close()
+
+
+def test_zz_daemon_is_back_at_baseline(env, sock):
+    """Runs last: after every case above, fds and mappings equal the warmed-up baseline."""
+    d, base = env["daemon"], env["baseline"]
+    assert w.call(sock, [w.frame0(w.OP["PING"])]).status == 0
+    st = w.stats(sock)
+    assert st["registrations"] == 0 and st["mapped_bytes"] == 0
+    sock.close()
+    assert wait_until(lambda: d.fd_count() == base["fds"], timeout=5), (d.fd_count(), base)
+    assert d.shm_maps() == []
+    assert wait_until(lambda: len(d.maps()) == base["maps"], timeout=5), (len(d.maps()), base)
+    assert d.alive()
