@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "moe-routerd", targets: ["moe-routerd"]),
         .executable(name: "moe-router-latency-bench", targets: ["moe-router-latency-bench"]),
         .executable(name: "moe-router-bench", targets: ["moe-router-bench"]),
+        .executable(name: "moe-routerctl", targets: ["moe-routerctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.19"),
     ],
     targets: [
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
@@ -75,5 +77,10 @@ let package = Package(
             dependencies: ["MoERouting", "MoERouterServer", "CMoERouterClient", "CMoERouterWire", "CZMQ",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")]),
+        .executableTarget(
+            name: "moe-routerctl",
+            dependencies: ["CMoERouterClient", "CMoERouterWire",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "ZIPFoundation", package: "ZIPFoundation")]),
     ]
 )
