@@ -7,6 +7,10 @@ set -euo pipefail
 # HSA runtime: what scripts/build-rocm.sh needs to compile the HIP kernels (docs/ROCM.md).
 APT_PACKAGES=(libzmq3-dev libbsd-dev pkg-config python3-pip hipcc)
 PIP_PACKAGES=(pyzmq numpy pytest)
+if [ "${1:-}" = "--runtime" ]; then  # just what building and running the daemon needs
+    APT_PACKAGES=(libzmq3-dev libbsd-dev pkg-config)
+    PIP_PACKAGES=()
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -19,7 +23,7 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${MOE_ROUTER_APT_UPDATE:-0}" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]:-${APT_PACKAGES[@]}}"
 fi
 
-if ! python3 -c "import zmq, numpy, pytest" 2>/dev/null; then
+if [ "${#PIP_PACKAGES[@]}" -gt 0 ] && ! python3 -c "import zmq, numpy, pytest" 2>/dev/null; then
     python3 -m pip install -q "${PIP_PACKAGES[@]}" 2>/dev/null \
         || python3 -m pip install -q --break-system-packages "${PIP_PACKAGES[@]}"
 fi
