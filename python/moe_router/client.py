@@ -299,7 +299,7 @@ class Client:
         frame = 0
         for i, (a, dt) in enumerate(zip(outs, (np.float32, np.int32))):
             if refs[1 + i][0] == w.BUF_SHM:
-                results.append(a.reshape(tokens, k) if a.size == tokens * k else a)
+                results.append(a)
                 continue
             if frame >= len(reply.frames) or len(reply.frames[frame]) != refs[1 + i][3]:
                 raise ClientProtocolError(f"ROUTE output frame {frame + 1} missing or of the wrong size")

@@ -90,7 +90,9 @@ class SharedBuffer:
         if offset < 0 or offset + count * dt.itemsize > self.size:
             raise ClientArgumentError(f"view of {count * dt.itemsize} bytes at offset {offset} "
                                       f"does not fit the {self.size}-byte buffer")
-        return np.ndarray(shape, dt, buffer=self._mmap, offset=offset)
+        # frombuffer (unlike ndarray(buffer=)) holds a buffer export, so the mapping cannot be
+        # unmapped under a live view: mmap.close() refuses while one exists.
+        return np.frombuffer(self._mmap, dt, count=count, offset=offset).reshape(shape)
 
     def offset_of(self, arr):
         """The byte offset of ``arr``'s data in this buffer, or None when it lies elsewhere.
