@@ -521,31 +521,79 @@ fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E
     return n < k || n > FAST_MAX_CAND ? 0 : n;
 }
 
-/* Phase 3: exact keys of the candidates, ranked exactly; ids and weights out. */
+/* Phase 3a: exact scores and keys of the candidates (sarr, carr; lanes >= n of carr hold -inf).
+ * Separate from the ranking so that the long dependent chain of the sigmoid of one token overlaps
+ * that of the next. */
 AVX512 static inline __attribute__((always_inline)) void
-fast_phase3(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
-            const int32_t *cidx, int32_t n, float *w_out, int32_t *id_out, const int32_t k) {
-    const float *bias = L->bias;
+fast_scores(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
+            const int32_t *cidx, int32_t n, float *sarr, float *carr) {
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
-    /* 4. exact keys of the candidates, ranked exactly */
+    const int32_t nv = (n + 15) / 16;
+    for (int32_t q = 0; q < nv; q++) {
+        const __mmask16 m = tail_mask(n - 16 * q);
+        const __m512i iv = _mm512_maskz_loadu_epi32(m, cidx + 16 * q);
+        __m512 x = dtype == MRK_DTYPE_FP32
+                       ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, row, 4)
+                       : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, xw, 4);
+        __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, L->bias, 4);
+        /* the row is finite (phase 1), so the sigmoid is too: no clamp needed */
+        const __m512 s = sigmoid_v(x);
+        _mm512_store_ps(sarr + 16 * q, s);
+        _mm512_store_ps(carr + 16 * q, _mm512_mask_mov_ps(ninf, m, _mm512_add_ps(s, b)));
+    }
+}
+
+/* Phase 3b: the candidates ranked exactly; ids and weights out. */
+AVX512 static inline __attribute__((always_inline)) void
+fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
+            int32_t n, float *w_out, int32_t *id_out, const int32_t k) {
     const int32_t nv = (n + 15) / 16;
     __m512 cv[2], sv[2];
     __m512i iv[2];
-    float carr[FAST_MAX_CAND] __attribute__((aligned(64)));
     for (int32_t q = 0; q < nv; q++) {
-        const __mmask16 m = tail_mask(n - 16 * q);
-        iv[q] = _mm512_maskz_loadu_epi32(m, cidx + 16 * q);
-        __m512 x = dtype == MRK_DTYPE_FP32
-                       ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv[q], row, 4)
-                       : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv[q], xw, 4);
-        __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv[q], bias, 4);
-        sv[q] = zero_nonfinite(sigmoid_v(x));
-        cv[q] = _mm512_mask_mov_ps(ninf, m, _mm512_add_ps(sv[q], b));
-        _mm512_store_ps(carr + 16 * q, cv[q]);
+        iv[q] = _mm512_maskz_loadu_epi32(tail_mask(n - 16 * q), cidx + 16 * q);
+        cv[q] = _mm512_load_ps(carr + 16 * q);
+        sv[q] = _mm512_load_ps(sarr + 16 * q);
     }
     float wtmp[FAST_MAX_CAND] __attribute__((aligned(64)));
     const __m512i minus1 = _mm512_set1_epi32(-1);
-    if (nv == 1) {
+    int sorted = 0;
+    if (nv == 1 && k < 16) {
+        /* Bitonic sort of the 16 keys, descending, carrying the lane numbers. Pairs of equal keys
+         * may swap payloads, so the result is used only when the first k + 1 sorted keys are
+         * pairwise distinct (each of the first k then holds its own lane, and the order is the
+         * contract's); otherwise the tie-aware ranking below runs. */
+        const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        __m512 key = cv[0];
+        __m512i pl = iota;
+#pragma clang loop unroll(full)
+        for (int32_t size = 2; size <= 16; size *= 2) {
+#pragma clang loop unroll(full)
+            for (int32_t d = size / 2; d >= 1; d /= 2) {
+                uint32_t wantmax = 0;
+                for (int32_t i = 0; i < 16; i++)
+                    if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
+                const __m512i perm = _mm512_xor_si512(iota, _mm512_set1_epi32(d));
+                const __m512 pk = _mm512_permutexvar_ps(perm, key);
+                const __m512i pp = _mm512_permutexvar_epi32(perm, pl);
+                const __mmask16 take = _kxor_mask16(_mm512_cmp_ps_mask(key, pk, _CMP_GT_OQ),
+                                                    (__mmask16)wantmax);
+                key = _mm512_mask_mov_ps(key, take, pk);
+                pl = _mm512_mask_mov_epi32(pl, take, pp);
+            }
+        }
+        const __m512i next = _mm512_min_epi32(_mm512_add_epi32(iota, _mm512_set1_epi32(1)),
+                                              _mm512_set1_epi32(15));
+        const __mmask16 tie = _mm512_mask_cmp_ps_mask(tail_mask(k), key,
+                                                      _mm512_permutexvar_ps(next, key), _CMP_EQ_OQ);
+        if (!tie) {
+            _mm512_mask_storeu_epi32(id_out, tail_mask(k), _mm512_permutexvar_epi32(pl, iv[0]));
+            _mm512_store_ps(wtmp, _mm512_permutexvar_ps(pl, sv[0]));
+            sorted = 1;
+        }
+    }
+    if (sorted) {
+    } else if (nv == 1) {
         __m512i rank = _mm512_setzero_si512();
 #pragma clang loop unroll(full)
         for (int32_t j = 0; j < 16; j++) {
@@ -625,6 +673,8 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     float xw[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
     int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
     int32_t ncand[16];
+    float sarr[16][FAST_MAX_CAND] __attribute__((aligned(64)));
+    float carr[16][FAST_MAX_CAND] __attribute__((aligned(64)));
     const int32_t stride = (E + 15) & ~15;
     for (int32_t b = 0; b < nb; b++)
         need_exact[b] = !fast_phase1(F, C->L->bias, rows + (size_t)b * row_bytes, dtype,
@@ -638,8 +688,12 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     }
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
-            fast_phase3(C->L, rows + (size_t)b * row_bytes, dtype, xw + b * stride, cidx[b],
-                        ncand[b], weights + (size_t)b * k, ids + (size_t)b * k, k);
+            fast_scores(C->L, rows + (size_t)b * row_bytes, dtype, xw + b * stride, cidx[b],
+                        ncand[b], sarr[b], carr[b]);
+    for (int32_t b = 0; b < nb; b++)
+        if (ncand[b])
+            fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
+                        ids + (size_t)b * k, k);
 }
 
 AVX512 static void fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,
@@ -652,6 +706,119 @@ AVX512 static void fast_block(const route_ctx *C, const fast_ctx *F, const char 
     else
         fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
                      F->cpg);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Fast path for softmax_topk without a bias. Every expert's exp is needed for the sum (so it is
+ * computed exactly, in the contract's lane order), but only a few experts can be selected:
+ * the k-th largest of the 16 lane-wise maxima of the logits, Tx, is a lower bound on the k-th
+ * largest logit, so only experts with x >= Tx (candidates) get their score e / sum and are
+ * ranked exactly. exp and the division are monotone, so every other expert has a score at most
+ * s_out = (the largest e among them) / sum; when at least k candidates score strictly above
+ * s_out, the contract's top-k are all candidates. Otherwise, or with a non-finite input, or too
+ * many candidates, the token takes the exact path.
+ * ------------------------------------------------------------------------------------------ */
+
+/* The k-th largest (1 <= k <= 16) of the 16 lanes of v (bitonic sort, descending). */
+AVX512 static inline float kth_largest16(__m512 v, int32_t k) {
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#pragma clang loop unroll(full)
+    for (int32_t size = 2; size <= 16; size *= 2) {
+#pragma clang loop unroll(full)
+        for (int32_t d = size / 2; d >= 1; d /= 2) {
+            uint32_t wantmax = 0;
+            for (int32_t i = 0; i < 16; i++)
+                if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
+            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), v);
+            v = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(v, pk), _mm512_max_ps(v, pk));
+        }
+    }
+    return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v));
+}
+
+/* One token: candidates into cidx, their scores into sarr and keys (= scores, -inf padded) into
+ * carr; returns their number, or 0 when the token must take the exact path. */
+AVX512 static inline __attribute__((always_inline)) int32_t
+softmax_cand(const void *row, int32_t dtype, float *xw, int32_t *cidx, float *ce, float *sarr,
+             float *carr, const int32_t E, const int32_t k) {
+    const int32_t nch = (E + 15) / 16;
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    const __m512i expmask = _mm512_set1_epi32(0x7f800000);
+    __m512i nfacc = _mm512_setzero_si512();
+    __m512 M = ninf;
+    for (int32_t c = 0; c < nch; c++) {
+        const __mmask16 m = tail_mask(E - 16 * c);
+        const __m512 x0 = load_widened(row, dtype, 16 * c, m);
+        nfacc = _mm512_max_epu32(nfacc, _mm512_and_si512(_mm512_castps_si512(x0), expmask));
+        const __m512 x = _mm512_mask_mov_ps(ninf, m, x0);
+        _mm512_store_ps(xw + 16 * c, x);
+        M = _mm512_max_ps(M, x);
+    }
+    if (_mm512_cmpeq_epi32_mask(nfacc, expmask)) return 0;
+    const __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(M));
+    const __m512 vt = _mm512_set1_ps(kth_largest16(M, k));
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 acc = _mm512_setzero_ps(), eout = _mm512_setzero_ps();
+    int32_t n = 0;
+    for (int32_t c = 0; c < nch; c++) {
+        const __m512 x = _mm512_load_ps(xw + 16 * c);
+        /* padding lanes: x = -inf, e = 0, which leaves the sum exact */
+        const __m512 e = exp_nonpos_v(_mm512_sub_ps(x, vm));
+        acc = _mm512_add_ps(acc, e);
+        const __mmask16 cm = _mm512_cmp_ps_mask(x, vt, _CMP_GE_OQ);
+        const int32_t at = n < FAST_MAX_CAND ? n : FAST_MAX_CAND;
+        _mm512_storeu_si512(cidx + at, _mm512_maskz_compress_epi32(cm, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+        _mm512_storeu_ps(ce + at, _mm512_maskz_compress_ps(cm, e));
+        n += __builtin_popcount(cm);
+        eout = _mm512_mask_max_ps(eout, (__mmask16)~cm, eout, e);
+    }
+    if (n > FAST_MAX_CAND) return 0;
+    const float sum = fold_lanes(acc);
+    const __m512 vs = _mm512_set1_ps(sum);
+    const __m512 sout = _mm512_set1_ps(_mm512_reduce_max_ps(eout) / sum);
+    int32_t above = 0;
+    for (int32_t q = 0; 16 * q < n; q++) {
+        const __mmask16 m = tail_mask(n - 16 * q);
+        const __m512 sc = _mm512_div_ps(_mm512_maskz_loadu_ps(m, ce + 16 * q), vs);
+        _mm512_store_ps(sarr + 16 * q, sc);
+        _mm512_store_ps(carr + 16 * q, _mm512_mask_mov_ps(ninf, m, sc));
+        above += __builtin_popcount(_mm512_mask_cmp_ps_mask(m, sc, sout, _CMP_GT_OQ));
+    }
+    return above >= k ? n : 0;
+}
+
+AVX512 static inline __attribute__((always_inline)) void
+softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, int32_t dtype, int32_t nb,
+                float *weights, int32_t *ids, uint8_t *need_exact, const int32_t E,
+                const int32_t k) {
+    float xw[MRK_MAX_EXPERTS] __attribute__((aligned(64)));
+    int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
+    float ce[FAST_MAX_CAND + 16] __attribute__((aligned(64)));
+    float sarr[16][FAST_MAX_CAND] __attribute__((aligned(64)));
+    float carr[16][FAST_MAX_CAND] __attribute__((aligned(64)));
+    int32_t ncand[16];
+    for (int32_t b = 0; b < nb; b++) {
+        ncand[b] = softmax_cand(rows + (size_t)b * row_bytes, dtype, xw, cidx[b], ce, sarr[b],
+                                carr[b], E, k);
+        need_exact[b] = ncand[b] == 0;
+    }
+    for (int32_t b = 0; b < nb; b++)
+        if (ncand[b])
+            fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
+                        ids + (size_t)b * k, k);
+}
+
+AVX512 static void softmax_block(const route_ctx *C, const char *rows, size_t row_bytes,
+                                 int32_t dtype, int32_t nb, float *weights, int32_t *ids,
+                                 uint8_t *need_exact) {
+    if (C->E == 128 && C->k == 8)
+        softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, 128, 8);
+    else if (C->E == 64 && C->k == 6)
+        softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, 64, 6);
+    else if (C->E == 8 && C->k == 2)
+        softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, 8, 2);
+    else
+        softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k);
 }
 
 #ifdef MRK_FAST_STATS
@@ -714,6 +881,25 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
         F.t[7] = _mm512_load_ps(SIG_C3 + 16);
     }
 
+    if (C.method == MRK_SOFTMAX_TOPK && L->scoring == MRK_SCORING_SOFTMAX && !L->bias && k <= 16) {
+        uint8_t need_exact[16];
+        for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
+            const int32_t nb = tokens - t0 < 16 ? (int32_t)(tokens - t0) : 16;
+            const char *rows = (const char *)logits + (size_t)t0 * row_bytes;
+            softmax_block(&C, rows, row_bytes, dtype, nb, weights + t0 * k, ids + t0 * k,
+                          need_exact);
+            for (int32_t b = 0; b < nb; b++) {
+                if (!need_exact[b]) continue;
+#ifdef MRK_FAST_STATS
+                mrk_fast_fallbacks++;
+#endif
+                const int64_t t = t0 + b;
+                nonfinite += route_token_exact(&C, rows + (size_t)b * row_bytes, dtype, score, key,
+                                               weights + t * k, ids + t * k);
+            }
+        }
+        return nonfinite;
+    }
     if (fast) {
         const int32_t block = FAST_BLOCK_FLOATS / padded < 16 ? FAST_BLOCK_FLOATS / padded : 16;
         uint8_t need_exact[16];

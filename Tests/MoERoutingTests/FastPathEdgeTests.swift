@@ -1,0 +1,71 @@
+import Testing
+@testable import MoERouting
+
+/// Edge cases of the AVX-512 fast paths (candidate pruning + sorting network): near-ties that
+/// only rounding separates or merges, ties at the pruning threshold, many equal values, more
+/// candidates than one vector holds, underflowing scores. Every kernel against the reference.
+@Suite struct FastPathEdgeTests {
+    static func rows(_ E: Int, tokens: Int, seed: UInt64) -> [Float] {
+        var rng = SplitMix64(seed: seed)
+        var v: [Float] = []
+        for t in 0..<tokens {
+            var row = (0..<E).map { _ in rng.gaussian() * 1.7 }
+            switch t % 8 {
+            case 0: break
+            case 1: // neighbours one ulp apart: distinct logits, scores that may round equal
+                let base = rng.gaussian()
+                for i in stride(from: 0, to: E, by: 3) { row[i] = base.nextUp.nextUp; row[(i + 1) % E] = base.nextUp; row[(i + 2) % E] = base }
+            case 2: // a plateau of equal top values wider than one candidate vector
+                let top = row.max()! + 1
+                for i in stride(from: 1, to: E, by: 2) { row[i] = top }
+            case 3: // a few exact ties at the top, rest far below (scores underflow to 0)
+                for i in 0..<E { row[i] = i % 7 == 3 ? 5 : -1.0e4 }
+            case 4: // all equal
+                for i in 0..<E { row[i] = 0.25 }
+            case 5: // k-th and (k+1)-th separated by one ulp
+                let sorted = row.enumerated().sorted { $0.element > $1.element }
+                for (j, e) in sorted.prefix(12).enumerated() { row[e.offset] = Float(2 - j / 3) + Float(j % 3) * Float(2.0).ulp }
+            case 6: // huge and tiny magnitudes
+                for i in 0..<E { row[i] = i % 5 == 0 ? rng.gaussian() * 1.0e3 : rng.gaussian() * 1.0e-30 }
+            default: // duplicated values in pairs
+                for i in stride(from: 0, to: E - 1, by: 2) { row[i + 1] = row[i] }
+            }
+            v += row
+        }
+        return v
+    }
+
+    static let specs: [LayerSpec] = {
+        var out: [LayerSpec] = []
+        for (E, k, renorm) in [(8, 2, true), (64, 6, false), (128, 8, true), (40, 5, true), (128, 16, true), (24, 16, false), (1024, 8, true), (200, 1, false)] {
+            out.append(LayerSpec(name: "softmax_topk E\(E) k\(k)", method: .softmaxTopK, numExperts: E, topK: k,
+                                 renormalize: renorm, gateDType: .fp32))
+        }
+        for (E, k, g, gk) in [(256, 8, 8, 4), (256, 8, 1, 1), (128, 8, 1, 1), (64, 4, 4, 2), (96, 12, 1, 1)] {
+            out.append(LayerSpec(name: "biased E\(E) k\(k) G\(g)", method: g > 1 ? .biasedGroupedTopK : .biasedTopK,
+                                 numExperts: E, topK: k, numExpertGroup: g, topKGroup: gk, scoring: .sigmoid,
+                                 renormalize: true, routedScalingFactor: 2.5, gateDType: .fp32,
+                                 bias: (0..<E).map { $0 % 4 == 0 ? 0 : Float($0 % 9) * 0.01 - 0.04 }))
+        }
+        return out
+    }()
+
+    @Test(arguments: specs.indices)
+    func fastPathsMatchReference(index: Int) throws {
+        let spec = Self.specs[index]
+        let layer = try BuiltLayer(spec)
+        let tokens = 40
+        let values = Self.rows(spec.numExperts, tokens: tokens, seed: UInt64(900 + index))
+        for dtype in DType.allCases {
+            var l = spec
+            l.gateDType = dtype
+            let layer = try BuiltLayer(l)
+            let expected = reference(layer, values, tokens: tokens, dtype: dtype)
+            for kernel in kernels {
+                let (got, _) = try route(layer, CPUBackend(kernel: kernel, threads: 1), values, tokens: tokens, dtype: dtype)
+                #expect(got == expected, "\(spec.name) dtype=\(dtype) kernel=\(kernel)")
+            }
+        }
+        _ = layer
+    }
+}
