@@ -56,13 +56,35 @@ AVX512 static inline __m512 exp_parts_v(__m512 t, __m512 *lo_out) {
     __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23));
     __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23));
     *lo_out = _mm512_mul_ps(_mm512_mul_ps(e_lo, s1), s2);
-    return _mm512_mask_blend_ps(nan, _mm512_mul_ps(_mm512_mul_ps(e, s1), s2), t);
+    /* (e * s1) * s2 rounds once: e is in [0.7, 1.5] and s1 >= 2^-75, so e * s1 is exact. vscalefps
+     * rounds e * 2^n once too, hence the same result, in one operation. (Not for lo: a tiny lo
+     * times s1 can be subnormal.) */
+    return _mm512_mask_blend_ps(nan, _mm512_scalef_ps(e, n), t);
 }
 
-AVX512 static inline __m512 exp_nonpos_v(__m512 t) {
-    __m512 lo;
-    return exp_parts_v(t, &lo);
+/* exp_parts_v without the low part. */
+AVX512 static inline __m512 exp_only_v(__m512 t) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 x = _mm512_max_ps(t, _mm512_set1_ps(MRK_EXP_FLOOR));
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(MRK_LOG2E)), magic),
+                             magic);
+    __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 hi = _mm512_add_ps(one, r);
+    __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(one, hi), r),
+                              _mm512_mul_ps(p, _mm512_mul_ps(r, r)));
+    return _mm512_mask_blend_ps(nan, _mm512_scalef_ps(_mm512_add_ps(hi, lo), n), t);
 }
+
+AVX512 static inline __m512 exp_nonpos_v(__m512 t) { return exp_only_v(t); }
 
 /* mrk_sigmoid_f, 16 lanes. */
 AVX512 static inline __m512 sigmoid_v(__m512 x) {
@@ -543,16 +565,21 @@ fast_scores(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
     }
 }
 
-/* Phase 3b: the candidates ranked exactly; ids and weights out. */
+/* Phase 3b: the candidates ranked exactly; ids and weights out. wmode 0: w = the payload
+ * (score) of the chosen, renormalised and scaled; 1: softmax over the chosen keys (topk_softmax);
+ * 2: sigmoid of the chosen keys (llama4_top1). */
 AVX512 static inline __attribute__((always_inline)) void
-fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
-            int32_t n, float *w_out, int32_t *id_out, const int32_t k) {
+fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
+                  int32_t n, float *w_out, int32_t *id_out, const int32_t k, const int wmode) {
     const int32_t nv = (n + 15) / 16;
     __m512 cv[2], sv[2];
     __m512i iv[2];
+    float ck[FAST_MAX_CAND] __attribute__((aligned(64)));
     for (int32_t q = 0; q < nv; q++) {
         iv[q] = _mm512_maskz_loadu_epi32(tail_mask(n - 16 * q), cidx + 16 * q);
-        cv[q] = _mm512_load_ps(carr + 16 * q);
+        cv[q] = _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), tail_mask(n - 16 * q),
+                                     carr + 16 * q);
+        _mm512_store_ps(ck + 16 * q, cv[q]); /* lanes >= n: -inf, whatever carr holds there */
         sv[q] = _mm512_load_ps(sarr + 16 * q);
     }
     float wtmp[FAST_MAX_CAND] __attribute__((aligned(64)));
@@ -597,7 +624,7 @@ fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int3
         __m512i rank = _mm512_setzero_si512();
 #pragma clang loop unroll(full)
         for (int32_t j = 0; j < 16; j++) {
-            const __m512 b = _mm512_set1_ps(carr[j]);
+            const __m512 b = _mm512_set1_ps(ck[j]);
             const __mmask16 after = j >= 15 ? (__mmask16)0 : (__mmask16)(0xffffu << (j + 1));
             const __mmask16 beats = _mm512_cmp_ps_mask(b, cv[0], _CMP_GT_OQ) |
                                     _mm512_mask_cmp_ps_mask(after, b, cv[0], _CMP_EQ_OQ);
@@ -621,7 +648,7 @@ fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int3
         for (int32_t q = 0; q < nv; q++) {
             __m512i rank = _mm512_setzero_si512();
             for (int32_t j = 0; j < 16 * nv; j++) {
-                const __m512 b = _mm512_set1_ps(carr[j]);
+                const __m512 b = _mm512_set1_ps(ck[j]);
                 /* lanes i with position > j lose ties to j */
                 const int32_t rel = j - 16 * q; /* j's position relative to this vector's lane 0 */
                 const __mmask16 after = rel < 0 ? (__mmask16)0xffff
@@ -638,8 +665,25 @@ fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int3
         }
     }
 
-    /* 5. weights: w = s[ids], renormalised in column order, times rsf */
     const float rsf = L->routed_scaling_factor;
+    if (wmode == 1) {
+        /* mrk_selected_softmax: e_j = exp(key_j - key_0), summed in column order */
+        const __mmask16 m = tail_mask(k);
+        const __m512 kv = _mm512_maskz_loadu_ps(m, wtmp);
+        const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpos_v(_mm512_sub_ps(kv, _mm512_set1_ps(wtmp[0]))));
+        float et[16] __attribute__((aligned(64)));
+        _mm512_store_ps(et, e);
+        float sum = 0.0f;
+        for (int32_t j = 0; j < k; j++) sum = sum + et[j];
+        _mm512_mask_storeu_ps(w_out, m, _mm512_mul_ps(_mm512_div_ps(e, _mm512_set1_ps(sum)), _mm512_set1_ps(rsf)));
+        return;
+    }
+    if (wmode == 2) {
+        const __mmask16 m = tail_mask(k);
+        _mm512_mask_storeu_ps(w_out, m, _mm512_mul_ps(sigmoid_v(_mm512_maskz_loadu_ps(m, wtmp)), _mm512_set1_ps(rsf)));
+        return;
+    }
+    /* 5. weights: w = s[ids], renormalised in column order, times rsf */
     if (L->renormalize) {
         float sum = 0.0f;
         for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
@@ -656,6 +700,12 @@ fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int3
         _mm512_mask_storeu_ps(w_out + j, m,
                               _mm512_mul_ps(_mm512_maskz_loadu_ps(m, wtmp + j), _mm512_set1_ps(rsf)));
     }
+}
+
+AVX512 static inline __attribute__((always_inline)) void
+fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
+            int32_t n, float *w_out, int32_t *id_out, const int32_t k) {
+    fast_rank_weights(L, sarr, carr, cidx, n, w_out, id_out, k, 0);
 }
 
 #define FAST_BLOCK_FLOATS 4096
@@ -808,6 +858,74 @@ softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, int32_t 
                         ids + (size_t)b * k, k);
 }
 
+/* topk_softmax and llama4_top1 select on the logits themselves: the candidates are the experts
+ * with x >= Tx (the k-th largest lane-wise maximum); every other expert has x < Tx, below at
+ * least k candidates, so the exact ranking of the candidates is the contract's. */
+AVX512 static inline __attribute__((always_inline)) int32_t
+logit_cand(const void *row, int32_t dtype, float *xw, int32_t *cidx, float *carr, const int32_t E,
+           const int32_t k) {
+    const int32_t nch = (E + 15) / 16;
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    const __m512i expmask = _mm512_set1_epi32(0x7f800000);
+    __m512i nfacc = _mm512_setzero_si512();
+    __m512 M = ninf;
+    for (int32_t c = 0; c < nch; c++) {
+        const __mmask16 m = tail_mask(E - 16 * c);
+        const __m512 x0 = load_widened(row, dtype, 16 * c, m);
+        nfacc = _mm512_max_epu32(nfacc, _mm512_and_si512(_mm512_castps_si512(x0), expmask));
+        const __m512 x = _mm512_mask_mov_ps(ninf, m, x0);
+        _mm512_store_ps(xw + 16 * c, x);
+        M = _mm512_max_ps(M, x);
+    }
+    if (_mm512_cmpeq_epi32_mask(nfacc, expmask)) return 0;
+    const __m512 vt = _mm512_set1_ps(k == 1 ? _mm512_reduce_max_ps(M) : kth_largest16(M, k));
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int32_t n = 0;
+    for (int32_t c = 0; c < nch; c++) {
+        const __m512 x = _mm512_load_ps(xw + 16 * c);
+        const __mmask16 cm = _mm512_cmp_ps_mask(x, vt, _CMP_GE_OQ);
+        const int32_t at = n < FAST_MAX_CAND ? n : FAST_MAX_CAND;
+        _mm512_storeu_si512(cidx + at, _mm512_maskz_compress_epi32(cm, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+        _mm512_storeu_ps(carr + at, _mm512_mask_compress_ps(ninf, cm, x));
+        n += __builtin_popcount(cm);
+    }
+    return n > FAST_MAX_CAND ? 0 : n;
+}
+
+AVX512 static inline __attribute__((always_inline)) void
+logit_block_t(const route_ctx *C, const char *rows, size_t row_bytes, int32_t dtype, int32_t nb,
+              float *weights, int32_t *ids, uint8_t *need_exact, const int32_t E, const int32_t k,
+              const int wmode) {
+    float xw[MRK_MAX_EXPERTS] __attribute__((aligned(64)));
+    int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
+    float carr[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
+    int32_t ncand[16];
+    for (int32_t b = 0; b < nb; b++) {
+        ncand[b] = logit_cand(rows + (size_t)b * row_bytes, dtype, xw, cidx[b], carr[b], E, k);
+        need_exact[b] = ncand[b] == 0;
+    }
+    for (int32_t b = 0; b < nb; b++)
+        if (ncand[b])
+            fast_rank_weights(C->L, carr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
+                              ids + (size_t)b * k, k, wmode);
+}
+
+AVX512 static void logit_block(const route_ctx *C, const char *rows, size_t row_bytes,
+                               int32_t dtype, int32_t nb, float *weights, int32_t *ids,
+                               uint8_t *need_exact) {
+    if (C->method == MRK_LLAMA4_TOP1) {
+        if (C->E == 128 && C->k == 1)
+            logit_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, 128, 1, 2);
+        else
+            logit_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, 2);
+    } else {
+        if (C->E == 128 && C->k == 4)
+            logit_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, 128, 4, 1);
+        else
+            logit_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, 1);
+    }
+}
+
 AVX512 static void softmax_block(const route_ctx *C, const char *rows, size_t row_bytes,
                                  int32_t dtype, int32_t nb, float *weights, int32_t *ids,
                                  uint8_t *need_exact) {
@@ -881,13 +999,20 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
         F.t[7] = _mm512_load_ps(SIG_C3 + 16);
     }
 
-    if (C.method == MRK_SOFTMAX_TOPK && L->scoring == MRK_SCORING_SOFTMAX && !L->bias && k <= 16) {
+    const int softmax_fast =
+        C.method == MRK_SOFTMAX_TOPK && L->scoring == MRK_SCORING_SOFTMAX && !L->bias && k <= 16;
+    const int logit_fast = C.logit_key && k <= 16;
+    if (softmax_fast || logit_fast) {
         uint8_t need_exact[16];
         for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
             const int32_t nb = tokens - t0 < 16 ? (int32_t)(tokens - t0) : 16;
             const char *rows = (const char *)logits + (size_t)t0 * row_bytes;
-            softmax_block(&C, rows, row_bytes, dtype, nb, weights + t0 * k, ids + t0 * k,
-                          need_exact);
+            if (softmax_fast)
+                softmax_block(&C, rows, row_bytes, dtype, nb, weights + t0 * k, ids + t0 * k,
+                              need_exact);
+            else
+                logit_block(&C, rows, row_bytes, dtype, nb, weights + t0 * k, ids + t0 * k,
+                            need_exact);
             for (int32_t b = 0; b < nb; b++) {
                 if (!need_exact[b]) continue;
 #ifdef MRK_FAST_STATS

@@ -41,6 +41,14 @@ import Testing
             out.append(LayerSpec(name: "softmax_topk E\(E) k\(k)", method: .softmaxTopK, numExperts: E, topK: k,
                                  renormalize: renorm, gateDType: .fp32))
         }
+        for (E, k) in [(128, 4), (40, 5), (64, 16), (8, 2)] {
+            out.append(LayerSpec(name: "topk_softmax E\(E) k\(k)", method: .topKSoftmax, numExperts: E, topK: k,
+                                 routedScalingFactor: 1.5, gateDType: .fp32))
+        }
+        for (E, k) in [(128, 1), (24, 3)] {
+            out.append(LayerSpec(name: "llama4 E\(E) k\(k)", method: .llama4Top1, numExperts: E, topK: k,
+                                 scoring: .sigmoid, gateDType: .fp32))
+        }
         for (E, k, g, gk) in [(256, 8, 8, 4), (256, 8, 1, 1), (128, 8, 1, 1), (64, 4, 4, 2), (96, 12, 1, 1)] {
             out.append(LayerSpec(name: "biased E\(E) k\(k) G\(g)", method: g > 1 ? .biasedGroupedTopK : .biasedTopK,
                                  numExperts: E, topK: k, numExpertGroup: g, topKGroup: gk, scoring: .sigmoid,
