@@ -858,6 +858,127 @@ softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, int32_t 
                         ids + (size_t)b * k, k);
 }
 
+/* grouped_topk with softmax scoring (DeepSeek-V2), G <= 16, P <= 32, no bias. As softmax_cand,
+ * after the exact group selection: group scores are max(e)/sum over each group (division is
+ * monotone, so that is the contract's max of s), computed exactly for all G groups and kept by
+ * the contract's rule; candidates and the s_out check then run over the kept experts only. */
+AVX512 static inline __attribute__((always_inline)) int32_t
+gsoft_cand(const void *row, int32_t dtype, const int32_t *gid, float *xw, float *ebuf,
+           int32_t *cidx, float *ce, float *sarr, float *carr, const int32_t E, const int32_t k,
+           const int32_t G, const int32_t Gk) {
+    const int32_t nch = (E + 15) / 16, P = E / G;
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i expmask = _mm512_set1_epi32(0x7f800000);
+    __m512i nfacc = _mm512_setzero_si512();
+    __m512 M = ninf;
+    for (int32_t c = 0; c < nch; c++) {
+        const __mmask16 m = tail_mask(E - 16 * c);
+        const __m512 x0 = load_widened(row, dtype, 16 * c, m);
+        nfacc = _mm512_max_epu32(nfacc, _mm512_and_si512(_mm512_castps_si512(x0), expmask));
+        const __m512 x = _mm512_mask_mov_ps(ninf, m, x0);
+        _mm512_store_ps(xw + 16 * c, x);
+        M = _mm512_max_ps(M, x);
+    }
+    if (_mm512_cmpeq_epi32_mask(nfacc, expmask)) return 0;
+    const __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(M));
+    __m512 acc = zero;
+    for (int32_t c = 0; c < nch; c++) {
+        const __m512 e = exp_nonpos_v(_mm512_sub_ps(_mm512_load_ps(xw + 16 * c), vm));
+        acc = _mm512_add_ps(acc, e);
+        _mm512_store_ps(ebuf + 16 * c, e);
+    }
+    const float sum = fold_lanes(acc);
+    const __m512 vs = _mm512_set1_ps(sum);
+    /* group maxima of e (e >= 0, so 0 pads), transposed into lanes 0..G-1 */
+    __m512 gv[16];
+    for (int32_t g = 0; g < 16; g++) {
+        gv[g] = zero;
+        if (g >= G) continue;
+        for (int32_t q = 0; q < P; q += 16)
+            gv[g] = _mm512_max_ps(gv[g], _mm512_maskz_loadu_ps(tail_mask(P - q), ebuf + g * P + q));
+    }
+    const __mmask16 gm = (__mmask16)((1u << G) - 1u);
+    const __m512 gs = _mm512_div_ps(
+        _mm512_permutexvar_ps(_mm512_load_si512(TREE16_PERM), tree_max16(gv)), vs);
+    float gsa[16] __attribute__((aligned(64)));
+    _mm512_store_ps(gsa, gs);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i cnt = _mm512_setzero_si512();
+    for (int32_t h = 0; h < G; h++) {
+        const __m512 b = _mm512_set1_ps(gsa[h]);
+        const __mmask16 after = (__mmask16)(0xfffeu << h);
+        const __mmask16 beats = _mm512_cmp_ps_mask(b, gs, _CMP_GT_OQ) |
+                                _mm512_mask_cmp_ps_mask(after, b, gs, _CMP_EQ_OQ);
+        cnt = _mm512_mask_sub_epi32(cnt, beats, cnt, _mm512_set1_epi32(-1));
+    }
+    const __mmask16 kept = _mm512_mask_cmplt_epi32_mask(gm, cnt, _mm512_set1_epi32(Gk));
+    const __m512i keptv = _mm512_maskz_mov_epi32(kept, _mm512_set1_epi32(-1));
+    /* lane-wise maxima of e over the kept experts; Te = their k-th largest */
+    __m512 MK = zero;
+    __mmask16 km[MAX_CHUNKS];
+    for (int32_t c = 0; c < nch; c++) {
+        const __m512i kg = _mm512_permutexvar_epi32(_mm512_load_si512(gid + 16 * c), keptv);
+        km[c] = _mm512_mask_test_epi32_mask(tail_mask(E - 16 * c), kg, kg);
+        MK = _mm512_mask_max_ps(MK, km[c], MK, _mm512_load_ps(ebuf + 16 * c));
+    }
+    const __m512 vt = _mm512_set1_ps(kth_largest16(MK, k));
+    __m512 eout = zero;
+    int32_t n = 0;
+    for (int32_t c = 0; c < nch; c++) {
+        const __m512 e = _mm512_load_ps(ebuf + 16 * c);
+        const __mmask16 cm = _mm512_mask_cmp_ps_mask(km[c], e, vt, _CMP_GE_OQ);
+        const int32_t at = n < FAST_MAX_CAND ? n : FAST_MAX_CAND;
+        _mm512_storeu_si512(cidx + at, _mm512_maskz_compress_epi32(cm, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+        _mm512_storeu_ps(ce + at, _mm512_maskz_compress_ps(cm, e));
+        n += __builtin_popcount(cm);
+        eout = _mm512_mask_max_ps(eout, km[c] & (__mmask16)~cm, eout, e);
+    }
+    if (n > FAST_MAX_CAND || n < k) return 0;
+    const __m512 sout = _mm512_set1_ps(_mm512_reduce_max_ps(eout) / sum);
+    int32_t above = 0;
+    for (int32_t q = 0; 16 * q < n; q++) {
+        const __mmask16 m = tail_mask(n - 16 * q);
+        const __m512 sc = _mm512_div_ps(_mm512_maskz_loadu_ps(m, ce + 16 * q), vs);
+        _mm512_store_ps(sarr + 16 * q, sc);
+        _mm512_store_ps(carr + 16 * q, _mm512_mask_mov_ps(ninf, m, sc));
+        above += __builtin_popcount(_mm512_mask_cmp_ps_mask(m, sc, sout, _CMP_GT_OQ));
+    }
+    return above >= k ? n : 0;
+}
+
+AVX512 static inline __attribute__((always_inline)) void
+gsoft_block_t(const route_ctx *C, const int32_t *gid, const char *rows, size_t row_bytes,
+              int32_t dtype, int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
+              const int32_t E, const int32_t k, const int32_t G, const int32_t Gk) {
+    float xw[MRK_MAX_EXPERTS] __attribute__((aligned(64)));
+    float ebuf[MRK_MAX_EXPERTS + 32] __attribute__((aligned(64)));
+    int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
+    float ce[FAST_MAX_CAND + 16] __attribute__((aligned(64)));
+    float sarr[16][FAST_MAX_CAND] __attribute__((aligned(64)));
+    float carr[16][FAST_MAX_CAND] __attribute__((aligned(64)));
+    int32_t ncand[16];
+    for (int32_t b = 0; b < nb; b++) {
+        ncand[b] = gsoft_cand(rows + (size_t)b * row_bytes, dtype, gid, xw, ebuf, cidx[b], ce,
+                              sarr[b], carr[b], E, k, G, Gk);
+        need_exact[b] = ncand[b] == 0;
+    }
+    for (int32_t b = 0; b < nb; b++)
+        if (ncand[b])
+            fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
+                        ids + (size_t)b * k, k);
+}
+
+AVX512 static void gsoft_block(const route_ctx *C, const int32_t *gid, const char *rows,
+                               size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
+                               int32_t *ids, uint8_t *need_exact) {
+    const int32_t G = C->L->num_groups, Gk = C->L->topk_group;
+    if (C->E == 160 && C->k == 6 && G == 8 && Gk == 3)
+        gsoft_block_t(C, gid, rows, row_bytes, dtype, nb, weights, ids, need_exact, 160, 6, 8, 3);
+    else
+        gsoft_block_t(C, gid, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, G, Gk);
+}
+
 /* topk_softmax and llama4_top1 select on the logits themselves: the candidates are the experts
  * with x >= Tx (the k-th largest lane-wise maximum); every other expert has x < Tx, below at
  * least k candidates, so the exact ranking of the candidates is the contract's. */
@@ -1002,12 +1123,21 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
     const int softmax_fast =
         C.method == MRK_SOFTMAX_TOPK && L->scoring == MRK_SCORING_SOFTMAX && !L->bias && k <= 16;
     const int logit_fast = C.logit_key && k <= 16;
-    if (softmax_fast || logit_fast) {
+    const int gsoft_fast = C.method == MRK_GROUPED_TOPK && C.grouped &&
+                           L->scoring == MRK_SCORING_SOFTMAX && !L->bias && k <= 16 &&
+                           L->num_groups <= 16 && E / L->num_groups <= 32;
+    int32_t gid[MRK_MAX_EXPERTS + 16] __attribute__((aligned(64)));
+    if (gsoft_fast)
+        for (int32_t i = 0; i < padded; i++) gid[i] = i < E ? i / (E / L->num_groups) : 0;
+    if (softmax_fast || logit_fast || gsoft_fast) {
         uint8_t need_exact[16];
         for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
             const int32_t nb = tokens - t0 < 16 ? (int32_t)(tokens - t0) : 16;
             const char *rows = (const char *)logits + (size_t)t0 * row_bytes;
-            if (softmax_fast)
+            if (gsoft_fast)
+                gsoft_block(&C, gid, rows, row_bytes, dtype, nb, weights + t0 * k, ids + t0 * k,
+                            need_exact);
+            else if (softmax_fast)
                 softmax_block(&C, rows, row_bytes, dtype, nb, weights + t0 * k, ids + t0 * k,
                               need_exact);
             else

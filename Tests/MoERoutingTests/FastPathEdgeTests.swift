@@ -45,6 +45,11 @@ import Testing
             out.append(LayerSpec(name: "topk_softmax E\(E) k\(k)", method: .topKSoftmax, numExperts: E, topK: k,
                                  routedScalingFactor: 1.5, gateDType: .fp32))
         }
+        for (E, k, g, gk, renorm) in [(160, 6, 8, 3, false), (64, 4, 4, 2, true), (96, 5, 3, 2, true), (48, 6, 16, 5, false), (40, 2, 2, 1, true)] {
+            out.append(LayerSpec(name: "grouped_topk E\(E) k\(k) G\(g)", method: .groupedTopK, numExperts: E, topK: k,
+                                 numExpertGroup: g, topKGroup: gk, renormalize: renorm, routedScalingFactor: 16,
+                                 gateDType: .fp32))
+        }
         for (E, k) in [(128, 1), (24, 3)] {
             out.append(LayerSpec(name: "llama4 E\(E) k\(k)", method: .llama4Top1, numExperts: E, topK: k,
                                  scoring: .sigmoid, gateDType: .fp32))
