@@ -401,6 +401,23 @@ AVX512 static int32_t route_token_exact(const route_ctx *C, const void *row, int
     return nonfinite;
 }
 
+/* The k-th largest (1 <= k <= 16) of the 16 lanes of v (bitonic sort, descending). */
+AVX512 static inline float kth_largest16(__m512 v, int32_t k) {
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#pragma clang loop unroll(full)
+    for (int32_t size = 2; size <= 16; size *= 2) {
+#pragma clang loop unroll(full)
+        for (int32_t d = size / 2; d >= 1; d /= 2) {
+            uint32_t wantmax = 0;
+            for (int32_t i = 0; i < 16; i++)
+                if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
+            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), v);
+            v = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(v, pk), _mm512_max_ps(v, pk));
+        }
+    }
+    return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v));
+}
+
 typedef struct {
     int32_t G, Gk, nch, cpg; /* groups (0: ungrouped), kept groups, chunks, chunks per group */
     float dp;                /* bound on |exact key - approx key|, rounding included */
@@ -491,6 +508,13 @@ fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E
         for (int32_t g = 0; g < G; g++)
             if (kept & (1u << g)) km |= ((cpg == 64 ? ~0ull : ((1ull << cpg) - 1)) << (g * cpg));
         kept_chunks[0] = km;
+    } else if (nch < 16 && k <= 16) {
+        /* 2'. threshold from the 16 lane-wise maxima (disjoint sets of experts): their k-th
+         * largest is a lower bound on the k-th key; with fewer than 16 chunks, a tighter one than
+         * the chunk maxima give */
+        __m512 lm = _mm512_load_ps(akey);
+        for (int32_t c = 1; c < nch; c++) lm = _mm512_max_ps(lm, _mm512_load_ps(akey + 16 * c));
+        thr = kth_largest16(lm, k) - 2.5f * F->dp;
     } else {
         /* 2'. threshold from the chunk maxima: the k-th largest is a lower bound on the k-th key */
         float cm[MAX_CHUNKS] __attribute__((aligned(64)));
@@ -768,23 +792,6 @@ AVX512 static void fast_block(const route_ctx *C, const fast_ctx *F, const char 
  * s_out, the contract's top-k are all candidates. Otherwise, or with a non-finite input, or too
  * many candidates, the token takes the exact path.
  * ------------------------------------------------------------------------------------------ */
-
-/* The k-th largest (1 <= k <= 16) of the 16 lanes of v (bitonic sort, descending). */
-AVX512 static inline float kth_largest16(__m512 v, int32_t k) {
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-#pragma clang loop unroll(full)
-    for (int32_t size = 2; size <= 16; size *= 2) {
-#pragma clang loop unroll(full)
-        for (int32_t d = size / 2; d >= 1; d /= 2) {
-            uint32_t wantmax = 0;
-            for (int32_t i = 0; i < 16; i++)
-                if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
-            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), v);
-            v = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(v, pk), _mm512_max_ps(v, pk));
-        }
-    }
-    return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v));
-}
 
 /* One token: candidates into cidx, their scores into sarr and keys (= scores, -inf padded) into
  * carr; returns their number, or 0 when the token must take the exact path. */
