@@ -103,6 +103,44 @@ AVX512 static inline __m512 sigmoid_v(__m512 x) {
     return _mm512_add_ps(s0, _mm512_mul_ps(cnum, inv));
 }
 
+/* sigmoid_v for finite |x| <= SIG_SMALL_MAX only (the caller checks): no floor, no NaN lane, and
+ * both scalings by vscalefps. For the low part that is exact as well: here n >= -58, so s1 >= 2^-29,
+ * and a nonzero e_lo is at least 2^-63 when n != 0 (r is then at least 2^-40 in magnitude), so
+ * e_lo * s1 is normal and exact and (e_lo * s1) * s2 rounds once, like vscalefps; when n = 0
+ * both scalings are by 1. Checked exhaustively against mrk_sigmoid_f over every |x| <= 40. */
+#define SIG_SMALL_MAX 40.0f
+AVX512 static inline __m512 sigmoid_small_v(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    const __m512 t = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign));
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(t, _mm512_set1_ps(MRK_LOG2E)), magic),
+                             magic);
+    __m512 r = _mm512_sub_ps(_mm512_sub_ps(t, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 hi = _mm512_add_ps(one, r);
+    __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(one, hi), r),
+                              _mm512_mul_ps(p, _mm512_mul_ps(r, r)));
+    __m512 e = _mm512_add_ps(hi, lo);
+    __m512 e_lo = _mm512_add_ps(_mm512_sub_ps(hi, e), lo);
+    const __m512 tv = _mm512_scalef_ps(e, n);
+    const __m512 tl = _mm512_scalef_ps(e_lo, n);
+    __m512 d = _mm512_add_ps(one, tv);
+    __m512 de = _mm512_add_ps(_mm512_sub_ps(one, d), tv);
+    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512 s0 = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, tv), d);
+    __m512 cnum = _mm512_sub_ps(_mm512_maskz_mov_ps(neg, tl),
+                                _mm512_mul_ps(s0, _mm512_add_ps(de, tl)));
+    __m512 inv = _mm512_mask_blend_ps(neg, s0, _mm512_sub_ps(one, s0));
+    return _mm512_add_ps(s0, _mm512_mul_ps(cnum, inv));
+}
+
 AVX512 static inline __m512 zero_nonfinite(__m512 v) {
     return _mm512_mask_blend_ps(nonfinite_mask(v), v, _mm512_setzero_ps());
 }
@@ -567,6 +605,101 @@ fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E
     return n < k || n > FAST_MAX_CAND ? 0 : n;
 }
 
+/* Phase 2 for two tokens at once, grouped layers with compile-time G, cpg, Gk: the same
+ * computation as fast_phase2's grouped branch, without branches and with the two tokens' steps
+ * interleaved, so that one token's long dependent chain overlaps the other's. */
+AVX512 static inline __attribute__((always_inline)) void
+fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t *ci0,
+                 int32_t *ci1, int32_t *n_out0, int32_t *n_out1, const int32_t k, const int32_t G,
+                 const int32_t cpg, const int32_t Gk) {
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    const float *ak[2] = {ak0, ak1};
+    int32_t *ci[2] = {ci0, ci1};
+    __m512 o1[2], o2[2];
+    for (int32_t t = 0; t < 2; t++) {
+        __m512 m1[8], m2[8];
+        for (int32_t g = 0; g < 8; g++) {
+            if (g >= G) {
+                m1[g] = ninf;
+                m2[g] = ninf;
+                continue;
+            }
+            const float *kg = ak[t] + 16 * cpg * g;
+            if (cpg == 1) {
+                m1[g] = _mm512_load_ps(kg);
+                m2[g] = ninf;
+            } else {
+                __m512 v0 = _mm512_load_ps(kg), v1 = _mm512_load_ps(kg + 16);
+                m1[g] = _mm512_max_ps(v0, v1);
+                m2[g] = _mm512_min_ps(v0, v1);
+                for (int32_t q = 2; q < cpg; q++) {
+                    __m512 v = _mm512_load_ps(kg + 16 * q);
+                    m2[g] = _mm512_max_ps(m2[g], _mm512_min_ps(m1[g], v));
+                    m1[g] = _mm512_max_ps(m1[g], v);
+                }
+            }
+        }
+        group_top2_8(m1, m2, &o1[t], &o2[t]);
+    }
+    const __m512i gperm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __mmask16 gm = (__mmask16)((1u << G) - 1u);
+    __m512 gt2[2], ga[2];
+    for (int32_t t = 0; t < 2; t++) {
+        gt2[t] = _mm512_permutexvar_ps(gperm, o2[t]);
+        ga[t] = _mm512_mask_mov_ps(ninf, gm, _mm512_add_ps(_mm512_permutexvar_ps(gperm, o1[t]), gt2[t]));
+    }
+    /* Both tokens' group scores in one vector (lanes 0-7, 8-15), each half sorted by a bitonic
+     * network of 8: the first half descending, the second ascending. The Gk-th and (Gk+1)-th
+     * best scores then give the kept set (the groups at or above the Gk-th) and its margin. */
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 sg = _mm512_mask_permutexvar_ps(ga[0], (__mmask16)0xff00,
+                                           _mm512_sub_epi32(iota, _mm512_set1_epi32(8)), ga[1]);
+#pragma clang loop unroll(full)
+    for (int32_t size = 2; size <= 8; size *= 2) {
+#pragma clang loop unroll(full)
+        for (int32_t d = size / 2; d >= 1; d /= 2) {
+            uint32_t wantmax = 0;
+            for (int32_t i = 0; i < 16; i++)
+                if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
+            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), sg);
+            sg = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(sg, pk), _mm512_max_ps(sg, pk));
+        }
+    }
+    float sga[16] __attribute__((aligned(64)));
+    _mm512_store_ps(sga, sg);
+    const float tk[2] = {sga[Gk - 1], sga[15 - (Gk - 1)]};
+    const float tn[2] = {Gk < G ? sga[Gk] : -__builtin_inff(), Gk < G ? sga[15 - Gk] : -__builtin_inff()};
+    __mmask16 kept[2];
+    int ok[2];
+    float thr[2];
+    uint64_t km[2];
+    for (int32_t t = 0; t < 2; t++) {
+        /* with tk > tn, exactly Gk groups score >= tk; the margin is the old min_kept > max_rest */
+        kept[t] = _mm512_mask_cmp_ps_mask(gm, ga[t], _mm512_set1_ps(tk[t]), _CMP_GE_OQ);
+        ok[t] = tk[t] > tn[t] + 6.0f * F->dp;
+        thr[t] = _mm512_mask_reduce_min_ps(kept[t], gt2[t]) - 2.5f * F->dp;
+        uint64_t m = 0;
+        for (int32_t g = 0; g < G; g++)
+            m |= (uint64_t)((kept[t] >> g) & 1u) * (((1ull << cpg) - 1) << (g * cpg));
+        /* when not ok, any Gk * cpg valid chunks keep the loop below in bounds */
+        km[t] = ok[t] ? m : (1ull << (Gk * cpg)) - 1;
+    }
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int32_t n[2] = {0, 0};
+    const __m512 vthr[2] = {_mm512_set1_ps(thr[0]), _mm512_set1_ps(thr[1])};
+    for (int32_t j = 0; j < Gk * cpg; j++)
+        for (int32_t t = 0; t < 2; t++) {
+            const int32_t c = (int32_t)_tzcnt_u64(km[t]);
+            km[t] &= km[t] - 1;
+            const __mmask16 m = _mm512_cmp_ps_mask(_mm512_load_ps(ak[t] + 16 * c), vthr[t], _CMP_GE_OQ);
+            _mm512_storeu_si512(ci[t] + (n[t] < FAST_MAX_CAND ? n[t] : FAST_MAX_CAND),
+                                _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+            n[t] += __builtin_popcount(m);
+        }
+    *n_out0 = ok[0] && n[0] >= k && n[0] <= FAST_MAX_CAND ? n[0] : 0;
+    *n_out1 = ok[1] && n[1] >= k && n[1] <= FAST_MAX_CAND ? n[1] : 0;
+}
+
 /* Phase 3a: exact scores and keys of the candidates (sarr, carr; lanes >= n of carr hold -inf).
  * Separate from the ranking so that the long dependent chain of the sigmoid of one token overlaps
  * that of the next. */
@@ -583,7 +716,10 @@ fast_scores(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
                        : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, xw, 4);
         __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, L->bias, 4);
         /* the row is finite (phase 1), so the sigmoid is too: no clamp needed */
-        const __m512 s = sigmoid_v(x);
+        const __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32((int)0x80000000u),
+                                                                  _mm512_castps_si512(x)));
+        const __m512 s = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(SIG_SMALL_MAX), _CMP_GT_OQ)
+                             ? sigmoid_v(x) : sigmoid_small_v(x);
         _mm512_store_ps(sarr + 16 * q, s);
         _mm512_store_ps(carr + 16 * q, _mm512_mask_mov_ps(ninf, m, _mm512_add_ps(s, b)));
     }
@@ -742,7 +878,8 @@ long mrk_ncand_hist[64];
 AVX512 static inline __attribute__((always_inline)) void
 fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row_bytes,
              int32_t dtype, int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
-             const int32_t E, const int32_t k, const int32_t G_, const int32_t cpg_) {
+             const int32_t E, const int32_t k, const int32_t G_, const int32_t cpg_,
+             const int32_t Gk_) {
     float akey[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
     float xw[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
     int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
@@ -753,8 +890,20 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     for (int32_t b = 0; b < nb; b++)
         need_exact[b] = !fast_phase1(F, C->L->bias, rows + (size_t)b * row_bytes, dtype,
                                      xw + b * stride, akey + b * stride, E);
+    if (Gk_) {
+        for (int32_t b = 0; b < nb; b += 2) {
+            const int32_t b1 = b + 1 < nb ? b + 1 : b;
+            int32_t n0, n1;
+            fast_phase2_pair(F, akey + b * stride, akey + b1 * stride, cidx[b], cidx[b1], &n0, &n1,
+                             k, G_, cpg_, Gk_);
+            ncand[b] = need_exact[b] ? 0 : n0;
+            ncand[b1] = need_exact[b1] ? 0 : n1;
+        }
+    } else {
+        for (int32_t b = 0; b < nb; b++)
+            ncand[b] = need_exact[b] ? 0 : fast_phase2(F, akey + b * stride, cidx[b], E, k, G_, cpg_);
+    }
     for (int32_t b = 0; b < nb; b++) {
-        ncand[b] = need_exact[b] ? 0 : fast_phase2(F, akey + b * stride, cidx[b], E, k, G_, cpg_);
         need_exact[b] = ncand[b] == 0;
 #ifdef MRK_FAST_STATS
         mrk_ncand_hist[ncand[b]]++;
@@ -773,13 +922,13 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
 AVX512 static void fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,
                               size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
                               int32_t *ids, uint8_t *need_exact) {
-    if (C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2);
+    if (C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2 && F->Gk == 4)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4);
     else if (C->E == 256 && C->k == 8 && F->G == 0)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0);
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0);
     else
         fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
-                     F->cpg);
+                     F->cpg, 0);
 }
 
 /* ------------------------------------------------------------------------------------------
