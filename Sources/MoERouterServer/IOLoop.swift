@@ -56,12 +56,16 @@ struct IOLoop {
     /// Answers new requests with SHUTTING_DOWN until every queued request has been answered.
     mutating func drain(timeoutMs: Int) {
         draining = true
-        let deadline = mro_now_ns() + UInt64(timeoutMs) * 1_000_000
+        let start = mro_now_ns()
+        let deadline = start + UInt64(timeoutMs) * 1_000_000
+        // A short grace period answers requests already on the wire with SHUTTING_DOWN
+        // instead of dropping them with the connection.
+        let grace = start + 200_000_000
         var poller = ZMQPoller()
         let ipcItem = poller.add(ipc)
         let tcpItem = tcp.map { poller.add($0) } ?? -1
         let resultsItem = poller.add(results)
-        while inFlight > 0 && mro_now_ns() < deadline {
+        while (inFlight > 0 || mro_now_ns() < grace) && mro_now_ns() < deadline {
             guard let ready = try? poller.poll(timeoutMs: 50) else { break }
             if ready.contains(resultsItem) { forwardResults() }
             if ready.contains(ipcItem) { receive(from: ipc, transport: .ipc) }

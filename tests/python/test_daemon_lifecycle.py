@@ -1,0 +1,230 @@
+"""moe-routerd as a process: dead clients, overload, graceful shutdown, tcp, config files and the
+C/C++ examples built against the C client library."""
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+import moe_wire as w
+from conftest import ROOT
+from daemon_helpers import Segment, dealer, inline_route, register, shm_route, wait_until
+
+DS = "deepseek-v3"
+
+KILLED_CLIENT = textwrap.dedent("""
+    import sys, zmq, struct, time
+    sys.path.insert(0, {here!r})
+    import moe_wire as w
+    from daemon_helpers import Segment, dealer, register
+    ctx = zmq.Context(); s = dealer(ctx, {endpoint!r})
+    layers, _ = w.layers(s)
+    L = layers["deepseek-v3"]; T = 200000
+    seg = Segment(T * 256 * 4 + 2 * T * 8 * 4)
+    r, h = register(s, seg)
+    assert r.status == 0
+    body = w.route_body(L["id"], w.FP32, T, w.buffer_ref(w.SHM, h, 0, T * 1024),
+                        w.buffer_ref(w.SHM, h, T * 1024, T * 32), w.buffer_ref(w.SHM, h, T * 1056, T * 32))
+    s.send_multipart([w.frame0(w.OP["ROUTE"], body)])
+    print("sent", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_client_killed_mid_request_releases_its_registrations(start_daemon):
+    d = start_daemon("--preset", DS, "--max-tokens", "1000000")
+    ctx = zmq.Context()
+    watcher = dealer(ctx, d.endpoint)
+    assert inline_route(watcher, w.layers(watcher)[0][DS], 4000).status == 0  # warm: workers, dispatch threads
+    fds = d.fd_count()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT.format(here=os.path.dirname(__file__), endpoint=d.endpoint)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "sent"
+    assert w.stats(watcher)["registrations"] == 1
+    child.send_signal(signal.SIGKILL)  # while its 200k-token ROUTE runs on a worker
+    child.wait()
+    assert wait_until(lambda: w.stats(watcher)["registrations"] == 0, timeout=5)
+    st = w.stats(watcher)
+    assert st["mapped_bytes"] == 0 and st["clients_released"] >= 1
+    assert wait_until(lambda: d.shm_maps() == [] and d.fd_count() == fds, timeout=5), (d.shm_maps(), d.fd_count(), fds)
+    assert inline_route(watcher, w.layers(watcher)[0][DS], 3).status == 0
+    watcher.close()
+    ctx.term()
+    assert d.stop() == 0
+
+
+class BigShmJob:
+    """A segment of `tokens` zero rows (sparse: nothing is allocated) registered by a client."""
+
+    def __init__(self, sock, layer, tokens):
+        self.tokens, self.layer = tokens, layer
+        self.seg = Segment(tokens * 1024 + 2 * tokens * 32)
+        r, self.handle = register(sock, self.seg)
+        assert r.status == 0, r
+
+    def frames(self, **kw):
+        T, h = self.tokens, self.handle
+        body = w.route_body(self.layer["id"], w.FP32, T, w.buffer_ref(w.SHM, h, 0, T * 1024),
+                            w.buffer_ref(w.SHM, h, T * 1024, T * 32), w.buffer_ref(w.SHM, h, T * 1056, T * 32))
+        return [w.frame0(w.OP["ROUTE"], body, **kw)]
+
+
+def test_overload_gets_busy_not_unbounded_queues(start_daemon):
+    d = start_daemon("--preset", DS, "--workers", "1", "--queue-depth", "2", "--inline-tokens", "0")
+    ctx = zmq.Context()
+    socks = [dealer(ctx, d.endpoint) for _ in range(8)]
+    layer = w.layers(socks[0])[0][DS]
+    jobs = [BigShmJob(s, layer, 100000) for s in socks]
+    for s, j in zip(socks, jobs):
+        s.send_multipart(j.frames())
+    statuses = []
+    for s in socks:
+        assert s.poll(30000)
+        statuses.append(w.Reply(s.recv_multipart()).status_name)
+    assert "BUSY" in statuses and "OK" in statuses, statuses
+    assert set(statuses) <= {"OK", "BUSY"}
+    assert w.stats(socks[0])["busy_rejections"] == statuses.count("BUSY")
+    for s, j in zip(socks, jobs):
+        j.seg.close()
+        s.close()
+    ctx.term()
+
+
+def test_deadline_passed_in_queue(start_daemon):
+    d = start_daemon("--preset", DS, "--workers", "1", "--inline-tokens", "0")
+    ctx = zmq.Context()
+    a, b = dealer(ctx, d.endpoint), dealer(ctx, d.endpoint)
+    layer = w.layers(a)[0][DS]
+    job = BigShmJob(a, layer, 400000)
+    a.send_multipart(job.frames())
+    r = inline_route(b, layer, 100, deadline_ms=1)  # queued behind the big one
+    assert r.status_name == "DEADLINE", r
+    assert a.poll(30000) and w.Reply(a.recv_multipart()).status == 0
+    job.seg.close()
+    a.close()
+    b.close()
+    ctx.term()
+
+
+def test_sigterm_finishes_in_flight_and_cleans_up(start_daemon):
+    d = start_daemon("--preset", DS, "--inline-tokens", "0")
+    assert stat.S_IMODE(os.stat(d.sock_path).st_mode) == 0o660
+    ctx = zmq.Context()
+    s = dealer(ctx, d.endpoint)
+    layer = w.layers(s)[0][DS]
+    seg = Segment(1 << 20)
+    assert register(s, seg)[0].status == 0
+    r = inline_route(s, layer, 5)
+    assert r.status == 0
+    big = np.ones(60000 * 256, np.float32).tobytes()
+    body = w.route_body(layer["id"], w.FP32, 60000, w.buffer_ref(length=len(big)), w.buffer_ref(length=60000 * 32),
+                        w.buffer_ref(length=60000 * 32))
+    s.send_multipart([w.frame0(w.OP["ROUTE"], body), big])
+    threading.Timer(0.005, lambda: d.proc.send_signal(signal.SIGTERM)).start()
+    assert s.poll(20000)
+    r = w.Reply(s.recv_multipart())
+    assert r.status_name in ("OK", "SHUTTING_DOWN"), r
+    assert d.proc.wait(15) == 0
+    assert not d.sock_path.exists(), "the ipc socket file is removed"
+    assert "stopped" in d.read_log()
+    seg.close()
+    s.close()
+    ctx.term()
+
+
+def test_shm_refused_over_tcp(start_daemon):
+    d = start_daemon("--preset", DS, "--tcp", "tcp://127.0.0.1:0")
+    # Port 0 is not reported back; bind a fixed port instead.
+    d.stop()
+    port = 20000 + os.getpid() % 20000
+    d = start_daemon("--preset", DS, "--tcp", f"tcp://127.0.0.1:{port}")
+    ctx = zmq.Context()
+    t = dealer(ctx, f"tcp://127.0.0.1:{port}")
+    r = w.call(t, [w.frame0(w.OP["HELLO"], w.hello_body())])
+    assert r.status == 0
+    assert struct.unpack_from("<I", r.body, 104)[0] == 0, "hello says shm_allowed = 0"
+    seg = Segment(8192)
+    r, _ = register(t, seg)
+    assert r.status_name == "SHM_REFUSED", r
+    layer = w.layers(t)[0][DS]
+    assert shm_route(t, layer, 1, [(1, 0, 1024), (1, 1024, 32), (1, 2048, 32)]).status_name == "SHM_REFUSED"
+    assert inline_route(t, layer, 2).status == 0, "inline routing works over tcp"
+    seg.close()
+    t.close()
+    ctx.term()
+
+
+def test_config_file_layers(start_daemon, tmp_path):
+    bias = np.linspace(-0.05, 0.05, 16).astype(np.float32)
+    (tmp_path / "bias.f32").write_bytes(bias.tobytes())
+    cfg = tmp_path / "routerd.yaml"
+    cfg.write_text(textwrap.dedent("""
+        workers: 2
+        layers:
+          - preset: kimi-k2
+            name: kimi/layer-1
+            gate_dtype: fp32
+          - name: tiny
+            method: biased_grouped_topk
+            num_experts: 16
+            top_k: 4
+            num_expert_group: 4
+            topk_group: 2
+            scoring: sigmoid
+            renormalize: true
+            routed_scaling_factor: 2.0
+            gate_dtype: fp16
+            nonfinite: reject
+            bias_file: bias.f32
+    """))
+    d = start_daemon("--config", str(cfg), "--preset", "mixtral-8x7b")
+    ctx = zmq.Context()
+    s = dealer(ctx, d.endpoint)
+    layers, biases = w.layers(s)
+    assert list(layers) == ["kimi/layer-1", "tiny", "mixtral-8x7b"]
+    tiny = layers["tiny"]
+    assert (tiny["E"], tiny["k"], tiny["G"], tiny["Gk"], tiny["gate_dtype"], tiny["nonfinite"]) == (16, 4, 4, 2, 2, 1)
+    stored = np.frombuffer(biases, np.float32)[tiny["bias_offset"]:tiny["bias_offset"] + 16]
+    assert np.array_equal(stored, bias.astype(np.float16).astype(np.float32)), "bias stored in the gate dtype"
+    assert inline_route(s, tiny, 3).status == 0
+    s.close()
+    ctx.term()
+
+
+def test_bad_configuration_is_a_clear_startup_error(routerd_binary, tmp_path):
+    for args, needle in [(["--preset", "no-such-model"], "no-such-model"),
+                         ([], "no layers"),
+                         (["--preset", DS, "--backend", "quantum"], "unknown backend")]:
+        p = subprocess.run([str(routerd_binary), *args, "--endpoint", f"ipc://{tmp_path}/x.sock"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0
+        assert needle in p.stderr, p.stderr
+
+
+@pytest.fixture(scope="module")
+def examples():
+    subprocess.run(["make", "-C", str(ROOT), "clientlib", "examples"], check=True, capture_output=True)
+    return ROOT / "build" / "examples"
+
+
+def test_c_and_cpp_examples(start_daemon, examples):
+    d = start_daemon("--preset", DS, "--preset", "qwen3-moe")
+    c = subprocess.run([str(examples / "route_c"), d.endpoint, DS, "5"], capture_output=True, text=True, timeout=30)
+    assert c.returncode == 0, c.stderr
+    assert "inline and shm results identical" in c.stdout
+    cpp = subprocess.run([str(examples / "route_cpp"), d.endpoint, "qwen3-moe", "3"], capture_output=True, text=True, timeout=30)
+    assert cpp.returncode == 0, cpp.stderr
+    assert "qwen3-moe via moe-routerd" in cpp.stdout
+    # No Swift runtime in the client's process.
+    ldd = subprocess.run(["ldd", str(examples / "route_c")], capture_output=True, text=True).stdout
+    assert "libmoerouter.so.1" in ldd and "swift" not in ldd.lower()
+    # Default endpoint resolution through $MOE_ROUTER_ENDPOINT.
+    env = dict(os.environ, MOE_ROUTER_ENDPOINT=d.endpoint)
+    assert subprocess.run([str(examples / "route_c"), "-", DS, "1"], env=env, capture_output=True, timeout=30).returncode == 0
