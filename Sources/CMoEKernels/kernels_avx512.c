@@ -746,13 +746,20 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
     const __m512i minus1 = _mm512_set1_epi32(-1);
     int sorted = 0;
     if (nv == 1 && k < 16) {
-        /* Bitonic sort of the 16 keys, descending, carrying the lane numbers. Pairs of equal keys
-         * may swap payloads, so the result is used only when the first k + 1 sorted keys are
-         * pairwise distinct (each of the first k then holds its own lane, and the order is the
-         * contract's); otherwise the tie-aware ranking below runs. */
+        /* Bitonic sort of the 16 keys, descending. Each key is mapped to an order-preserving
+         * int32 whose low 4 bits are replaced by 15 - lane, so the lane travels inside the key.
+         * Dropping those 4 bits keeps the order of keys whose truncations differ; the result is
+         * used only when the first k + 1 sorted truncations are pairwise distinct (then the
+         * order is the exact keys' and each holds its own lane); otherwise the tie-aware ranking
+         * below runs. */
         const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        __m512 key = cv[0];
-        __m512i pl = iota;
+        /* sign-magnitude to two's complement: -0 and +0 both map to 0, as they compare equal */
+        const __m512i bits = _mm512_castps_si512(cv[0]);
+        const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff));
+        const __m512i ord = _mm512_mask_sub_epi32(mag, _mm512_movepi32_mask(bits),
+                                                  _mm512_setzero_si512(), mag);
+        __m512i key = _mm512_or_si512(_mm512_and_si512(ord, _mm512_set1_epi32(~15)),
+                                      _mm512_sub_epi32(_mm512_set1_epi32(15), iota));
 #pragma clang loop unroll(full)
         for (int32_t size = 2; size <= 16; size *= 2) {
 #pragma clang loop unroll(full)
@@ -760,20 +767,19 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
                 uint32_t wantmax = 0;
                 for (int32_t i = 0; i < 16; i++)
                     if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
-                const __m512i perm = _mm512_xor_si512(iota, _mm512_set1_epi32(d));
-                const __m512 pk = _mm512_permutexvar_ps(perm, key);
-                const __m512i pp = _mm512_permutexvar_epi32(perm, pl);
-                const __mmask16 take = _kxor_mask16(_mm512_cmp_ps_mask(key, pk, _CMP_GT_OQ),
-                                                    (__mmask16)wantmax);
-                key = _mm512_mask_mov_ps(key, take, pk);
-                pl = _mm512_mask_mov_epi32(pl, take, pp);
+                const __m512i pk = _mm512_permutexvar_epi32(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), key);
+                key = _mm512_mask_blend_epi32((__mmask16)wantmax, _mm512_min_epi32(key, pk),
+                                              _mm512_max_epi32(key, pk));
             }
         }
+        const __m512i tr = _mm512_and_si512(key, _mm512_set1_epi32(~15));
         const __m512i next = _mm512_min_epi32(_mm512_add_epi32(iota, _mm512_set1_epi32(1)),
                                               _mm512_set1_epi32(15));
-        const __mmask16 tie = _mm512_mask_cmp_ps_mask(tail_mask(k), key,
-                                                      _mm512_permutexvar_ps(next, key), _CMP_EQ_OQ);
+        const __mmask16 tie = _mm512_mask_cmpeq_epi32_mask(tail_mask(k), tr,
+                                                           _mm512_permutexvar_epi32(next, tr));
         if (!tie) {
+            const __m512i pl = _mm512_sub_epi32(_mm512_set1_epi32(15),
+                                                _mm512_and_si512(key, _mm512_set1_epi32(15)));
             _mm512_mask_storeu_epi32(id_out, tail_mask(k), _mm512_permutexvar_epi32(pl, iv[0]));
             _mm512_store_ps(wtmp, _mm512_permutexvar_ps(pl, sv[0]));
             sorted = 1;

@@ -27,6 +27,10 @@ import Testing
                 for (j, e) in sorted.prefix(12).enumerated() { row[e.offset] = Float(2 - j / 3) + Float(j % 3) * Float(2.0).ulp }
             case 6: // huge and tiny magnitudes
                 for i in 0..<E { row[i] = i % 5 == 0 ? rng.gaussian() * 1.0e3 : rng.gaussian() * 1.0e-30 }
+            case 7 where t % 16 == 15: // signed zeros among the top logits (equal keys)
+                for i in 0..<E { row[i] = -1 - Float(i % 5) }
+                row[1] = -0.0
+                row[2] = 0.0
             default: // duplicated values in pairs
                 for i in stride(from: 0, to: E - 1, by: 2) { row[i + 1] = row[i] }
             }
