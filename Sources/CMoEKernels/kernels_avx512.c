@@ -850,6 +850,18 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
         return;
     }
     /* 5. weights: w = s[ids], renormalised in column order, times rsf */
+    if (k <= 8) {
+        /* the same operations on 8 lanes (a 256-bit division costs half a 512-bit one) */
+        const __mmask8 m8 = (__mmask8)((1u << k) - 1u);
+        __m256 w = _mm256_maskz_loadu_ps(m8, wtmp);
+        if (L->renormalize) {
+            float sum = 0.0f;
+            for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
+            if (sum > 0.0f) w = _mm256_div_ps(w, _mm256_set1_ps(sum));
+        }
+        _mm256_mask_storeu_ps(w_out, m8, _mm256_mul_ps(w, _mm256_set1_ps(rsf)));
+        return;
+    }
     if (L->renormalize) {
         float sum = 0.0f;
         for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
