@@ -1,1 +1,180 @@
-print("todo")
+import ArgumentParser
+import CMoERouterWire
+import CMoERouterdOS
+import CZMQ
+import Foundation
+import MoERouting
+
+/// Round-trip latency of moe-routerd against a bare libzmq echo with the same socket types
+/// (DEALER client, ROUTER server, ipc, server in its own process), measured in the same run.
+///
+/// Targets (issue 3): 1-token deepseek-v3 ROUTE p50 <= 1.15 x echo p50; 4096-token ROUTE via
+/// shm p50 <= in-process kernel p50 + 1.3 x echo p50.
+@main
+struct LatencyBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "moe-router-latency-bench")
+
+    @Option(help: "Round trips per measurement block.")
+    var iterations = 2000
+
+    @Option(help: "Alternating blocks of echo and route measurements.")
+    var blocks = 10
+
+    @Option(help: "The moe-routerd binary (default: beside this one).")
+    var daemon: String?
+
+    @Option(help: "Internal: run the echo server on this endpoint.")
+    var echoServer: String?
+
+    mutating func run() throws {
+        if let endpoint = echoServer { return Echo.serve(endpoint) }
+        let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let dir = NSTemporaryDirectory() + "moe-latency-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let echoEndpoint = "ipc://\(dir)/echo.sock", routerEndpoint = "ipc://\(dir)/routerd.sock"
+        let echo = try spawn(CommandLine.arguments[0], ["--echo-server", echoEndpoint], waitFor: dir + "/echo.sock")
+        let routerd = try spawn(daemon ?? here.appendingPathComponent("moe-routerd").path,
+                                ["--preset", "deepseek-v3", "--endpoint", routerEndpoint, "--log-level", "warning"],
+                                waitFor: dir + "/routerd.sock")
+        defer { for p in [echo, routerd] { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
+
+        var client: OpaquePointer?
+        guard moe_connect(routerEndpoint, 10_000, &client) == 0 else { throw BenchError("cannot connect to moe-routerd") }
+        defer { moe_close(client) }
+        var info = moe_layer_info()
+        guard moe_find_layer(client, "deepseek-v3", &info) == 0 else { throw BenchError("no deepseek-v3 layer") }
+        let echoClient = try Echo.Client(echoEndpoint)
+
+        // 1 token, bf16 (the gate dtype: the matched path).
+        let logits1 = (0..<256).map { DType.bf16.narrow(Float(($0 * 37) % 101) / 25 - 2) }
+        var w1 = [Float](repeating: 0, count: 8), i1 = [Int32](repeating: 0, count: 8)
+        let requestBytes = 32 + MemoryLayout<moe_route_req>.size + 512
+        var echoSamples: [Double] = [], routeSamples: [Double] = [], pingSamples: [Double] = []
+        for _ in 0..<blocks {
+            echoSamples += measure(iterations) { echoClient.roundTrip(bytes: requestBytes) }
+            pingSamples += measure(iterations) { _ = moe_ping(client) }
+            routeSamples += measure(iterations) {
+                _ = logits1.withUnsafeBytes { moe_route(client, info.layer_id, MOE_DTYPE_BF16, 1, $0.baseAddress, 512, &w1, &i1, 8, nil) }
+            }
+        }
+        let echoP50 = percentile(echoSamples, 0.5), routeP50 = percentile(routeSamples, 0.5)
+
+        // 4096 tokens via shm vs the same kernel in this process.
+        let T = 4096, inBytes = T * 256 * 2, outBytes = T * 8 * 4
+        var seg = moe_segment()
+        guard moe_segment_create(client, UInt64(inBytes + 2 * outBytes), &seg) == 0 else { throw BenchError("segment") }
+        let input = (0..<(T * 256)).map { DType.bf16.narrow(Float(($0 &* 2654435761) % 1000) / 250 - 2) }
+        input.withUnsafeBytes { seg.base.copyMemory(from: $0.baseAddress!, byteCount: inBytes) }
+        let big = max(50, iterations / 20)
+        var shmSamples: [Double] = []
+        for _ in 0..<blocks {
+            shmSamples += measure(big) {
+                _ = moe_route_shm(client, info.layer_id, MOE_DTYPE_BF16, UInt64(T), &seg, &info, 0, UInt64(inBytes),
+                                  UInt64(inBytes + outBytes), nil)
+            }
+        }
+        _ = moe_segment_destroy(client, &seg)
+        let layer = try BuiltLayer(Presets.spec(named: "deepseek-v3")!)
+        let backend = CPUBackend()
+        var w = [Float](repeating: 0, count: T * 8), ids = [Int32](repeating: 0, count: T * 8)
+        let kernelSamples = measure(big * blocks) {
+            _ = try? input.withUnsafeBytes { inp in
+                try w.withUnsafeMutableBufferPointer { wp in
+                    try ids.withUnsafeMutableBufferPointer { ip in
+                        try backend.route(layer: layer, input: inp, dtype: .bf16, tokens: T, weights: wp, ids: ip)
+                    }
+                }
+            }
+        }
+        let shmP50 = percentile(shmSamples, 0.5), kernelP50 = percentile(kernelSamples, 0.5)
+        let f = { (x: Double) in String(format: "%.1f", x) }
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, backend \(backend.name)")
+        print("echo (DEALER->ROUTER ipc, \(requestBytes) B, separate process): p50 \(f(echoP50)) us  p99 \(f(percentile(echoSamples, 0.99))) us  n=\(echoSamples.count)")
+        print("ping (moe_ping, header-only request and answer): p50 \(f(percentile(pingSamples, 0.5))) us")
+        print("route 1 token deepseek-v3 bf16 inline: p50 \(f(routeP50)) us  p99 \(f(percentile(routeSamples, 0.99))) us  n=\(routeSamples.count)")
+        print(String(format: "ratio route/echo p50: %.3f (target <= 1.15) %@", routeP50 / echoP50, routeP50 <= 1.15 * echoP50 ? "PASS" : "MISS"))
+        print("route 4096 tokens via shm: p50 \(f(shmP50)) us  p99 \(f(percentile(shmSamples, 0.99))) us  n=\(shmSamples.count)")
+        print("in-process kernel 4096 tokens (\(backend.name), \(backend.threads) threads): p50 \(f(kernelP50)) us")
+        let budget = kernelP50 + 1.3 * echoP50
+        print(String(format: "shm route p50 vs kernel + 1.3 x echo = %.1f us: %@ (overhead %.1f us = %.2f x echo)",
+                     budget, shmP50 <= budget ? "PASS" : "MISS", shmP50 - kernelP50, (shmP50 - kernelP50) / echoP50))
+    }
+
+    func spawn(_ path: String, _ args: [String], waitFor socket: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        try p.run()
+        for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(25_000) }
+        return p
+    }
+
+    func measure(_ n: Int, _ body: () -> Void) -> [Double] {
+        for _ in 0..<min(100, n) { body() }
+        return (0..<n).map { _ in
+            let t0 = mro_now_ns()
+            body()
+            return Double(mro_now_ns() - t0) / 1000
+        }
+    }
+
+    func percentile(_ xs: [Double], _ q: Double) -> Double {
+        let s = xs.sorted()
+        return s[min(s.count - 1, Int(Double(s.count) * q))]
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// The baseline: a ROUTER that sends every message straight back, and a DEALER that polls and
+/// receives exactly as the C client library does.
+enum Echo {
+    static func serve(_ endpoint: String) {
+        let ctx = zmq_ctx_new()
+        let s = zmq_socket(ctx, ZMQ_ROUTER)
+        zmq_bind(s, endpoint)
+        var parts: [UnsafeMutablePointer<zmq_msg_t>] = (0..<8).map { _ in .allocate(capacity: 1) }
+        while true {
+            var n = 0, more: Int32 = 1
+            while more != 0 && n < parts.count {
+                zmq_msg_init(parts[n])
+                if zmq_msg_recv(parts[n], s, 0) < 0 { return }
+                more = zmq_msg_more(parts[n])
+                n += 1
+            }
+            for i in 0..<n { zmq_msg_send(parts[i], s, i < n - 1 ? ZMQ_SNDMORE : 0) }
+        }
+        _ = parts.removeAll()
+    }
+
+    final class Client {
+        let ctx: UnsafeMutableRawPointer
+        let sock: UnsafeMutableRawPointer
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+
+        init(_ endpoint: String) throws {
+            ctx = zmq_ctx_new()
+            sock = zmq_socket(ctx, ZMQ_DEALER)
+            guard zmq_connect(sock, endpoint) == 0 else { throw BenchError("echo connect") }
+        }
+
+        func roundTrip(bytes: Int) {
+            _ = buffer.withUnsafeMutableBytes { zmq_send(sock, $0.baseAddress, bytes, 0) }
+            var item = zmq_pollitem_t(socket: sock, fd: -1, events: Int16(ZMQ_POLLIN), revents: 0)
+            _ = zmq_poll(&item, 1, 5000)
+            var m = zmq_msg_t()
+            zmq_msg_init(&m)
+            zmq_msg_recv(&m, sock, 0)
+            zmq_msg_close(&m)
+        }
+
+        deinit {
+            zmq_close(sock)
+            zmq_ctx_term(ctx)
+        }
+    }
+}
