@@ -4,6 +4,15 @@
  *
  * Selection keeps, per 16-expert chunk, the chunk's maximum key; each of the k picks is then a
  * max over at most 64 chunk maxima plus one chunk rescan, instead of a pass over all experts.
+ *
+ * Fast paths (each proves its answer equals the contract's or sends the token to the exact path):
+ *  - sigmoid + bias (biased_grouped_topk, biased_topk): approximate keys, candidates, exact
+ *    sigmoid of the candidates only (see "Fast path for sigmoid scoring" below);
+ *  - softmax_topk and grouped_topk with softmax scoring: every exp exactly (the sum needs them),
+ *    the division only for candidates, with a strictness check against the best non-candidate;
+ *  - topk_softmax and llama4_top1: candidates among the logits, exp/sigmoid only for the k chosen.
+ * Candidates are ranked by a bitonic sort of order-preserving integer keys (the lane in the low
+ * bits); truncation ties fall back to the tie-aware ranking loop.
  */
 #include <immintrin.h>
 #include <string.h>
@@ -836,7 +845,7 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
         /* mrk_selected_softmax: e_j = exp(key_j - key_0), summed in column order */
         const __mmask16 m = tail_mask(k);
         const __m512 kv = _mm512_maskz_loadu_ps(m, wtmp);
-        const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpos_v(_mm512_sub_ps(kv, _mm512_set1_ps(wtmp[0]))));
+        const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpos_v(_mm512_maskz_sub_ps(m, kv, _mm512_set1_ps(wtmp[0]))));
         float et[16] __attribute__((aligned(64)));
         _mm512_store_ps(et, e);
         float sum = 0.0f;
