@@ -38,10 +38,10 @@ struct IOLoop {
         let tcpItem = tcp.map { poller.add($0) } ?? -1
         let resultsItem = poller.add(results)
         let wakeItem = poller.add(fd: wakeFD)
-        let monitorItems = monitors.map { poller.add($0) }
+        // Monitors are not polled: every poll item costs syscalls on the latency path. They are
+        // drained before each REGISTER (so a reused fd is never confused) and every 250 ms.
         while !isStopping() {
-            let ready = try poller.poll(timeoutMs: 1000)
-            if ready.contains(where: monitorItems.contains) { drainMonitors() }
+            let ready = try poller.poll(timeoutMs: 250)
             if ready.contains(resultsItem) { forwardResults() }
             if ready.contains(ipcItem) { receive(from: ipc, transport: .ipc) }
             if tcpItem >= 0 && ready.contains(tcpItem) { receive(from: tcp!, transport: .tcp) }
@@ -84,7 +84,6 @@ struct IOLoop {
                 if !error.wouldBlock { logger.error("receive: \(error)") }
                 return
             }
-            drainMonitors()
             handle(parts, on: socket, transport: transport)
         }
     }
@@ -112,6 +111,7 @@ struct IOLoop {
             pool.submit(request)
             return
         }
+        if request.op == WireOp.registerShm.rawValue { drainMonitors() }
         let reply = handler.handle(request)
         send(envelope, reply.encode(), on: socket)
     }
@@ -162,8 +162,9 @@ struct IOLoop {
 
     private mutating func sweepDeadClients() {
         let now = mro_now_ns()
-        guard now - lastSweepNs > 1_000_000_000 else { return }
+        guard now - lastSweepNs > 250_000_000 else { return }
         lastSweepNs = now
+        drainMonitors()
         let n = handler.registry.releaseDeadProcesses()
         if n > 0 { logger.info("released \(n) registration(s) of exited processes") }
     }

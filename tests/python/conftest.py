@@ -59,6 +59,15 @@ class RouterDaemon:
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fd_targets(self):
+        out = []
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                out.append(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
+            except OSError:
+                pass
+        return sorted(out)
+
     def maps(self):
         return pathlib.Path(f"/proc/{self.pid}/maps").read_text().splitlines()
 

@@ -43,7 +43,7 @@ def test_client_killed_mid_request_releases_its_registrations(start_daemon):
     ctx = zmq.Context()
     watcher = dealer(ctx, d.endpoint)
     assert inline_route(watcher, w.layers(watcher)[0][DS], 4000).status == 0  # warm: workers, dispatch threads
-    fds = d.fd_count()
+    fds, targets = d.fd_count(), d.fd_targets()
     child = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT.format(here=os.path.dirname(__file__), endpoint=d.endpoint)],
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "sent"
@@ -53,7 +53,7 @@ def test_client_killed_mid_request_releases_its_registrations(start_daemon):
     assert wait_until(lambda: w.stats(watcher)["registrations"] == 0, timeout=5)
     st = w.stats(watcher)
     assert st["mapped_bytes"] == 0 and st["clients_released"] >= 1
-    assert wait_until(lambda: d.shm_maps() == [] and d.fd_count() == fds, timeout=5), (d.shm_maps(), d.fd_count(), fds)
+    assert wait_until(lambda: d.shm_maps() == [] and d.fd_count() == fds, timeout=5), (d.shm_maps(), d.fd_targets(), targets)
     assert inline_route(watcher, w.layers(watcher)[0][DS], 3).status == 0
     watcher.close()
     ctx.term()
