@@ -30,6 +30,7 @@ KILLED_CLIENT = textwrap.dedent("""
     seg = Segment(T * 256 * 4 + 2 * T * 8 * 4)
     r, h = register(s, seg)
     assert r.status == 0
+    import os; os.unlink(seg.path)  # SIGKILL below must leave nothing in /dev/shm
     body = w.route_body(L["id"], w.FP32, T, w.buffer_ref(w.SHM, h, 0, T * 1024),
                         w.buffer_ref(w.SHM, h, T * 1024, T * 32), w.buffer_ref(w.SHM, h, T * 1056, T * 32))
     s.send_multipart([w.frame0(w.OP["ROUTE"], body)])
