@@ -56,12 +56,17 @@ let package = Package(
             name: "MoERouterServer",
             dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterdOS", "CZMQ",
                            .product(name: "Logging", package: "swift-log"),
+                           .product(name: "Metrics", package: "swift-metrics"),
                            .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "moe-routerd",
             dependencies: ["MoERouterServer", "MoERouting", "MoERouterService",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                           .product(name: "Logging", package: "swift-log")]),
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "Metrics", package: "swift-metrics"),
+                           .product(name: "Prometheus", package: "swift-prometheus")],
+            // main.swift holds the @main type next to other files.
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(
             name: "moe-router-latency-bench",
             dependencies: ["MoERouterServer", "MoERouting", "CMoERouterWire", "CMoERouterClient", "CZMQ",

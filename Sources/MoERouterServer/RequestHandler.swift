@@ -7,7 +7,9 @@ final class RequestHandler: Sendable {
     static let daemonVersion = "moe-routerd 0.1.0"
 
     let config: ServerConfig
-    let catalog: LayerCatalog
+    /// The served layers; a reload swaps them (Reload.swift). Read once per request.
+    let layerSlot: LayerSlot
+    var catalog: LayerCatalog { layerSlot.current }
     let backend: any RoutingBackend
     let registry: SegmentRegistry
     let stats = ServerStats()
@@ -15,11 +17,11 @@ final class RequestHandler: Sendable {
 
     init(config: ServerConfig, catalog: LayerCatalog, backend: any RoutingBackend) {
         self.config = config
-        self.catalog = catalog
+        self.layerSlot = LayerSlot(catalog)
         self.backend = backend
         registry = SegmentRegistry(limits: .init(maxPerClient: config.maxRegistrations,
                                                  maxSegmentBytes: config.maxSegmentBytes))
-        router = RouteExecutor(catalog: catalog, backend: backend, registry: registry, stats: stats,
+        router = RouteExecutor(layerSlot: layerSlot, backend: backend, registry: registry, stats: stats,
                                maxTokens: config.maxTokens)
     }
 
@@ -39,8 +41,14 @@ final class RequestHandler: Sendable {
             case .ping: reply = Reply(op: r.op, requestID: r.requestID, message: "pong")
             }
         }
-        stats.count(reply)
+        stats.count(reply, request: r, layer: layerName(r))
         return reply
+    }
+
+    /// The name of the layer a ROUTE addressed ("" for other ops and unknown ids).
+    private func layerName(_ r: IncomingRequest) -> String {
+        guard r.op == WireOp.route.rawValue else { return "" }
+        return catalog.layer(WireBytes.load(moe_route_req.self, from: r.body).layer_id)?.spec.name ?? ""
     }
 
     private func hello(_ r: IncomingRequest) -> Reply {
@@ -71,6 +79,7 @@ final class RequestHandler: Sendable {
     }
 
     private func listLayers(_ r: IncomingRequest) -> Reply {
+        let catalog = self.catalog
         var head = moe_list_resp()
         head.count = UInt32(catalog.layers.count)
         var body = WireBytes.bytes(of: head)

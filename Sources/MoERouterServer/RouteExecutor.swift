@@ -6,14 +6,14 @@ import MoERouting
 /// or the client's mapping, writing outputs into a reply frame or the client's segment.
 /// Nothing else in the daemon dereferences client memory.
 final class RouteExecutor: Sendable {
-    let catalog: LayerCatalog
+    let layerSlot: LayerSlot
     let backend: any RoutingBackend
     let registry: SegmentRegistry
     let stats: ServerStats
     let maxTokens: Int
 
-    init(catalog: LayerCatalog, backend: any RoutingBackend, registry: SegmentRegistry, stats: ServerStats, maxTokens: Int) {
-        self.catalog = catalog
+    init(layerSlot: LayerSlot, backend: any RoutingBackend, registry: SegmentRegistry, stats: ServerStats, maxTokens: Int) {
+        self.layerSlot = layerSlot
         self.backend = backend
         self.registry = registry
         self.stats = stats
@@ -99,6 +99,8 @@ final class RouteExecutor: Sendable {
 
     private func validate(_ q: moe_route_req, _ r: IncomingRequest) throws(RequestFailure) -> Plan {
         guard q.reserved0 == (0, 0, 0) else { throw RequestFailure(.badField, "route.reserved0 must be 0") }
+        // One read of the slot: the request keeps these layers even if a reload swaps them now.
+        let catalog = layerSlot.current
         guard let layer = catalog.layer(q.layer_id) else {
             throw RequestFailure(.unknownLayer, "layer_id = \(q.layer_id); the daemon has layers 0...\(catalog.layers.count - 1)")
         }

@@ -13,6 +13,11 @@ public final class RouterServer: Sendable {
     private let logger: Logger
     private let wake: (read: Int32, write: Int32)
     private let stopping = Atomic<Bool>(false)
+    /// Advanced by the I/O thread on every loop iteration (at least 4 per second when idle); a
+    /// watchdog that sees it stand still knows the serving loop is stalled.
+    public let heartbeat = Atomic<UInt64>(0)
+    /// Why this backend was chosen (for the log).
+    public let backendReason: String
 
     /// Builds every layer and the backend; throws a `ConfigError` naming what is wrong.
     public init(config: ServerConfig, logger: Logger) throws(ConfigError) {
@@ -21,7 +26,10 @@ public final class RouterServer: Sendable {
         }
         if let t = config.tcpEndpoint, !t.hasPrefix("tcp://") { throw ConfigError("tcp endpoint '\(t)' is not tcp://HOST:PORT") }
         let catalog = try LayerCatalog(config.layers)
-        let backend = try BackendFactory.make(config.backend, threads: config.workers)
+        let selection = try BackendFactory.select(config.backend, threads: config.workers, device: config.device)
+        let backend = selection.backend
+        try BackendFactory.prepare(catalog, on: backend)
+        backendReason = selection.reason
         self.config = config
         self.handler = RequestHandler(config: config, catalog: catalog, backend: backend)
         self.logger = logger
@@ -60,15 +68,17 @@ public final class RouterServer: Sendable {
         let results = try ZMQSocket(context, type: ZMQ_PULL)
         try results.bind(WorkerPool.resultsEndpoint)
         let path = ServerConfig.ipcPath(config.endpoint)!
-        try Self.prepareSocketPath(path)
         let ipc = try makeRouter(context, domain: ZAPHandler.ipcDomain)
+        // Socket activation: libzmq takes the listening socket systemd passed instead of
+        // creating one; the socket file belongs to the .socket unit and stays.
+        if let fd = config.listenFD { try ipc.set(ZMQ_USE_FD, fd) } else { try Self.prepareSocketPath(path) }
         let saved = umask(0o117)  // the socket file gets mode 0660
         do { try ipc.bind(config.endpoint) } catch {
             umask(saved)
             throw ConfigError("cannot bind \(config.endpoint): \(error)")
         }
         umask(saved)
-        chmod(path, 0o660)
+        if config.listenFD == nil { chmod(path, 0o660) }
         let ipcMonitor = try monitor(ipc, context, name: "ipc")
         var tcp: ZMQSocket?, tcpMonitor: ZMQSocket?
         if let t = config.tcpEndpoint {
@@ -83,9 +93,12 @@ public final class RouterServer: Sendable {
         logger.info("serving", metadata: ["endpoint": "\(config.endpoint)", "tcp": "\(config.tcpEndpoint ?? "-")",
                                           "layers": "\(layers.count)", "backend": "\(backendName)", "workers": "\(config.workers)"])
         ready()
-        try loop.serve(wakeFD: wake.read, isStopping: { self.stopping.load(ordering: .relaxed) })
+        try loop.serve(wakeFD: wake.read, isStopping: {
+            self.heartbeat.add(1, ordering: .relaxed)
+            return self.stopping.load(ordering: .relaxed)
+        })
         // Stop accepting: the socket file goes first, then in-flight requests finish.
-        unlink(path)
+        if config.listenFD == nil { unlink(path) }
         loop.drain(timeoutMs: config.drainTimeoutMs)
         pool.stop()
         loop.flushResults()

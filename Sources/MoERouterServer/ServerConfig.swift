@@ -9,6 +9,11 @@ public struct ServerConfig: Sendable {
     public var tcpEndpoint: String?
     /// "cpu" (fastest kernel), "cpu-avx512" or "cpu-generic"; see `BackendFactory`.
     public var backend: String = "cpu"
+    /// The ROCm device ordinal for the "rocm" and "auto" backends.
+    public var device: Int = 0
+    /// A listening unix socket passed by systemd socket activation (LISTEN_FDS), used for the
+    /// ipc endpoint through ZMQ_USE_FD instead of binding a new one.
+    public var listenFD: Int32?
     /// Worker threads for large requests (default: online cores).
     public var workers: Int = ProcessInfo.processInfo.activeProcessorCount
     /// Requests waiting for or running on a worker before new ones get BUSY.
@@ -53,7 +58,7 @@ public struct ServerConfig: Sendable {
 
 /// Creates the backend named in the configuration. To add one (e.g. "rocm"), add a case here.
 public enum BackendFactory {
-    public static let names = ["cpu", "cpu-avx512", "cpu-generic"]
+    public static let names = ["cpu", "cpu-avx512", "cpu-generic", "rocm", "auto"]
 
     public static func make(_ name: String, threads: Int) throws(ConfigError) -> any RoutingBackend {
         switch name {

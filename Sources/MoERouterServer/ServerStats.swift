@@ -17,7 +17,9 @@ final class ServerStats: Sendable {
     /// Requests handed to workers and not yet answered (written by the I/O thread).
     let queued = Atomic<UInt64>(0)
 
-    func count(_ reply: Reply) {
+    /// `request` is nil for replies made before a request was parsed (or refused unparsed).
+    func count(_ reply: Reply, request: IncomingRequest? = nil, layer: String = "") {
+        ServerMetrics.record(reply, request: request, layer: layer)
         requests.add(1, ordering: .relaxed)
         if reply.status != .ok { errors.add(1, ordering: .relaxed) }
         if reply.status == .busy { busyRejections.add(1, ordering: .relaxed) }

@@ -2,9 +2,11 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import Metrics
 import MoERouterServer
 import MoERouterService
 import MoERouting
+import Prometheus
 
 /// moe-routerd: holds built MoE routing layers and serves top-k routing over ZeroMQ, with bulk
 /// tensors in POSIX shared memory. Protocol: docs/PROTOCOL.md; wire structs: Include/moe_router.h.
@@ -33,8 +35,20 @@ struct RouterDaemon: ParsableCommand {
     @Option(help: "Also bind this tcp endpoint (tcp://HOST:PORT). Shared memory is refused there.")
     var tcp: String?
 
-    @Option(help: "Routing backend: \(BackendFactory.names.joined(separator: ", ")).")
+    @Option(help: "Routing backend: \(BackendFactory.names.joined(separator: ", ")) (auto: ROCm when a device is present, else cpu).")
     var backend: String?
+
+    @Option(help: "ROCm device ordinal for --backend rocm|auto.")
+    var device: Int = 0
+
+    @Option(help: "Serve Prometheus metrics, /healthz and /readyz on HOST:PORT (loopback only unless --metrics-allow-remote).")
+    var metrics: String?
+
+    @Flag(help: "Allow --metrics on a non-loopback address (the endpoint has no authentication).")
+    var metricsAllowRemote = false
+
+    @Option(help: "Log format: auto (journal when stderr is the journal), journal (<N> priority prefixes), plain.")
+    var logFormat: String = "auto"
 
     @Option(help: "Gate dtype of --preset layers: fp32, bf16, fp16.")
     var gateDtype: String = "bf16"
@@ -70,50 +84,130 @@ struct RouterDaemon: ParsableCommand {
     var logLevel: String = "info"
 
     mutating func run() throws {
+        ProcessTitle.initialize()
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        guard ["auto", "journal", "plain"].contains(logFormat) else {
+            throw ValidationError("--log-format \(logFormat): expected auto, journal or plain")
+        }
+        let journal = logFormat == "journal" || (logFormat == "auto" && JournalLogHandler.stderrIsJournal)
         LoggingSystem.bootstrap { label in
+            if journal { return JournalLogHandler(logLevel: level) }
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
             return h
         }
         let logger = Logger(label: "moe-routerd")
-        let settings = try makeConfig()
-        let server: RouterServer
-        do { server = try RouterServer(config: settings, logger: logger) } catch {
+        let notifier = SystemdNotifier()
+        var settings = try makeConfig()
+        let metricsAddress: (host: String, port: UInt16)?
+        do {
+            settings.listenFD = try SocketActivation.listenFD()
+            metricsAddress = try metrics.map { m throws(ConfigError) in try MetricsAddress.parse(m, allowRemote: metricsAllowRemote) }
+        } catch {
             logger.critical("\(error)")
             throw ExitCode(2)
         }
+        if metricsAddress != nil {
+            let registry = PrometheusCollectorRegistry()
+            var factory = PrometheusMetricsFactory(registry: registry)
+            factory.defaultDurationHistogramBuckets = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 1_000_000]
+                .map { Duration.microseconds($0) }
+            MetricsSystem.bootstrap(factory)
+            ServerMetrics.enable()
+            Self.registry = registry
+        }
+        let server: RouterServer
+        do { server = try RouterServer(config: settings, logger: logger) } catch {
+            logger.critical("\(error)")
+            notifier.notify("STATUS=failed: \(error)")
+            throw ExitCode(2)
+        }
+        logger.info("\(server.backendReason)")
+        if settings.listenFD != nil { logger.info("socket activation: serving \(settings.endpoint) on the socket systemd passed") }
         let pid = try pidfile.map { path in
             do { return try PidFile(path: path) } catch {
                 logger.critical("\(error)")
                 throw ExitCode(2)
             }
         }
-        for layer in server.layers {
-            let s = layer.spec
-            logger.info("layer \(s.name): \(s.method) E=\(s.numExperts) k=\(s.topK) G=\(s.numExpertGroup) Gk=\(s.topKGroup) gate=\(s.gateDType) nonfinite=\(s.nonFinite)")
+        for layer in server.layers { logger.info("\(Self.describe(layer))") }
+        let endpoint: MetricsEndpoint?
+        if let (host, port) = metricsAddress {
+            do {
+                endpoint = try MetricsEndpoint(host: host, port: port) { [server] in
+                    ServerMetrics.update(server.serviceSnapshot)
+                    return RouterDaemon.registry?.emitToString() ?? ""
+                }
+            } catch {
+                logger.critical("\(error)")
+                pid?.remove()
+                throw ExitCode(2)
+            }
+            let t = Thread { endpoint!.serve() }
+            t.start()
+            logger.info("metrics on http://\(host):\(endpoint!.port)/metrics")
+        } else {
+            endpoint = nil
         }
+        let reporter = ServiceReporter(server: server, notifier: notifier, logger: logger)
         let signals = [SIGTERM, SIGINT].map { sig in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {
-                logger.info("signal \(sig): shutting down")
+                logger.info("signal \(sig): draining and shutting down")
+                reporter.draining.store(true, ordering: .relaxed)
+                endpoint?.setReady(false)
+                notifier.stopping(status: "draining")
                 server.stop()
             }
             source.resume()
             return source
         }
-        let notifier = SystemdNotifier()
+        // SIGHUP: reload the configuration file on a serial queue (one reload at a time).
+        signal(SIGHUP, SIG_IGN)
+        let reloads = DispatchQueue(label: "moe-routerd.reload")
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: reloads)
+        let command = self
+        hup.setEventHandler {
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000)\nSTATUS=reloading \(command.config ?? "(no --config)")")
+            do {
+                let outcome = try server.reload(try command.makeConfig())
+                logger.notice("\(outcome)")
+                for layer in server.layers { logger.info("\(Self.describe(layer))") }
+            } catch {
+                logger.error("reload rejected, still serving the previous \(server.layers.count) layers: \(error)")
+            }
+            notifier.notify("READY=1\nSTATUS=serving \(server.layers.count) layers on \(settings.endpoint)")
+        }
+        hup.resume()
         do {
-            try server.run(ready: { notifier.ready(status: "serving \(server.layers.count) layers on \(settings.endpoint)") })
+            try server.run(ready: {
+                endpoint?.setReady(true)
+                notifier.ready(status: "serving \(server.layers.count) layers on \(settings.endpoint), backend \(server.backendName)")
+                ProcessTitle.set("\(server.layers.count) layers, 0 clients, 0 req/s, backend \(server.backendName)")
+                reporter.start()
+            })
         } catch {
             logger.critical("\(error)")
+            reporter.stop()
             pid?.remove()
             throw ExitCode(1)
         }
+        reporter.stop()
+        hup.cancel()
+        endpoint?.stop()
         notifier.stopping(status: "stopped")
         signals.forEach { $0.cancel() }
         pid?.remove()
+    }
+
+    nonisolated(unsafe) static var registry: PrometheusCollectorRegistry?
+
+    static func describe(_ layer: BuiltLayer) -> String {
+        let s = layer.spec
+        return "layer \(s.name): \(s.method) E=\(s.numExperts) k=\(s.topK) G=\(s.numExpertGroup) Gk=\(s.topKGroup) gate=\(s.gateDType) nonfinite=\(s.nonFinite)"
     }
 
     func makeConfig() throws -> ServerConfig {
@@ -140,6 +234,7 @@ struct RouterDaemon: ParsableCommand {
         var c = ServerConfig(endpoint: endpoint ?? file.endpoint ?? ServerConfig.defaultEndpoint())
         c.tcpEndpoint = tcp ?? file.tcp
         c.backend = backend ?? file.backend ?? "cpu"
+        c.device = device
         if let v = workers ?? file.workers { c.workers = max(1, v) }
         if let v = queueDepth ?? file.queue_depth { c.queueDepth = max(1, v) }
         if let v = inlineTokens ?? file.inline_tokens { c.inlineTokens = max(0, v) }

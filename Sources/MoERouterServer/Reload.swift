@@ -1,0 +1,97 @@
+import MoERouting
+import Synchronization
+
+/// The layers the daemon serves right now. A reload replaces the whole catalog in one store;
+/// a request reads the slot once, so it finishes on the layers it started with (the old
+/// `BuiltLayer`s live until their last request returns).
+final class LayerSlot: Sendable {
+    private let catalog: Mutex<LayerCatalog>
+    /// Layers replaced by a reload whose device copies are not freed yet.
+    let retired = Mutex<[BuiltLayer]>([])
+
+    init(_ catalog: LayerCatalog) { self.catalog = Mutex(catalog) }
+
+    var current: LayerCatalog { catalog.withLock { $0 } }
+
+    /// Stores `new` and returns the catalog it replaced.
+    func replace(with new: LayerCatalog) -> LayerCatalog {
+        catalog.withLock { old in
+            let previous = old
+            old = new
+            return previous
+        }
+    }
+}
+
+/// What a reload did, for the log and the service manager's STATUS line.
+public struct ReloadOutcome: Sendable, CustomStringConvertible {
+    public let previousLayers: [String]
+    public let layers: [String]
+    /// Settings in the new configuration that only take effect after a restart.
+    public let needsRestart: [String]
+
+    public var description: String {
+        var s = "reloaded: \(layers.count) layers (\(layers.joined(separator: ", "))), previously \(previousLayers.count)"
+        if !needsRestart.isEmpty { s += "; changed settings that need a restart: \(needsRestart.joined(separator: ", "))" }
+        return s
+    }
+}
+
+extension RouterServer {
+    /// Builds the layers of `config` and swaps them in atomically. Throws (and keeps serving the
+    /// current layers) when any layer is invalid or the backend cannot take it. Layer ids are
+    /// positions in the new configuration: clients should LIST_LAYERS again after a reload.
+    public func reload(_ new: ServerConfig) throws(ConfigError) -> ReloadOutcome {
+        let catalog = try LayerCatalog(new.layers)
+        try BackendFactory.prepare(catalog, on: handler.backend)
+        let old = handler.layerSlot.replace(with: catalog)
+        let kept = Set(catalog.layers.map(ObjectIdentifier.init))
+        handler.layerSlot.retired.withLock { $0 += old.layers.filter { !kept.contains(ObjectIdentifier($0)) } }
+        releaseRetiredLayers()
+        var restart: [String] = []
+        if new.endpoint != config.endpoint { restart.append("endpoint") }
+        if new.tcpEndpoint != config.tcpEndpoint { restart.append("tcp") }
+        if new.backend != config.backend { restart.append("backend") }
+        if new.workers != config.workers { restart.append("workers") }
+        if new.queueDepth != config.queueDepth { restart.append("queue_depth") }
+        if new.inlineTokens != config.inlineTokens { restart.append("inline_tokens") }
+        if new.maxMessageBytes != config.maxMessageBytes { restart.append("max_message_bytes") }
+        if new.maxTokens != config.maxTokens { restart.append("max_tokens") }
+        if new.defaultDeadlineMs != config.defaultDeadlineMs { restart.append("deadline_ms") }
+        if new.maxRegistrations != config.maxRegistrations { restart.append("max_registrations") }
+        return ReloadOutcome(previousLayers: old.layers.map(\.spec.name), layers: catalog.layers.map(\.spec.name),
+                             needsRestart: restart)
+    }
+
+    /// Frees the device copies of layers a reload replaced once no request runs on them
+    /// (called after each reload and periodically by the service thread).
+    public func releaseRetiredLayers() {
+        handler.layerSlot.retired.withLock { BackendFactory.releaseUnused(&$0, on: handler.backend) }
+    }
+
+    /// A snapshot for STATUS lines, the process title and metrics.
+    public var serviceSnapshot: ServiceSnapshot {
+        let snap = handler.registry.snapshot
+        let s = handler.stats
+        return ServiceSnapshot(layers: handler.catalog.layers.count, clients: ServerMetrics.activeClients(),
+                               registrations: snap.registrations, mappedBytes: UInt64(snap.mappedBytes),
+                               requests: s.requests.load(ordering: .relaxed), errors: s.errors.load(ordering: .relaxed),
+                               tokens: s.tokens.load(ordering: .relaxed), queued: s.queued.load(ordering: .relaxed),
+                               fallbackCasts: s.fallbackCasts.load(ordering: .relaxed),
+                               nonFiniteInputs: s.nonFiniteInputs.load(ordering: .relaxed))
+    }
+}
+
+/// Counters and gauges of a running daemon at one instant.
+public struct ServiceSnapshot: Sendable {
+    public let layers: Int
+    public let clients: Int
+    public let registrations: Int
+    public let mappedBytes: UInt64
+    public let requests: UInt64
+    public let errors: UInt64
+    public let tokens: UInt64
+    public let queued: UInt64
+    public let fallbackCasts: UInt64
+    public let nonFiniteInputs: UInt64
+}
