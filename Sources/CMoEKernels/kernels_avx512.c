@@ -1315,10 +1315,115 @@ AVX512 static void logit_block(const route_ctx *C, const char *rows, size_t row_
     }
 }
 
+/* ------------------------------------------------------------------------------------------
+ * softmax_topk for E <= 16, transposed: 16 tokens at once, one 16-lane vector per expert
+ * (lane = token), so every step of moe_token.h runs vertically, exactly as the contract writes
+ * it: max, e_i = exp(x_i - m), the 16-lane strided sum (with E <= 16 lane i holds e_i alone, and
+ * the 8, 4, 2, 1 fold becomes a fixed tree of vector additions; absent lanes hold +0, so adding
+ * them is the identity and is skipped), s_i = e_i / sum, then k argmax passes (strictly greater
+ * wins, so the lower expert on ties), renormalisation in column order, rsf. No approximation:
+ * only tokens with a non-finite input take the exact path.
+ * ------------------------------------------------------------------------------------------ */
+AVX512 static inline __attribute__((always_inline)) void
+small_softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, int32_t dtype,
+                      int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
+                      const int32_t E, const int32_t k) {
+    float buf[16 * 16] __attribute__((aligned(64)));
+    const __mmask16 em = tail_mask(E);
+    const __mmask16 tm = tail_mask(nb);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    uint32_t bad = 0;
+    for (int32_t b = 0; b < 16; b++) {
+        __m512 x = _mm512_setzero_ps();
+        if (b < nb) {
+            x = load_widened(rows + (size_t)b * row_bytes, dtype, 0, em);
+            bad |= (nonfinite_mask(x) & em) ? 1u << b : 0u;
+        }
+        _mm512_store_ps(buf + 16 * b, x);
+    }
+    for (int32_t b = 0; b < nb; b++) need_exact[b] = (bad >> b) & 1;
+    const __m512i bidx = _mm512_slli_epi32(lane, 4);
+    __m512 X[16], S[16], A[8];
+    for (int32_t i = 0; i < E; i++) X[i] = _mm512_i32gather_ps(bidx, buf + i, 4);
+    __m512 M = X[0];
+    for (int32_t i = 1; i < E; i++) M = _mm512_max_ps(M, X[i]);
+    for (int32_t i = 0; i < E; i++) S[i] = exp_nonpos_v(_mm512_sub_ps(X[i], M));
+    /* fold 8: A[l] = lane l + lane l+8 (lanes >= E are +0: skipped) */
+    const int32_t na = E < 8 ? E : 8;
+    for (int32_t l = 0; l < na; l++) A[l] = l + 8 < E ? _mm512_add_ps(S[l], S[l + 8]) : S[l];
+    for (int32_t w = 4, n = na; w >= 1; w >>= 1) {
+        for (int32_t l = 0; l < w && l + w < n; l++) A[l] = _mm512_add_ps(A[l], A[l + w]);
+        n = n < w ? n : w;
+    }
+    const __m512 sum = A[0];
+    for (int32_t i = 0; i < E; i++) S[i] = _mm512_div_ps(S[i], sum);
+    __m512 W[16];
+    __m512i I[16];
+    for (int32_t j = 0; j < k; j++) {
+        __m512 bv = ninf;
+        __m512i bi = _mm512_setzero_si512();
+        for (int32_t i = 0; i < E; i++) {
+            const __mmask16 gt = _mm512_cmp_ps_mask(S[i], bv, _CMP_GT_OQ);
+            bv = _mm512_mask_mov_ps(bv, gt, S[i]);
+            bi = _mm512_mask_mov_epi32(bi, gt, _mm512_set1_epi32(i));
+        }
+        W[j] = bv;
+        I[j] = bi;
+        if (j + 1 < k)
+            for (int32_t i = 0; i < E; i++)
+                S[i] = _mm512_mask_mov_ps(S[i], _mm512_cmpeq_epi32_mask(bi, _mm512_set1_epi32(i)),
+                                          ninf);
+    }
+    const mrk_layer *L = C->L;
+    if (L->renormalize) {
+        __m512 s = W[0];
+        for (int32_t j = 1; j < k; j++) s = _mm512_add_ps(s, W[j]);
+        const __mmask16 pos = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ);
+        for (int32_t j = 0; j < k; j++) W[j] = _mm512_mask_div_ps(W[j], pos, W[j], s);
+    }
+    const __m512 rsf = _mm512_set1_ps(L->routed_scaling_factor);
+    for (int32_t j = 0; j < k; j++) W[j] = _mm512_mul_ps(W[j], rsf);
+    if (k == 2 && nb == 16) {
+        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+        _mm512_storeu_ps(weights, _mm512_permutex2var_ps(W[0], lo, W[1]));
+        _mm512_storeu_ps(weights + 16, _mm512_permutex2var_ps(W[0], hi, W[1]));
+        _mm512_storeu_si512(ids, _mm512_permutex2var_epi32(I[0], lo, I[1]));
+        _mm512_storeu_si512(ids + 16, _mm512_permutex2var_epi32(I[0], hi, I[1]));
+    } else {
+        const __m512i oidx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(k));
+        for (int32_t j = 0; j < k; j++) {
+            _mm512_mask_i32scatter_ps(weights + j, tm, oidx, W[j], 4);
+            _mm512_mask_i32scatter_epi32(ids + j, tm, oidx, I[j], 4);
+        }
+    }
+}
+
+AVX512 static void small_softmax_block(const route_ctx *C, const char *rows, size_t row_bytes,
+                                       int32_t dtype, int32_t nb, float *weights, int32_t *ids,
+                                       uint8_t *need_exact) {
+    switch (C->E * 32 + C->k) {
+#define SMALL_CASE(e, kk)                                                                        \
+    case (e) * 32 + (kk):                                                                        \
+        small_softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, e, kk);   \
+        return;
+    SMALL_CASE(8, 2)
+    SMALL_CASE(8, 1)
+    SMALL_CASE(16, 2)
+    SMALL_CASE(16, 4)
+#undef SMALL_CASE
+    default:
+        small_softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k);
+    }
+}
+
 AVX512 static void softmax_block(const route_ctx *C, const char *rows, size_t row_bytes,
                                  int32_t dtype, int32_t nb, float *weights, int32_t *ids,
                                  uint8_t *need_exact) {
-    if (C->E == 128 && C->k == 8)
+    if (C->E <= 16)
+        small_softmax_block(C, rows, row_bytes, dtype, nb, weights, ids, need_exact);
+    else if (C->E == 128 && C->k == 8)
         softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, 128, 8);
     else if (C->E == 64 && C->k == 6)
         softmax_block_t(C, rows, row_bytes, dtype, nb, weights, ids, need_exact, 64, 6);

@@ -1,0 +1,77 @@
+import Testing
+@testable import MoERouting
+
+/// Edge cases of the transposed softmax_topk kernel for E <= 16 (16 tokens per block, one
+/// vector lane per token): ties inside and across lanes, non-finite rows mixed with finite rows
+/// in the same block, token counts that are not multiples of 16, every E and several k, signed
+/// zeros, underflowing and huge logits. Every kernel against the reference, bit for bit.
+@Suite struct FastPathEdgeTests2 {
+    static func rows(_ E: Int, tokens: Int, seed: UInt64) -> [Float] {
+        var rng = SplitMix64(seed: seed)
+        var v: [Float] = []
+        for t in 0..<tokens {
+            var row = (0..<E).map { _ in rng.gaussian() * 1.7 }
+            switch t % 11 {
+            case 0: break
+            case 1: // all equal: ties everywhere, lowest index wins
+                for i in 0..<E { row[i] = 0.5 }
+            case 2: // one NaN among finite values
+                row[Int(rng.next() % UInt64(E))] = .nan
+            case 3: // +inf / -inf
+                row[Int(rng.next() % UInt64(E))] = t % 2 == 0 ? .infinity : -.infinity
+            case 4: // ties at the top between non-adjacent experts
+                let top = row.max()! + 0.25
+                row[E - 1] = top
+                row[E / 2] = top
+            case 5: // neighbours one ulp apart
+                let base = rng.gaussian()
+                for i in 0..<E { row[i] = i % 2 == 0 ? base : base.nextUp }
+            case 6: // huge spread: most scores underflow to 0 (ties at 0 below the top)
+                for i in 0..<E { row[i] = i == E / 3 ? 80 : -1.0e4 - Float(i) }
+            case 7: // signed zeros at the top
+                for i in 0..<E { row[i] = -1 - Float(i % 3) }
+                row[0] = -0.0
+                if E > 1 { row[E - 1] = 0.0 }
+            case 8: // huge magnitudes (x - max may overflow to -inf)
+                for i in 0..<E { row[i] = i % 2 == 0 ? 3.0e38 : -3.0e38 }
+            case 9: // tiny and subnormal values
+                for i in 0..<E { row[i] = Float(bitPattern: UInt32(i * 3 + 1)) * (i % 2 == 0 ? 1 : -1) }
+            default: // pairs of duplicates
+                for i in stride(from: 0, to: E - 1, by: 2) { row[i + 1] = row[i] }
+            }
+            v += row
+        }
+        return v
+    }
+
+    static let specs: [LayerSpec] = {
+        var out: [LayerSpec] = []
+        for (E, k, renorm) in [(8, 2, true), (8, 2, false), (8, 1, true), (8, 8, true), (16, 2, true), (16, 4, false),
+                               (16, 16, true), (1, 1, true), (2, 1, false), (2, 2, true), (3, 2, true), (5, 3, false),
+                               (9, 2, true), (12, 5, true), (15, 7, false), (7, 7, true)] {
+            out.append(LayerSpec(name: "softmax_topk E\(E) k\(k) renorm \(renorm)", method: .softmaxTopK,
+                                 numExperts: E, topK: k, renormalize: renorm,
+                                 routedScalingFactor: renorm ? 1 : 2.5, gateDType: .fp32))
+        }
+        return out
+    }()
+
+    @Test(arguments: specs.indices)
+    func smallSoftmaxMatchesReference(index: Int) throws {
+        let spec = Self.specs[index]
+        guard (try? BuiltLayer(spec)) != nil else { return } // a shape the layer rules reject
+        for tokens in [1, 15, 16, 17, 31, 48, 77] {
+            let values = Self.rows(spec.numExperts, tokens: tokens, seed: UInt64(4000 + 97 * index + tokens))
+            for dtype in DType.allCases {
+                var l = spec
+                l.gateDType = dtype
+                let layer = try BuiltLayer(l)
+                let expected = reference(layer, values, tokens: tokens, dtype: dtype)
+                for kernel in kernels {
+                    let (got, _) = try route(layer, CPUBackend(kernel: kernel, threads: 1), values, tokens: tokens, dtype: dtype)
+                    #expect(got == expected, "\(spec.name) tokens=\(tokens) dtype=\(dtype) kernel=\(kernel)")
+                }
+            }
+        }
+    }
+}
