@@ -59,6 +59,18 @@ class RouterDaemon:
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def stable_fd_count(self, settle=0.3, timeout=5.0):
+        """The fd count once it has stopped changing (libzmq closes connections asynchronously)."""
+        deadline = time.time() + timeout
+        last = self.fd_count()
+        while time.time() < deadline:
+            time.sleep(settle)
+            now = self.fd_count()
+            if now == last:
+                return now
+            last = now
+        return last
+
     def fd_targets(self):
         out = []
         for fd in os.listdir(f"/proc/{self.pid}/fd"):

@@ -35,7 +35,7 @@ def env(routerd_binary, routerd_class, tmp_path_factory):
     seg.close()
     sock.close()
     assert wait_until(lambda: len(d.shm_maps()) == 0)
-    baseline = dict(fds=d.fd_count(), maps=len(d.maps()))
+    baseline = dict(fds=d.stable_fd_count(), maps=len(d.maps()))
     yield dict(daemon=d, ctx=ctx, layers=layers, baseline=baseline)
     ctx.term()
     assert d.stop() == 0
