@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
+python3 -m pip install -q -e python 2>/dev/null || python3 -m pip install -q --break-system-packages -e python
+make -s clientlib examples   # the plain-C client library and the C/C++ examples the tests run
 scripts/build-rocm.sh   # the HIP library, and its host-emulation build the ROCm tests run
 swift build --build-tests
 swift test --skip-build --disable-xctest
