@@ -7,13 +7,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def find_binary(name, env):
-    """A built executable: $env, else the release build, else the debug build."""
+    """A built executable: $env, else the newer of the release and debug builds (so a stale
+    release binary never shadows what `swift build` just made)."""
     if os.environ.get(env):
         return pathlib.Path(os.environ[env])
-    for config in ("release", "debug"):
-        p = ROOT / ".build" / config / name
-        if p.exists():
-            return p
+    built = [p for p in (ROOT / ".build" / c / name for c in ("release", "debug")) if p.exists()]
+    if built:
+        return max(built, key=lambda p: p.stat().st_mtime)
     pytest.fail(f"{name} is not built: run `swift build` first (or set {env})")
 
 
