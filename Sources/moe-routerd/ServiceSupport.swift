@@ -63,7 +63,7 @@ final class ServiceReporter: Sendable {
     private func loop() {
         ProcessTitle.nameThread("moe-service")
         let pingEvery = notifier.watchdogInterval.map { UInt64($0.components.seconds) * 1_000_000_000 + UInt64($0.components.attoseconds / 1_000_000_000) }
-        var lastBeat = server.heartbeat.load(ordering: .relaxed)
+        var gate = WatchdogGate(heartbeat: server.heartbeat.load(ordering: .relaxed))
         var nextPing = DispatchTime.now().uptimeNanoseconds
         var nextStatus = nextPing
         var lastRequests = server.serviceSnapshot.requests
@@ -73,8 +73,7 @@ final class ServiceReporter: Sendable {
             let now = DispatchTime.now().uptimeNanoseconds
             if let pingEvery, now >= nextPing {
                 nextPing = now + pingEvery
-                let beat = server.heartbeat.load(ordering: .relaxed)
-                if beat != lastBeat || draining.load(ordering: .relaxed) {
+                if gate.shouldPing(heartbeat: server.heartbeat.load(ordering: .relaxed), draining: draining.load(ordering: .relaxed)) {
                     notifier.watchdog()
                     if stallLogged { logger.notice("serving loop running again; watchdog pings resumed") }
                     stallLogged = false
@@ -82,7 +81,6 @@ final class ServiceReporter: Sendable {
                     logger.error("serving loop stalled: no iteration for \(pingEvery / 1_000_000) ms; watchdog pings withheld")
                     stallLogged = true
                 }
-                lastBeat = beat
             }
             if now >= nextStatus {
                 nextStatus = now + statusEveryNs
