@@ -95,6 +95,27 @@ AVX512 static inline __m512 exp_only_v(__m512 t) {
 
 AVX512 static inline __m512 exp_nonpos_v(__m512 t) { return exp_only_v(t); }
 
+/* exp_only_v for lanes that are never NaN (t = x - max of finite x: finite or -inf). */
+AVX512 static inline __m512 exp_nonnan_v(__m512 t) {
+    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 x = _mm512_max_ps(t, _mm512_set1_ps(MRK_EXP_FLOOR));
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(MRK_LOG2E)), magic),
+                             magic);
+    __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 hi = _mm512_add_ps(one, r);
+    __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(one, hi), r),
+                              _mm512_mul_ps(p, _mm512_mul_ps(r, r)));
+    return _mm512_scalef_ps(_mm512_add_ps(hi, lo), n);
+}
+
 /* mrk_sigmoid_f, 16 lanes. */
 AVX512 static inline __m512 sigmoid_v(__m512 x) {
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -1333,22 +1354,57 @@ small_softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, in
     const __mmask16 tm = tail_mask(nb);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
-    uint32_t bad = 0;
-    for (int32_t b = 0; b < 16; b++) {
-        __m512 x = _mm512_setzero_ps();
-        if (b < nb) {
-            x = load_widened(rows + (size_t)b * row_bytes, dtype, 0, em);
-            bad |= (nonfinite_mask(x) & em) ? 1u << b : 0u;
-        }
-        _mm512_store_ps(buf + 16 * b, x);
-    }
-    for (int32_t b = 0; b < nb; b++) need_exact[b] = (bad >> b) & 1;
-    const __m512i bidx = _mm512_slli_epi32(lane, 4);
     __m512 X[16], S[16], A[8];
-    for (int32_t i = 0; i < E; i++) X[i] = _mm512_i32gather_ps(bidx, buf + i, 4);
+    /* E == 8, full block: 8 rows of two tokens each, transposed in registers (three stages that
+     * each swap one bit of the vector index with one bit of the lane); lane p then holds token
+     * ((p & 7) << 1) | (p >> 3). Otherwise lane p holds token p (rows through a buffer). */
+    const int tr8 = E == 8 && nb == 16 && dtype != MRK_DTYPE_FP16;
+    if (tr8) {
+        for (int32_t j = 0; j < 8; j++) {
+            if (dtype == MRK_DTYPE_FP32)
+                X[j] = _mm512_loadu_ps(rows + (size_t)j * 2 * row_bytes);
+            else
+                X[j] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                        (const __m256i *)(rows + (size_t)j * 2 * row_bytes))), 16));
+        }
+        for (int32_t bit = 0; bit < 3; bit++) {
+            const __m512i keep = _mm512_andnot_si512(_mm512_set1_epi32(1 << bit), lane);
+            const __m512i from = _mm512_slli_epi32(
+                _mm512_and_si512(_mm512_srli_epi32(lane, bit), _mm512_set1_epi32(1)), 4);
+            const __m512i i0 = _mm512_or_si512(from, keep);
+            const __m512i i1 = _mm512_or_si512(i0, _mm512_set1_epi32(1 << bit));
+            for (int32_t v = 0; v < 8; v++) {
+                if (v & (1 << bit)) continue;
+                const __m512 a = X[v], b = X[v | (1 << bit)];
+                X[v] = _mm512_permutex2var_ps(a, i0, b);
+                X[v | (1 << bit)] = _mm512_permutex2var_ps(a, i1, b);
+            }
+        }
+    } else {
+        for (int32_t b = 0; b < 16; b++)
+            _mm512_store_ps(buf + 16 * b, b < nb ? load_widened(rows + (size_t)b * row_bytes, dtype,
+                                                                0, em)
+                                                 : _mm512_setzero_ps());
+        const __m512i bidx = _mm512_slli_epi32(lane, 4);
+        for (int32_t i = 0; i < E; i++) X[i] = _mm512_i32gather_ps(bidx, buf + i, 4);
+    }
+    {
+        const __m512i expmask = _mm512_set1_epi32(0x7f800000);
+        __m512i nf = _mm512_setzero_si512();
+        for (int32_t i = 0; i < E; i++)
+            nf = _mm512_max_epu32(nf, _mm512_and_si512(_mm512_castps_si512(X[i]), expmask));
+        const uint32_t bad = _mm512_cmpeq_epi32_mask(nf, expmask);
+        if (!bad)
+            memset(need_exact, 0, (size_t)nb);
+        else
+            for (int32_t b = 0; b < nb; b++)
+                need_exact[b] = (bad >> (tr8 ? ((b & 1) << 3) | (b >> 1) : b)) & 1;
+    }
     __m512 M = X[0];
     for (int32_t i = 1; i < E; i++) M = _mm512_max_ps(M, X[i]);
-    for (int32_t i = 0; i < E; i++) S[i] = exp_nonpos_v(_mm512_sub_ps(X[i], M));
+    /* non-finite tokens' lanes (exact path) may be NaN here: harmless, they are discarded */
+    for (int32_t i = 0; i < E; i++) S[i] = exp_nonnan_v(_mm512_sub_ps(X[i], M));
     /* fold 8: A[l] = lane l + lane l+8 (lanes >= E are +0: skipped) */
     const int32_t na = E < 8 ? E : 8;
     for (int32_t l = 0; l < na; l++) A[l] = l + 8 < E ? _mm512_add_ps(S[l], S[l + 8]) : S[l];
@@ -1384,15 +1440,19 @@ small_softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, in
     }
     const __m512 rsf = _mm512_set1_ps(L->routed_scaling_factor);
     for (int32_t j = 0; j < k; j++) W[j] = _mm512_mul_ps(W[j], rsf);
-    if (k == 2 && nb == 16) {
-        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    if (k == 2 && tr8) {
+        /* output q of half h: token t = 8h + q / 2, column q & 1, from lane ((t & 1) << 3) | (t >> 1) */
+        const __m512i lo = _mm512_setr_epi32(0, 16, 8, 24, 1, 17, 9, 25, 2, 18, 10, 26, 3, 19, 11, 27);
+        const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(4));
         _mm512_storeu_ps(weights, _mm512_permutex2var_ps(W[0], lo, W[1]));
         _mm512_storeu_ps(weights + 16, _mm512_permutex2var_ps(W[0], hi, W[1]));
         _mm512_storeu_si512(ids, _mm512_permutex2var_epi32(I[0], lo, I[1]));
         _mm512_storeu_si512(ids + 16, _mm512_permutex2var_epi32(I[0], hi, I[1]));
     } else {
-        const __m512i oidx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(k));
+        const __m512i tok = tr8 ? _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(7)), 1),
+                                                  _mm512_srli_epi32(lane, 3))
+                                : lane;
+        const __m512i oidx = _mm512_mullo_epi32(tok, _mm512_set1_epi32(k));
         for (int32_t j = 0; j < k; j++) {
             _mm512_mask_i32scatter_ps(weights + j, tm, oidx, W[j], 4);
             _mm512_mask_i32scatter_epi32(ids + j, tm, oidx, I[j], 4);
