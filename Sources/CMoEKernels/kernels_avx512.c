@@ -508,8 +508,15 @@ fast_phase1(const fast_ctx *F, const float *bias, const void *row, int32_t dtype
         const int32_t i = 16 * c;
         const __mmask16 m = tail_mask(E - i);
         __m512 x = load_widened(row, dtype, i, m);
+        /* the row two tokens ahead (the hardware prefetcher alone leaves ~10 ns per token of
+         * L3 latency on the table; a prefetch never faults, even past the end) */
+        _mm_prefetch((const char *)row + 2 * (size_t)E * (dtype == MRK_DTYPE_FP32 ? 4 : 2) +
+                         (dtype == MRK_DTYPE_FP32 ? 64 : 32) * c,
+                     _MM_HINT_T0);
         nfacc = _mm512_max_epu32(nfacc, _mm512_and_si512(_mm512_castps_si512(x), expmask));
-        if (dtype != MRK_DTYPE_FP32) _mm512_store_ps(xw + i, x);
+        /* the widened row, for phase 3 (bf16 with E even reads the row itself) */
+        if (dtype == MRK_DTYPE_FP16 || (dtype == MRK_DTYPE_BF16 && (E & 1)))
+            _mm512_store_ps(xw + i, x);
         __m512 a = sig_approx_v(x, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6],
                                 F->t[7]);
         a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, bias + i));
@@ -735,15 +742,26 @@ fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t 
  * that of the next. */
 AVX512 static inline __attribute__((always_inline)) void
 fast_scores(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
-            const int32_t *cidx, int32_t n, float *sarr, float *carr) {
+            const int32_t *cidx, int32_t n, float *sarr, float *carr, const int32_t E) {
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
     const int32_t nv = (n + 15) / 16;
     for (int32_t q = 0; q < nv; q++) {
         const __mmask16 m = tail_mask(n - 16 * q);
         const __m512i iv = _mm512_maskz_loadu_epi32(m, cidx + 16 * q);
-        __m512 x = dtype == MRK_DTYPE_FP32
-                       ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, row, 4)
-                       : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, xw, 4);
+        __m512 x;
+        if (dtype == MRK_DTYPE_FP32) {
+            x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, row, 4);
+        } else if (dtype == MRK_DTYPE_BF16 && !(E & 1)) {
+            /* straight from the row: the aligned pair holding expert i (E even, so the pair is
+             * inside the row), then its high or low half into the top 16 bits */
+            const __m512i d = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m,
+                                                          _mm512_srli_epi32(iv, 1), row, 4);
+            const __mmask16 odd = _mm512_test_epi32_mask(iv, _mm512_set1_epi32(1));
+            x = _mm512_castsi512_ps(_mm512_mask_and_epi32(_mm512_slli_epi32(d, 16), odd, d,
+                                                          _mm512_set1_epi32((int)0xffff0000u)));
+        } else {
+            x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, xw, 4);
+        }
         __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, L->bias, 4);
         /* the row is finite (phase 1), so the sigmoid is too: no clamp needed */
         const __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32((int)0x80000000u),
@@ -960,7 +978,7 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_scores(C->L, rows + (size_t)b * row_bytes, dtype, xw + b * stride, cidx[b],
-                        ncand[b], sarr[b], carr[b]);
+                        ncand[b], sarr[b], carr[b], E);
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,

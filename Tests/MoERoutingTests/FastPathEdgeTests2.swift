@@ -56,6 +56,39 @@ import Testing
         return out
     }()
 
+    /// Sigmoid + bias fast path: bf16 candidates are read from the row itself (aligned pairs of
+    /// experts) when E is even, from the widened row when E is odd; rows two tokens ahead are
+    /// prefetched (past the end of the input for the last tokens).
+    static let biasedSpecs: [LayerSpec] = {
+        var out: [LayerSpec] = []
+        for (E, k, g, gk) in [(256, 8, 8, 4), (256, 8, 1, 1), (34, 3, 1, 1), (33, 3, 1, 1), (47, 5, 1, 1), (96, 6, 3, 2)] {
+            out.append(LayerSpec(name: "biased E\(E) k\(k) G\(g)", method: g > 1 ? .biasedGroupedTopK : .biasedTopK,
+                                 numExperts: E, topK: k, numExpertGroup: g, topKGroup: gk, scoring: .sigmoid,
+                                 renormalize: true, routedScalingFactor: 2.5, gateDType: .fp32,
+                                 bias: (0..<E).map { $0 % 3 == 0 ? 0 : Float($0 % 7) * 0.01 - 0.03 }))
+        }
+        return out
+    }()
+
+    @Test(arguments: biasedSpecs.indices)
+    func biasedMatchesReference(index: Int) throws {
+        let spec = Self.biasedSpecs[index]
+        guard (try? BuiltLayer(spec)) != nil else { return }
+        for tokens in [1, 3, 16, 37] {
+            let values = Self.rows(spec.numExperts, tokens: tokens, seed: UInt64(7000 + 31 * index + tokens))
+            for dtype in DType.allCases {
+                var l = spec
+                l.gateDType = dtype
+                let layer = try BuiltLayer(l)
+                let expected = reference(layer, values, tokens: tokens, dtype: dtype)
+                for kernel in kernels {
+                    let (got, _) = try route(layer, CPUBackend(kernel: kernel, threads: 1), values, tokens: tokens, dtype: dtype)
+                    #expect(got == expected, "\(spec.name) tokens=\(tokens) dtype=\(dtype) kernel=\(kernel)")
+                }
+            }
+        }
+    }
+
     @Test(arguments: specs.indices)
     func smallSoftmaxMatchesReference(index: Int) throws {
         let spec = Self.specs[index]
