@@ -148,9 +148,11 @@ struct IOLoop {
         for (i, m) in monitors.enumerated() {
             while let event = try? m.receiveMultipart(dontWait: true) {
                 guard event.count >= 1, event[0].count >= 6 else { continue }
-                let raw = event[0].bytes
-                let kind = raw.loadUnaligned(fromByteOffset: 0, as: UInt16.self)
-                let fd = raw.loadUnaligned(fromByteOffset: 2, as: Int32.self)
+                // Copy out: a pointer into the message would outlive `event` in optimised builds
+                // (Swift may release it after its last use), and the read would see freed memory.
+                let raw = event[0].array
+                let kind = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt16.self) }
+                let fd = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 2, as: Int32.self) }
                 if Int32(kind) == ZMQ_EVENT_DISCONNECTED {
                     let transport: ClientKey.Transport = i == 0 ? .ipc : .tcp
                     let n = handler.registry.releaseClients(connectionFD: fd, transport: transport)
