@@ -10,7 +10,7 @@ import zmq
 from . import _wire as w
 from ._arrays import as_logits
 from .errors import (ClientArgumentError, ClientIOError, ClientProtocolError, ClientTimeoutError, Status,
-                     SizeMismatchError, UnknownLayerError, error_for)
+                     UnknownHandleError, UnknownLayerError, error_for)
 from .shm import SharedBuffer, Session
 from .types import DType, Layer, Method, Nonfinite, RouteResult, Scoring, ServerInfo, Stats
 
@@ -235,7 +235,10 @@ class Client:
         with self._lock:
             self._buffers.pop(id(buffer), None)
             if not self._closed:
-                self.unregister_shm(buffer.handle)
+                try:
+                    self.unregister_shm(buffer.handle)
+                except UnknownHandleError:
+                    pass  # already unregistered (by hand, through unregister_shm): the goal is met
 
     def _locate(self, arr):
         """(handle, offset) of an array lying in one of this client's buffers, or None."""
