@@ -10,7 +10,11 @@
  *    sigmoid of the candidates only (see "Fast path for sigmoid scoring" below);
  *  - softmax_topk and grouped_topk with softmax scoring: every exp exactly (the sum needs them),
  *    the division only for candidates, with a strictness check against the best non-candidate;
- *  - topk_softmax and llama4_top1: candidates among the logits, exp/sigmoid only for the k chosen.
+ *  - topk_softmax and llama4_top1: candidates among the logits, exp/sigmoid only for the k chosen;
+ *  - softmax_topk with E <= 16: no candidates at all; 16 tokens per block, transposed (one lane
+ *    per token, one vector per expert), every step of the contract done vertically.
+ * One token's candidate pass is a long dependent chain (max, sum, threshold, ...), so the softmax
+ * (E <= 64) and grouped softmax candidate passes run two tokens side by side.
  * Candidates are ranked by a bitonic sort of order-preserving integer keys (the lane in the low
  * bits); truncation ties fall back to the tie-aware ranking loop.
  */
