@@ -4,7 +4,8 @@ import Dispatch
 /// The CPU backend: C kernels (AVX-512 where the CPU has it, else a portable path with
 /// bit-identical results), batches split across threads.
 ///
-/// A request of fewer than `parallelThreshold` tokens runs on the calling thread without
+/// A request smaller than `parallelThreshold` tokens of a 256-expert layer (the threshold scales
+/// with num_experts, since the work does) runs on the calling thread without
 /// touching the heap; larger ones are cut into contiguous token ranges, one per thread.
 public final class CPUBackend: RoutingBackend {
     /// The kernel implementation to run.
@@ -29,7 +30,8 @@ public final class CPUBackend: RoutingBackend {
     /// - Parameters:
     ///   - kernel: defaults to the fastest supported; an unsupported one is a precondition failure.
     ///   - threads: worker count for large batches (default: all cores).
-    ///   - parallelThreshold: smallest batch worth splitting.
+    ///   - parallelThreshold: smallest batch worth splitting, in tokens of a 256-expert layer
+    ///     (a layer with E experts splits from `parallelThreshold * 256 / E` tokens).
     public init(kernel: Kernel = .best, threads: Int? = nil, parallelThreshold: Int = 512) {
         precondition(kernel.isSupported, "kernel \(kernel) is not supported on this CPU")
         self.kernel = kernel
@@ -67,7 +69,10 @@ public final class CPUBackend: RoutingBackend {
             num_groups: Int32(spec.numExpertGroup), topk_group: Int32(spec.topKGroup),
             renormalize: spec.renormalize ? 1 : 0, routed_scaling_factor: spec.routedScalingFactor,
             bias: bias)
-        let workers = tokens >= parallelThreshold ? min(threads, tokens / (parallelThreshold / 2)) : 1
+        // Work is about tokens x experts; fanning out costs tens of microseconds, so small
+        // layers (mixtral: 8 ns/token) need many more tokens than large ones before it pays.
+        let work = tokens * spec.numExperts, unit = parallelThreshold * 256
+        let workers = work >= unit ? min(threads, max(1, work / (unit / 2))) : 1
         if workers <= 1 {
             return Int(mrk_route(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens),
                                  weights.baseAddress, ids.baseAddress, kernel.rawValue))

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every benchmark behind docs/PERFORMANCE.md on a release build and keeps the raw output
+# in $OUT (default build/bench): kernel throughput, daemon latency vs bare echo, load tables
+# for deepseek-v3 and kimi-k2, the 8-client throughput target, and an open-loop knee + soak.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build/bench}
+SOAK=${SOAK:-60}
+mkdir -p "$OUT"
+swift build -c release   # every product (one --product flag builds only the last one)
+bin=.build/release
+
+$bin/moe-router-kernel-bench | tee "$OUT/kernel.txt"
+$bin/moe-router-latency-bench | tee "$OUT/latency.txt"
+
+dir=$(mktemp -d /tmp/moe-bench-XXXXXX)
+$bin/moe-routerd --preset deepseek-v3 --preset kimi-k2 --endpoint "ipc://$dir/routerd.sock" \
+    --pidfile "$dir/pid" --log-level warning &
+daemon=$!
+trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do [ -S "$dir/routerd.sock" ] && break; sleep 0.1; done
+ep="ipc://$dir/routerd.sock"
+
+for layer in deepseek-v3 kimi-k2; do
+    $bin/moe-router-bench --endpoint "$ep" --layer $layer --clients 1,2,8,32 --batches 1,64,4096 \
+        --transport both --seconds 1.5 --quiet | tee "$OUT/load-$layer.txt"
+done
+$bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 64 --transport shm --seconds 5 --quiet \
+    --svg "$OUT/batch.svg" | tee "$OUT/target-8x64-shm.txt"
+$bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 1,64,4096 --transport shm --seconds 2 \
+    --open-loop --open-clients 8 --open-batch 64 --rate-start 1000 --rate-factor 1.5 \
+    --soak-seconds "$SOAK" --daemon-pid $daemon --svg "$OUT/load.svg" --quiet | tee "$OUT/open-soak.txt"
