@@ -43,15 +43,8 @@ public final class CPUBackend: RoutingBackend {
         layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
         weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
     ) throws(RouteError) -> RouteOutcome {
-        try checkShapes(layer: layer, inputBytes: input.count, dtype: dtype, tokens: tokens,
-                        weights: weights.count, ids: ids.count)
+        try checkRequest(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: weights, ids: ids)
         let spec = layer.spec
-        if spec.nonFinite == .reject && tokens > 0 {
-            var count: Int64 = 0
-            let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue),
-                                           Int64(spec.numExperts), Int64(tokens), &count)
-            if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
-        }
         return layer.withRequestBias(dtype) { bias, fallback in
             RouteOutcome(nonFiniteInputs: run(spec, bias, input, dtype, tokens, weights, ids),
                          usedFallbackCast: fallback)

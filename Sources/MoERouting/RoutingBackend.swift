@@ -1,3 +1,5 @@
+import CMoEKernels
+
 /// What went wrong with one routing request. Every case is caused by the request, never by the
 /// layer (a layer is valid once built).
 public enum RouteError: Error, Equatable, CustomStringConvertible {
@@ -52,6 +54,23 @@ public protocol RoutingBackend: Sendable {
 }
 
 extension RoutingBackend {
+    /// Everything a backend checks before it writes anything: buffer sizes against the layer,
+    /// and, for a layer that rejects non-finite input, a scan naming the first offending token.
+    public func checkRequest(
+        layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
+        weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
+    ) throws(RouteError) {
+        try checkShapes(layer: layer, inputBytes: input.count, dtype: dtype, tokens: tokens,
+                        weights: weights.count, ids: ids.count)
+        let spec = layer.spec
+        if spec.nonFinite == .reject && tokens > 0 {
+            var count: Int64 = 0
+            let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue),
+                                           Int64(spec.numExperts), Int64(tokens), &count)
+            if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
+        }
+    }
+
     /// Checks buffer sizes against the layer; shared by every backend.
     public func checkShapes(
         layer: BuiltLayer, inputBytes: Int, dtype: DType, tokens: Int, weights: Int, ids: Int
