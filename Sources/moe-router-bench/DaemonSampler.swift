@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Resident memory and open descriptors of the daemon, read from /proc.
 struct DaemonSample: Codable {
@@ -19,4 +20,11 @@ func sampleDaemon(pid: Int32, at seconds: Double) -> DaemonSample? {
 func isFlat(_ values: [Int], tolerance: Double) -> Bool {
     guard let first = values.first, first > 0 else { return true }
     return values.allSatisfy { abs(Double($0 - first)) / Double(first) <= tolerance }
+}
+
+/// Samples appended by the sampler thread, read once the soak is over.
+final class SampleLog: Sendable {
+    private let list = Mutex<[DaemonSample]>([])
+    func append(_ s: DaemonSample) { list.withLock { $0.append(s) } }
+    var all: [DaemonSample] { list.withLock { $0 } }
 }

@@ -126,10 +126,11 @@ struct LoadBench: ParsableCommand {
         if !quiet { progressLine("soak: \(Int(soakSeconds))s at \(Int(0.8 * knee)) req/s\n") }
         let pid = daemonPid
         let start = Date()
+        let samples = SampleLog()
         let sampler = Thread {
             while Date().timeIntervalSince(start) < config.seconds {
                 if let pid, let s = sampleDaemon(pid: pid, at: Date().timeIntervalSince(start)) {
-                    soakSamples.withLock { $0.append(s) }
+                    samples.append(s)
                 }
                 Thread.sleep(forTimeInterval: 1)
             }
@@ -137,7 +138,7 @@ struct LoadBench: ParsableCommand {
         sampler.start()
         let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: !quiet)
         Thread.sleep(forTimeInterval: 0.2)
-        report.soak = SoakRow(result: r, samples: soakSamples.withLock { $0 })
+        report.soak = SoakRow(result: r, samples: samples.all)
     }
 
     func ints(_ s: String, _ what: String) throws -> [Int] {
@@ -164,4 +165,3 @@ func defaultEndpoint() -> String {
 }
 
 import Synchronization
-let soakSamples = Mutex<[DaemonSample]>([])
