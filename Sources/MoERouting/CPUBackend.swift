@@ -56,12 +56,7 @@ public final class CPUBackend: RoutingBackend {
         _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
         _ ids: UnsafeMutableBufferPointer<Int32>
     ) -> Int {
-        var layer = mrk_layer(
-            method: Int32(spec.method.rawValue), scoring: Int32(spec.scoring.rawValue),
-            num_experts: Int32(spec.numExperts), top_k: Int32(spec.topK),
-            num_groups: Int32(spec.numExpertGroup), topk_group: Int32(spec.topKGroup),
-            renormalize: spec.renormalize ? 1 : 0, routed_scaling_factor: spec.routedScalingFactor,
-            bias: bias)
+        var layer = spec.kernelLayer(bias: bias)
         // Work is about tokens x experts; fanning out costs tens of microseconds, so small
         // layers (mixtral: 8 ns/token) need many more tokens than large ones before it pays.
         let work = tokens * spec.numExperts, unit = parallelThreshold * 256
@@ -85,6 +80,18 @@ public final class CPUBackend: RoutingBackend {
             }
             return counts.reduce(0, +)
         }
+    }
+}
+
+extension LayerSpec {
+    /// The layer as the C kernels see it, with `bias` the fp32 values the request computes with.
+    func kernelLayer(bias: UnsafePointer<Float>?) -> mrk_layer {
+        mrk_layer(
+            method: Int32(method.rawValue), scoring: Int32(scoring.rawValue),
+            num_experts: Int32(numExperts), top_k: Int32(topK),
+            num_groups: Int32(numExpertGroup), topk_group: Int32(topKGroup),
+            renormalize: renormalize ? 1 : 0, routed_scaling_factor: routedScalingFactor,
+            bias: bias)
     }
 }
 

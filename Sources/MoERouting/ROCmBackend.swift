@@ -127,12 +127,7 @@ public final class ROCmBackend: RoutingBackend {
         _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
         _ ids: UnsafeMutableBufferPointer<Int32>
     ) -> Int {
-        var layer = mrk_layer(
-            method: Int32(spec.method.rawValue), scoring: Int32(spec.scoring.rawValue),
-            num_experts: Int32(spec.numExperts), top_k: Int32(spec.topK),
-            num_groups: Int32(spec.numExpertGroup), topk_group: Int32(spec.topKGroup),
-            renormalize: spec.renormalize ? 1 : 0, routed_scaling_factor: spec.routedScalingFactor,
-            bias: bias)
+        var layer = spec.kernelLayer(bias: bias)
         return Int(mrk_route(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens),
                              weights.baseAddress, ids.baseAddress, mrk_best_impl()))
     }
