@@ -1570,11 +1570,16 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
     int fast = 0;
     if (C.sigmoid && L->bias &&
         (C.method == MRK_BIASED_GROUPED_TOPK || C.method == MRK_BIASED_TOPK)) {
-        float bmax = 0.0f;
-        for (int32_t i = 0; i < E; i++) {
-            float a = L->bias[i] < 0.0f ? -L->bias[i] : L->bias[i];
-            if (!(a <= bmax)) bmax = a;
+        /* max |bias| in 16-wide steps; a NaN anywhere makes it +Inf (no fast path) */
+        __m512 vmax = _mm512_setzero_ps();
+        __mmask16 nan = 0;
+        for (int32_t i = 0; i < E; i += 16) {
+            const __mmask16 m = E - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (E - i)) - 1);
+            const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, L->bias + i));
+            nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+            vmax = _mm512_max_ps(vmax, a);
         }
+        const float bmax = nan ? __builtin_inff() : _mm512_reduce_max_ps(vmax);
         F.nch = (E + 15) / 16;
         F.G = 0;
         F.Gk = 0;

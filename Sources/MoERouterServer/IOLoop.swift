@@ -3,52 +3,50 @@ import CZMQ
 import Glibc
 import Logging
 
-/// The I/O thread's loop: receives requests, answers small ones in place, queues large ROUTEs,
-/// forwards worker answers, and releases the registrations of vanished clients.
+/// The I/O thread's loop. One ROUTER socket (`front`) carries everything: ipc clients, the tcp
+/// proxy and the workers' answers all arrive on it, so the loop blocks in a single
+/// `zmq_msg_recv` exactly like a bare echo server — no `zmq_poll` over several sockets, whose
+/// per-socket mailbox checks cost a dozen syscalls per request.
+///
+/// Who sent a message: ipc peers pass our ZAP handler, so their frames carry a User-Id
+/// ("ipc:UID:GID:PID"); internal peers connect over inproc, which has no ZAP and no metadata,
+/// and use the fixed routing ids below.
 struct IOLoop {
+    static let frontInproc = "inproc://moe-routerd-front"
+    /// The routing id of the DEALER that relays the tcp ROUTER (see `TCPRelay`).
+    static let tcpRelayID: [UInt8] = [0, 0x74, 0x63, 0x70]  // "\0tcp"
+    /// The routing id prefix of the workers' DEALERs ("\0w" + index).
+    static let workerIDPrefix: [UInt8] = [0, 0x77]
+    /// How long one blocking receive waits before the loop checks for stop and housekeeping.
+    static let receiveTimeoutMs: Int32 = 100
+
     let server: RouterServer
-    let ipc: ZMQSocket
-    let tcp: ZMQSocket?
-    let monitors: [ZMQSocket]
-    let results: ZMQSocket
+    let front: ZMQSocket
+    let monitor: ZMQSocket
     let pool: WorkerPool
     let logger: Logger
     private var inFlight = 0
     private var lastSweepNs: UInt64 = 0
     private var draining = false
+    private var credentials = CredentialCache()
 
-    init(server: RouterServer, ipc: ZMQSocket, tcp: ZMQSocket?, monitors: [ZMQSocket], results: ZMQSocket,
-         pool: WorkerPool, logger: Logger) {
+    init(server: RouterServer, front: ZMQSocket, monitor: ZMQSocket, pool: WorkerPool, logger: Logger) throws(ZMQError) {
         self.server = server
-        self.ipc = ipc
-        self.tcp = tcp
-        self.monitors = monitors
-        self.results = results
+        self.front = front
+        self.monitor = monitor
         self.pool = pool
         self.logger = logger
+        try front.set(ZMQ_RCVTIMEO, Self.receiveTimeoutMs)
     }
 
     private var handler: RequestHandler { server.handler }
     private var config: ServerConfig { server.config }
 
-    /// Serves until `isStopping()` turns true (checked whenever the wake fd fires or each second).
-    mutating func serve(wakeFD: Int32, isStopping: () -> Bool) throws {
-        var poller = ZMQPoller()
-        let ipcItem = poller.add(ipc)
-        let tcpItem = tcp.map { poller.add($0) } ?? -1
-        let resultsItem = poller.add(results)
-        let wakeItem = poller.add(fd: wakeFD)
-        // Monitors are not polled: every poll item costs syscalls on the latency path. They are
-        // drained before each REGISTER (so a reused fd is never confused) and every 250 ms.
+    /// Serves until `isStopping()` turns true (checked after every message and every
+    /// `receiveTimeoutMs` when idle).
+    mutating func serve(isStopping: () -> Bool) {
         while !isStopping() {
-            let ready = try poller.poll(timeoutMs: 250)
-            if ready.contains(resultsItem) { forwardResults() }
-            if ready.contains(ipcItem) { receive(from: ipc, transport: .ipc) }
-            if tcpItem >= 0 && ready.contains(tcpItem) { receive(from: tcp!, transport: .tcp) }
-            if ready.contains(wakeItem) {
-                var buf = [UInt8](repeating: 0, count: 64)
-                _ = read(wakeFD, &buf, 64)
-            }
+            receiveOne()
             sweepDeadClients()
         }
     }
@@ -61,103 +59,110 @@ struct IOLoop {
         // A short grace period answers requests already on the wire with SHUTTING_DOWN
         // instead of dropping them with the connection.
         let grace = start + 200_000_000
-        var poller = ZMQPoller()
-        let ipcItem = poller.add(ipc)
-        let tcpItem = tcp.map { poller.add($0) } ?? -1
-        let resultsItem = poller.add(results)
-        while (inFlight > 0 || mro_now_ns() < grace) && mro_now_ns() < deadline {
-            guard let ready = try? poller.poll(timeoutMs: 50) else { break }
-            if ready.contains(resultsItem) { forwardResults() }
-            if ready.contains(ipcItem) { receive(from: ipc, transport: .ipc) }
-            if tcpItem >= 0 && ready.contains(tcpItem) { receive(from: tcp!, transport: .tcp) }
-        }
+        while (inFlight > 0 || mro_now_ns() < grace) && mro_now_ns() < deadline { receiveOne() }
         if inFlight > 0 { logger.warning("shutdown: \(inFlight) request(s) still running after \(timeoutMs) ms") }
     }
 
     /// Forwards answers the workers produced after the drain (they finish before stop returns).
-    mutating func flushResults() { forwardResults() }
-
-    private mutating func receive(from socket: ZMQSocket, transport: ClientKey.Transport) {
-        for _ in 0..<256 {
-            let parts: [ZMQMessage]
-            do { parts = try socket.receiveMultipart(dontWait: true) } catch {
-                if !error.wouldBlock { logger.error("receive: \(error)") }
-                return
-            }
-            handle(parts, on: socket, transport: transport)
-        }
+    mutating func flushResults() {
+        try? front.set(ZMQ_RCVTIMEO, Int32(0))
+        while inFlight > 0, let parts = try? front.receiveMultipart() { dispatch(parts) }
     }
 
-    private mutating func handle(_ parts: [ZMQMessage], on socket: ZMQSocket, transport: ClientKey.Transport) {
-        // [routing id, (empty delimiter from a REQ client), payload...]
-        let split = parts.count > 2 && parts[1].count == 0 ? 2 : 1
+    /// Receives and handles one message, or returns after the receive timeout.
+    private mutating func receiveOne() {
+        let parts: [ZMQMessage]
+        do { parts = try front.receiveMultipart() } catch {
+            if !error.wouldBlock && !error.isTerminated { logger.error("receive: \(error)") }
+            return
+        }
+        dispatch(parts)
+    }
+
+    private mutating func dispatch(_ parts: [ZMQMessage]) {
+        guard parts.count >= 2 else { return }
+        let peer: PeerCredentials?? = withExtendedLifetime(parts) {
+            parts[1].rawProperty("User-Id").map { credentials.lookup($0, parts[parts.count > 2 && parts[1].count == 0 ? 2 : 1]) }
+        }
+        if let peer {
+            // [routing id, (empty delimiter from a REQ client), payload...]
+            let split = parts.count > 2 && parts[1].count == 0 ? 2 : 1
+            return handle(parts, envelopeCount: split, clientID: parts[0].array, transport: .ipc, peer: peer)
+        }
+        let sender = parts[0].array
+        if sender == Self.tcpRelayID {
+            // [relay id, tcp client id, (empty delimiter), payload...]: the reply goes back the same way.
+            guard parts.count >= 3 else { return }
+            let split = parts.count > 3 && parts[2].count == 0 ? 3 : 2
+            return handle(parts, envelopeCount: split, clientID: parts[1].array, transport: .tcp, peer: nil)
+        }
+        if sender.starts(with: Self.workerIDPrefix) { return forwardResult(parts) }
+        logger.warning("dropped a message from an unauthenticated peer")
+    }
+
+    private mutating func handle(_ parts: [ZMQMessage], envelopeCount split: Int, clientID: [UInt8],
+                                 transport: ClientKey.Transport, peer: PeerCredentials?) {
         let envelope = Array(parts[..<split]), payload = Array(parts[split...])
-        let peer: PeerCredentials? = transport == .ipc ? payload.first.flatMap(Self.credentials) : nil
-        let request = IncomingRequest(transport: transport, envelope: envelope, frames: payload, peer: peer)
+        let request = IncomingRequest(transport: transport, clientID: clientID, envelope: envelope, frames: payload, peer: peer)
         if let failure = RequestParser.parse(request, defaultDeadlineMs: config.defaultDeadlineMs,
                                              maxMessageBytes: config.maxMessageBytes) {
-            return answer(failure, to: envelope, on: socket)
+            return answer(failure, to: envelope)
         }
         if draining {
-            return answer(request.failure(RequestFailure(.shuttingDown, "the daemon is shutting down")), to: envelope, on: socket)
+            return answer(request.failure(RequestFailure(.shuttingDown, "the daemon is shutting down")), to: envelope)
         }
         if request.op == WireOp.route.rawValue && RouteExecutor.tokens(of: request) > UInt64(config.inlineTokens) {
             guard inFlight < config.queueDepth else {
                 return answer(request.failure(RequestFailure(.busy, "\(inFlight) requests queued (queue_depth = \(config.queueDepth)); retry later")),
-                              to: envelope, on: socket)
+                              to: envelope)
             }
             inFlight += 1
             handler.stats.queued.store(UInt64(inFlight), ordering: .relaxed)
             pool.submit(request)
             return
         }
-        if request.op == WireOp.registerShm.rawValue { drainMonitors() }
+        if request.op == WireOp.registerShm.rawValue { drainMonitor() }
         let reply = handler.handle(request)
-        send(envelope, reply.encode(), on: socket)
+        send(envelope, reply.encode())
     }
 
-    private func answer(_ reply: Reply, to envelope: [ZMQMessage], on socket: ZMQSocket) {
+    private func answer(_ reply: Reply, to envelope: [ZMQMessage]) {
         handler.stats.count(reply)
-        send(envelope, reply.encode(), on: socket)
+        send(envelope, reply.encode())
     }
 
-    private func send(_ envelope: [ZMQMessage], _ frames: [ZMQMessage], on socket: ZMQSocket) {
+    private func send(_ envelope: [ZMQMessage], _ frames: [ZMQMessage]) {
         // A vanished peer's reply is dropped by the ROUTER; a full pipe drops it too (never blocks).
         do {
-            for e in envelope { try socket.send(e, more: true, dontWait: true) }
-            for (i, f) in frames.enumerated() { try socket.send(f, more: i < frames.count - 1, dontWait: true) }
+            for e in envelope { try front.send(e, more: true, dontWait: true) }
+            for (i, f) in frames.enumerated() { try front.send(f, more: i < frames.count - 1, dontWait: true) }
         } catch {
             logger.debug("reply dropped: \(error)")
         }
     }
 
-    private mutating func forwardResults() {
-        while let parts = try? results.receiveMultipart(dontWait: true) {
-            inFlight -= 1
-            handler.stats.queued.store(UInt64(max(inFlight, 0)), ordering: .relaxed)
-            guard parts.count >= 3, parts[0].count == 2 else { continue }
-            let tag = parts[0].bytes
-            let socket = tag[0] == ClientKey.Transport.tcp.rawValue ? tcp ?? ipc : ipc
-            let n = Int(tag[1])
-            send(Array(parts[1...n]), Array(parts[(n + 1)...]), on: socket)
-        }
+    /// A worker's answer: [worker id, envelope size, envelope..., reply frames...].
+    private mutating func forwardResult(_ parts: [ZMQMessage]) {
+        inFlight -= 1
+        handler.stats.queued.store(UInt64(max(inFlight, 0)), ordering: .relaxed)
+        guard parts.count >= 4, parts[1].count == 1 else { return }
+        let n = Int(parts[1].bytes[0])
+        guard n >= 1, parts.count > n + 2 else { return }
+        send(Array(parts[2..<(n + 2)]), Array(parts[(n + 2)...]))
     }
 
     /// Disconnect events: release the registrations of the connection that closed.
-    private func drainMonitors() {
-        for (i, m) in monitors.enumerated() {
-            while let event = try? m.receiveMultipart(dontWait: true) {
-                guard event.count >= 1, event[0].count >= 6 else { continue }
-                // Copy out: a pointer into the message would outlive `event` in optimised builds
-                // (Swift may release it after its last use), and the read would see freed memory.
-                let raw = event[0].array
-                let kind = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt16.self) }
-                let fd = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 2, as: Int32.self) }
-                if Int32(kind) == ZMQ_EVENT_DISCONNECTED {
-                    let transport: ClientKey.Transport = i == 0 ? .ipc : .tcp
-                    let n = handler.registry.releaseClients(connectionFD: fd, transport: transport)
-                    if n > 0 { logger.info("client disconnected; released \(n) registration(s)", metadata: ["fd": "\(fd)"]) }
-                }
+    private func drainMonitor() {
+        while let event = try? monitor.receiveMultipart(dontWait: true) {
+            guard event.count >= 1, event[0].count >= 6 else { continue }
+            // Copy out: a pointer into the message would outlive `event` in optimised builds
+            // (Swift may release it after its last use), and the read would see freed memory.
+            let raw = event[0].array
+            let kind = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt16.self) }
+            let fd = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 2, as: Int32.self) }
+            if Int32(kind) == ZMQ_EVENT_DISCONNECTED {
+                let n = handler.registry.releaseClients(connectionFD: fd, transport: .ipc)
+                if n > 0 { logger.info("client disconnected; released \(n) registration(s)", metadata: ["fd": "\(fd)"]) }
             }
         }
     }
@@ -166,13 +171,29 @@ struct IOLoop {
         let now = mro_now_ns()
         guard now - lastSweepNs > 250_000_000 else { return }
         lastSweepNs = now
-        drainMonitors()
+        drainMonitor()
         let n = handler.registry.releaseDeadProcesses()
         if n > 0 { logger.info("released \(n) registration(s) of exited processes") }
     }
+}
 
-    /// The kernel's credentials of an ipc peer: from our ZAP user id, else libzmq's Peer-Address.
-    static func credentials(_ frame: ZMQMessage) -> PeerCredentials? {
+/// The kernel's credentials of ipc peers by their ZAP User-Id, so the common case — the same
+/// few connections sending request after request — costs a string compare, not a parse.
+struct CredentialCache {
+    private var entries: [(user: [UInt8], credentials: PeerCredentials?)] = []
+
+    mutating func lookup(_ user: UnsafePointer<CChar>, _ frame: ZMQMessage) -> PeerCredentials? {
+        let length = strlen(user)
+        let bytes = UnsafeRawBufferPointer(start: user, count: length)
+        if let hit = entries.first(where: { $0.user.elementsEqual(bytes) }) { return hit.credentials }
+        let credentials = Self.parse(frame)
+        if entries.count == 64 { entries.removeFirst() }
+        entries.append((Array(bytes), credentials))
+        return credentials
+    }
+
+    /// From our ZAP user id "ipc:UID:GID:PID", else libzmq's Peer-Address.
+    static func parse(_ frame: ZMQMessage) -> PeerCredentials? {
         if let user = frame.property("User-Id"), user.hasPrefix("ipc:"), let c = PeerCredentials(user) { return c }
         return frame.property("Peer-Address").flatMap(PeerCredentials.init)
     }

@@ -16,11 +16,12 @@ final class IncomingRequest: @unchecked Sendable {
     var header = moe_req_header()
     var deadlineNs: UInt64 = 0
 
-    init(transport: ClientKey.Transport, envelope: [ZMQMessage], frames: [ZMQMessage], peer: PeerCredentials?) {
+    /// `clientID` is the client's routing id (for tcp the relayed one, not the relay's).
+    init(transport: ClientKey.Transport, clientID: [UInt8], envelope: [ZMQMessage], frames: [ZMQMessage], peer: PeerCredentials?) {
         self.transport = transport
         self.envelope = envelope
         self.frames = frames
-        self.client = ClientKey(transport: transport, routingID: envelope.first?.array ?? [])
+        self.client = ClientKey(transport: transport, routingID: clientID)
         self.peer = peer
         connectionFD = frames.first?.sourceFD ?? -1
         receivedNs = mro_now_ns()

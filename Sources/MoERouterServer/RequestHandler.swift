@@ -41,7 +41,7 @@ final class RequestHandler: Sendable {
             case .ping: reply = Reply(op: r.op, requestID: r.requestID, message: "pong")
             }
         }
-        stats.count(reply, request: r, layer: layerName(r))
+        stats.count(reply, request: r, layer: { self.layerName(r) })
         return reply
     }
 

@@ -35,13 +35,10 @@ final class RouteExecutor: Sendable {
         do {
             let plan = try validate(q, r)
             resp.top_k = UInt32(plan.layer.spec.topK)
-            var refs: [ResolvedRef] = []
-            for (ref, name, len, align) in [(q.input, "input", plan.inputBytes, plan.dtype.byteSize),
-                                           (q.weights, "weights", plan.outputBytes, 4),
-                                           (q.ids, "ids", plan.outputBytes, 4)] {
-                refs.append(try resolve(ref, name: name, expected: len, align: align, r, &checkedOut))
-            }
-            try checkOverlap(refs)
+            let refs = [try resolve(q.input, name: "input", expected: plan.inputBytes, align: plan.dtype.byteSize, r, &checkedOut),
+                        try resolve(q.weights, name: "weights", expected: plan.outputBytes, align: 4, r, &checkedOut),
+                        try resolve(q.ids, name: "ids", expected: plan.outputBytes, align: 4, r, &checkedOut)]
+            if !checkedOut.isEmpty { try checkOverlap(refs) }
             for s in checkedOut where !s.isIntact { throw truncated(s) }
             var frames: [ZMQMessage] = []
             let inputPtr: UnsafeRawBufferPointer = refs[0].segment.map {
@@ -66,7 +63,7 @@ final class RouteExecutor: Sendable {
             if !checkedOut.isEmpty { stats.shmRoutes.add(1, ordering: .relaxed) }
             stats.nonFiniteInputs.add(resp.nonfinite_count, ordering: .relaxed)
             if outcome.usedFallbackCast { stats.fallbackCasts.add(1, ordering: .relaxed) }
-            return Reply(op: r.op, requestID: r.requestID, message: "routed \(q.tokens) tokens",
+            return Reply(op: r.op, requestID: r.requestID, message: "routed",
                          body: WireBytes.bytes(of: resp), frames: frames)
         } catch let f as RequestFailure {
             return r.failure(f, body: WireBytes.bytes(of: resp))

@@ -11,9 +11,8 @@ public final class RouterServer: Sendable {
     public let config: ServerConfig
     let handler: RequestHandler
     private let logger: Logger
-    private let wake: (read: Int32, write: Int32)
     private let stopping = Atomic<Bool>(false)
-    /// Advanced by the I/O thread on every loop iteration (at least 4 per second when idle); a
+    /// Advanced by the I/O thread on every loop iteration (at least 10 per second when idle); a
     /// watchdog that sees it stand still knows the serving loop is stalled.
     public let heartbeat = Atomic<UInt64>(0)
     /// Why this backend was chosen (for the log).
@@ -33,28 +32,15 @@ public final class RouterServer: Sendable {
         self.config = config
         self.handler = RequestHandler(config: config, catalog: catalog, backend: backend)
         self.logger = logger
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw ConfigError("pipe2: \(String(cString: strerror(errno)))") }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        wake = (fds[0], fds[1])
-    }
-
-    deinit {
-        close(wake.read)
-        close(wake.write)
     }
 
     public var layers: [BuiltLayer] { handler.catalog.layers }
     public var backendName: String { handler.backend.name }
 
-    /// Asks `run()` to shut down gracefully. Async-signal-safe in effect (one write to a pipe).
+    /// Asks `run()` to shut down gracefully; the I/O thread notices within
+    /// `IOLoop.receiveTimeoutMs`. Async-signal-safe (one atomic store).
     public func stop() {
         stopping.store(true, ordering: .relaxed)
-        var b: UInt8 = 1
-        _ = write(wake.write, &b, 1)
     }
 
     /// Binds, serves until `stop()`, drains, releases everything and removes the socket file.
@@ -65,35 +51,37 @@ public final class RouterServer: Sendable {
         let context = ZMQContext(ioThreads: 1)
         let zap = try ZAPHandler(context: context, logger: logger)
         let zapThread = ServiceThread(name: "moe-zap") { [zap] in zap.serve() }
-        let results = try ZMQSocket(context, type: ZMQ_PULL)
-        try results.bind(WorkerPool.resultsEndpoint)
+        // One ROUTER for everything the I/O thread receives (see IOLoop): the inproc endpoint
+        // first, so the workers and the tcp relay are connected before any client.
+        let front = try makeRouter(context, domain: ZAPHandler.ipcDomain)
+        try front.bind(IOLoop.frontInproc)
+        let pool = WorkerPool(count: config.workers, context: context, front: IOLoop.frontInproc, handler: handler, logger: logger)
+        var relay: TCPRelay?
+        if let t = config.tcpEndpoint {
+            do { relay = try TCPRelay(context: context, endpoint: t, front: IOLoop.frontInproc, configure: configure) } catch {
+                pool.stop()
+                throw ConfigError("cannot bind \(t): \(error)")
+            }
+        }
         let path = ServerConfig.ipcPath(config.endpoint)!
-        let ipc = try makeRouter(context, domain: ZAPHandler.ipcDomain)
         // Socket activation: libzmq takes the listening socket systemd passed instead of
         // creating one; the socket file belongs to the .socket unit and stays.
-        if let fd = config.listenFD { try ipc.set(ZMQ_USE_FD, fd) } else { try Self.prepareSocketPath(path) }
-        let saved = umask(0o117)  // the socket file gets mode 0660
-        do { try ipc.bind(config.endpoint) } catch {
-            umask(saved)
-            throw ConfigError("cannot bind \(config.endpoint): \(error)")
+        do {
+            if let fd = config.listenFD { try front.set(ZMQ_USE_FD, fd) } else { try Self.prepareSocketPath(path) }
+            let saved = umask(0o117)  // the socket file gets mode 0660
+            defer { umask(saved) }
+            do { try front.bind(config.endpoint) } catch { throw ConfigError("cannot bind \(config.endpoint): \(error)") }
+        } catch {
+            pool.stop()
+            throw error
         }
-        umask(saved)
         if config.listenFD == nil { chmod(path, 0o660) }
-        let ipcMonitor = try monitor(ipc, context, name: "ipc")
-        var tcp: ZMQSocket?, tcpMonitor: ZMQSocket?
-        if let t = config.tcpEndpoint {
-            let s = try makeRouter(context, domain: ZAPHandler.tcpDomain)
-            do { try s.bind(t) } catch { throw ConfigError("cannot bind \(t): \(error)") }
-            tcp = s
-            tcpMonitor = try monitor(s, context, name: "tcp")
-        }
-        let pool = WorkerPool(count: config.workers, context: context, handler: handler, logger: logger)
-        var loop = IOLoop(server: self, ipc: ipc, tcp: tcp, monitors: [ipcMonitor, tcpMonitor].compactMap { $0 },
-                          results: results, pool: pool, logger: logger)
+        let monitor = try monitor(front, context, name: "ipc")
+        var loop = try IOLoop(server: self, front: front, monitor: monitor, pool: pool, logger: logger)
         logger.info("serving", metadata: ["endpoint": "\(config.endpoint)", "tcp": "\(config.tcpEndpoint ?? "-")",
                                           "layers": "\(layers.count)", "backend": "\(backendName)", "workers": "\(config.workers)"])
         ready()
-        try loop.serve(wakeFD: wake.read, isStopping: {
+        loop.serve(isStopping: {
             self.heartbeat.add(1, ordering: .relaxed)
             return self.stopping.load(ordering: .relaxed)
         })
@@ -103,21 +91,27 @@ public final class RouterServer: Sendable {
         pool.stop()
         loop.flushResults()
         handler.registry.releaseAll()
-        for s in [ipc, tcp, ipcMonitor, tcpMonitor, results].compactMap({ $0 }) { s.close() }
+        for s in [front, monitor] { s.close() }
         context.shutdown()
+        relay?.join()
         zapThread.join()
         logger.info("stopped")
     }
 
-    private func makeRouter(_ context: ZMQContext, domain: String) throws(ZMQError) -> ZMQSocket {
-        let s = try ZMQSocket(context, type: ZMQ_ROUTER)
-        try s.set(ZMQ_ZAP_DOMAIN, domain)
+    /// The options every client-facing ROUTER gets.
+    private func configure(_ s: ZMQSocket) throws(ZMQError) {
         try s.set(ZMQ_RCVHWM, config.highWaterMark)
         try s.set(ZMQ_SNDHWM, config.highWaterMark)
         try s.set(ZMQ_MAXMSGSIZE, Int64(config.maxMessageBytes + (64 << 10)))
         try s.set(ZMQ_HEARTBEAT_IVL, config.heartbeatMs)
         try s.set(ZMQ_HEARTBEAT_TTL, config.heartbeatMs * 3)
         try s.set(ZMQ_HEARTBEAT_TIMEOUT, config.heartbeatMs * 3)
+    }
+
+    private func makeRouter(_ context: ZMQContext, domain: String) throws(ZMQError) -> ZMQSocket {
+        let s = try ZMQSocket(context, type: ZMQ_ROUTER)
+        try s.set(ZMQ_ZAP_DOMAIN, domain)
+        try configure(s)
         return s
     }
 

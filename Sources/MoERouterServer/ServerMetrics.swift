@@ -28,9 +28,10 @@ public enum ServerMetrics {
     public static func enable() { enabled.store(true, ordering: .relaxed) }
 
     /// Counts one reply. `layer` is the layer's name for ROUTE, "" for other ops.
-    static func record(_ reply: Reply, request: IncomingRequest?, layer: String) {
+    static func record(_ reply: Reply, request: IncomingRequest?, layer layerName: () -> String) {
         if let request { lastSeen.withLock { $0[request.client] = request.receivedNs } }
         guard enabled.load(ordering: .relaxed) else { return }
+        let layer = layerName()
         let op = request?.op ?? reply.op
         let failed = reply.status != .ok
         let tokens = op == WireOp.route.rawValue && !failed && request != nil

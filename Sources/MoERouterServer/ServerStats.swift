@@ -18,7 +18,8 @@ final class ServerStats: Sendable {
     let queued = Atomic<UInt64>(0)
 
     /// `request` is nil for replies made before a request was parsed (or refused unparsed).
-    func count(_ reply: Reply, request: IncomingRequest? = nil, layer: String = "") {
+    /// `layer` names the ROUTE's layer for the metrics (only asked when metrics are on).
+    func count(_ reply: Reply, request: IncomingRequest? = nil, layer: () -> String = { "" }) {
         ServerMetrics.record(reply, request: request, layer: layer)
         requests.add(1, ordering: .relaxed)
         if reply.status != .ok { errors.add(1, ordering: .relaxed) }

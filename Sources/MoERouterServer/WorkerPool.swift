@@ -3,26 +3,27 @@ import Dispatch
 import Logging
 import Synchronization
 
-/// Worker threads for requests too large to run on the I/O thread. Each worker sends its
-/// answers to the I/O thread over its own inproc PUSH socket, since only the I/O thread may
-/// touch the client-facing ROUTER sockets.
+/// Worker threads for requests too large to run on the I/O thread. Only the I/O thread may
+/// touch the client-facing ROUTER, so each worker hands its answers back over its own inproc
+/// DEALER connected to that same ROUTER (routing id "\0w" + index; see `IOLoop`).
 final class WorkerPool: Sendable {
-    static let resultsEndpoint = "inproc://moe-routerd-results"
-
     private let jobs = Mutex<[IncomingRequest?]>([])
     private let available = DispatchSemaphore(value: 0)
     private let threads: Mutex<[ServiceThread]> = Mutex([])
 
-    /// Starts `count` workers answering through `handler`. The results endpoint must be bound.
-    init(count: Int, context: ZMQContext, handler: RequestHandler, logger: Logger) {
+    /// Starts `count` workers answering through `handler`; `front` is the I/O thread's ROUTER
+    /// endpoint (bound before this).
+    init(count: Int, context: ZMQContext, front: String, handler: RequestHandler, logger: Logger) {
         var started: [ServiceThread] = []
         for i in 0..<max(1, count) {
             let ready = DispatchSemaphore(value: 0)
             started.append(ServiceThread(name: "moe-worker-\(i)") { [self] in
-                let push: ZMQSocket
+                let out: ZMQSocket
                 do {
-                    push = try ZMQSocket(context, type: ZMQ_PUSH)
-                    try push.connect(Self.resultsEndpoint)
+                    out = try ZMQSocket(context, type: ZMQ_DEALER)
+                    try out.set(ZMQ_ROUTING_ID, IOLoop.workerIDPrefix + Array(String(i).utf8))
+                    try out.set(ZMQ_LINGER, Int32(1000))  // answers written just before stop() still arrive
+                    try out.connect(front)
                 } catch {
                     logger.critical("worker \(i): \(error)")
                     ready.signal()
@@ -31,14 +32,12 @@ final class WorkerPool: Sendable {
                 ready.signal()
                 while let job = next() {
                     let reply = handler.handle(job)
-                    var parts = [ZMQMessage([job.transport.rawValue, UInt8(job.envelope.count)])]
-                    parts += job.envelope
-                    parts += reply.encode()
-                    do { try push.sendMultipart(parts) } catch {
+                    let parts = [ZMQMessage([UInt8(job.envelope.count)])] + job.envelope + reply.encode()
+                    do { try out.sendMultipart(parts) } catch {
                         logger.error("worker \(i): cannot hand back a reply: \(error)")
                     }
                 }
-                push.close()
+                out.close()
             })
             ready.wait()
         }

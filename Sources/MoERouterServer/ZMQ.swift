@@ -76,6 +76,9 @@ public final class ZMQMessage {
         return String(cString: p)
     }
 
+    /// A metadata property as libzmq's C string, valid while this message lives (no copy).
+    public func rawProperty(_ name: String) -> UnsafePointer<CChar>? { zmq_msg_gets(msg, name) }
+
     /// The file descriptor of the connection the message arrived on (libzmq's ZMQ_SRCFD).
     public var sourceFD: Int32 { zmq_msg_get(msg, 2 /* ZMQ_SRCFD */) }
 
@@ -103,6 +106,11 @@ public final class ZMQSocket {
     public func set(_ option: Int32, _ value: Int64) throws(ZMQError) {
         var v = value
         guard zmq_setsockopt(raw, option, &v, MemoryLayout<Int64>.size) == 0 else { throw .last("zmq_setsockopt(\(option))") }
+    }
+
+    public func set(_ option: Int32, _ value: [UInt8]) throws(ZMQError) {
+        let rc = value.withUnsafeBytes { zmq_setsockopt(raw, option, $0.baseAddress, $0.count) }
+        guard rc == 0 else { throw .last("zmq_setsockopt(\(option))") }
     }
 
     public func set(_ option: Int32, _ value: String) throws(ZMQError) {

@@ -1,5 +1,6 @@
 import CMoEKernels
 import Dispatch
+import Synchronization
 
 /// The CPU backend: C kernels (AVX-512 where the CPU has it, else a portable path with
 /// bit-identical results), batches split across threads.
@@ -65,22 +66,35 @@ public final class CPUBackend: RoutingBackend {
             return Int(mrk_route(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens),
                                  weights.baseAddress, ids.baseAddress, kernel.rawValue))
         }
+        // More chunks than threads, each worker taking the next one until none is left: a helper
+        // thread that wakes late, or a core another process takes for a while, then costs a
+        // chunk's worth of imbalance instead of half the batch.
+        let chunks = min(tokens, workers * 8, max(workers, work / (unit / 8)))
         let rowBytes = spec.numExperts * dtype.byteSize
         let k = spec.topK
         let impl = kernel.rawValue
-        return withUnsafeTemporaryAllocation(of: Int.self, capacity: workers) { counts in
+        let next = ChunkCounter()
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: chunks) { counts in
             let shared = UnsafeSendable((layer, input, weights, ids, counts))
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
+            DispatchQueue.concurrentPerform(iterations: workers) { _ in
                 var (layer, input, weights, ids, counts) = shared.value
-                let begin = tokens * w / workers, end = tokens * (w + 1) / workers
-                counts[w] = Int(mrk_route(
-                    &layer, input.baseAddress! + begin * rowBytes, Int32(dtype.rawValue),
-                    Int64(end - begin), weights.baseAddress! + begin * k, ids.baseAddress! + begin * k,
-                    impl))
+                while case let c = next.take(), c < chunks {
+                    let begin = tokens * c / chunks, end = tokens * (c + 1) / chunks
+                    counts[c] = Int(mrk_route(
+                        &layer, input.baseAddress! + begin * rowBytes, Int32(dtype.rawValue),
+                        Int64(end - begin), weights.baseAddress! + begin * k, ids.baseAddress! + begin * k,
+                        impl))
+                }
             }
             return counts.reduce(0, +)
         }
     }
+}
+
+/// The next chunk of a parallel batch.
+private final class ChunkCounter: Sendable {
+    private let value = Atomic<Int>(0)
+    func take() -> Int { value.add(1, ordering: .relaxed).oldValue }
 }
 
 extension LayerSpec {

@@ -281,6 +281,45 @@ def test_req_socket_clients_are_answered(env):
     req.close()
 
 
+@pytest.mark.parametrize("routing_id", [b"\0w7", b"\0tcp", b"\0w"], ids=["worker-like", "relay-like", "prefix"])
+def test_internal_routing_ids_cannot_be_impersonated(env, routing_id):
+    """Workers and the tcp relay talk to the I/O thread's ROUTER over inproc with fixed routing ids.
+    An ipc client that takes such an id is still an authenticated ipc client: a message shaped like
+    a worker's answer (envelope size, envelope, reply) is parsed as its request and refused, and a
+    victim connection receives nothing."""
+    victim = dealer(env["ctx"], env["daemon"].endpoint)
+    victim.setsockopt(zmq.ROUTING_ID, b"victim")
+    assert w.call(victim, [w.frame0(w.OP["PING"])]).status == 0  # connected, id known to the daemon
+    fake = env["ctx"].socket(zmq.DEALER)
+    fake.linger = 0
+    fake.setsockopt(zmq.ROUTING_ID, routing_id)
+    fake.connect(env["daemon"].endpoint)
+    r = w.call(fake, [b"\x01", b"victim", w.frame0(w.OP["PING"])])
+    assert r.status_name == "MALFORMED", r
+    assert not victim.poll(300), "nothing was forwarded to the victim"
+    assert w.call(fake, [w.frame0(w.OP["PING"])]).status == 0, "the impostor is served as an ordinary client"
+    fake.close()
+    victim.close()
+
+
+def test_req_socket_large_batch_goes_through_a_worker(env):
+    """A REQ client's envelope carries an empty delimiter; a batch above --inline-tokens goes to a
+    worker and its answer must come back through the same envelope."""
+    req = env["ctx"].socket(zmq.REQ)
+    req.linger = 0
+    req.connect(env["daemon"].endpoint)
+    layer = env["layers"][DS]
+    tokens = 700
+    logits = np.random.default_rng(3).standard_normal((tokens, 256)).astype(np.float32)
+    req.send_multipart([route(layer["id"], w.FP32, tokens, [w.buffer_ref(length=logits.nbytes), w.buffer_ref(length=tokens * 32),
+                                                            w.buffer_ref(length=tokens * 32)]), logits.tobytes()])
+    assert req.poll(5000)
+    r = w.Reply(req.recv_multipart())
+    assert r.status == 0, r
+    assert len(r.frames) == 2 and len(r.frames[0]) == tokens * 32
+    req.close()
+
+
 def test_zz_daemon_is_back_at_baseline(env, sock):
     """Runs last: after every case above, fds and mappings equal the warmed-up baseline."""
     d, base = env["daemon"], env["baseline"]

@@ -158,6 +158,21 @@ def test_shm_refused_over_tcp(start_daemon):
     layer = w.layers(t)[0][DS]
     assert shm_route(t, layer, 1, [(1, 0, 1024), (1, 1024, 32), (1, 2048, 32)]).status_name == "SHM_REFUSED"
     assert inline_route(t, layer, 2).status == 0, "inline routing works over tcp"
+    # Through the tcp relay to a worker and back: two clients with interleaved large batches
+    # each get the answer to their own request.
+    u = dealer(ctx, f"tcp://127.0.0.1:{port}")
+    a = inline_route(t, layer, 300)
+    b = inline_route(u, layer, 500)
+    assert a.status == 0 and len(a.frames[0]) == 300 * 32
+    assert b.status == 0 and len(b.frames[0]) == 500 * 32
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    req.connect(f"tcp://127.0.0.1:{port}")
+    req.send(w.frame0(w.OP["PING"]))
+    assert req.poll(5000), "a REQ client over tcp (envelope with a delimiter) is answered"
+    assert w.Reply(req.recv_multipart()).status == 0
+    for s in (req, u):
+        s.close()
     seg.close()
     t.close()
     ctx.term()
