@@ -1,0 +1,512 @@
+/*
+ * Internal to the AVX-512 path (kernels_avx512.c, avx512_sigmoid.c, avx512_softmax.c): the
+ * vector helpers, the sigmoid approximation's tables, the candidate ranking shared by every fast
+ * path, and the block entry points. Not part of the module's interface.
+ */
+#ifndef MRK_AVX512_INTERNAL_H
+#define MRK_AVX512_INTERNAL_H
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "moe_kernels.h"
+#include "moe_token.h"
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+#define MAX_CHUNKS (MRK_MAX_EXPERTS / 16)
+
+AVX512 static inline __m512 load_widened(const void *row, int32_t dtype, int32_t i,
+                                         __mmask16 m) {
+    if (dtype == MRK_DTYPE_FP32) return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i);
+    if (dtype == MRK_DTYPE_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+AVX512 static inline __mmask16 nonfinite_mask(__m512 v) {
+    const __m512i e = _mm512_set1_epi32(0x7f800000);
+    return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), e), e);
+}
+
+/* The shared part of mrk_exp_parts, 16 lanes: n = round(t * log2 e) and e^r = hi + lo. */
+AVX512 static inline __m512 exp_reduce_v(__m512 t, __m512 *hi_out, __m512 *lo_out) {
+    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 x = _mm512_max_ps(t, _mm512_set1_ps(MRK_EXP_FLOOR));
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(MRK_LOG2E)), magic),
+                             magic);
+    __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 hi = _mm512_add_ps(one, r);
+    *lo_out = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(one, hi), r),
+                            _mm512_mul_ps(p, _mm512_mul_ps(r, r)));
+    *hi_out = hi;
+    return n;
+}
+
+/* mrk_exp_parts, 16 lanes. NaN lanes return NaN (their lo is irrelevant: they clamp to 0). */
+AVX512 static inline __m512 exp_parts_v(__m512 t, __m512 *lo_out) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+    __m512 hi, lo;
+    __m512 n = exp_reduce_v(t, &hi, &lo);
+    __m512 e = _mm512_add_ps(hi, lo);
+    __m512 e_lo = _mm512_add_ps(_mm512_sub_ps(hi, e), lo);
+    __m512i ni = _mm512_cvtps_epi32(n);
+    __m512i n1 = _mm512_srai_epi32(_mm512_add_epi32(ni, _mm512_srli_epi32(ni, 31)), 1);
+    __m512i n2 = _mm512_sub_epi32(ni, n1);
+    const __m512i bias = _mm512_set1_epi32(127);
+    __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23));
+    __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23));
+    *lo_out = _mm512_mul_ps(_mm512_mul_ps(e_lo, s1), s2);
+    /* (e * s1) * s2 rounds once: e is in [0.7, 1.5] and s1 >= 2^-75, so e * s1 is exact. vscalefps
+     * rounds e * 2^n once too, hence the same result, in one operation. (Not for lo: a tiny lo
+     * times s1 can be subnormal.) */
+    return _mm512_mask_blend_ps(nan, _mm512_scalef_ps(e, n), t);
+}
+
+/* exp_parts_v without the low part. */
+AVX512 static inline __m512 exp_only_v(__m512 t) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+    __m512 hi, lo;
+    __m512 n = exp_reduce_v(t, &hi, &lo);
+    return _mm512_mask_blend_ps(nan, _mm512_scalef_ps(_mm512_add_ps(hi, lo), n), t);
+}
+
+AVX512 static inline __m512 exp_nonpos_v(__m512 t) { return exp_only_v(t); }
+
+/* exp_only_v for lanes that are never NaN (t = x - max of finite x: finite or -inf). */
+AVX512 static inline __m512 exp_nonnan_v(__m512 t) {
+    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 x = _mm512_max_ps(t, _mm512_set1_ps(MRK_EXP_FLOOR));
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(MRK_LOG2E)), magic),
+                             magic);
+    __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 hi = _mm512_add_ps(one, r);
+    __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(one, hi), r),
+                              _mm512_mul_ps(p, _mm512_mul_ps(r, r)));
+    return _mm512_scalef_ps(_mm512_add_ps(hi, lo), n);
+}
+
+/* mrk_sigmoid_f, 16 lanes. */
+AVX512 static inline __m512 sigmoid_v(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    __m512 neg_abs = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign));
+    __m512 tl;
+    __m512 t = exp_parts_v(neg_abs, &tl);
+    __m512 d = _mm512_add_ps(one, t);
+    __m512 de = _mm512_add_ps(_mm512_sub_ps(one, d), t);
+    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512 s0 = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, t), d);
+    __m512 cnum = _mm512_sub_ps(_mm512_maskz_mov_ps(neg, tl),
+                                _mm512_mul_ps(s0, _mm512_add_ps(de, tl)));
+    __m512 inv = _mm512_mask_blend_ps(neg, s0, _mm512_sub_ps(one, s0));
+    return _mm512_add_ps(s0, _mm512_mul_ps(cnum, inv));
+}
+
+/* sigmoid_v for finite |x| <= SIG_SMALL_MAX only (the caller checks): no floor, no NaN lane, and
+ * both scalings by vscalefps. For the low part that is exact as well: here n >= -58, so s1 >= 2^-29,
+ * and a nonzero e_lo is at least 2^-63 when n != 0 (r is then at least 2^-40 in magnitude), so
+ * e_lo * s1 is normal and exact and (e_lo * s1) * s2 rounds once, like vscalefps; when n = 0
+ * both scalings are by 1. Checked exhaustively against mrk_sigmoid_f over every |x| <= 40. */
+#define SIG_SMALL_MAX 40.0f
+AVX512 static inline __m512 sigmoid_small_v(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    const __m512 t = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign));
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(t, _mm512_set1_ps(MRK_LOG2E)), magic),
+                             magic);
+    __m512 r = _mm512_sub_ps(_mm512_sub_ps(t, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 hi = _mm512_add_ps(one, r);
+    __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(one, hi), r),
+                              _mm512_mul_ps(p, _mm512_mul_ps(r, r)));
+    __m512 e = _mm512_add_ps(hi, lo);
+    __m512 e_lo = _mm512_add_ps(_mm512_sub_ps(hi, e), lo);
+    const __m512 tv = _mm512_scalef_ps(e, n);
+    const __m512 tl = _mm512_scalef_ps(e_lo, n);
+    __m512 d = _mm512_add_ps(one, tv);
+    __m512 de = _mm512_add_ps(_mm512_sub_ps(one, d), tv);
+    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512 s0 = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, tv), d);
+    __m512 cnum = _mm512_sub_ps(_mm512_maskz_mov_ps(neg, tl),
+                                _mm512_mul_ps(s0, _mm512_add_ps(de, tl)));
+    __m512 inv = _mm512_mask_blend_ps(neg, s0, _mm512_sub_ps(one, s0));
+    return _mm512_add_ps(s0, _mm512_mul_ps(cnum, inv));
+}
+
+AVX512 static inline __m512 zero_nonfinite(__m512 v) {
+    return _mm512_mask_blend_ps(nonfinite_mask(v), v, _mm512_setzero_ps());
+}
+
+AVX512 static inline __mmask16 tail_mask(int32_t remaining) {
+    return remaining >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << remaining) - 1u);
+}
+
+/* The fold of moe_token.h's softmax: lanes l + l+8, then 4, 2, 1. */
+AVX512 static inline float fold_lanes(__m512 acc) {
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return _mm_cvtss_f32(s1);
+}
+
+/* Widens the row into score[] and counts non-finite values. */
+AVX512 static inline int32_t widen_row(const void *row, int32_t dtype, int32_t E, float *score) {
+    int32_t nonfinite = 0;
+    for (int32_t i = 0; i < E; i += 16) {
+        __mmask16 m = tail_mask(E - i);
+        __m512 x = load_widened(row, dtype, i, m);
+        nonfinite += __builtin_popcount(nonfinite_mask(x) & m);
+        _mm512_mask_storeu_ps(score + i, m, x);
+    }
+    return nonfinite;
+}
+
+
+/* ------------------------------------------------------------------------------------------
+ * Fast path for sigmoid scoring with a bias (biased_grouped_topk, biased_topk).
+ *
+ * The contract's sigmoid costs ~60 vector operations per 16 experts, but only the few experts
+ * that can be selected need it. A cheap approximation A(x) (a cubic per unit interval, looked
+ * up with vpermt2ps) is within SIG_APPROX_ERR of mrk_sigmoid_f for EVERY fp32 input (checked
+ * exhaustively over all 2^32 bit patterns by
+ * mrk_verify_sig_approx() at the end of this file, built with -DMRK_VERIFY_SIG_APPROX; max
+ * error found 4.0233e-5 at x = 0.644617856; the bound below has slack). From it every key is known to within Dp, so:
+ *  - group scores are known to within 2Dp + rounding; when the Gk-th and (Gk+1)-th best groups
+ *    are separated by more than that, the kept set is exactly the contract's; otherwise the
+ *    token takes the exact path;
+ *  - at least k kept experts have approx key >= L, so no expert whose approx key is below
+ *    L - 2Dp can be selected; the others (candidates) get the exact sigmoid and are ranked
+ *    exactly (descending key, lower index first). Too many candidates: exact path.
+ * Rows holding a non-finite input always take the exact path.
+ * ------------------------------------------------------------------------------------------ */
+static const float SIG_C0[32] __attribute__((aligned(64))) = {
+    5.000000000e-01f, 4.962283969e-01f, 4.614047408e-01f, 4.834226370e-01f,
+    6.032913327e-01f, 7.421289086e-01f, 8.491405845e-01f, 9.176105261e-01f,
+    9.571334124e-01f, 9.784988761e-01f, 9.895246625e-01f, 9.950169921e-01f,
+    9.976767898e-01f, 9.989353418e-01f, 9.995192885e-01f, 9.997857213e-01f,
+    0.000000000e+00f, 2.142619342e-04f, 4.807330843e-04f, 1.064687385e-03f,
+    2.323198598e-03f, 4.983009305e-03f, 1.047534216e-02f, 2.150114998e-02f,
+    4.286661372e-02f, 8.238945156e-02f, 1.508594006e-01f, 2.578710914e-01f,
+    3.967086375e-01f, 5.165773630e-01f, 5.385952592e-01f, 5.037716031e-01f};
+static const float SIG_C1[32] __attribute__((aligned(64))) = {
+    2.499841303e-01f, 2.669785023e-01f, 3.395658731e-01f, 3.168901503e-01f,
+    2.141068429e-01f, 1.206991449e-01f, 6.174831092e-02f, 2.985315956e-02f,
+    1.391077694e-02f, 6.312488578e-03f, 2.806483535e-03f, 1.227268600e-03f,
+    5.293387221e-04f, 2.256549633e-04f, 9.523032350e-05f, 3.983705028e-05f,
+    0.000000000e+00f, 3.983705028e-05f, 9.523032350e-05f, 2.256549633e-04f,
+    5.293387221e-04f, 1.227268600e-03f, 2.806483535e-03f, 6.312488578e-03f,
+    1.391077694e-02f, 2.985315956e-02f, 6.174831092e-02f, 1.206991449e-01f,
+    2.141068429e-01f, 3.168901503e-01f, 3.395658731e-01f, 2.669785023e-01f};
+static const float SIG_C2[32] __attribute__((aligned(64))) = {
+    4.336808690e-17f, -2.619975992e-02f, -7.752650231e-02f, -6.993327290e-02f,
+    -4.045768082e-02f, -1.946757361e-02f, -8.628200740e-03f, -3.671006067e-03f,
+    -1.525937929e-03f, -6.247129058e-04f, -2.529371995e-04f, -1.015261878e-04f,
+    -4.046308823e-05f, -1.603034434e-05f, -6.318286978e-06f, -2.479250497e-06f,
+    0.000000000e+00f, 2.479250497e-06f, 6.318286978e-06f, 1.603034434e-05f,
+    4.046308823e-05f, 1.015261878e-04f, 2.529371995e-04f, 6.247129058e-04f,
+    1.525937929e-03f, 3.671006067e-03f, 8.628200740e-03f, 1.946757361e-02f,
+    4.045768082e-02f, 6.993327290e-02f, 7.752650231e-02f, 2.619975992e-02f};
+static const float SIG_C3[32] __attribute__((aligned(64))) = {
+    -2.032378316e-02f, -5.987975746e-03f, 6.294947118e-03f, 5.477278493e-03f,
+    2.650348237e-03f, 1.074990723e-03f, 4.097819910e-04f, 1.527285058e-04f,
+    5.645545025e-05f, 2.080541344e-05f, 7.658843970e-06f, 2.818202802e-06f,
+    1.036849767e-06f, 3.814480181e-07f, 1.403285523e-07f, 5.162421601e-08f,
+    0.000000000e+00f, 5.162421601e-08f, 1.403285523e-07f, 3.814480181e-07f,
+    1.036849767e-06f, 2.818202802e-06f, 7.658843970e-06f, 2.080541344e-05f,
+    5.645545025e-05f, 1.527285058e-04f, 4.097819910e-04f, 1.074990723e-03f,
+    2.650348237e-03f, 5.477278493e-03f, 6.294947118e-03f, -5.987975746e-03f};
+
+#define SIG_APPROX_ERR 4.5e-5f /* verified max |A(x) - mrk_sigmoid_f(x)| is below this */
+#define FAST_MAX_CAND 32
+
+AVX512 static inline __m512 sig_approx_v(__m512 x, __m512 t0a, __m512 t0b, __m512 t1a,
+                                         __m512 t1b, __m512 t2a, __m512 t2b, __m512 t3a,
+                                         __m512 t3b) {
+    const __m512 xc = _mm512_range_ps(x, _mm512_set1_ps(15.0f), 0x2); /* sign(x)*min(|x|,15) */
+    const __m512i j = _mm512_castps_si512(_mm512_add_ps(xc, _mm512_set1_ps(MRK_ROUND_MAGIC)));
+    __m512 p = _mm512_permutex2var_ps(t3a, j, t3b);
+    p = _mm512_fmadd_ps(p, xc, _mm512_permutex2var_ps(t2a, j, t2b));
+    p = _mm512_fmadd_ps(p, xc, _mm512_permutex2var_ps(t1a, j, t1b));
+    return _mm512_fmadd_ps(p, xc, _mm512_permutex2var_ps(t0a, j, t0b));
+}
+
+/* Lane c of the result = max over the 16 lanes of v[c]. */
+static const int32_t TREE16_PERM[16] __attribute__((aligned(64))) = {
+    0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15}; /* chunk c sits in lane TREE16_PERM[c] */
+
+AVX512 static inline void top2_merge(__m512 *m1, __m512 *m2, __m512 a1, __m512 a2, __m512 b1,
+                                     __m512 b2) {
+    *m1 = _mm512_max_ps(a1, b1);
+    *m2 = _mm512_max_ps(_mm512_min_ps(a1, b1), _mm512_max_ps(a2, b2));
+}
+
+/* Transposed top-2 over 8 (m1, m2) lane sets: on return, lane q*4+0 / q*4+1 (q = 0..3) hold
+ * the top-2 (m1, m2) of set q / set q+4 ... see group_top2_8. */
+AVX512 static inline void group_top2_8(__m512 *m1, __m512 *m2, __m512 *o1, __m512 *o2) {
+    __m512 a1[4], a2[4], b1[2], b2[2], c1, c2;
+    for (int i = 0; i < 4; i++) {
+        __m512 x = m1[2 * i], y = m1[2 * i + 1], u = m2[2 * i], v = m2[2 * i + 1];
+        top2_merge(&a1[i], &a2[i], _mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(u, v, 0x44),
+                   _mm512_shuffle_f32x4(x, y, 0xee), _mm512_shuffle_f32x4(u, v, 0xee));
+    }
+    for (int i = 0; i < 2; i++) {
+        __m512 x = a1[2 * i], y = a1[2 * i + 1], u = a2[2 * i], v = a2[2 * i + 1];
+        top2_merge(&b1[i], &b2[i], _mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(u, v, 0x88),
+                   _mm512_shuffle_f32x4(x, y, 0xdd), _mm512_shuffle_f32x4(u, v, 0xdd));
+    }
+    {
+        __m512 x = b1[0], y = b1[1], u = b2[0], v = b2[1];
+        top2_merge(&c1, &c2, _mm512_shuffle_ps(x, y, 0x44), _mm512_shuffle_ps(u, v, 0x44),
+                   _mm512_shuffle_ps(x, y, 0xee), _mm512_shuffle_ps(u, v, 0xee));
+    }
+    top2_merge(o1, o2, _mm512_shuffle_ps(c1, c1, 0x88), _mm512_shuffle_ps(c2, c2, 0x88),
+               _mm512_shuffle_ps(c1, c1, 0xdd), _mm512_shuffle_ps(c2, c2, 0xdd));
+}
+
+/* Transposed max over 16 vectors (same shuffle tree); lanes come out permuted. */
+AVX512 static inline __m512 tree_max16(const __m512 *v) {
+    __m512 a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_max_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xdd));
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm512_max_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xee));
+    return _mm512_max_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xdd));
+}
+
+typedef struct {
+    const mrk_layer *L;
+    int32_t E, k, method, logit_key, sigmoid, grouped;
+} route_ctx;
+
+/* The k-th largest (1 <= k <= 16) of the 16 lanes of v (bitonic sort, descending). */
+AVX512 static inline float kth_largest16(__m512 v, int32_t k) {
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#pragma clang loop unroll(full)
+    for (int32_t size = 2; size <= 16; size *= 2) {
+#pragma clang loop unroll(full)
+        for (int32_t d = size / 2; d >= 1; d /= 2) {
+            uint32_t wantmax = 0;
+            for (int32_t i = 0; i < 16; i++)
+                if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
+            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), v);
+            v = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(v, pk), _mm512_max_ps(v, pk));
+        }
+    }
+    return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v));
+}
+
+typedef struct {
+    int32_t G, Gk, nch, cpg; /* groups (0: ungrouped), kept groups, chunks, chunks per group */
+    float dp;                /* bound on |exact key - approx key|, rounding included */
+    __m512 t[8];             /* the approximation's tables */
+} fast_ctx;
+
+/* Phase 3b: the candidates ranked exactly; ids and weights out. wmode 0: w = the payload
+ * (score) of the chosen, renormalised and scaled; 1: softmax over the chosen keys (topk_softmax);
+ * 2: sigmoid of the chosen keys (llama4_top1). */
+AVX512 static inline __attribute__((always_inline)) void
+fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
+                  int32_t n, float *w_out, int32_t *id_out, const int32_t k, const int wmode) {
+    const int32_t nv = (n + 15) / 16;
+    __m512 cv[2], sv[2];
+    __m512i iv[2];
+    float ck[FAST_MAX_CAND] __attribute__((aligned(64)));
+    for (int32_t q = 0; q < nv; q++) {
+        iv[q] = _mm512_maskz_loadu_epi32(tail_mask(n - 16 * q), cidx + 16 * q);
+        cv[q] = _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), tail_mask(n - 16 * q),
+                                     carr + 16 * q);
+        _mm512_store_ps(ck + 16 * q, cv[q]); /* lanes >= n: -inf, whatever carr holds there */
+        sv[q] = _mm512_load_ps(sarr + 16 * q);
+    }
+    float wtmp[FAST_MAX_CAND] __attribute__((aligned(64)));
+    const __m512i minus1 = _mm512_set1_epi32(-1);
+    int sorted = 0;
+    if (nv == 1 && k < 16) {
+        /* Bitonic sort of the 16 keys, descending. Each key is mapped to an order-preserving
+         * int32 whose low 4 bits are replaced by 15 - lane, so the lane travels inside the key.
+         * Dropping those 4 bits keeps the order of keys whose truncations differ; the result is
+         * used only when the first k + 1 sorted truncations are pairwise distinct (then the
+         * order is the exact keys' and each holds its own lane); otherwise the tie-aware ranking
+         * below runs. */
+        const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        /* sign-magnitude to two's complement: -0 and +0 both map to 0, as they compare equal */
+        const __m512i bits = _mm512_castps_si512(cv[0]);
+        const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff));
+        const __m512i ord = _mm512_mask_sub_epi32(mag, _mm512_movepi32_mask(bits),
+                                                  _mm512_setzero_si512(), mag);
+        __m512i key = _mm512_or_si512(_mm512_and_si512(ord, _mm512_set1_epi32(~15)),
+                                      _mm512_sub_epi32(_mm512_set1_epi32(15), iota));
+#pragma clang loop unroll(full)
+        for (int32_t size = 2; size <= 16; size *= 2) {
+#pragma clang loop unroll(full)
+            for (int32_t d = size / 2; d >= 1; d /= 2) {
+                uint32_t wantmax = 0;
+                for (int32_t i = 0; i < 16; i++)
+                    if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
+                const __m512i pk = _mm512_permutexvar_epi32(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), key);
+                key = _mm512_mask_blend_epi32((__mmask16)wantmax, _mm512_min_epi32(key, pk),
+                                              _mm512_max_epi32(key, pk));
+            }
+        }
+        const __m512i tr = _mm512_and_si512(key, _mm512_set1_epi32(~15));
+        const __m512i next = _mm512_min_epi32(_mm512_add_epi32(iota, _mm512_set1_epi32(1)),
+                                              _mm512_set1_epi32(15));
+        const __mmask16 tie = _mm512_mask_cmpeq_epi32_mask(tail_mask(k), tr,
+                                                           _mm512_permutexvar_epi32(next, tr));
+        if (!tie) {
+            const __m512i pl = _mm512_sub_epi32(_mm512_set1_epi32(15),
+                                                _mm512_and_si512(key, _mm512_set1_epi32(15)));
+            _mm512_mask_storeu_epi32(id_out, tail_mask(k), _mm512_permutexvar_epi32(pl, iv[0]));
+            _mm512_store_ps(wtmp, _mm512_permutexvar_ps(pl, sv[0]));
+            sorted = 1;
+        }
+    }
+    if (sorted) {
+    } else if (nv == 1) {
+        __m512i rank = _mm512_setzero_si512();
+#pragma clang loop unroll(full)
+        for (int32_t j = 0; j < 16; j++) {
+            const __m512 b = _mm512_set1_ps(ck[j]);
+            const __mmask16 after = j >= 15 ? (__mmask16)0 : (__mmask16)(0xffffu << (j + 1));
+            const __mmask16 beats = _mm512_cmp_ps_mask(b, cv[0], _CMP_GT_OQ) |
+                                    _mm512_mask_cmp_ps_mask(after, b, cv[0], _CMP_EQ_OQ);
+            rank = _mm512_mask_sub_epi32(rank, beats, rank, minus1);
+        }
+        /* lanes >= n hold -inf and rank n..15, so the ranks are a permutation of 0..15 */
+        int32_t rk[16] __attribute__((aligned(64)));
+        int32_t ix[16] __attribute__((aligned(64)));
+        float sx[16] __attribute__((aligned(64)));
+        int32_t idt[16] __attribute__((aligned(64)));
+        _mm512_store_si512(rk, rank);
+        _mm512_store_si512(ix, iv[0]);
+        _mm512_store_ps(sx, sv[0]);
+        for (int32_t i = 0; i < 16; i++) {
+            idt[rk[i]] = ix[i];
+            wtmp[rk[i]] = sx[i];
+        }
+        for (int32_t j = 0; j < k; j += 16)
+            _mm512_mask_storeu_epi32(id_out + j, tail_mask(k - j), _mm512_load_si512(idt + j));
+    } else {
+        for (int32_t q = 0; q < nv; q++) {
+            __m512i rank = _mm512_setzero_si512();
+            for (int32_t j = 0; j < 16 * nv; j++) {
+                const __m512 b = _mm512_set1_ps(ck[j]);
+                /* lanes i with position > j lose ties to j */
+                const int32_t rel = j - 16 * q; /* j's position relative to this vector's lane 0 */
+                const __mmask16 after = rel < 0 ? (__mmask16)0xffff
+                                      : rel >= 15 ? (__mmask16)0
+                                                  : (__mmask16)(0xffffu << (rel + 1));
+                const __mmask16 beats = _mm512_cmp_ps_mask(b, cv[q], _CMP_GT_OQ) |
+                                        _mm512_mask_cmp_ps_mask(after, b, cv[q], _CMP_EQ_OQ);
+                rank = _mm512_mask_sub_epi32(rank, beats, rank, minus1);
+            }
+            const __mmask16 out = tail_mask(n - 16 * q) &
+                                  _mm512_cmplt_epi32_mask(rank, _mm512_set1_epi32(k));
+            _mm512_mask_i32scatter_epi32(id_out, out, rank, iv[q], 4);
+            _mm512_mask_i32scatter_ps(wtmp, out, rank, sv[q], 4);
+        }
+    }
+
+    const float rsf = L->routed_scaling_factor;
+    if (wmode == 1) {
+        /* mrk_selected_softmax: e_j = exp(key_j - key_0), summed in column order */
+        const __mmask16 m = tail_mask(k);
+        const __m512 kv = _mm512_maskz_loadu_ps(m, wtmp);
+        const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpos_v(_mm512_maskz_sub_ps(m, kv, _mm512_set1_ps(wtmp[0]))));
+        float et[16] __attribute__((aligned(64)));
+        _mm512_store_ps(et, e);
+        float sum = 0.0f;
+        for (int32_t j = 0; j < k; j++) sum = sum + et[j];
+        _mm512_mask_storeu_ps(w_out, m, _mm512_mul_ps(_mm512_div_ps(e, _mm512_set1_ps(sum)), _mm512_set1_ps(rsf)));
+        return;
+    }
+    if (wmode == 2) {
+        const __mmask16 m = tail_mask(k);
+        _mm512_mask_storeu_ps(w_out, m, _mm512_mul_ps(sigmoid_v(_mm512_maskz_loadu_ps(m, wtmp)), _mm512_set1_ps(rsf)));
+        return;
+    }
+    /* 5. weights: w = s[ids], renormalised in column order, times rsf */
+    if (k <= 8) {
+        /* the same operations on 8 lanes (a 256-bit division costs half a 512-bit one) */
+        const __mmask8 m8 = (__mmask8)((1u << k) - 1u);
+        __m256 w = _mm256_maskz_loadu_ps(m8, wtmp);
+        if (L->renormalize) {
+            float sum = 0.0f;
+            for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
+            if (sum > 0.0f) w = _mm256_div_ps(w, _mm256_set1_ps(sum));
+        }
+        _mm256_mask_storeu_ps(w_out, m8, _mm256_mul_ps(w, _mm256_set1_ps(rsf)));
+        return;
+    }
+    if (L->renormalize) {
+        float sum = 0.0f;
+        for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
+        if (sum > 0.0f) {
+            const __m512 vs = _mm512_set1_ps(sum);
+            for (int32_t j = 0; j < k; j += 16) {
+                const __mmask16 m = tail_mask(k - j);
+                _mm512_mask_storeu_ps(wtmp + j, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, wtmp + j), vs));
+            }
+        }
+    }
+    for (int32_t j = 0; j < k; j += 16) {
+        const __mmask16 m = tail_mask(k - j);
+        _mm512_mask_storeu_ps(w_out + j, m,
+                              _mm512_mul_ps(_mm512_maskz_loadu_ps(m, wtmp + j), _mm512_set1_ps(rsf)));
+    }
+}
+
+AVX512 static inline __attribute__((always_inline)) void
+fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
+            int32_t n, float *w_out, int32_t *id_out, const int32_t k) {
+    fast_rank_weights(L, sarr, carr, cidx, n, w_out, id_out, k, 0);
+}
+
+/* Block entry points: route nb <= 16 tokens starting at rows; need_exact[b] = 1 for each token
+ * the caller must rerun on the exact path. */
+void mrk_avx512_fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,
+                           size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
+                           int32_t *ids, uint8_t *need_exact);
+void mrk_avx512_softmax_block(const route_ctx *C, const char *rows, size_t row_bytes,
+                              int32_t dtype, int32_t nb, float *weights, int32_t *ids,
+                              uint8_t *need_exact);
+void mrk_avx512_gsoft_block(const route_ctx *C, const int32_t *gid, const char *rows,
+                            size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
+                            int32_t *ids, uint8_t *need_exact);
+void mrk_avx512_logit_block(const route_ctx *C, const char *rows, size_t row_bytes,
+                            int32_t dtype, int32_t nb, float *weights, int32_t *ids,
+                            uint8_t *need_exact);
+
+#define FAST_BLOCK_FLOATS 4096
+
+#endif
