@@ -117,12 +117,6 @@ int mro_shm_open(const char *name, mro_shm_info *info) {
     return 0;
 }
 
-int64_t mro_fd_size(int fd) {
-    struct stat st;
-    if (fstat(fd, &st) != 0) return -1;
-    return st.st_size;
-}
-
 void mro_set_thread_name(const char *name) {
     char buf[16];
     strncpy(buf, name, sizeof buf - 1);

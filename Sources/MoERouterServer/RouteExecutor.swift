@@ -39,7 +39,9 @@ final class RouteExecutor: Sendable {
                         try resolve(q.weights, name: "weights", expected: plan.outputBytes, align: 4, r, &checkedOut),
                         try resolve(q.ids, name: "ids", expected: plan.outputBytes, align: 4, r, &checkedOut)]
             if !checkedOut.isEmpty { try checkOverlap(refs) }
-            for s in checkedOut where !s.isIntact { throw truncated(s) }
+            // A segment that already faulted is dead. No fstat here: a shrink (before or during
+            // this request) is caught by the SIGBUS guard when a byte we use is gone.
+            for s in checkedOut where s.faulted { throw truncated(s) }
             var frames: [ZMQMessage] = []
             let inputPtr: UnsafeRawBufferPointer = refs[0].segment.map {
                 UnsafeRawBufferPointer(start: $0.base + refs[0].offset, count: refs[0].length)

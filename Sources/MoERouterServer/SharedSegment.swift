@@ -110,13 +110,8 @@ final class SharedSegment: @unchecked Sendable {
         }
     }
 
-    /// Whether the client still provides every mapped byte: its object has not shrunk and no
-    /// access faulted. A segment that fails this is dead for good.
-    var isIntact: Bool {
-        !released && mro_guard_broken(guardSlot) == 0 && mro_fd_size(fd) >= Int64(size)
-    }
-
     /// Whether an access since registration hit a truncated page (the guard replaced the range).
+    /// A segment that faulted is dead for good.
     var faulted: Bool { mro_guard_broken(guardSlot) != 0 }
 
     /// Unmaps and closes. Idempotent.

@@ -252,6 +252,18 @@ def test_segment_truncated_after_registration(sock, env, shm):
     assert env["daemon"].alive()
 
 
+def test_shrink_that_keeps_every_used_byte_is_harmless(sock, env, shm):
+    """Only bytes a request uses matter: a segment shrunk below its registered size still serves
+    requests whose buffers lie in what is left; one that reaches past the end is SHM_TRUNCATED."""
+    seg, h = shm
+    os.ftruncate(seg.fd, 65536 + 4096)
+    r = shm_route(sock, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 65536 + 2048, OUT)])
+    assert r.status == 0, r
+    r = shm_route(sock, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)])
+    assert r.status_name == "SHM_TRUNCATED", r
+    assert env["daemon"].alive()
+
+
 def test_random_bytes(sock):
     rng = random.Random(1234)
     for i in range(200):

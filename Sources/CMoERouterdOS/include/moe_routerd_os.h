@@ -40,8 +40,6 @@ typedef struct mro_shm_info {
 
 /* shm_open(name, O_RDWR|O_NOFOLLOW|O_CLOEXEC) + fstat. Returns 0 or an errno. */
 int mro_shm_open(const char *name, mro_shm_info *info);
-/* Current size of an open fd, or -1 with errno. */
-int64_t mro_fd_size(int fd);
 
 /* Names the calling thread (15 characters kept). */
 void mro_set_thread_name(const char *name);
