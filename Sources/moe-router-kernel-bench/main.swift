@@ -25,8 +25,11 @@ struct KernelBench: ParsableCommand {
     @Option(help: "Kernel: best, avx512 or generic.")
     var kernel: String = "best"
 
-    @Option(help: "Minimum measured time per figure, seconds.")
+    @Option(help: "Minimum measured time per figure, seconds (split over the rounds).")
     var minTime: Double = 0.15
+
+    @Option(help: "Rounds per figure. Each round measures every row once, so a slow spell of this shared machine lands on all rows alike; a figure is the median (and minimum) over its rounds.")
+    var rounds: Int = 9
 
     @Flag(help: "Skip the matched-vs-fallback section.")
     var noFallback = false
@@ -36,11 +39,9 @@ struct KernelBench: ParsableCommand {
         let cores = CPUBackend(kernel: kernel).threads
         let single = CPUBackend(kernel: kernel, threads: 1)
         let all = CPUBackend(kernel: kernel, threads: cores)
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
         let batchList = batches.split(separator: ",").compactMap { Int($0) }
-        print("kernel \(kernel), \(cores) cores, min \(minTime)s per figure")
-        print(pad("preset", 18) + pad("dtype", 6) + pad("tokens", 8)
-              + pad("1 thread ns/tok", 17) + pad("Mtok/s", 9)
-              + pad("\(cores) threads ns/tok", 18) + pad("Mtok/s", 9) + "speedup")
+        var rows: [(name: String, bench: Workload)] = []
         for name in presets.split(separator: ",").map(String.init) {
             for dtypeName in dtypes.split(separator: ",") {
                 guard let dtype = DType(name: String(dtypeName)),
@@ -48,15 +49,28 @@ struct KernelBench: ParsableCommand {
                     throw ValidationError("unknown preset or dtype: \(name) \(dtypeName)")
                 }
                 let layer = try BuiltLayer(spec)
-                for tokens in batchList {
-                    let bench = Workload(layer: layer, dtype: dtype, tokens: tokens)
-                    let one = bench.nsPerToken(single, minTime: minTime)
-                    let many = bench.nsPerToken(all, minTime: minTime)
-                    print(pad(name, 18) + pad("\(dtype)", 6) + pad("\(tokens)", 8)
-                          + pad(fmt(one, 1), 17) + pad(fmt(1e3 / one, 2), 9)
-                          + pad(fmt(many, 1), 18) + pad(fmt(1e3 / many, 2), 9) + fmt(one / many, 2) + "x")
-                }
+                for tokens in batchList { rows.append((name, Workload(layer: layer, dtype: dtype, tokens: tokens))) }
             }
+        }
+        // Round-robin: round r measures every row on 1 thread and on all cores before round r+1.
+        var one = [[Double]](repeating: [], count: rows.count), many = one
+        let slice = minTime / Double(rounds)
+        for _ in 0..<rounds {
+            for (i, row) in rows.enumerated() {
+                one[i].append(row.bench.nsPerToken(single, seconds: slice))
+                many[i].append(row.bench.nsPerToken(all, seconds: slice))
+            }
+        }
+        print("kernel \(kernel), \(cores) cores, \(rounds) interleaved rounds, min \(minTime)s per figure; median (min) over the rounds")
+        print(pad("preset", 18) + pad("dtype", 6) + pad("tokens", 8)
+              + pad("1 thread ns/tok", 17) + pad("(min)", 8) + pad("Mtok/s", 9)
+              + pad("\(cores) threads ns/tok", 18) + pad("(min)", 8) + pad("Mtok/s", 9) + "speedup")
+        for (i, row) in rows.enumerated() {
+            let o = median(one[i]), m = median(many[i])
+            print(pad(row.name, 18) + pad("\(row.bench.dtype)", 6) + pad("\(row.bench.tokens)", 8)
+                  + pad(fmt(o, 1), 17) + pad(fmt(one[i].min()!, 1), 8) + pad(fmt(1e3 / o, 2), 9)
+                  + pad(fmt(m, 1), 18) + pad(fmt(many[i].min()!, 1), 8) + pad(fmt(1e3 / m, 2), 9)
+                  + fmt(o / m, 2) + "x")
         }
         if !noFallback { try fallbackSection(single) }
     }
@@ -69,8 +83,14 @@ struct KernelBench: ParsableCommand {
         let matched = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: .bf16)!)
         let mismatched = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: .fp32)!)
         for tokens in [1, 64] {
-            let m = Workload(layer: matched, dtype: .bf16, tokens: tokens).nsPerToken(backend, minTime: minTime) * Double(tokens)
-            let f = Workload(layer: mismatched, dtype: .bf16, tokens: tokens).nsPerToken(backend, minTime: minTime) * Double(tokens)
+            let mw = Workload(layer: matched, dtype: .bf16, tokens: tokens)
+            let fw = Workload(layer: mismatched, dtype: .bf16, tokens: tokens)
+            var ms: [Double] = [], fs: [Double] = []
+            for _ in 0..<rounds {
+                ms.append(mw.nsPerToken(backend, seconds: minTime / Double(rounds)))
+                fs.append(fw.nsPerToken(backend, seconds: minTime / Double(rounds)))
+            }
+            let m = median(ms) * Double(tokens), f = median(fs) * Double(tokens)
             print(pad("\(tokens)", 8) + pad(fmt(m, 1), 16) + pad(fmt(f, 1), 17) + fmt(f / m, 3) + "x")
         }
         print("fallback casts counted on the fp32 layer: \(mismatched.fallbackCasts); on the bf16 layer: \(matched.fallbackCasts)")
@@ -113,34 +133,32 @@ struct Workload {
         }
     }
 
-    /// Median over 5 rounds of (elapsed / tokens routed), each round at least minTime/5.
-    func nsPerToken(_ backend: CPUBackend, minTime: Double) -> Double {
+    /// ns per token over one round of at least `seconds`.
+    func nsPerToken(_ backend: CPUBackend, seconds: Double) -> Double {
         let n = tokens * layer.spec.topK
         var weights = [Float](repeating: 0, count: n)
         var ids = [Int32](repeating: 0, count: n)
-        var rounds: [Double] = []
-        input.withUnsafeBytes { inp in
+        return input.withUnsafeBytes { inp in
             weights.withUnsafeMutableBufferPointer { w in
                 ids.withUnsafeMutableBufferPointer { i in
                     func once() { _ = try! backend.route(layer: layer, input: inp, dtype: dtype, tokens: tokens, weights: w, ids: i) }
                     once()
-                    for _ in 0..<5 {
-                        var iterations = 0
-                        let start = now()
-                        var elapsed = 0.0
-                        repeat {
-                            once()
-                            iterations += 1
-                            elapsed = now() - start
-                        } while elapsed < minTime / 5
-                        rounds.append(elapsed * 1e9 / Double(iterations * tokens))
-                    }
+                    var iterations = 0
+                    let start = now()
+                    var elapsed = 0.0
+                    repeat {
+                        once()
+                        iterations += 1
+                        elapsed = now() - start
+                    } while elapsed < seconds
+                    return elapsed * 1e9 / Double(iterations * tokens)
                 }
             }
         }
-        return rounds.sorted()[rounds.count / 2]
     }
 }
+
+func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 
 func now() -> Double {
     var ts = timespec()
