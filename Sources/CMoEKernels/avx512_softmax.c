@@ -126,7 +126,9 @@ softmax_cand_pair(const void *row0, const void *row1, int32_t dtype, int32_t *ci
         vs[t] = _mm512_set1_ps(sum[t]);
         sout[t] = _mm512_set1_ps(_mm512_reduce_max_ps(eout[t]) / sum[t]);
     }
-    for (int32_t q = 0; q < FAST_MAX_CAND / 16; q++)
+    /* the second 16 candidates only when either token has them (a zmm division is ~10 cycles) */
+    const int32_t nq = n[0] > 16 || n[1] > 16 ? FAST_MAX_CAND / 16 : 1;
+    for (int32_t q = 0; q < nq; q++)
         for (int32_t t = 0; t < 2; t++) {
             const __mmask16 m = n[t] > 16 * q ? tail_mask(n[t] - 16 * q) : (__mmask16)0;
             const __m512 sc = _mm512_div_ps(_mm512_maskz_loadu_ps(m, ce[t] + 16 * q), vs[t]);
@@ -279,7 +281,9 @@ gsoft_cand_pair(const void *row0, const void *row1, int32_t dtype, const int32_t
         }
     int32_t above[2] = {0, 0};
     for (int32_t t = 0; t < 2; t++) sout[t] = _mm512_set1_ps(_mm512_reduce_max_ps(eout[t]) / sum[t]);
-    for (int32_t q = 0; q < FAST_MAX_CAND / 16; q++)
+    /* the second 16 candidates only when either token has them (a zmm division is ~10 cycles) */
+    const int32_t nq = n[0] > 16 || n[1] > 16 ? FAST_MAX_CAND / 16 : 1;
+    for (int32_t q = 0; q < nq; q++)
         for (int32_t t = 0; t < 2; t++) {
             const __mmask16 m = n[t] > 16 * q ? tail_mask(n[t] - 16 * q) : (__mmask16)0;
             const __m512 sc = _mm512_div_ps(_mm512_maskz_loadu_ps(m, ce[t] + 16 * q), vs[t]);
