@@ -58,16 +58,23 @@ static int64_t now_ms(void) {
 }
 
 /* Receives one whole multipart message into r (extra parts beyond MAX_REPLY_FRAMES dropped). */
-static int recv_reply(moe_client *c, reply *r) {
+/* Receives one whole answer, waiting at most `wait_ms` for its first frame (the others of a
+ * multipart message are already there). MOE_ERR_CLIENT_TIMEOUT when nothing came. A blocking
+ * receive with ZMQ_RCVTIMEO, not zmq_poll + receive: libzmq then checks the socket's mailbox
+ * once instead of three times, a few syscalls fewer per call. */
+static int recv_reply(moe_client *c, reply *r, int wait_ms) {
     r->count = 0;
     int more = 1;
+    zmq_setsockopt(c->sock, ZMQ_RCVTIMEO, &wait_ms, sizeof wait_ms);
     while (more) {
         zmq_msg_t m;
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, c->sock, 0) < 0) {
+            int e = zmq_errno(), first = r->count == 0;
             zmq_msg_close(&m);
             reply_close(r);
-            return fail(c, MOE_ERR_CLIENT_IO, "receive: %s", zmq_strerror(zmq_errno()));
+            if (first && (e == EAGAIN || e == EINTR)) return MOE_ERR_CLIENT_TIMEOUT;
+            return fail(c, MOE_ERR_CLIENT_IO, "receive: %s", zmq_strerror(e));
         }
         more = zmq_msg_more(&m);
         if (r->count < MAX_REPLY_FRAMES) r->frames[r->count++] = m;
@@ -109,14 +116,8 @@ static int call(moe_client *c, uint16_t op, const void *body, uint32_t body_size
     for (;;) {
         int64_t left = deadline - now_ms();
         if (left <= 0) return fail(c, MOE_ERR_CLIENT_TIMEOUT, "no answer within %d ms", c->timeout_ms);
-        zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&item, 1, (long)left);
-        if (n < 0) {
-            if (zmq_errno() == EINTR) continue;
-            return fail(c, MOE_ERR_CLIENT_IO, "poll: %s", zmq_strerror(zmq_errno()));
-        }
-        if (n == 0) continue;
-        int rc = recv_reply(c, r);
+        int rc = recv_reply(c, r, left > INT32_MAX ? INT32_MAX : (int)left);
+        if (rc == MOE_ERR_CLIENT_TIMEOUT) continue; /* timed out or interrupted: the loop decides */
         if (rc != MOE_OK) return rc;
         if (zmq_msg_size(&r->frames[0]) < sizeof(moe_resp_header)) {
             reply_close(r);

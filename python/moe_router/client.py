@@ -100,10 +100,13 @@ class Client:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ClientTimeoutError(f"no answer from {self.endpoint} within {self.timeout_ms} ms")
+                # A blocking receive with a timeout rather than poll + receive: libzmq checks the
+                # socket once instead of three times (fewer syscalls per call).
+                self._sock.rcvtimeo = max(1, int(left * 1000))
                 try:
-                    if not self._sock.poll(max(1, int(left * 1000))):
-                        continue
                     frames = self._sock.recv_multipart(copy=False)
+                except zmq.Again:
+                    continue
                 except zmq.ZMQError as e:
                     raise ClientIOError(f"receive: {e}") from e
                 head = frames[0].bytes

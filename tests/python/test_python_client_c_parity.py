@@ -148,3 +148,29 @@ def test_python_and_c_outputs_are_byte_identical(clients, name, dtype):
         ps = s.route(logits=data)
         assert ps.weights.tobytes() == sw == cw.tobytes()
         assert ps.ids.tobytes() == sids == cids.tobytes()
+
+
+def test_c_client_timeout_then_recovery(lib, routerd_binary, routerd_class, tmp_path):
+    """The C client waits at most its timeout (MOE_ERR_CLIENT_TIMEOUT = 101), and the late answer
+    to the timed-out request is recognised by its id and dropped, so the next call works."""
+    import os
+    import signal
+    import time
+    d = routerd_class(routerd_binary, ["--preset", "mixtral-8x7b"], tmp_path)
+    lib.moe_ping.argtypes = [ctypes.c_void_p]
+    handle = ctypes.c_void_p()
+    assert lib.moe_connect(d.endpoint.encode(), 300, ctypes.byref(handle)) == 0
+    try:
+        assert lib.moe_ping(handle) == 0
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            assert lib.moe_ping(handle) == 101
+            assert 0.25 <= time.monotonic() - t0 < 3
+            assert b"300 ms" in lib.moe_last_error(handle)
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+        assert lib.moe_ping(handle) == 0
+    finally:
+        lib.moe_close(handle)
+    assert d.stop() == 0
