@@ -138,8 +138,8 @@ struct BenchError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// The baseline: a ROUTER that sends every message straight back, and a DEALER that polls and
-/// receives exactly as the C client library does.
+/// The baseline: a ROUTER that sends every message straight back, and a DEALER that waits for
+/// the answer exactly as the C client library does (blocking receive with ZMQ_RCVTIMEO).
 enum Echo {
     static let holdMagic: UInt32 = 0x444C_4F48  // "HOLD"
 
@@ -184,8 +184,8 @@ enum Echo {
                 $0.storeBytes(of: holdNs, toByteOffset: 4, as: UInt64.self)
             }
             _ = buffer.withUnsafeMutableBytes { zmq_send(sock, $0.baseAddress, bytes, 0) }
-            var item = zmq_pollitem_t(socket: sock, fd: -1, events: Int16(ZMQ_POLLIN), revents: 0)
-            _ = zmq_poll(&item, 1, 5000)
+            var timeout: Int32 = 5000  // set per call, as the C client does
+            zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, 4)
             var m = zmq_msg_t()
             zmq_msg_init(&m)
             zmq_msg_recv(&m, sock, 0)
