@@ -23,9 +23,9 @@ ep="ipc://$dir/routerd.sock"
 
 for layer in deepseek-v3 kimi-k2; do
     $bin/moe-router-bench --endpoint "$ep" --layer $layer --clients 1,2,8,32 --batches 1,64,4096 \
-        --transport both --seconds 1.5 --quiet | tee "$OUT/load-$layer.txt"
+        --transport both --seconds 1.5 --blocks 3 --quiet | tee "$OUT/load-$layer.txt"
 done
-$bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 64 --transport shm --seconds 5 --quiet \
+$bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 64 --transport shm --seconds 6 --blocks 6 --quiet \
     --svg "$OUT/batch.svg" | tee "$OUT/target-8x64-shm.txt"
 $bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 1,64,4096 --transport shm --seconds 2 \
     --open-loop --open-clients 8 --open-batch 64 --rate-start 1000 --rate-factor 1.5 \

@@ -33,6 +33,8 @@ struct LoadBench: ParsableCommand {
     var seconds = 2.0
     @Option(help: "Stop a configuration after this many requests (across its clients).")
     var requests: Int?
+    @Option(help: "Closed loop: split each configuration into this many blocks, alternating with blocks of its echo baseline, so both see the same spells of a shared machine (totals over the blocks).")
+    var blocks = 1
     @Flag(help: "Run the open-loop rate sweep (finds the knee).")
     var openLoop = false
     @Option(help: "Open loop: clients, batch size, transport.")
@@ -60,6 +62,7 @@ struct LoadBench: ParsableCommand {
 
     mutating func run() throws {
         guard let dt = DType(name: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
+        guard blocks >= 1 else { throw ValidationError("--blocks must be at least 1") }
         let ep = endpoint ?? defaultEndpoint()
         let transports: [Bool] = switch transport {
         case "inline": [false]
@@ -78,15 +81,25 @@ struct LoadBench: ParsableCommand {
         for shm in transports {
             for set in batchSets {
                 for n in clientCounts {
+                    let blockSeconds = seconds / Double(blocks)
                     let config = LoadConfig(clients: n, batches: set, shm: shm, dtype: dt, rate: nil,
-                                            seconds: seconds, maxRequests: requests)
+                                            seconds: blockSeconds, maxRequests: requests.map { max(1, $0 / blocks) })
                     if !quiet { progressLine("closed loop: \(n) clients, batch \(config.batchLabel), \(shm ? "shm" : "inline")\n") }
-                    let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: !quiet && seconds >= 5)
-                    var row = ClosedRow(result: r)
-                    if let echo, set.count == 1 {
-                        let shape = ExchangeShape(tokens: set[0].tokens, experts: local.spec.numExperts,
-                                                  topK: local.spec.topK, dtype: dt, shm: shm)
-                        row.echo = runEcho(server: echo, shape: shape, clients: n, seconds: min(seconds, 2))
+                    let shape = echo != nil && set.count == 1
+                        ? ExchangeShape(tokens: set[0].tokens, experts: local.spec.numExperts, topK: local.spec.topK,
+                                        dtype: dt, shm: shm) : nil
+                    var daemonRuns: [LoadResult] = [], echoRuns: [LoadResult] = []
+                    for _ in 0..<blocks {
+                        daemonRuns.append(try runLoad(endpoint: ep, layer: layer, config: config,
+                                                      progress: !quiet && blockSeconds >= 5))
+                        if let echo, let shape {
+                            echoRuns.append(runEcho(server: echo, shape: shape, clients: n,
+                                                    seconds: min(blockSeconds, 2)))
+                        }
+                    }
+                    var row = ClosedRow(result: LoadResult.merged(daemonRuns))
+                    if let shape {
+                        row.echo = LoadResult.merged(echoRuns)
                         row.kernelNs = kernelTimeNs(layer: local, dtype: dt, tokens: set[0].tokens)
                     }
                     report.closed.append(row)

@@ -88,7 +88,8 @@ struct Report {
 
     var json: [String: Any] {
         func res(_ x: LoadResult) -> [String: Any] {
-            ["requests": x.requests, "tokens": x.tokens, "requests_per_s": x.requestsPerSecond,
+            ["requests": x.requests, "tokens": x.tokens, "elapsed_s": Double(x.elapsedNs) / 1e9,
+             "requests_per_s": x.requestsPerSecond,
              "tokens_per_s": x.tokensPerSecond, "errors": x.errors,
              "latency_us": ["p50": x.percentileUs(50), "p90": x.percentileUs(90), "p99": x.percentileUs(99),
                             "p99.9": x.percentileUs(99.9), "max": x.maxUs]]

@@ -36,6 +36,19 @@ struct LoadResult {
     func percentileUs(_ p: Double) -> Double { Double(latency.valueAtPercentile(p)) / 1000 }
     var maxUs: Double { Double(latency.max) / 1000 }
     var errorCount: Int { errors.values.reduce(0, +) }
+
+    /// Several runs of one configuration as one: histograms merged, counts and times summed.
+    static func merged(_ runs: [LoadResult]) -> LoadResult {
+        var total = runs[0]
+        for r in runs.dropFirst() {
+            total.latency.add(r.latency)
+            total.requests += r.requests
+            total.tokens += r.tokens
+            total.errors.merge(r.errors, uniquingKeysWith: +)
+            total.elapsedNs += r.elapsedNs
+        }
+        return total
+    }
 }
 
 /// A failure to set a client up (not a request error: those are counted).

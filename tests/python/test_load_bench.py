@@ -63,3 +63,17 @@ def test_bad_arguments_and_unknown_layer_fail_clearly(bench, start_daemon):
     assert p.returncode != 0 and "nope" in (p.stderr + p.stdout)
     p = subprocess.run([str(bench), "--transport", "carrier-pigeon"], capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "transport" in p.stderr
+    p = subprocess.run([str(bench), "--endpoint", d.endpoint, "--blocks", "0"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "--blocks" in p.stderr
+
+
+def test_blocks_alternate_with_the_echo_and_add_up(bench, start_daemon):
+    """--blocks N: N daemon blocks alternating with N echo blocks, reported as one row whose
+    request count is the sum over the blocks (so it keeps growing with the total time)."""
+    d = start_daemon("--preset", "deepseek-v3")
+    out = run_bench(bench, "--endpoint", d.endpoint, "--clients", "2", "--batches", "64", "--transport", "shm",
+                    "--seconds", "0.9", "--blocks", "3")
+    (row,) = out["closed_loop"]
+    assert row["errors"] == {} and row["requests"] > 0 and row["echo"]["requests"] > 0
+    assert 0.7 < row["elapsed_s"] < 1.5, row["elapsed_s"]
+    assert abs(row["requests_per_s"] * row["elapsed_s"] - row["requests"]) <= 1
