@@ -26,6 +26,9 @@ struct OpenRow {
 struct SoakRow {
     var result: LoadResult
     var samples: [DaemonSample]
+    var offered: Double
+    /// Whether the daemon kept up with the offered rate (achieved ≥ 95 % of it).
+    var keptUp: Bool { result.requestsPerSecond >= 0.95 * offered }
     /// Flat within ±5% once warm (the first sample is the warm-up).
     var rssFlat: Bool { isFlat(samples.dropFirst().map(\.rssKiB), tolerance: 0.05) }
     var fdsFlat: Bool { isFlat(samples.dropFirst().map(\.fds), tolerance: 0.05) }
@@ -77,7 +80,7 @@ struct Report {
         }
         if let soak {
             let x = soak.result
-            print("\nsoak at 80% of the knee: \(f(x.requestsPerSecond, 0)) req/s, p99 \(f(x.percentileUs(99), 1)) µs, errors \(x.errorCount)")
+            print("\nsoak at 80% of the knee: offered \(f(soak.offered, 0)) req/s, achieved \(f(x.requestsPerSecond, 0)) req/s\(soak.keptUp ? "" : " (FELL BEHIND: the knee was optimistic)"), p99 \(f(x.percentileUs(99), 1)) µs, errors \(x.errorCount)")
             if let a = soak.samples.dropFirst().first, let b = soak.samples.last {
                 print("daemon RSS \(a.rssKiB) -> \(b.rssKiB) KiB (flat ±5%: \(soak.rssFlat ? "yes" : "NO")), fds \(a.fds) -> \(b.fds) (flat: \(soak.fdsFlat ? "yes" : "NO"))")
             } else {
@@ -117,6 +120,8 @@ struct Report {
         if let soak {
             var d = res(soak.result)
             d["samples"] = soak.samples.map { ["s": $0.seconds, "rss_kib": $0.rssKiB, "fds": $0.fds] }
+            d["offered_per_s"] = soak.offered
+            d["kept_up"] = soak.keptUp
             d["rss_flat"] = soak.rssFlat
             d["fds_flat"] = soak.fdsFlat
             out["soak"] = d

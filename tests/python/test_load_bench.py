@@ -53,6 +53,7 @@ def test_mix_open_loop_knee_and_soak(bench, start_daemon):
     assert "knee_per_s" in out  # 200 req/s is far below this daemon's knee
     soak = out["soak"]
     assert soak["errors"] == {} and len(soak["samples"]) >= 2
+    assert soak["offered_per_s"] == pytest.approx(0.8 * out["knee_per_s"]) and soak["kept_up"]
     assert all(s["rss_kib"] > 0 and s["fds"] > 0 for s in soak["samples"])
 
 
