@@ -45,8 +45,8 @@ struct LoadBench: ParsableCommand {
     var rateStart = 500.0
     @Option var rateFactor = 2.0
     @Option var rateMax = 1_000_000.0
-    @Option(help: "Open loop: p99 latency (µs) above which a rate is past the knee (default: 5× the first step's p99, at least 2000).")
-    var sloP99Us: Double?
+    @Option(help: "Open loop: p90 latency (µs) above which a rate is past the knee (default: 5× the lowest p90 of the steps so far, at least 2000). p90, not p99: on a shared machine one short stall decides the p99 of a 2-second step.")
+    var sloP90Us: Double?
     @Option(help: "After the sweep, run this many seconds at 80% of the knee and watch the daemon's RSS and fds.")
     var soakSeconds = 0.0
     @Option(help: "The daemon's pid, for RSS and fd sampling.")
@@ -119,18 +119,17 @@ struct LoadBench: ParsableCommand {
     func runOpenLoop(_ ep: String, _ dt: DType, _ report: inout Report) throws {
         let shm = openTransport == "shm"
         var rate = rateStart
-        var slo = sloP99Us
+        var lowestP90 = Double.infinity
         while rate <= rateMax {
             let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, dtype: dt,
                                     rate: rate, seconds: seconds)
             if !quiet { progressLine("open loop: offered \(Int(rate)) req/s\n") }
             let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: false)
-            // A knee that is only just holding for one step would not hold for a long run: the
-            // p99 bound is tight (5× the unloaded p99) so 80 % of the knee is sustainable.
-            let limit = slo ?? max(2000, 5 * r.percentileUs(99))
-            slo = limit
-            let ok = r.errorCount == 0 && r.requestsPerSecond >= 0.95 * rate && r.percentileUs(99) <= limit
+            lowestP90 = min(lowestP90, r.percentileUs(90))
+            let limit = sloP90Us ?? max(2000, 5 * lowestP90)
+            let ok = r.errorCount == 0 && r.requestsPerSecond >= 0.95 * rate && r.percentileUs(90) <= limit
             report.open.append(OpenRow(offered: rate, result: r, withinSLO: ok))
+            report.sloP90Us = limit
             if !ok { break }
             report.knee = rate
             rate *= rateFactor

@@ -41,6 +41,8 @@ struct Report {
     var closed: [ClosedRow] = []
     var open: [OpenRow] = []
     var knee: Double?
+    /// The p90 bound the last open-loop step was judged by.
+    var sloP90Us: Double?
     var soak: SoakRow?
 
     var totalErrors: Int {
@@ -76,7 +78,8 @@ struct Report {
                               f(x.percentileUs(99), 1), f(x.percentileUs(99.9), 1), f(x.maxUs, 1), "\(x.errorCount)",
                               o.withinSLO ? "yes" : "no"]
                   })
-            print("knee: " + (knee.map { "\(f($0, 0)) req/s" } ?? "below the first step"))
+            print("knee: " + (knee.map { "\(f($0, 0)) req/s" } ?? "below the first step")
+                  + (sloP90Us.map { " (a step is within the SLO when it achieves ≥ 95 % of the offered rate with p90 ≤ \(f($0, 0)) µs)" } ?? ""))
         }
         if let soak {
             let x = soak.result
@@ -117,6 +120,7 @@ struct Report {
             return d
         }
         if let knee { out["knee_per_s"] = knee }
+        if let sloP90Us { out["slo_p90_us"] = sloP90Us }
         if let soak {
             var d = res(soak.result)
             d["samples"] = soak.samples.map { ["s": $0.seconds, "rss_kib": $0.rssKiB, "fds": $0.fds] }
