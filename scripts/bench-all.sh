@@ -10,8 +10,19 @@ mkdir -p "$OUT"
 swift build -c release   # every product (one --product flag builds only the last one)
 bin=.build/release
 
-$bin/moe-router-kernel-bench | tee "$OUT/kernel.txt"
-$bin/moe-router-latency-bench | tee "$OUT/latency.txt"
+# CPU time the hypervisor gave to other guests while a step ran (the "steal" column of
+# /proc/stat): figures taken while it is high are not comparable with quiet ones.
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }
+steal_mark() { read -r STEAL_T0 STEAL_S0 < <(cpu_ticks); }
+steal_report() {
+    local t s
+    read -r t s < <(cpu_ticks)
+    echo "$1: steal $(( 100 * (s - STEAL_S0) / (t - STEAL_T0 > 0 ? t - STEAL_T0 : 1) ))% of CPU time" | tee -a "$OUT/steal.txt"
+}
+: > "$OUT/steal.txt"
+
+steal_mark; $bin/moe-router-kernel-bench | tee "$OUT/kernel.txt"; steal_report kernel
+steal_mark; $bin/moe-router-latency-bench | tee "$OUT/latency.txt"; steal_report latency
 
 dir=$(mktemp -d /tmp/moe-bench-XXXXXX)
 $bin/moe-routerd --preset deepseek-v3 --preset kimi-k2 --endpoint "ipc://$dir/routerd.sock" \
@@ -21,12 +32,18 @@ trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do [ -S "$dir/routerd.sock" ] && break; sleep 0.1; done
 ep="ipc://$dir/routerd.sock"
 
+steal_mark
 for layer in deepseek-v3 kimi-k2; do
     $bin/moe-router-bench --endpoint "$ep" --layer $layer --clients 1,2,8,32 --batches 1,64,4096 \
         --transport both --seconds 1.5 --blocks 3 --quiet | tee "$OUT/load-$layer.txt"
 done
+steal_report "load tables"
+steal_mark
 $bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 64 --transport shm --seconds 6 --blocks 6 --quiet \
     --svg "$OUT/batch.svg" | tee "$OUT/target-8x64-shm.txt"
+steal_report "8x64 target"
+steal_mark
 $bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 1,64,4096 --transport shm --seconds 2 \
     --open-loop --open-clients 8 --open-batch 64 --rate-start 1000 --rate-factor 1.5 \
     --soak-seconds "$SOAK" --daemon-pid $daemon --svg "$OUT/load.svg" --quiet | tee "$OUT/open-soak.txt"
+steal_report "open loop + soak"
