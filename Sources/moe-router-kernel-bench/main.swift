@@ -26,10 +26,10 @@ struct KernelBench: ParsableCommand {
     var kernel: String = "best"
 
     @Option(help: "Minimum measured time per figure, seconds (split over the rounds).")
-    var minTime: Double = 0.15
+    var minTime: Double = 0.5
 
     @Option(help: "Rounds per figure. Each round measures every row once, so a slow spell of this shared machine lands on all rows alike; a figure is the median (and minimum) over its rounds.")
-    var rounds: Int = 9
+    var rounds: Int = 5
 
     @Flag(help: "Skip the matched-vs-fallback section.")
     var noFallback = false
