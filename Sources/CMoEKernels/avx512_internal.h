@@ -71,36 +71,20 @@ AVX512 static inline __m512 exp_parts_v(__m512 t, __m512 *lo_out) {
     return _mm512_mask_blend_ps(nan, _mm512_scalef_ps(e, n), t);
 }
 
+/* exp_only_v for lanes that are never NaN (t = x - max of finite x: finite or -inf). */
+AVX512 static inline __m512 exp_nonnan_v(__m512 t) {
+    __m512 hi, lo;
+    __m512 n = exp_reduce_v(t, &hi, &lo);
+    return _mm512_scalef_ps(_mm512_add_ps(hi, lo), n);
+}
+
 /* exp_parts_v without the low part. */
 AVX512 static inline __m512 exp_only_v(__m512 t) {
     const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
-    __m512 hi, lo;
-    __m512 n = exp_reduce_v(t, &hi, &lo);
-    return _mm512_mask_blend_ps(nan, _mm512_scalef_ps(_mm512_add_ps(hi, lo), n), t);
+    return _mm512_mask_blend_ps(nan, exp_nonnan_v(t), t);
 }
 
 AVX512 static inline __m512 exp_nonpos_v(__m512 t) { return exp_only_v(t); }
-
-/* exp_only_v for lanes that are never NaN (t = x - max of finite x: finite or -inf). */
-AVX512 static inline __m512 exp_nonnan_v(__m512 t) {
-    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 x = _mm512_max_ps(t, _mm512_set1_ps(MRK_EXP_FLOOR));
-    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(MRK_LOG2E)), magic),
-                             magic);
-    __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
-                             _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
-    __m512 hi = _mm512_add_ps(one, r);
-    __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(one, hi), r),
-                              _mm512_mul_ps(p, _mm512_mul_ps(r, r)));
-    return _mm512_scalef_ps(_mm512_add_ps(hi, lo), n);
-}
 
 /* mrk_sigmoid_f, 16 lanes. */
 AVX512 static inline __m512 sigmoid_v(__m512 x) {
