@@ -10,13 +10,15 @@ import Logging
 ///
 /// Who sent a message: ipc peers pass our ZAP handler, so their frames carry a User-Id
 /// ("ipc:UID:GID:PID"); internal peers connect over inproc, which has no ZAP and no metadata,
-/// and use the fixed routing ids below.
+/// and use the fixed routing ids below. They connect before the ipc endpoint is bound, and a
+/// ROUTER refuses a second peer with a routing id already in use, so no client can take theirs;
+/// a message without metadata from any other id is dropped.
 struct IOLoop {
     static let frontInproc = "inproc://moe-routerd-front"
     /// The routing id of the DEALER that relays the tcp ROUTER (see `TCPRelay`).
     static let tcpRelayID: [UInt8] = [0, 0x74, 0x63, 0x70]  // "\0tcp"
-    /// The routing id prefix of the workers' DEALERs ("\0w" + index).
-    static let workerIDPrefix: [UInt8] = [0, 0x77]
+    /// The routing id of worker `index`'s DEALER ("\0w" + index).
+    static func workerID(_ index: Int) -> [UInt8] { [0, 0x77] + Array(String(index).utf8) }
     /// How long one blocking receive waits before the loop checks for stop and housekeeping.
     static let receiveTimeoutMs: Int32 = 100
 
@@ -25,12 +27,18 @@ struct IOLoop {
     let monitor: ZMQSocket
     let pool: WorkerPool
     let logger: Logger
+    /// The internal peers' routing ids: the workers', and the relay's when tcp is served.
+    private let workerIDs: Set<[UInt8]>
+    private let relayID: [UInt8]?
     private var inFlight = 0
     private var lastSweepNs: UInt64 = 0
     private var draining = false
     private var credentials = CredentialCache()
 
-    init(server: RouterServer, front: ZMQSocket, monitor: ZMQSocket, pool: WorkerPool, logger: Logger) throws(ZMQError) {
+    init(server: RouterServer, front: ZMQSocket, monitor: ZMQSocket, pool: WorkerPool, servesTCP: Bool,
+         logger: Logger) throws(ZMQError) {
+        workerIDs = Set((0..<pool.count).map(Self.workerID))
+        relayID = servesTCP ? Self.tcpRelayID : nil
         self.server = server
         self.front = front
         self.monitor = monitor
@@ -90,13 +98,13 @@ struct IOLoop {
             return handle(parts, envelopeCount: split, clientID: parts[0].array, transport: .ipc, peer: peer)
         }
         let sender = parts[0].array
-        if sender == Self.tcpRelayID {
+        if sender == relayID {
             // [relay id, tcp client id, (empty delimiter), payload...]: the reply goes back the same way.
             guard parts.count >= 3 else { return }
             let split = parts.count > 3 && parts[2].count == 0 ? 3 : 2
             return handle(parts, envelopeCount: split, clientID: parts[1].array, transport: .tcp, peer: nil)
         }
-        if sender.starts(with: Self.workerIDPrefix) { return forwardResult(parts) }
+        if workerIDs.contains(sender) { return forwardResult(parts) }
         logger.warning("dropped a message from an unauthenticated peer")
     }
 

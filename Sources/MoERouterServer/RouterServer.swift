@@ -77,7 +77,8 @@ public final class RouterServer: Sendable {
         }
         if config.listenFD == nil { chmod(path, 0o660) }
         let monitor = try monitor(front, context, name: "ipc")
-        var loop = try IOLoop(server: self, front: front, monitor: monitor, pool: pool, logger: logger)
+        var loop = try IOLoop(server: self, front: front, monitor: monitor, pool: pool, servesTCP: relay != nil,
+                              logger: logger)
         logger.info("serving", metadata: ["endpoint": "\(config.endpoint)", "tcp": "\(config.tcpEndpoint ?? "-")",
                                           "layers": "\(layers.count)", "backend": "\(backendName)", "workers": "\(config.workers)"])
         ready()

@@ -10,18 +10,21 @@ final class WorkerPool: Sendable {
     private let jobs = Mutex<[IncomingRequest?]>([])
     private let available = DispatchSemaphore(value: 0)
     private let threads: Mutex<[ServiceThread]> = Mutex([])
+    /// The number of workers.
+    let count: Int
 
     /// Starts `count` workers answering through `handler`; `front` is the I/O thread's ROUTER
     /// endpoint (bound before this).
     init(count: Int, context: ZMQContext, front: String, handler: RequestHandler, logger: Logger) {
+        self.count = max(1, count)
         var started: [ServiceThread] = []
-        for i in 0..<max(1, count) {
+        for i in 0..<self.count {
             let ready = DispatchSemaphore(value: 0)
             started.append(ServiceThread(name: "moe-worker-\(i)") { [self] in
                 let out: ZMQSocket
                 do {
                     out = try ZMQSocket(context, type: ZMQ_DEALER)
-                    try out.set(ZMQ_ROUTING_ID, IOLoop.workerIDPrefix + Array(String(i).utf8))
+                    try out.set(ZMQ_ROUTING_ID, IOLoop.workerID(i))
                     try out.set(ZMQ_LINGER, Int32(1000))  // answers written just before stop() still arrive
                     try out.connect(front)
                 } catch {
