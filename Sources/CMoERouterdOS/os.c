@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -115,6 +116,18 @@ int mro_shm_open(const char *name, mro_shm_info *info) {
     info->ino = st.st_ino;
     info->is_regular = S_ISREG(st.st_mode) ? 1 : 0;
     return 0;
+}
+
+int mro_pin_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (cpu >= 0) {
+        CPU_SET(cpu, &set);
+    } else {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        for (long i = 0; i < n && i < CPU_SETSIZE; i++) CPU_SET((int)i, &set);
+    }
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
 void mro_set_thread_name(const char *name) {

@@ -43,6 +43,9 @@ int mro_shm_open(const char *name, mro_shm_info *info);
 
 /* Names the calling thread (15 characters kept). */
 void mro_set_thread_name(const char *name);
+/* Restricts the calling thread to CPU `cpu`, or (cpu < 0) lets it run on every online CPU.
+ * Threads and processes it creates afterwards inherit the mask. 0, or an errno value. */
+int mro_pin_thread(int cpu);
 
 /* 1 when something accepts connections on the unix socket at `path`, 0 when not (stale file
  * or none). */
