@@ -65,15 +65,10 @@ struct LatencyBench: ParsableCommand {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let echoEndpoint = "ipc://\(dir)/echo.sock", routerEndpoint = "ipc://\(dir)/routerd.sock"
-        let echo = try spawn(CommandLine.arguments[0], ["--echo-server", echoEndpoint], waitFor: dir + "/echo.sock")
-        let routerd = try spawn(daemonPath, ["--preset", "deepseek-v3", "--endpoint", routerEndpoint, "--log-level", "warning"],
-                                waitFor: dir + "/routerd.sock")
-        defer { for p in [echo, routerd] { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
-        var client: OpaquePointer?
-        guard moe_connect(routerEndpoint, 10_000, &client) == 0 else { throw BenchError("cannot connect to moe-routerd") }
+        let servers = try spawnServers(daemonPath: daemonPath, dir: dir, echoEndpoint: echoEndpoint, routerEndpoint: routerEndpoint)
+        defer { for p in servers { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
+        var (client, info) = try connect(routerEndpoint)
         defer { moe_close(client) }
-        var info = moe_layer_info()
-        guard moe_find_layer(client, "deepseek-v3", &info) == 0 else { throw BenchError("no deepseek-v3 layer") }
         let echoClient = try Echo.Client(echoEndpoint)
         let requestBytes = 32 + MemoryLayout<moe_route_req>.size + 512
         let T = 4096, inBytes = T * 256 * 2, outBytes = T * 8 * 4
@@ -129,16 +124,11 @@ struct LatencyBench: ParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let echoEndpoint = "ipc://\(dir)/echo.sock", routerEndpoint = "ipc://\(dir)/routerd.sock"
         _ = mro_pin_thread(serverCPU)  // the servers inherit this thread's CPU mask
-        let echo = try spawn(CommandLine.arguments[0], ["--echo-server", echoEndpoint], waitFor: dir + "/echo.sock")
-        let routerd = try spawn(daemonPath, ["--preset", "deepseek-v3", "--endpoint", routerEndpoint, "--log-level", "warning"],
-                                waitFor: dir + "/routerd.sock")
-        defer { for p in [echo, routerd] { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
+        let servers = try spawnServers(daemonPath: daemonPath, dir: dir, echoEndpoint: echoEndpoint, routerEndpoint: routerEndpoint)
+        defer { for p in servers { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
         _ = mro_pin_thread(clientCPU)  // and the clients' libzmq I/O threads inherit this one
-        var client: OpaquePointer?
-        guard moe_connect(routerEndpoint, 10_000, &client) == 0 else { throw BenchError("cannot connect to moe-routerd") }
+        let (client, info) = try connect(routerEndpoint)
         defer { moe_close(client) }
-        var info = moe_layer_info()
-        guard moe_find_layer(client, "deepseek-v3", &info) == 0 else { throw BenchError("no deepseek-v3 layer") }
         let echoClient = try Echo.Client(echoEndpoint)
         let logits1 = (0..<256).map { DType.bf16.narrow(Float(($0 * 37) % 101) / 25 - 2) }
         var w1 = [Float](repeating: 0, count: 8), i1 = [Int32](repeating: 0, count: 8)
@@ -153,6 +143,26 @@ struct LatencyBench: ParsableCommand {
         }
         return (percentile(echoSamples, 0.5), percentile(pingSamples, 0.5), percentile(routeSamples, 0.5),
                 percentile(routeSamples, 0.99))
+    }
+
+    /// The bare echo server and the daemon, each waited for until its socket exists.
+    func spawnServers(daemonPath: String, dir: String, echoEndpoint: String, routerEndpoint: String) throws -> [Process] {
+        let echo = try spawn(CommandLine.arguments[0], ["--echo-server", echoEndpoint], waitFor: dir + "/echo.sock")
+        let routerd = try spawn(daemonPath, ["--preset", "deepseek-v3", "--endpoint", routerEndpoint, "--log-level", "warning"],
+                                waitFor: dir + "/routerd.sock")
+        return [echo, routerd]
+    }
+
+    /// A C-client connection to the daemon and its deepseek-v3 layer.
+    func connect(_ endpoint: String) throws -> (OpaquePointer?, moe_layer_info) {
+        var client: OpaquePointer?
+        guard moe_connect(endpoint, 10_000, &client) == 0 else { throw BenchError("cannot connect to moe-routerd") }
+        var info = moe_layer_info()
+        guard moe_find_layer(client, "deepseek-v3", &info) == 0 else {
+            moe_close(client)
+            throw BenchError("no deepseek-v3 layer")
+        }
+        return (client, info)
     }
 
     func spawn(_ path: String, _ args: [String], waitFor socket: String) throws -> Process {
