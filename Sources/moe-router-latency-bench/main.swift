@@ -220,7 +220,7 @@ enum Echo {
             }
             for i in 0..<n { zmq_msg_send(parts[i], s, i < n - 1 ? ZMQ_SNDMORE : 0) }
         }
-        _ = parts.removeAll()
+        parts.removeAll()
     }
 
     final class Client {
