@@ -28,16 +28,17 @@ struct IOLoop {
     let pool: WorkerPool
     let logger: Logger
     /// The internal peers' routing ids: the workers', and the relay's when tcp is served.
-    private let workerIDs: Set<[UInt8]>
+    private let workerIDs: [[UInt8]]
     private let relayID: [UInt8]?
     private var inFlight = 0
     private var lastSweepNs: UInt64 = 0
     private var draining = false
     private var credentials = CredentialCache()
+    private var activity = ClientActivity()
 
     init(server: RouterServer, front: ZMQSocket, monitor: ZMQSocket, pool: WorkerPool, servesTCP: Bool,
          logger: Logger) throws(ZMQError) {
-        workerIDs = Set((0..<pool.count).map(Self.workerID))
+        workerIDs = (0..<pool.count).map(Self.workerID)
         relayID = servesTCP ? Self.tcpRelayID : nil
         self.server = server
         self.front = front
@@ -95,23 +96,25 @@ struct IOLoop {
         if let peer {
             // [routing id, (empty delimiter from a REQ client), payload...]
             let split = parts.count > 2 && parts[1].count == 0 ? 2 : 1
-            return handle(parts, envelopeCount: split, clientID: parts[0].array, transport: .ipc, peer: peer)
+            return handle(parts, payloadStart: split, clientIDPart: 0, transport: .ipc, peer: peer)
         }
-        let sender = parts[0].array
-        if sender == relayID {
+        let sender = parts[0].bytes
+        if let relayID, sender.elementsEqual(relayID) {
             // [relay id, tcp client id, (empty delimiter), payload...]: the reply goes back the same way.
             guard parts.count >= 3 else { return }
             let split = parts.count > 3 && parts[2].count == 0 ? 3 : 2
-            return handle(parts, envelopeCount: split, clientID: parts[1].array, transport: .tcp, peer: nil)
+            return handle(parts, payloadStart: split, clientIDPart: 1, transport: .tcp, peer: nil)
         }
-        if workerIDs.contains(sender) { return forwardResult(parts) }
+        if workerIDs.contains(where: { sender.elementsEqual($0) }) { return forwardResult(parts) }
         logger.warning("dropped a message from an unauthenticated peer")
     }
 
-    private mutating func handle(_ parts: [ZMQMessage], envelopeCount split: Int, clientID: [UInt8],
+    private mutating func handle(_ parts: [ZMQMessage], payloadStart: Int, clientIDPart: Int,
                                  transport: ClientKey.Transport, peer: PeerCredentials?) {
-        let envelope = Array(parts[..<split]), payload = Array(parts[split...])
-        let request = IncomingRequest(transport: transport, clientID: clientID, envelope: envelope, frames: payload, peer: peer)
+        let request = IncomingRequest(transport: transport, parts: parts, payloadStart: payloadStart,
+                                      clientIDPart: clientIDPart, peer: peer)
+        activity.note(request, routingID: parts[clientIDPart])
+        let envelope = request.envelope
         if let failure = RequestParser.parse(request, defaultDeadlineMs: config.defaultDeadlineMs,
                                              maxMessageBytes: config.maxMessageBytes) {
             return answer(failure, to: envelope)
@@ -130,20 +133,29 @@ struct IOLoop {
             return
         }
         if request.op == WireOp.registerShm.rawValue { drainMonitor() }
-        let reply = handler.handle(request)
-        send(envelope, reply.encode())
+        send(envelope, handler.handle(request))
     }
 
-    private func answer(_ reply: Reply, to envelope: [ZMQMessage]) {
+    private func answer(_ reply: Reply, to envelope: ArraySlice<ZMQMessage>) {
         handler.stats.count(reply)
-        send(envelope, reply.encode())
+        send(envelope, reply)
     }
 
-    private func send(_ envelope: [ZMQMessage], _ frames: [ZMQMessage]) {
+    private func send(_ envelope: ArraySlice<ZMQMessage>, _ reply: Reply) {
         // A vanished peer's reply is dropped by the ROUTER; a full pipe drops it too (never blocks).
         do {
             for e in envelope { try front.send(e, more: true, dontWait: true) }
-            for (i, f) in frames.enumerated() { try front.send(f, more: i < frames.count - 1, dontWait: true) }
+            try front.send(reply.encodeFirstFrame(), more: !reply.frames.isEmpty, dontWait: true)
+            for (i, f) in reply.frames.enumerated() { try front.send(f, more: i < reply.frames.count - 1, dontWait: true) }
+        } catch {
+            logger.debug("reply dropped: \(error)")
+        }
+    }
+
+    private func send(_ envelope: ArraySlice<ZMQMessage>, _ frames: ArraySlice<ZMQMessage>) {
+        do {
+            for e in envelope { try front.send(e, more: true, dontWait: true) }
+            for (i, f) in zip(frames.indices, frames) { try front.send(f, more: i < frames.endIndex - 1, dontWait: true) }
         } catch {
             logger.debug("reply dropped: \(error)")
         }
@@ -156,7 +168,7 @@ struct IOLoop {
         guard parts.count >= 4, parts[1].count == 1 else { return }
         let n = Int(parts[1].bytes[0])
         guard n >= 1, parts.count > n + 2 else { return }
-        send(Array(parts[2..<(n + 2)]), Array(parts[(n + 2)...]))
+        send(parts[2..<(n + 2)], parts[(n + 2)...])
     }
 
     /// Disconnect events: release the registrations of the connection that closed.
@@ -206,3 +218,23 @@ struct CredentialCache {
         return frame.property("Peer-Address").flatMap(PeerCredentials.init)
     }
 }
+
+/// Tells `ServerMetrics` which clients sent requests (for the active-client gauge), at most once a
+/// second per client: the common case — the same few connections sending request after
+/// request — costs a short byte compare, not a locked dictionary update.
+struct ClientActivity {
+    private var recent: [(transport: ClientKey.Transport, id: [UInt8], notedNs: UInt64)] = []
+
+    mutating func note(_ request: IncomingRequest, routingID: ZMQMessage) {
+        let id = routingID.bytes, now = request.receivedNs
+        if let i = recent.firstIndex(where: { $0.transport == request.transport && $0.id.elementsEqual(id) }) {
+            guard now &- recent[i].notedNs >= 1_000_000_000 else { return }
+            recent[i].notedNs = now
+        } else {
+            if recent.count == 32 { recent.removeFirst() }
+            recent.append((request.transport, request.client.routingID, now))
+        }
+        ServerMetrics.noteClient(request.client, at: now)
+    }
+}
+

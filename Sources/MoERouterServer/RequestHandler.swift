@@ -106,7 +106,7 @@ final class RequestHandler: Sendable {
             WireBytes.setFixed(&info.name, s.name)
             body += WireBytes.bytes(of: info)
         }
-        let frame = biases.withUnsafeBytes { ZMQMessage(bytes: $0) }
+        let frame = biases.withUnsafeBytes { ZMQMessage.copying($0) }
         return Reply(op: r.op, requestID: r.requestID, message: "\(catalog.layers.count) layers", body: body, frames: [frame])
     }
 

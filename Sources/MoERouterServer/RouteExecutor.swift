@@ -35,28 +35,31 @@ final class RouteExecutor: Sendable {
         do {
             let plan = try validate(q, r)
             resp.top_k = UInt32(plan.layer.spec.topK)
-            let refs = [try resolve(q.input, name: "input", expected: plan.inputBytes, align: plan.dtype.byteSize, r, &checkedOut),
-                        try resolve(q.weights, name: "weights", expected: plan.outputBytes, align: 4, r, &checkedOut),
-                        try resolve(q.ids, name: "ids", expected: plan.outputBytes, align: 4, r, &checkedOut)]
-            if !checkedOut.isEmpty { try checkOverlap(refs) }
+            let input = try resolve(q.input, name: "input", expected: plan.inputBytes, align: plan.dtype.byteSize, r, &checkedOut)
+            let weights = try resolve(q.weights, name: "weights", expected: plan.outputBytes, align: 4, r, &checkedOut)
+            let ids = try resolve(q.ids, name: "ids", expected: plan.outputBytes, align: 4, r, &checkedOut)
+            if !checkedOut.isEmpty { try checkOverlap([input, weights, ids]) }
             // A segment that already faulted is dead. No fstat here: a shrink (before or during
             // this request) is caught by the SIGBUS guard when a byte we use is gone.
             for s in checkedOut where s.faulted { throw truncated(s) }
-            var frames: [ZMQMessage] = []
-            let inputPtr: UnsafeRawBufferPointer = refs[0].segment.map {
-                UnsafeRawBufferPointer(start: $0.base + refs[0].offset, count: refs[0].length)
-            } ?? r.frames[1].bytes
-            let weightsMsg = refs[1].segment == nil ? ZMQMessage(size: plan.outputBytes) : nil
-            let idsMsg = refs[2].segment == nil ? ZMQMessage(size: plan.outputBytes) : nil
-            let wPtr = refs[1].segment.map { $0.base + refs[1].offset } ?? weightsMsg!.mutableBytes.baseAddress
-            let iPtr = refs[2].segment.map { $0.base + refs[2].offset } ?? idsMsg!.mutableBytes.baseAddress
+            let inputPtr: UnsafeRawBufferPointer = input.segment.map {
+                UnsafeRawBufferPointer(start: $0.base + input.offset, count: input.length)
+            } ?? r.frame(1).bytes
+            let weightsMsg = weights.segment == nil ? ZMQMessage.sized(plan.outputBytes) : nil
+            let idsMsg = ids.segment == nil ? ZMQMessage.sized(plan.outputBytes) : nil
+            let wPtr = weights.segment.map { $0.base + weights.offset } ?? weightsMsg!.mutableBytes.baseAddress
+            let iPtr = ids.segment.map { $0.base + ids.offset } ?? idsMsg!.mutableBytes.baseAddress
             let count = plan.outputBytes / 4
             let t0 = mro_now_ns()
             let outcome = try runBackend(plan, inputPtr, wPtr, iPtr, count)
             resp.compute_ns = mro_now_ns() - t0
             for s in checkedOut where s.faulted { throw truncated(s) }
-            if let weightsMsg { frames.append(weightsMsg) }
-            if let idsMsg { frames.append(idsMsg) }
+            let frames: [ZMQMessage] = switch (weightsMsg, idsMsg) {
+            case let (w?, i?): [w, i]
+            case let (w?, nil): [w]
+            case let (nil, i?): [i]
+            case (nil, nil): []
+            }
             resp.nonfinite_count = UInt64(outcome.nonFiniteInputs)
             resp.fallback_cast = outcome.usedFallbackCast ? 1 : 0
             stats.routes.add(1, ordering: .relaxed)
@@ -114,8 +117,8 @@ final class RouteExecutor: Sendable {
         let outputBytes = t * spec.topK * 4
         let inlineInput = q.input.kind == MOE_BUF_INLINE.rawValue
         let expectedFrames = inlineInput ? 2 : 1
-        guard r.frames.count == expectedFrames else {
-            throw RequestFailure(.malformed, "ROUTE with \(inlineInput ? "inline" : "shm") input takes \(expectedFrames) frame(s), got \(r.frames.count)")
+        guard r.frameCount == expectedFrames else {
+            throw RequestFailure(.malformed, "ROUTE with \(inlineInput ? "inline" : "shm") input takes \(expectedFrames) frame(s), got \(r.frameCount)")
         }
         return Plan(layer: layer, dtype: dtype, tokens: t, inputBytes: inputBytes, outputBytes: outputBytes)
     }
@@ -131,8 +134,8 @@ final class RouteExecutor: Sendable {
             guard ref.handle == 0, ref.offset == 0 else {
                 throw RequestFailure(.badField, "\(name) is inline: handle and offset must be 0 (got \(ref.handle), \(ref.offset))")
             }
-            if name == "input" && r.frames[1].count != expected {
-                throw RequestFailure(.sizeMismatch, "input frame holds \(r.frames[1].count) bytes, expected \(expected)")
+            if name == "input" && r.frame(1).count != expected {
+                throw RequestFailure(.sizeMismatch, "input frame holds \(r.frame(1).count) bytes, expected \(expected)")
             }
             return ResolvedRef(name: name, segment: nil, offset: 0, length: expected)
         case MOE_BUF_SHM.rawValue:
@@ -186,13 +189,14 @@ final class RouteExecutor: Sendable {
                             _ i: UnsafeMutableRawPointer?, _ count: Int) throws -> RouteOutcome {
         let weights = UnsafeMutableBufferPointer<Float>(start: w?.assumingMemoryBound(to: Float.self), count: count)
         let ids = UnsafeMutableBufferPointer<Int32>(start: i?.assumingMemoryBound(to: Int32.self), count: count)
-        // Inline frames of a few bytes live inside zmq_msg_t and may be unaligned for the dtype.
+        // Inline frames may sit at any offset of libzmq's receive buffer (or inside zmq_msg_t):
+        // an input not aligned for its dtype is copied first (on the stack when small).
         if let base = input.baseAddress, Int(bitPattern: base) % p.dtype.byteSize != 0 {
-            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: input.count, alignment: 16)
-            defer { copy.deallocate() }
-            copy.copyMemory(from: input)
-            return try backend.route(layer: p.layer, input: UnsafeRawBufferPointer(copy), dtype: p.dtype,
-                                     tokens: p.tokens, weights: weights, ids: ids)
+            return try withUnsafeTemporaryAllocation(byteCount: input.count, alignment: 64) { copy in
+                copy.copyMemory(from: input)
+                return try backend.route(layer: p.layer, input: UnsafeRawBufferPointer(copy), dtype: p.dtype,
+                                         tokens: p.tokens, weights: weights, ids: ids)
+            }
         }
         return try backend.route(layer: p.layer, input: input, dtype: p.dtype, tokens: p.tokens, weights: weights, ids: ids)
     }

@@ -29,7 +29,6 @@ public enum ServerMetrics {
 
     /// Counts one reply. `layer` is the layer's name for ROUTE, "" for other ops.
     static func record(_ reply: Reply, request: IncomingRequest?, layer layerName: () -> String) {
-        if let request { lastSeen.withLock { $0[request.client] = request.receivedNs } }
         guard enabled.load(ordering: .relaxed) else { return }
         let layer = layerName()
         let op = request?.op ?? reply.op
@@ -63,6 +62,11 @@ public enum ServerMetrics {
         errors?.increment()
         if let tokenCounter { tokenCounter.increment(by: Int64(tokens)) }
         if let request { latency.recordNanoseconds(Int64(mro_now_ns() &- request.receivedNs)) }
+    }
+
+    /// Records that `client` sent a request at `ns` (the I/O thread calls this; see `ClientActivity`).
+    static func noteClient(_ client: ClientKey, at ns: UInt64) {
+        lastSeen.withLock { $0[client] = ns }
     }
 
     /// Distinct clients that sent a request in the last `windowNs` (entries older are forgotten).

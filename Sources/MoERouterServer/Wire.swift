@@ -108,25 +108,31 @@ public struct Reply {
     }
 
     /// Frame 0 (header + body + message) followed by the extra frames.
-    public func encode() -> [ZMQMessage] {
-        var text = Array(message.utf8.prefix(Int(MOE_MAX_MESSAGE_TEXT)))
-        while let last = text.last, last & 0xC0 == 0x80 { text.removeLast() } // keep UTF-8 whole
-        var header = moe_resp_header()
-        header.magic = MOE_PROTOCOL_MAGIC
-        header.version = UInt16(MOE_PROTOCOL_VERSION)
-        header.op = op
-        header.request_id = requestID
-        header.status = status.rawValue
-        header.body_size = UInt32(body.count)
-        header.message_len = UInt16(text.count)
-        let headerSize = MemoryLayout<moe_resp_header>.size
-        let first = ZMQMessage(size: headerSize + body.count + text.count)
-        let out = first.mutableBytes
-        withUnsafeBytes(of: header) { out.copyMemory(from: $0) }
-        body.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[headerSize...]).copyMemory(from: $0) }
-        text.withUnsafeBytes {
-            UnsafeMutableRawBufferPointer(rebasing: out[(headerSize + body.count)...]).copyMemory(from: $0)
+    public func encode() -> [ZMQMessage] { [encodeFirstFrame()] + frames }
+
+    /// Frame 0: header + body + message (at most MOE_MAX_MESSAGE_TEXT bytes, cut at a UTF-8
+    /// character boundary).
+    public func encodeFirstFrame() -> ZMQMessage {
+        var message = message
+        return message.withUTF8 { utf8 in
+            var textCount = min(utf8.count, Int(MOE_MAX_MESSAGE_TEXT))
+            if textCount < utf8.count { while textCount > 0 && utf8[textCount] & 0xC0 == 0x80 { textCount -= 1 } }
+            var header = moe_resp_header()
+            header.magic = MOE_PROTOCOL_MAGIC
+            header.version = UInt16(MOE_PROTOCOL_VERSION)
+            header.op = op
+            header.request_id = requestID
+            header.status = status.rawValue
+            header.body_size = UInt32(body.count)
+            header.message_len = UInt16(textCount)
+            let headerSize = MemoryLayout<moe_resp_header>.size
+            let first = ZMQMessage.sized(headerSize + body.count + textCount)
+            let out = first.mutableBytes
+            withUnsafeBytes(of: header) { out.copyMemory(from: $0) }
+            body.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[headerSize...]).copyMemory(from: $0) }
+            UnsafeMutableRawBufferPointer(rebasing: out[(headerSize + body.count)...])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[..<textCount]))
+            return first
         }
-        return [first] + frames
     }
 }

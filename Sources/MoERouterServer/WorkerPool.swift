@@ -35,7 +35,7 @@ final class WorkerPool: Sendable {
                 ready.signal()
                 while let job = next() {
                     let reply = handler.handle(job)
-                    let parts = [ZMQMessage([UInt8(job.envelope.count)])] + job.envelope + reply.encode()
+                    let parts = [ZMQMessage.copying([UInt8(job.envelope.count)])] + job.envelope + reply.encode()
                     do { try out.sendMultipart(parts) } catch {
                         logger.error("worker \(i): cannot hand back a reply: \(error)")
                     }

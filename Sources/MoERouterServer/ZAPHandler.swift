@@ -46,8 +46,8 @@ final class ZAPHandler: @unchecked Sendable {
                 user = "tcp:\(text[3])"
             }
             let reply: [ZMQMessage] = [
-                ZMQMessage(Array("1.0".utf8)), ZMQMessage(requestID), ZMQMessage(Array(status.utf8)),
-                ZMQMessage(Array(reason.utf8)), ZMQMessage(Array(user.utf8)), ZMQMessage([]),
+                ZMQMessage.copying(Array("1.0".utf8)), ZMQMessage.copying(requestID), ZMQMessage.copying(Array(status.utf8)),
+                ZMQMessage.copying(Array(reason.utf8)), ZMQMessage.copying(Array(user.utf8)), ZMQMessage.copying([]),
             ]
             do { try socket.sendMultipart(reply) } catch {
                 if error.isTerminated { break }

@@ -33,35 +33,33 @@ public final class ZMQContext: @unchecked Sendable {
     }
 }
 
-/// One message part, heap-allocated so libzmq's `zmq_msg_t` never moves.
-public final class ZMQMessage {
-    let msg: UnsafeMutablePointer<zmq_msg_t>
-
-    public init() {
-        msg = .allocate(capacity: 1)
-        zmq_msg_init(msg)
+/// One message part. The `zmq_msg_t` lives in the object's own allocation (tail-allocated, so
+/// one malloc per message, not two) and never moves: libzmq keeps small payloads inside it.
+public final class ZMQMessage: ManagedBuffer<Void, zmq_msg_t> {
+    private static func make(_ initialise: (UnsafeMutablePointer<zmq_msg_t>) -> Void) -> ZMQMessage {
+        let m = unsafeDowncast(create(minimumCapacity: 1) { _ in }, to: ZMQMessage.self)
+        m.withUnsafeMutablePointerToElements(initialise)
+        return m
     }
+
+    /// An empty message (to receive into).
+    public static func empty() -> ZMQMessage { make { zmq_msg_init($0) } }
 
     /// A message of `size` uninitialised bytes, to be filled through `mutableBytes`.
-    public init(size: Int) {
-        msg = .allocate(capacity: 1)
-        zmq_msg_init_size(msg, size)
+    public static func sized(_ size: Int) -> ZMQMessage { make { zmq_msg_init_size($0, size) } }
+
+    public static func copying(_ bytes: UnsafeRawBufferPointer) -> ZMQMessage {
+        let m = sized(bytes.count)
+        if bytes.count > 0 { m.mutableBytes.copyMemory(from: bytes) }
+        return m
     }
 
-    public convenience init(bytes: UnsafeRawBufferPointer) {
-        self.init(size: bytes.count)
-        if bytes.count > 0 { mutableBytes.copyMemory(from: bytes) }
-    }
+    public static func copying(_ array: [UInt8]) -> ZMQMessage { array.withUnsafeBytes { copying($0) } }
 
-    public convenience init(_ array: [UInt8]) {
-        self.init(size: array.count)
-        array.withUnsafeBytes { if $0.count > 0 { mutableBytes.copyMemory(from: $0) } }
-    }
+    deinit { withUnsafeMutablePointerToElements { _ = zmq_msg_close($0) } }
 
-    deinit {
-        zmq_msg_close(msg)
-        msg.deallocate()
-    }
+    /// The message itself, valid while this object lives.
+    var msg: UnsafeMutablePointer<zmq_msg_t> { withUnsafeMutablePointerToElements { $0 } }
 
     public var count: Int { zmq_msg_size(msg) }
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: count) }
@@ -138,12 +136,12 @@ public final class ZMQSocket {
     }
 
     public func send(bytes: [UInt8], more: Bool = false) throws(ZMQError) {
-        try send(ZMQMessage(bytes), more: more)
+        try send(ZMQMessage.copying(bytes), more: more)
     }
 
     /// Receives one part into a new message.
     public func receive(dontWait: Bool = false) throws(ZMQError) -> ZMQMessage {
-        let m = ZMQMessage()
+        let m = ZMQMessage.empty()
         while zmq_msg_recv(m.msg, raw, dontWait ? ZMQ_DONTWAIT : 0) < 0 {
             let e = ZMQError.last("zmq_msg_recv")
             if !e.interrupted { throw e }
@@ -153,7 +151,9 @@ public final class ZMQSocket {
 
     /// Receives every part of one multipart message.
     public func receiveMultipart(dontWait: Bool = false) throws(ZMQError) -> [ZMQMessage] {
-        var parts = [try receive(dontWait: dontWait)]
+        var parts: [ZMQMessage] = []
+        parts.reserveCapacity(4)
+        parts.append(try receive(dontWait: dontWait))
         while parts[parts.count - 1].hasMore { parts.append(try receive()) }
         return parts
     }

@@ -36,7 +36,7 @@ final class EchoServer: @unchecked Sendable {
             guard let parts = try? socket.receiveMultipart() else { return }
             let sizes = replySizes.withLock { $0 }
             var reply = [parts[0]]
-            for s in sizes { reply.append(ZMQMessage(size: s)) }
+            for s in sizes { reply.append(ZMQMessage.sized( s)) }
             do { try socket.sendMultipart(reply) } catch { return }
         }
     }
