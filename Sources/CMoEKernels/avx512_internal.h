@@ -312,7 +312,9 @@ AVX512 static inline float kth_largest16(__m512 v, int32_t k) {
 typedef struct {
     int32_t G, Gk, nch, cpg; /* groups (0: ungrouped), kept groups, chunks, chunks per group */
     float dp;                /* bound on |exact key - approx key|, rounding included */
+    int32_t eo;              /* even/odd key layout (bf16; see fast_phase1 in avx512_sigmoid.c) */
     __m512 t[8];             /* the approximation's tables */
+    float bias_eo[MRK_MAX_EXPERTS] __attribute__((aligned(64))); /* the bias in that layout */
 } fast_ctx;
 
 /* Phase 3b: the candidates ranked exactly; ids and weights out. wmode 0: w = the payload
@@ -325,8 +327,10 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
     __m512 cv[2], sv[2];
     __m512i iv[2];
     float ck[FAST_MAX_CAND] __attribute__((aligned(64)));
+    int32_t cix[FAST_MAX_CAND] __attribute__((aligned(64)));
     for (int32_t q = 0; q < nv; q++) {
         iv[q] = _mm512_maskz_loadu_epi32(tail_mask(n - 16 * q), cidx + 16 * q);
+        _mm512_store_si512(cix + 16 * q, iv[q]); /* lanes >= n: 0 */
         cv[q] = _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), tail_mask(n - 16 * q),
                                      carr + 16 * q);
         _mm512_store_ps(ck + 16 * q, cv[q]); /* lanes >= n: -inf, whatever carr holds there */
@@ -381,12 +385,14 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
 #pragma clang loop unroll(full)
         for (int32_t j = 0; j < 16; j++) {
             const __m512 b = _mm512_set1_ps(ck[j]);
-            const __mmask16 after = j >= 15 ? (__mmask16)0 : (__mmask16)(0xffffu << (j + 1));
+            /* on equal keys the lower expert index wins (candidates need not be ascending) */
+            const __mmask16 after = _mm512_cmplt_epi32_mask(_mm512_set1_epi32(cix[j]), iv[0]);
             const __mmask16 beats = _mm512_cmp_ps_mask(b, cv[0], _CMP_GT_OQ) |
                                     _mm512_mask_cmp_ps_mask(after, b, cv[0], _CMP_EQ_OQ);
             rank = _mm512_mask_sub_epi32(rank, beats, rank, minus1);
         }
-        /* lanes >= n hold -inf and rank n..15, so the ranks are a permutation of 0..15 */
+        /* the real lanes' ranks are a permutation of 0..n-1 (indices are distinct); lanes >= n
+         * hold -inf and index 0 and all rank n <= 15: only ranks < k <= n are read */
         int32_t rk[16] __attribute__((aligned(64)));
         int32_t ix[16] __attribute__((aligned(64)));
         float sx[16] __attribute__((aligned(64)));
@@ -405,11 +411,8 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
             __m512i rank = _mm512_setzero_si512();
             for (int32_t j = 0; j < 16 * nv; j++) {
                 const __m512 b = _mm512_set1_ps(ck[j]);
-                /* lanes i with position > j lose ties to j */
-                const int32_t rel = j - 16 * q; /* j's position relative to this vector's lane 0 */
-                const __mmask16 after = rel < 0 ? (__mmask16)0xffff
-                                      : rel >= 15 ? (__mmask16)0
-                                                  : (__mmask16)(0xffffu << (rel + 1));
+                /* lanes i with a higher expert index lose ties to j */
+                const __mmask16 after = _mm512_cmplt_epi32_mask(_mm512_set1_epi32(cix[j]), iv[q]);
                 const __mmask16 beats = _mm512_cmp_ps_mask(b, cv[q], _CMP_GT_OQ) |
                                         _mm512_mask_cmp_ps_mask(after, b, cv[q], _CMP_EQ_OQ);
                 rank = _mm512_mask_sub_epi32(rank, beats, rank, minus1);

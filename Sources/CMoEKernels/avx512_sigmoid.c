@@ -9,12 +9,37 @@
  * dependent operations overlaps the next token's work). Each phase returns 0 when it cannot
  * prove its answer: the caller then reruns the token exactly. */
 
-/* Phase 1: approximate keys (and the widened row, for dtypes other than fp32). */
+/* Phase 1: approximate keys (and the widened row, for dtypes other than fp32).
+ *
+ * eo (bf16 rows, E a multiple of 32): the keys are stored in an even/odd layout, each 32
+ * experts as two chunks, first the 16 even experts then the 16 odd ones. One 512-bit load of
+ * 32 bf16 values widens to both chunks with a shift and a mask (no cross-lane shuffle, which
+ * would compete with the table lookups for the one shuffle port); F->bias_eo holds the bias in
+ * the same layout. Group top-2 sums and thresholds do not depend on the order inside a group
+ * (eo is used only when each group is whole 32-expert blocks); the candidates' indices are
+ * computed from the layout (chunk_experts) and ranked by index on ties (fast_rank_weights). */
 AVX512 static inline __attribute__((always_inline)) int
 fast_phase1(const fast_ctx *F, const float *bias, const void *row, int32_t dtype, float *xw,
-            float *akey, const int32_t E) {
+            float *akey, const int32_t E, const int eo) {
     const int32_t nch = (E + 15) / 16;
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    if (eo) {
+        /* the bf16 exponent field of both halves of each 32-bit lane */
+        const __m512i expmask = _mm512_set1_epi16(0x7f80);
+        __m512i nfacc = _mm512_setzero_si512();
+        for (int32_t c2 = 0; c2 < E / 32; c2++) {
+            const __m512i v = _mm512_loadu_si512((const uint16_t *)row + 32 * c2);
+            _mm_prefetch((const char *)row + 4 * (size_t)E + 64 * c2, _MM_HINT_T0);
+            nfacc = _mm512_max_epu16(nfacc, _mm512_and_si512(v, expmask));
+            const __m512 xe = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+            const __m512 xo = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+            __m512 ae = sig_approx_v(xe, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6], F->t[7]);
+            __m512 ao = sig_approx_v(xo, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6], F->t[7]);
+            _mm512_store_ps(akey + 32 * c2, _mm512_add_ps(ae, _mm512_load_ps(F->bias_eo + 32 * c2)));
+            _mm512_store_ps(akey + 32 * c2 + 16, _mm512_add_ps(ao, _mm512_load_ps(F->bias_eo + 32 * c2 + 16)));
+        }
+        return !_mm512_cmpeq_epi16_mask(nfacc, expmask);
+    }
     const __m512i expmask = _mm512_set1_epi32(0x7f800000);
     __m512i nfacc = _mm512_setzero_si512();
     for (int32_t c = 0; c < nch; c++) {
@@ -38,11 +63,18 @@ fast_phase1(const fast_ctx *F, const float *bias, const void *row, int32_t dtype
     return !_mm512_cmpeq_epi32_mask(nfacc, expmask);
 }
 
-/* Phase 2: kept groups and the candidates (indices, ascending) into cidx; returns their number,
+/* The experts of key chunk c, lane by lane (see fast_phase1 for the even/odd layout). */
+AVX512 static inline __m512i chunk_experts(int32_t c, const int eo) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    if (eo) return _mm512_add_epi32(_mm512_add_epi32(lane, lane), _mm512_set1_epi32(32 * (c >> 1) + (c & 1)));
+    return _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c));
+}
+
+/* Phase 2: kept groups and the candidates (indices; ascending unless eo) into cidx; returns their number,
  * or 0 when the token must take the exact path. cidx has room for FAST_MAX_CAND + 16. */
 AVX512 static inline __attribute__((always_inline)) int32_t
 fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E, const int32_t k,
-            const int32_t G_, const int32_t cpg_) {
+            const int32_t G_, const int32_t cpg_, const int eo) {
     const int32_t nch = (E + 15) / 16;
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
     float thr;
@@ -135,20 +167,19 @@ fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E
     /* 3. candidates: every expert whose approximate key reaches thr */
     int32_t n = 0;
     const __m512 vthr = _mm512_set1_ps(thr);
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     if (G_) {
         for (uint64_t km = kept_chunks[0]; km; km &= km - 1) {
             const int32_t c = __builtin_ctzll(km);
             const __mmask16 m = _mm512_cmp_ps_mask(_mm512_load_ps(akey + 16 * c), vthr, _CMP_GE_OQ);
-            _mm512_storeu_si512(cidx + (n < FAST_MAX_CAND ? n : FAST_MAX_CAND), _mm512_maskz_compress_epi32(
-                                              m, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+            _mm512_storeu_si512(cidx + (n < FAST_MAX_CAND ? n : FAST_MAX_CAND),
+                                _mm512_maskz_compress_epi32(m, chunk_experts(c, eo)));
             n += __builtin_popcount(m);
         }
     } else {
         for (int32_t c = 0; c < nch; c++) {
             const __mmask16 m = _mm512_cmp_ps_mask(_mm512_load_ps(akey + 16 * c), vthr, _CMP_GE_OQ);
-            _mm512_storeu_si512(cidx + (n < FAST_MAX_CAND ? n : FAST_MAX_CAND), _mm512_maskz_compress_epi32(
-                                              m, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+            _mm512_storeu_si512(cidx + (n < FAST_MAX_CAND ? n : FAST_MAX_CAND),
+                                _mm512_maskz_compress_epi32(m, chunk_experts(c, eo)));
             n += __builtin_popcount(m);
         }
     }
@@ -161,7 +192,7 @@ fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E
 AVX512 static inline __attribute__((always_inline)) void
 fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t *ci0,
                  int32_t *ci1, int32_t *n_out0, int32_t *n_out1, const int32_t k, const int32_t G,
-                 const int32_t cpg, const int32_t Gk) {
+                 const int32_t cpg, const int32_t Gk, const int eo) {
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
     const float *ak[2] = {ak0, ak1};
     int32_t *ci[2] = {ci0, ci1};
@@ -234,7 +265,6 @@ fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t 
         /* when not ok, any Gk * cpg valid chunks keep the loop below in bounds */
         km[t] = ok[t] ? m : (1ull << (Gk * cpg)) - 1;
     }
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int32_t n[2] = {0, 0};
     const __m512 vthr[2] = {_mm512_set1_ps(thr[0]), _mm512_set1_ps(thr[1])};
     for (int32_t j = 0; j < Gk * cpg; j++)
@@ -243,7 +273,7 @@ fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t 
             km[t] &= km[t] - 1;
             const __mmask16 m = _mm512_cmp_ps_mask(_mm512_load_ps(ak[t] + 16 * c), vthr[t], _CMP_GE_OQ);
             _mm512_storeu_si512(ci[t] + (n[t] < FAST_MAX_CAND ? n[t] : FAST_MAX_CAND),
-                                _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c))));
+                                _mm512_maskz_compress_epi32(m, chunk_experts(c, eo)));
             n[t] += __builtin_popcount(m);
         }
     *n_out0 = ok[0] && n[0] >= k && n[0] <= FAST_MAX_CAND ? n[0] : 0;
@@ -296,7 +326,7 @@ AVX512 static inline __attribute__((always_inline)) void
 fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row_bytes,
              int32_t dtype, int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
              const int32_t E, const int32_t k, const int32_t G_, const int32_t cpg_,
-             const int32_t Gk_) {
+             const int32_t Gk_, const int eo) {
     float akey[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
     float xw[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
     int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
@@ -306,19 +336,19 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     const int32_t stride = (E + 15) & ~15;
     for (int32_t b = 0; b < nb; b++)
         need_exact[b] = !fast_phase1(F, C->L->bias, rows + (size_t)b * row_bytes, dtype,
-                                     xw + b * stride, akey + b * stride, E);
+                                     xw + b * stride, akey + b * stride, E, eo);
     if (Gk_) {
         for (int32_t b = 0; b < nb; b += 2) {
             const int32_t b1 = b + 1 < nb ? b + 1 : b;
             int32_t n0, n1;
             fast_phase2_pair(F, akey + b * stride, akey + b1 * stride, cidx[b], cidx[b1], &n0, &n1,
-                             k, G_, cpg_, Gk_);
+                             k, G_, cpg_, Gk_, eo);
             ncand[b] = need_exact[b] ? 0 : n0;
             ncand[b1] = need_exact[b1] ? 0 : n1;
         }
     } else {
         for (int32_t b = 0; b < nb; b++)
-            ncand[b] = need_exact[b] ? 0 : fast_phase2(F, akey + b * stride, cidx[b], E, k, G_, cpg_);
+            ncand[b] = need_exact[b] ? 0 : fast_phase2(F, akey + b * stride, cidx[b], E, k, G_, cpg_, eo);
     }
     for (int32_t b = 0; b < nb; b++) {
         need_exact[b] = ncand[b] == 0;
@@ -339,11 +369,21 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
 AVX512 void mrk_avx512_fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,
                               size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
                               int32_t *ids, uint8_t *need_exact) {
-    if (C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2 && F->Gk == 4)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4);
-    else if (C->E == 256 && C->k == 8 && F->G == 0)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0);
+    const int v3 = C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2 && F->Gk == 4;
+    const int flat256 = C->E == 256 && C->k == 8 && F->G == 0;
+    if (F->eo) {
+        if (v3)
+            fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4, 1);
+        else if (flat256)
+            fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0, 1);
+        else
+            fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
+                         F->cpg, 0, 1);
+    } else if (v3)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4, 0);
+    else if (flat256)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0, 0);
     else
         fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
-                     F->cpg, 0);
+                     F->cpg, 0, 0);
 }

@@ -228,6 +228,17 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
         }
         /* D + 2^-21 (2 + bmax), rounded up generously */
         F.dp = (SIG_APPROX_ERR + (2.0f + bmax) * 4.76837158e-7f) * 1.0001f;
+        /* bf16 rows, groups of whole 32-expert blocks, enough tokens to pay for the copy */
+        F.eo = fast && dtype == MRK_DTYPE_BF16 && E % 32 == 0 && (F.G == 0 || F.cpg % 2 == 0) &&
+               tokens >= 4;
+        if (F.eo)
+            for (int32_t i = 0; i < E; i += 32) {
+                const __m512 lo = _mm512_loadu_ps(L->bias + i), hi = _mm512_loadu_ps(L->bias + i + 16);
+                const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+                _mm512_store_ps(F.bias_eo + i, _mm512_permutex2var_ps(lo, ev, hi));
+                _mm512_store_ps(F.bias_eo + i + 16, _mm512_permutex2var_ps(lo, od, hi));
+            }
         F.t[0] = _mm512_load_ps(SIG_C0);
         F.t[1] = _mm512_load_ps(SIG_C0 + 16);
         F.t[2] = _mm512_load_ps(SIG_C1);

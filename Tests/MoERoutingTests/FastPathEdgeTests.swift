@@ -85,4 +85,30 @@ import Testing
         }
         _ = layer
     }
+
+    /// bf16 batches route through an even/odd key layout (each 32 experts: the even ones, then
+    /// the odd ones), so candidates reach the ranking out of index order. A tie at the k-th
+    /// place between expert 17 (odd) and 26 (even, earlier in that layout) must still go to the
+    /// lower index, on every kernel, on the fast path's ranking (few candidates, a clear choice
+    /// of groups).
+    @Test func tieAcrossEvenOddLayoutGoesToLowerIndex() throws {
+        let E = 256, tokens = 8
+        let spec = LayerSpec(name: "eo ties", method: .biasedGroupedTopK, numExperts: E, topK: 8,
+                             numExpertGroup: 8, topKGroup: 4, scoring: .sigmoid, renormalize: true,
+                             routedScalingFactor: 2.5, gateDType: .bf16, bias: [Float](repeating: 0, count: E))
+        // groups 0-3 kept with high second-best scores, so only 9 experts are candidates
+        var row = (0..<E).map { -3 - 0.5 * Float($0 / 32) }
+        row[0] = 3
+        for i in [40, 41, 70, 80, 100, 120] { row[i] = 2.5 }
+        row[17] = 2
+        row[26] = 2
+        let values = Array([[Float]](repeating: row, count: tokens).joined())
+        let layer = try BuiltLayer(spec)
+        let expected = reference(layer, values, tokens: tokens, dtype: .bf16)
+        #expect(Array(expected.ids.prefix(8)) == [0, 40, 41, 70, 80, 100, 120, 17])
+        for kernel in kernels {
+            let (got, _) = try route(layer, CPUBackend(kernel: kernel, threads: 1), values, tokens: tokens, dtype: .bf16)
+            #expect(got == expected, "kernel=\(kernel)")
+        }
+    }
 }
