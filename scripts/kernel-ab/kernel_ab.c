@@ -1,0 +1,139 @@
+/*
+ * kernel_ab — two builds of the CPU routing kernels measured side by side in one process.
+ *
+ * On a shared machine the same binary moves by tens of percent between minutes, so two
+ * separate bench runs cannot show a 3 % change. This loads both builds (dlopen, RTLD_LOCAL),
+ * checks that they produce identical outputs, then times them in alternating rounds (A B, B A,
+ * ...), so every slow spell lands on both alike; it prints min and mean ns/token and B/A.
+ * Built and driven by scripts/kernel-ab.sh; see docs/PERFORMANCE.md.
+ *
+ * usage: kernel_ab A.so B.so LAYER DTYPE TOKENS ROUNDS
+ *   LAYER: deepseek-v3 | kimi-k2 | METHOD:E:K:G:GK:SCORING (the moe_kernels.h enum values)
+ *   DTYPE: fp32 | bf16 | fp16, or DA/DB (e.g. fp32/bf16): A routes the workload in DA and B
+ *          in DB (pass the same library twice to compare dtypes; outputs are then not compared,
+ *          and each side's bias is the one a layer with its gate dtype holds)
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "moe_kernels.h"
+
+typedef int64_t (*route_fn)(const mrk_layer *, const void *, int32_t, int64_t, float *, int32_t *,
+                            int32_t);
+typedef uint16_t (*narrow_fn)(float);
+typedef float (*widen_fn)(uint16_t);
+
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+/* The synthetic bias of Presets.syntheticBias (Sources/MoERouting/Presets.swift). */
+static float synthetic_bias(int i) {
+    uint64_t z = (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(((double)(z >> 40) / 16777216.0 - 0.5) * 0.2);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: %s A.so B.so LAYER DTYPE TOKENS ROUNDS\n", argv[0]);
+        return 2;
+    }
+    route_fn route[2];
+    void *lib[2];
+    for (int i = 0; i < 2; i++) {
+        lib[i] = dlopen(argv[1 + i], RTLD_NOW | RTLD_LOCAL);
+        if (!lib[i]) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+        route[i] = (route_fn)dlsym(lib[i], "mrk_route");
+        if (!route[i]) { fprintf(stderr, "%s: no mrk_route\n", argv[1 + i]); return 1; }
+    }
+    narrow_fn narrow[3] = {NULL, (narrow_fn)dlsym(lib[0], "mrk_f32_to_bf16"), (narrow_fn)dlsym(lib[0], "mrk_f32_to_f16")};
+    widen_fn widen[3] = {NULL, (widen_fn)dlsym(lib[0], "mrk_bf16_to_f32"), (widen_fn)dlsym(lib[0], "mrk_f16_to_f32")};
+
+    int method, E, k, G, Gk, scoring;
+    if (!strcmp(argv[3], "deepseek-v3")) {
+        method = MRK_BIASED_GROUPED_TOPK, E = 256, k = 8, G = 8, Gk = 4, scoring = MRK_SCORING_SIGMOID;
+    } else if (!strcmp(argv[3], "kimi-k2")) {
+        method = MRK_BIASED_GROUPED_TOPK, E = 384, k = 8, G = 1, Gk = 1, scoring = MRK_SCORING_SIGMOID;
+    } else if (sscanf(argv[3], "%d:%d:%d:%d:%d:%d", &method, &E, &k, &G, &Gk, &scoring) != 6) {
+        fprintf(stderr, "bad layer %s\n", argv[3]);
+        return 2;
+    }
+    int dt[2];
+    {
+        char spec[32];
+        snprintf(spec, sizeof spec, "%s", argv[4]);
+        char *slash = strchr(spec, '/');
+        if (slash) *slash = 0;
+        const char *names[2] = {spec, slash ? slash + 1 : spec};
+        for (int i = 0; i < 2; i++)
+            dt[i] = !strcmp(names[i], "fp32") ? 0 : !strcmp(names[i], "bf16") ? 1 : !strcmp(names[i], "fp16") ? 2 : -1;
+    }
+    const int tokens = atoi(argv[5]), rounds = atoi(argv[6]);
+    if (dt[0] < 0 || dt[1] < 0 || tokens < 1 || rounds < 1 || E < 1 || E > MRK_MAX_EXPERTS) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+
+    /* The kernel bench's workload: roughly gaussian logits, scale ~1.7, same generator. */
+    const size_t n = (size_t)tokens * E;
+    float *values = malloc(n * 4);
+    uint64_t state = 0x12345678;
+    for (size_t i = 0; i < n; i++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        float s = 0;
+        for (int sh = 0; sh < 64; sh += 16) s += (float)((state >> sh) & 0xffff) / 65536;
+        values[i] = (s - 2) * 1.7f;
+    }
+    void *input[2];
+    float *bias[2] = {NULL, NULL};
+    mrk_layer L[2];
+    float *w[2];
+    int32_t *ids[2];
+    for (int i = 0; i < 2; i++) {
+        const int d = dt[i];
+        input[i] = malloc(n * 4);
+        for (size_t q = 0; q < n; q++) {
+            if (d) ((uint16_t *)input[i])[q] = narrow[d](values[q]);
+            else ((float *)input[i])[q] = values[q];
+        }
+        /* the bias as a layer built with this gate dtype holds it: rounded to the dtype, widened */
+        if (method == MRK_BIASED_GROUPED_TOPK || method == MRK_BIASED_TOPK) {
+            bias[i] = malloc(E * sizeof(float));
+            for (int e = 0; e < E; e++) bias[i][e] = d ? widen[d](narrow[d](synthetic_bias(e))) : synthetic_bias(e);
+        }
+        L[i] = (mrk_layer){method, scoring, E, k, G, Gk, 1, 2.5f, bias[i]};
+        w[i] = malloc((size_t)tokens * k * 4);
+        ids[i] = malloc((size_t)tokens * k * 4);
+        route[i](&L[i], input[i], d, tokens, w[i], ids[i], MRK_IMPL_AVX512);
+    }
+    if (dt[0] == dt[1] && (memcmp(w[0], w[1], (size_t)tokens * k * 4) || memcmp(ids[0], ids[1], (size_t)tokens * k * 4))) {
+        fprintf(stderr, "A and B produce different outputs\n");
+        return 1;
+    }
+    /* each timed call covers >= ~4096 tokens' worth of work */
+    const int reps = tokens >= 4096 ? 1 : 4096 / tokens;
+    double best[2] = {1e30, 1e30}, sum[2] = {0, 0};
+    for (int r = 0; r < rounds; r++)
+        for (int i = 0; i < 2; i++) {
+            const int j = (r & 1) ? 1 - i : i;
+            const double t0 = now_ns();
+            for (int q = 0; q < reps; q++) route[j](&L[j], input[j], dt[j], tokens, w[j], ids[j], MRK_IMPL_AVX512);
+            const double t = (now_ns() - t0) / reps / tokens;
+            if (t < best[j]) best[j] = t;
+            sum[j] += t;
+        }
+    printf("%-12s %-4s %6d tokens  A min %7.1f mean %7.1f  B min %7.1f mean %7.1f ns/token  B/A min %.3f mean %.3f\n",
+           argv[3], argv[4], tokens, best[0], sum[0] / rounds, best[1], sum[1] / rounds, best[1] / best[0],
+           sum[1] / sum[0]);
+    return 0;
+}
