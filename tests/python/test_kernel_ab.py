@@ -1,0 +1,26 @@
+"""scripts/kernel-ab.sh: two kernel builds (or two input dtypes) timed in one process."""
+import re
+import subprocess
+
+from conftest import ROOT
+
+LINE = re.compile(r"^deepseek-v3\s+(\S+)\s+16 tokens\s+A min\s+([\d.]+) mean\s+([\d.]+)\s+B min\s+([\d.]+) "
+                  r"mean\s+([\d.]+) ns/token\s+B/A min ([\d.]+) mean ([\d.]+)$")
+
+
+def test_compares_the_working_tree_with_itself_and_two_dtypes():
+    out = subprocess.run([str(ROOT / "scripts" / "kernel-ab.sh"), "-", "-", "deepseek-v3", "fp32,fp32/bf16", "16", "3"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [LINE.match(l) for l in out.splitlines() if l.startswith("deepseek-v3")]
+    assert len(rows) == 2 and all(rows), out
+    assert [r.group(1) for r in rows] == ["fp32", "fp32/bf16"]
+    for r in rows:
+        a_min, a_mean, b_min, b_mean, ratio = (float(r.group(i)) for i in (2, 3, 4, 5, 6))
+        assert 0 < a_min <= a_mean and 0 < b_min <= b_mean
+        assert abs(ratio - b_min / a_min) < 0.01
+
+
+def test_refuses_an_unknown_dtype():
+    r = subprocess.run([str(ROOT / "scripts" / "kernel-ab.sh"), "-", "-", "deepseek-v3", "fp64", "16", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "bad arguments" in r.stderr
