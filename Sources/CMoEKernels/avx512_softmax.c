@@ -4,6 +4,14 @@
  */
 #include "avx512_internal.h"
 
+/* Prefetches chunk c of the row `ahead` rows after `row`: where a row's work is long enough for
+ * the hardware prefetcher to fall behind (grouped softmax: fp32 4096 tokens 5 % faster by
+ * scripts/kernel-ab.sh; the other softmax paths measured no difference). Never faults. */
+AVX512 static inline void prefetch_ahead(const void *row, int32_t dtype, int32_t E, int32_t ahead, int32_t c) {
+    const size_t es = dtype == MRK_DTYPE_FP32 ? 4 : 2;
+    _mm_prefetch((const char *)row + (size_t)ahead * E * es + 16 * es * c, _MM_HINT_T0);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Fast path for softmax_topk without a bias. Every expert's exp is needed for the sum (so it is
  * computed exactly, in the contract's lane order), but only a few experts can be selected:
@@ -208,6 +216,7 @@ gsoft_cand_pair(const void *row0, const void *row1, int32_t dtype, const int32_t
         for (int32_t t = 0; t < 2; t++) {
             const __mmask16 m = tail_mask(E - 16 * c);
             const __m512 x0 = load_widened(row[t], dtype, 16 * c, m);
+            prefetch_ahead(row[t], dtype, E, 2, c); /* the next pair's rows */
             nfacc[t] = _mm512_max_epu32(nfacc[t], _mm512_and_si512(_mm512_castps_si512(x0), expmask));
             const __m512 x = _mm512_mask_mov_ps(ninf, m, x0);
             _mm512_store_ps(xw[t] + 16 * c, x);
