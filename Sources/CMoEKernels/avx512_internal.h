@@ -322,7 +322,8 @@ typedef struct {
  * 2: sigmoid of the chosen keys (llama4_top1). */
 AVX512 static inline __attribute__((always_inline)) void
 fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
-                  int32_t n, float *w_out, int32_t *id_out, const int32_t k, const int wmode) {
+                  int32_t n, float *w_out, int32_t *id_out, const int32_t k, const int wmode,
+                  const int ascending) {
     const int32_t nv = (n + 15) / 16;
     __m512 cv[2], sv[2];
     __m512i iv[2];
@@ -369,11 +370,20 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
         const __m512i tr = _mm512_and_si512(key, _mm512_set1_epi32(~15));
         const __m512i next = _mm512_min_epi32(_mm512_add_epi32(iota, _mm512_set1_epi32(1)),
                                               _mm512_set1_epi32(15));
-        const __mmask16 tie = _mm512_mask_cmpeq_epi32_mask(tail_mask(k), tr,
-                                                           _mm512_permutexvar_epi32(next, tr));
+        const __m512i trn = _mm512_permutexvar_epi32(next, tr);
+        __mmask16 tie = _mm512_mask_cmpeq_epi32_mask(tail_mask(k), tr, trn);
+        const __m512i pl = _mm512_sub_epi32(_mm512_set1_epi32(15),
+                                            _mm512_and_si512(key, _mm512_set1_epi32(15)));
+        if (tie && ascending) {
+            /* Candidates in index order: a run of equal truncations whose keys are all exactly
+             * equal is already in the contract's order (lower index first). Accept the sort
+             * when no adjacent pair anywhere has equal truncations but different keys (then
+             * every run is of equal keys; -inf padding compares equal to itself). */
+            const __m512 full = _mm512_permutexvar_ps(pl, cv[0]);
+            const __mmask16 any = _mm512_cmpeq_epi32_mask(tr, trn) & (__mmask16)0x7fff;
+            if (!_mm512_mask_cmp_ps_mask(any, full, _mm512_permutexvar_ps(next, full), _CMP_NEQ_UQ)) tie = 0;
+        }
         if (!tie) {
-            const __m512i pl = _mm512_sub_epi32(_mm512_set1_epi32(15),
-                                                _mm512_and_si512(key, _mm512_set1_epi32(15)));
             _mm512_mask_storeu_epi32(id_out, tail_mask(k), _mm512_permutexvar_epi32(pl, iv[0]));
             _mm512_store_ps(wtmp, _mm512_permutexvar_ps(pl, sv[0]));
             sorted = 1;
@@ -475,8 +485,8 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
 
 AVX512 static inline __attribute__((always_inline)) void
 fast_phase3(const mrk_layer *L, const float *sarr, const float *carr, const int32_t *cidx,
-            int32_t n, float *w_out, int32_t *id_out, const int32_t k) {
-    fast_rank_weights(L, sarr, carr, cidx, n, w_out, id_out, k, 0);
+            int32_t n, float *w_out, int32_t *id_out, const int32_t k, const int ascending) {
+    fast_rank_weights(L, sarr, carr, cidx, n, w_out, id_out, k, 0, ascending);
 }
 
 /* Block entry points: route nb <= 16 tokens starting at rows; need_exact[b] = 1 for each token

@@ -363,7 +363,7 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
-                        ids + (size_t)b * k, k);
+                        ids + (size_t)b * k, k, !eo);
 }
 
 AVX512 void mrk_avx512_fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,

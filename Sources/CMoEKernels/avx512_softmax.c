@@ -177,7 +177,7 @@ softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, int32_t 
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
-                        ids + (size_t)b * k, k);
+                        ids + (size_t)b * k, k, 1);
 }
 
 /* grouped_topk with softmax scoring (DeepSeek-V2), G <= 16, P <= 32, no bias. As softmax_cand,
@@ -325,7 +325,7 @@ gsoft_block_t(const route_ctx *C, const int32_t *gid, const char *rows, size_t r
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
-                        ids + (size_t)b * k, k);
+                        ids + (size_t)b * k, k, 1);
 }
 
 AVX512 void mrk_avx512_gsoft_block(const route_ctx *C, const int32_t *gid, const char *rows,
@@ -387,7 +387,7 @@ logit_block_t(const route_ctx *C, const char *rows, size_t row_bytes, int32_t dt
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_rank_weights(C->L, carr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
-                              ids + (size_t)b * k, k, wmode);
+                              ids + (size_t)b * k, k, wmode, 1);
 }
 
 AVX512 void mrk_avx512_logit_block(const route_ctx *C, const char *rows, size_t row_bytes,

@@ -86,6 +86,35 @@ import Testing
         _ = layer
     }
 
+    /// The sorting network accepts runs of exactly equal keys (already in index order), but not
+    /// a run whose keys only share their top 28 bits. Here experts 20 and 21 tie exactly at the
+    /// k-th place and expert 22 scores a few ulps higher inside the same run, just past the k-th
+    /// sorted position: the contract picks 22, a check limited to the first k positions would
+    /// pick 20. Several base values, so that some tokens put the three in one run.
+    @Test func runOfEqualTruncationsWithDifferentKeysIsRankedExactly() throws {
+        let E = 64, tokens = 32
+        let spec = LayerSpec(name: "runs", method: .softmaxTopK, numExperts: E, topK: 6, renormalize: false,
+                             gateDType: .fp32)
+        var values: [Float] = []
+        for t in 0..<tokens {
+            var row = [Float](repeating: -5, count: E)
+            for i in [10, 26, 42, 58, 11] { row[i] = 3 }  // five exact ties on top, in two lanes
+            let base = 1 + Float(t) * 0.03125
+            row[20] = base
+            row[21] = base
+            row[22] = base.nextUp.nextUp.nextUp.nextUp
+            row[23] = 0.5  // one more lane maximum, so that 20, 21 and 22 are all candidates
+            values += row
+        }
+        let layer = try BuiltLayer(spec)
+        let expected = reference(layer, values, tokens: tokens, dtype: .fp32)
+        for t in 0..<tokens { #expect(Array(expected.ids[(6 * t)..<(6 * t + 6)]) == [10, 11, 26, 42, 58, 22]) }
+        for kernel in kernels {
+            let (got, _) = try route(layer, CPUBackend(kernel: kernel, threads: 1), values, tokens: tokens, dtype: .fp32)
+            #expect(got == expected, "kernel=\(kernel)")
+        }
+    }
+
     /// bf16 batches route through an even/odd key layout (each 32 experts: the even ones, then
     /// the odd ones), so candidates reach the ranking out of index order. A tie at the k-th
     /// place between expert 17 (odd) and 26 (even, earlier in that layout) must still go to the
