@@ -24,6 +24,8 @@ steal_report() {
 steal_mark; $bin/moe-router-kernel-bench | tee "$OUT/kernel.txt"; steal_report kernel
 # bf16 vs fp32 input in one process, alternating (the kernel table above measures them minutes apart)
 steal_mark; scripts/kernel-ab.sh HEAD - deepseek-v3,kimi-k2 fp32/bf16 64,4096,16384 40 | tee "$OUT/kernel-ab.txt"; steal_report kernel-ab
+# the 2-thread ceiling of this machine: the kernel on two bare POSIX threads, one half each
+steal_mark; scripts/kernel-ab.sh HEAD threads deepseek-v3 fp32,bf16 16384 30 | tee "$OUT/kernel-threads.txt"; steal_report kernel-threads
 steal_mark; $bin/moe-router-latency-bench | tee "$OUT/latency.txt"; steal_report latency
 
 dir=$(mktemp -d /tmp/moe-bench-XXXXXX)

@@ -4,7 +4,8 @@
 #   scripts/kernel-ab.sh [REV_A [REV_B|- [LAYERS [DTYPES [TOKENS [ROUNDS]]]]]]
 #   defaults: A = HEAD, B = - (the working tree), deepseek-v3 fp32,bf16 64,4096 40
 #   A DTYPES entry DA/DB (e.g. fp32/bf16) routes A in DA and B in DB: with A = B, a same-run
-#   comparison of two input dtypes.
+#   comparison of two input dtypes. REV_B = threads: REV_A's kernel on 1 thread vs 2 POSIX
+#   threads on the two halves of the batch (the machine's ceiling for a 2-thread backend).
 # Builds each side's Sources/CMoEKernels with the flags of Package.swift into build/kernel-ab/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +19,9 @@ build_side() {  # REV NAME
     $cc -O3 -ffp-contract=off -fPIC -shared -I"$src/include" -I"$src" "$src"/*.c -o "$out/$2.so" -lm
 }
 build_side "$a" A
-build_side "$b" B
-$cc -O2 -Wall -ISources/CMoEKernels/include scripts/kernel-ab/kernel_ab.c -o "$out/kernel_ab" -ldl
+if [ "$b" = threads ]; then b_so=threads; else build_side "$b" B; b_so="$out/B.so"; fi
+$cc -O2 -Wall -ISources/CMoEKernels/include scripts/kernel-ab/kernel_ab.c -o "$out/kernel_ab" -ldl -lpthread
 echo "A = $a, B = ${b/#-/working tree}"
 for l in ${layers//,/ }; do for d in ${dtypes//,/ }; do for t in ${sizes//,/ }; do
-    "$out/kernel_ab" "$out/A.so" "$out/B.so" "$l" "$d" "$t" "$rounds"
+    "$out/kernel_ab" "$out/A.so" "$b_so" "$l" "$d" "$t" "$rounds"
 done; done; done

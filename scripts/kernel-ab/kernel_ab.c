@@ -7,6 +7,10 @@
  * ...), so every slow spell lands on both alike; it prints min and mean ns/token and B/A.
  * Built and driven by scripts/kernel-ab.sh; see docs/PERFORMANCE.md.
  *
+ * B.so = "threads": instead of a second build, A's kernel on two POSIX threads, each routing
+ * one half of the batch (the best split there is, no pool, no chunking): the ceiling for what
+ * a multi-threaded backend can get out of this machine's two cores.
+ *
  * usage: kernel_ab A.so B.so LAYER DTYPE TOKENS ROUNDS
  *   LAYER: deepseek-v3 | kimi-k2 | METHOD:E:K:G:GK:SCORING (the moe_kernels.h enum values)
  *   DTYPE: fp32 | bf16 | fp16, or DA/DB (e.g. fp32/bf16): A routes the workload in DA and B
@@ -15,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +48,35 @@ static float synthetic_bias(int i) {
     return (float)(((double)(z >> 40) / 16777216.0 - 0.5) * 0.2);
 }
 
+/* One half of a batch, for the "threads" mode. */
+typedef struct {
+    route_fn route;
+    const mrk_layer *layer;
+    const char *input;
+    int32_t dtype;
+    int64_t tokens;
+    float *w;
+    int32_t *ids;
+} half_job;
+
+static void *run_half(void *arg) {
+    const half_job *j = arg;
+    j->route(j->layer, j->input, j->dtype, j->tokens, j->w, j->ids, MRK_IMPL_AVX512);
+    return NULL;
+}
+
+static void route_two_threads(route_fn route, const mrk_layer *L, const void *input, int32_t dtype,
+                              int64_t tokens, float *w, int32_t *ids) {
+    const int64_t h = tokens / 2;
+    const size_t row = (size_t)L->num_experts * (dtype ? 2 : 4);
+    half_job a = {route, L, input, dtype, h, w, ids};
+    half_job b = {route, L, (const char *)input + h * row, dtype, tokens - h, w + h * L->top_k, ids + h * L->top_k};
+    pthread_t t;
+    pthread_create(&t, NULL, run_half, &b);
+    run_half(&a);
+    pthread_join(t, NULL);
+}
+
 int main(int argc, char **argv) {
     if (argc != 7) {
         fprintf(stderr, "usage: %s A.so B.so LAYER DTYPE TOKENS ROUNDS\n", argv[0]);
@@ -50,7 +84,13 @@ int main(int argc, char **argv) {
     }
     route_fn route[2];
     void *lib[2];
+    const int threads = !strcmp(argv[2], "threads");
     for (int i = 0; i < 2; i++) {
+        if (threads && i == 1) {
+            lib[1] = lib[0];
+            route[1] = route[0];
+            break;
+        }
         lib[i] = dlopen(argv[1 + i], RTLD_NOW | RTLD_LOCAL);
         if (!lib[i]) { fprintf(stderr, "%s\n", dlerror()); return 1; }
         route[i] = (route_fn)dlsym(lib[i], "mrk_route");
@@ -114,7 +154,8 @@ int main(int argc, char **argv) {
         L[i] = (mrk_layer){method, scoring, E, k, G, Gk, 1, 2.5f, bias[i]};
         w[i] = malloc((size_t)tokens * k * 4);
         ids[i] = malloc((size_t)tokens * k * 4);
-        route[i](&L[i], input[i], d, tokens, w[i], ids[i], MRK_IMPL_AVX512);
+        if (threads && i == 1) route_two_threads(route[1], &L[1], input[1], d, tokens, w[1], ids[1]);
+        else route[i](&L[i], input[i], d, tokens, w[i], ids[i], MRK_IMPL_AVX512);
     }
     if (dt[0] == dt[1] && (memcmp(w[0], w[1], (size_t)tokens * k * 4) || memcmp(ids[0], ids[1], (size_t)tokens * k * 4))) {
         fprintf(stderr, "A and B produce different outputs\n");
@@ -127,11 +168,19 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 2; i++) {
             const int j = (r & 1) ? 1 - i : i;
             const double t0 = now_ns();
-            for (int q = 0; q < reps; q++) route[j](&L[j], input[j], dt[j], tokens, w[j], ids[j], MRK_IMPL_AVX512);
+            for (int q = 0; q < reps; q++) {
+                if (threads && j == 1) route_two_threads(route[1], &L[1], input[1], dt[1], tokens, w[1], ids[1]);
+                else route[j](&L[j], input[j], dt[j], tokens, w[j], ids[j], MRK_IMPL_AVX512);
+            }
             const double t = (now_ns() - t0) / reps / tokens;
             if (t < best[j]) best[j] = t;
             sum[j] += t;
         }
+    if (threads) {
+        printf("%-12s %-4s %6d tokens  1 thread min %7.1f mean %7.1f  2 threads min %7.1f mean %7.1f ns/token  speedup min/min %.2fx mean/mean %.2fx\n",
+               argv[3], argv[4], tokens, best[0], sum[0] / rounds, best[1], sum[1] / rounds, best[0] / best[1], sum[0] / sum[1]);
+        return 0;
+    }
     printf("%-12s %-4s %6d tokens  A min %7.1f mean %7.1f  B min %7.1f mean %7.1f ns/token  B/A min %.3f mean %.3f\n",
            argv[3], argv[4], tokens, best[0], sum[0] / rounds, best[1], sum[1] / rounds, best[1] / best[0],
            sum[1] / sum[0]);

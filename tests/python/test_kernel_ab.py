@@ -24,3 +24,13 @@ def test_refuses_an_unknown_dtype():
     r = subprocess.run([str(ROOT / "scripts" / "kernel-ab.sh"), "-", "-", "deepseek-v3", "fp64", "16", "1"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "bad arguments" in r.stderr
+
+
+def test_threads_mode_compares_one_and_two_threads():
+    out = subprocess.run([str(ROOT / "scripts" / "kernel-ab.sh"), "-", "threads", "deepseek-v3", "bf16", "64", "3"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    m = re.search(r"^deepseek-v3\s+bf16\s+64 tokens\s+1 thread min\s+([\d.]+) mean\s+([\d.]+)\s+2 threads min\s+([\d.]+) "
+                  r"mean\s+([\d.]+) ns/token\s+speedup min/min ([\d.]+)x mean/mean ([\d.]+)x$", out, re.M)
+    assert m, out
+    one, two, speedup = float(m.group(1)), float(m.group(3)), float(m.group(5))
+    assert one > 0 and two > 0 and abs(speedup - one / two) < 0.01
