@@ -366,24 +366,26 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
                         ids + (size_t)b * k, k, !eo);
 }
 
+/* The shapes worth their own compiled copy (deepseek-v3, ungrouped 256 experts), for one key
+ * layout: constant arguments let the compiler unroll and keep everything in registers. */
+AVX512 static inline __attribute__((always_inline)) void
+fast_block_shapes(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row_bytes,
+                  int32_t dtype, int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
+                  const int eo) {
+    if (C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2 && F->Gk == 4)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4, eo);
+    else if (C->E == 256 && C->k == 8 && F->G == 0)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0, eo);
+    else
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
+                     F->cpg, 0, eo);
+}
+
 AVX512 void mrk_avx512_fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,
                               size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
                               int32_t *ids, uint8_t *need_exact) {
-    const int v3 = C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2 && F->Gk == 4;
-    const int flat256 = C->E == 256 && C->k == 8 && F->G == 0;
-    if (F->eo) {
-        if (v3)
-            fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4, 1);
-        else if (flat256)
-            fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0, 1);
-        else
-            fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
-                         F->cpg, 0, 1);
-    } else if (v3)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4, 0);
-    else if (flat256)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0, 0);
+    if (F->eo)
+        fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 1);
     else
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
-                     F->cpg, 0, 0);
+        fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 0);
 }
