@@ -293,7 +293,7 @@ typedef struct {
 } route_ctx;
 
 /* The k-th largest (1 <= k <= 16) of the 16 lanes of v (bitonic sort, descending). */
-AVX512 static inline float kth_largest16(__m512 v, int32_t k) {
+AVX512 static inline __attribute__((always_inline)) float kth_largest16(__m512 v, int32_t k) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #pragma clang loop unroll(full)
     for (int32_t size = 2; size <= 16; size *= 2) {
@@ -307,6 +307,50 @@ AVX512 static inline float kth_largest16(__m512 v, int32_t k) {
         }
     }
     return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v));
+}
+
+/* For two tokens at once, a lower bound on the k-th largest value of each, broadcast into *t0
+ * and *t1, from m0 and m1 holding the maxima of 16 disjoint sets of each token's values (the
+ * lane-wise maxima). k <= 6: the maxima of lane pairs (l, l + 8) are 8 disjoint sets, and the
+ * k-th largest of k or more disjoint sets' maxima is still a lower bound; both tokens' 8 values
+ * share one vector (token 0 in lanes 0-7, token 1 in 8-15), each half sorted descending by one
+ * bitonic network of 8 — 6 stages for both instead of 10 for each. For k = 7 or 8 that bound is
+ * one of the two lowest of the 8 and lets in too many candidates (qwen3-moe, k = 8: 1.5x
+ * slower), so k > 6 uses kth_largest16 (scripts/kernel-ab.sh: k = 4 and 6 are 4-11 % faster). */
+AVX512 static inline __attribute__((always_inline)) void
+kth_largest_pair(__m512 m0, __m512 m1, int32_t k, __m512 *t0, __m512 *t1) {
+    if (k > 6) {
+        *t0 = _mm512_set1_ps(kth_largest16(m0, k));
+        *t1 = _mm512_set1_ps(kth_largest16(m1, k));
+        return;
+    }
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 p0 = _mm512_max_ps(m0, _mm512_shuffle_f32x4(m0, m0, 0x4e));
+    const __m512 p1 = _mm512_max_ps(m1, _mm512_shuffle_f32x4(m1, m1, 0x4e));
+    __m512 v = _mm512_mask_blend_ps((__mmask16)0xff00, p0, p1);
+#pragma clang loop unroll(full)
+    for (int32_t size = 2; size <= 8; size *= 2) {
+#pragma clang loop unroll(full)
+        for (int32_t d = size / 2; d >= 1; d /= 2) {
+            /* the min-taking lanes of kth_largest16's network (descending), with every
+             * comparator of the upper half reversed so that it sorts descending too */
+            uint32_t wantmax = 0;
+            for (int32_t i = 0; i < 16; i++)
+                if ((((i & d) == 0) == ((i & size) == 0)) != ((i & 8) != 0)) wantmax |= 1u << i;
+            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), v);
+            v = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(v, pk), _mm512_max_ps(v, pk));
+        }
+    }
+    *t0 = _mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v);
+    *t1 = _mm512_permutexvar_ps(_mm512_set1_epi32(7 + k), v);
+}
+
+/* kth_largest_pair for one token. */
+AVX512 static inline __attribute__((always_inline)) __m512 kth_lower_bound(__m512 m, int32_t k) {
+    if (k > 6) return _mm512_set1_ps(kth_largest16(m, k));
+    __m512 t, unused;
+    kth_largest_pair(m, m, k, &t, &unused);
+    return t;
 }
 
 typedef struct {

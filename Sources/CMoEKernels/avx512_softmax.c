@@ -107,7 +107,7 @@ softmax_cand_pair(const void *row0, const void *row1, int32_t dtype, int32_t *ci
         fin[t] = !_mm512_cmpeq_epi32_mask(nfacc, expmask);
     }
     for (int32_t t = 0; t < 2; t++) vm[t] = _mm512_set1_ps(_mm512_reduce_max_ps(M[t]));
-    for (int32_t t = 0; t < 2; t++) vt[t] = _mm512_set1_ps(kth_largest16(M[t], k));
+    kth_largest_pair(M[0], M[1], k, &vt[0], &vt[1]);
     for (int32_t t = 0; t < 2; t++) {
         acc[t] = _mm512_setzero_ps();
         eout[t] = _mm512_setzero_ps();
@@ -273,8 +273,8 @@ gsoft_cand_pair(const void *row0, const void *row1, int32_t dtype, const int32_t
             km[t][c] = _mm512_mask_test_epi32_mask(tail_mask(E - 16 * c), kg, kg);
             MK[t] = _mm512_mask_max_ps(MK[t], km[t][c], MK[t], _mm512_load_ps(ebuf[t] + 16 * c));
         }
+    kth_largest_pair(MK[0], MK[1], k, &vt[0], &vt[1]);
     for (int32_t t = 0; t < 2; t++) {
-        vt[t] = _mm512_set1_ps(kth_largest16(MK[t], k));
         eout[t] = zero;
         n[t] = 0;
     }
@@ -358,7 +358,7 @@ logit_cand(const void *row, int32_t dtype, float *xw, int32_t *cidx, float *carr
         M = _mm512_max_ps(M, x);
     }
     if (_mm512_cmpeq_epi32_mask(nfacc, expmask)) return 0;
-    const __m512 vt = _mm512_set1_ps(k == 1 ? _mm512_reduce_max_ps(M) : kth_largest16(M, k));
+    const __m512 vt = k == 1 ? _mm512_set1_ps(_mm512_reduce_max_ps(M)) : kth_lower_bound(M, k);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int32_t n = 0;
     for (int32_t c = 0; c < nch; c++) {
