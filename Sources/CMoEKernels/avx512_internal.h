@@ -292,21 +292,29 @@ typedef struct {
     int32_t E, k, method, logit_key, sigmoid, grouped;
 } route_ctx;
 
-/* The k-th largest (1 <= k <= 16) of the 16 lanes of v (bitonic sort, descending). */
-AVX512 static inline __attribute__((always_inline)) float kth_largest16(__m512 v, int32_t k) {
+/* A bitonic sorting network over the lanes of v. max_size 16: all 16 lanes, descending.
+ * max_size 8: each half of 8 lanes on its own, the lower half descending and the upper half
+ * ascending, or descending too with upper_desc (every upper comparator reversed). */
+AVX512 static inline __attribute__((always_inline)) __m512 bitonic_sort(__m512 v, const int32_t max_size,
+                                                                        const int upper_desc) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #pragma clang loop unroll(full)
-    for (int32_t size = 2; size <= 16; size *= 2) {
+    for (int32_t size = 2; size <= max_size; size *= 2) {
 #pragma clang loop unroll(full)
         for (int32_t d = size / 2; d >= 1; d /= 2) {
-            uint32_t wantmax = 0;
+            uint32_t wantmax = 0; /* the lanes that take the min of their pair */
             for (int32_t i = 0; i < 16; i++)
-                if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
+                if ((((i & d) == 0) == ((i & size) == 0)) != (upper_desc && (i & 8))) wantmax |= 1u << i;
             const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), v);
             v = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(v, pk), _mm512_max_ps(v, pk));
         }
     }
-    return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v));
+    return v;
+}
+
+/* The k-th largest (1 <= k <= 16) of the 16 lanes of v. */
+AVX512 static inline __attribute__((always_inline)) float kth_largest16(__m512 v, int32_t k) {
+    return _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), bitonic_sort(v, 16, 0)));
 }
 
 /* For two tokens at once, a lower bound on the k-th largest value of each, broadcast into *t0
@@ -324,23 +332,9 @@ kth_largest_pair(__m512 m0, __m512 m1, int32_t k, __m512 *t0, __m512 *t1) {
         *t1 = _mm512_set1_ps(kth_largest16(m1, k));
         return;
     }
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 p0 = _mm512_max_ps(m0, _mm512_shuffle_f32x4(m0, m0, 0x4e));
     const __m512 p1 = _mm512_max_ps(m1, _mm512_shuffle_f32x4(m1, m1, 0x4e));
-    __m512 v = _mm512_mask_blend_ps((__mmask16)0xff00, p0, p1);
-#pragma clang loop unroll(full)
-    for (int32_t size = 2; size <= 8; size *= 2) {
-#pragma clang loop unroll(full)
-        for (int32_t d = size / 2; d >= 1; d /= 2) {
-            /* the min-taking lanes of kth_largest16's network (descending), with every
-             * comparator of the upper half reversed so that it sorts descending too */
-            uint32_t wantmax = 0;
-            for (int32_t i = 0; i < 16; i++)
-                if ((((i & d) == 0) == ((i & size) == 0)) != ((i & 8) != 0)) wantmax |= 1u << i;
-            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), v);
-            v = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(v, pk), _mm512_max_ps(v, pk));
-        }
-    }
+    const __m512 v = bitonic_sort(_mm512_mask_blend_ps((__mmask16)0xff00, p0, p1), 8, 1);
     *t0 = _mm512_permutexvar_ps(_mm512_set1_epi32(k - 1), v);
     *t1 = _mm512_permutexvar_ps(_mm512_set1_epi32(7 + k), v);
 }

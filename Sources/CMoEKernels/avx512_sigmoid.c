@@ -235,17 +235,7 @@ fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t 
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512 sg = _mm512_mask_permutexvar_ps(ga[0], (__mmask16)0xff00,
                                            _mm512_sub_epi32(iota, _mm512_set1_epi32(8)), ga[1]);
-#pragma clang loop unroll(full)
-    for (int32_t size = 2; size <= 8; size *= 2) {
-#pragma clang loop unroll(full)
-        for (int32_t d = size / 2; d >= 1; d /= 2) {
-            uint32_t wantmax = 0;
-            for (int32_t i = 0; i < 16; i++)
-                if (((i & d) == 0) == ((i & size) == 0)) wantmax |= 1u << i;
-            const __m512 pk = _mm512_permutexvar_ps(_mm512_xor_si512(iota, _mm512_set1_epi32(d)), sg);
-            sg = _mm512_mask_blend_ps((__mmask16)wantmax, _mm512_min_ps(sg, pk), _mm512_max_ps(sg, pk));
-        }
-    }
+    sg = bitonic_sort(sg, 8, 0);
     float sga[16] __attribute__((aligned(64)));
     _mm512_store_ps(sga, sg);
     const float tk[2] = {sga[Gk - 1], sga[15 - (Gk - 1)]};
