@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "moe_routerd_os.h"
 
+#include <malloc.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -155,3 +156,5 @@ uint64_t mro_now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+int mro_release_free_memory(void) { return malloc_trim(0); }

@@ -21,6 +21,8 @@ struct IOLoop {
     static func workerID(_ index: Int) -> [UInt8] { [0, 0x77] + Array(String(index).utf8) }
     /// How long one blocking receive waits before the loop checks for stop and housekeeping.
     static let receiveTimeoutMs: Int32 = 100
+    /// The least time between two releases of free heap memory (`releaseMemoryWhenIdle`).
+    static let trimIntervalNs: UInt64 = 1_000_000_000
 
     let server: RouterServer
     let front: ZMQSocket
@@ -32,6 +34,8 @@ struct IOLoop {
     private let relayID: [UInt8]?
     private var inFlight = 0
     private var lastSweepNs: UInt64 = 0
+    private var lastTrimNs: UInt64 = 0
+    private var messagesSinceTrim = 0
     private var draining = false
     private var credentials = CredentialCache()
     private var activity = ClientActivity()
@@ -55,9 +59,21 @@ struct IOLoop {
     /// `receiveTimeoutMs` when idle).
     mutating func serve(isStopping: () -> Bool) {
         while !isStopping() {
-            receiveOne()
+            if receiveOne() { messagesSinceTrim += 1 } else { releaseMemoryWhenIdle() }
             sweepDeadClients()
         }
+    }
+
+    /// After traffic, once a whole receive timeout passed without a message: give the heap's
+    /// free pages back (a burst of large inline requests otherwise leaves glibc holding tens of
+    /// MB). At most every `trimIntervalNs`, and never while messages arrive, so it costs the
+    /// request path nothing.
+    private mutating func releaseMemoryWhenIdle() {
+        let now = mro_now_ns()
+        guard messagesSinceTrim > 0, now &- lastTrimNs >= Self.trimIntervalNs else { return }
+        messagesSinceTrim = 0
+        lastTrimNs = now
+        _ = mro_release_free_memory()
     }
 
     /// Answers new requests with SHUTTING_DOWN until every queued request has been answered.
@@ -78,14 +94,16 @@ struct IOLoop {
         while inFlight > 0, let parts = try? front.receiveMultipart() { dispatch(parts) }
     }
 
-    /// Receives and handles one message, or returns after the receive timeout.
-    private mutating func receiveOne() {
+    /// Receives and handles one message; false when the receive timed out (or failed).
+    @discardableResult
+    private mutating func receiveOne() -> Bool {
         let parts: [ZMQMessage]
         do { parts = try front.receiveMultipart() } catch {
             if !error.wouldBlock && !error.isTerminated { logger.error("receive: \(error)") }
-            return
+            return false
         }
         dispatch(parts)
+        return true
     }
 
     private mutating func dispatch(_ parts: [ZMQMessage]) {

@@ -51,6 +51,10 @@ int mro_pin_thread(int cpu);
  * or none). */
 int mro_unix_socket_alive(const char *path);
 
+/* Gives the C heap's free pages back to the system (glibc malloc_trim(0), every arena): after
+ * a burst of large messages glibc otherwise keeps them mapped. 1 when memory was released. */
+int mro_release_free_memory(void);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t mro_now_ns(void);
 
