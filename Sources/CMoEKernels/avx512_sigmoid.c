@@ -3,7 +3,7 @@
  * approximate keys, candidates, the exact sigmoid of the candidates only. The argument is in
  * avx512_internal.h, above the approximation's tables.
  */
-#include "avx512_internal.h"
+#include "avx512_rank.h"
 
 /* The fast path runs in three phases over a block of tokens (so that one token's long chain of
  * dependent operations overlaps the next token's work). Each phase returns 0 when it cannot

@@ -160,20 +160,16 @@ struct IOLoop {
     }
 
     private func send(_ envelope: ArraySlice<ZMQMessage>, _ reply: Reply) {
-        // A vanished peer's reply is dropped by the ROUTER; a full pipe drops it too (never blocks).
-        do {
-            for e in envelope { try front.send(e, more: true, dontWait: true) }
-            try front.send(reply.encodeFirstFrame(), more: !reply.frames.isEmpty, dontWait: true)
-            for (i, f) in reply.frames.enumerated() { try front.send(f, more: i < reply.frames.count - 1, dontWait: true) }
-        } catch {
-            logger.debug("reply dropped: \(error)")
-        }
+        send(envelope, head: reply.encodeFirstFrame(), reply.frames[...])
     }
 
-    private func send(_ envelope: ArraySlice<ZMQMessage>, _ frames: ArraySlice<ZMQMessage>) {
+    /// Sends `envelope`, then `head` (if any), then `tail`, as one message. A vanished peer's
+    /// reply is dropped by the ROUTER; a full pipe drops it too (never blocks).
+    private func send(_ envelope: ArraySlice<ZMQMessage>, head: ZMQMessage? = nil, _ tail: ArraySlice<ZMQMessage>) {
         do {
             for e in envelope { try front.send(e, more: true, dontWait: true) }
-            for (i, f) in zip(frames.indices, frames) { try front.send(f, more: i < frames.endIndex - 1, dontWait: true) }
+            if let head { try front.send(head, more: !tail.isEmpty, dontWait: true) }
+            for i in tail.indices { try front.send(tail[i], more: i < tail.endIndex - 1, dontWait: true) }
         } catch {
             logger.debug("reply dropped: \(error)")
         }
@@ -241,18 +237,17 @@ struct CredentialCache {
 /// second per client: the common case — the same few connections sending request after
 /// request — costs a short byte compare, not a locked dictionary update.
 struct ClientActivity {
-    private var recent: [(transport: ClientKey.Transport, id: [UInt8], notedNs: UInt64)] = []
+    private var recent: [(client: ClientKey, notedNs: UInt64)] = []
 
     mutating func note(_ request: IncomingRequest, routingID: ZMQMessage) {
         let id = routingID.bytes, now = request.receivedNs
-        if let i = recent.firstIndex(where: { $0.transport == request.transport && $0.id.elementsEqual(id) }) {
+        if let i = recent.firstIndex(where: { $0.client.transport == request.transport && $0.client.routingID.elementsEqual(id) }) {
             guard now &- recent[i].notedNs >= 1_000_000_000 else { return }
             recent[i].notedNs = now
         } else {
             if recent.count == 32 { recent.removeFirst() }
-            recent.append((request.transport, request.client.routingID, now))
+            recent.append((request.client, now))
         }
         ServerMetrics.noteClient(request.client, at: now)
     }
 }
-
