@@ -313,7 +313,12 @@ typedef struct moe_route_result {
 int moe_default_endpoint(char *out, size_t cap);
 
 /* Connects (endpoint NULL: the default) and performs HELLO. `timeout_ms` bounds every later
- * call's wait for an answer (<= 0: 5000). On failure *out is NULL. */
+ * call's wait for an answer (<= 0: 5000). On failure *out is NULL.
+ * Inline inputs of 4 KiB or more are sent without a copy; every call returns only once the
+ * library no longer reads the caller's buffers. When such a call ends without its answer
+ * (MOE_ERR_CLIENT_TIMEOUT, an I/O or protocol error), that takes resetting the connection: the
+ * client stays usable, but the daemon sees a new client and has released the old connection's
+ * shm registrations (moe_last_error() says "connection reset"; register segments again). */
 int moe_connect(const char *endpoint, int timeout_ms, moe_client **out);
 /* Unregisters nothing by itself: destroy segments first (the daemon also releases a closed
  * client's registrations). Frees the client. NULL is fine. */

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,9 @@
 struct moe_client {
     void *ctx;
     void *sock;
+    char endpoint[512];
+    /* Zero-copy inputs libzmq has not released yet (its I/O thread may still read them). */
+    atomic_int inputs_held;
     int timeout_ms;
     uint64_t next_id;
     moe_hello_resp hello;
@@ -83,6 +87,40 @@ static int recv_reply(moe_client *c, reply *r, int wait_ms) {
     return MOE_OK;
 }
 
+/* libzmq's free callback of a zero-copy input: it no longer reads the caller's buffer. */
+static void input_released(void *data, void *hint) {
+    (void)data;
+    atomic_fetch_sub((atomic_int *)hint, 1);
+}
+
+/* A socket and its own context, connected to c->endpoint; NULL socket on failure. */
+static void open_socket(moe_client *c) {
+    c->ctx = zmq_ctx_new();
+    c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
+    int zero = 0;
+    if (c->sock && (zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
+                    zmq_connect(c->sock, c->endpoint) != 0)) {
+        zmq_close(c->sock);
+        c->sock = NULL;
+    }
+}
+
+/* A call returns without its answer (timeout, I/O or protocol error). If libzmq still holds a
+ * zero-copy input, the caller may free that buffer as soon as we return while libzmq's I/O
+ * thread still reads it (a daemon that stopped reading, a reconnecting peer). So the
+ * connection is torn down first: with linger 0, terminating the context discards the unsent
+ * message and returns only once libzmq has let go of it. Then a fresh connection is opened; the
+ * daemon treats it as a new client (the old one's registrations are released). */
+static int unanswered(moe_client *c, int status) {
+    if (atomic_load(&c->inputs_held) == 0) return status;
+    zmq_close(c->sock);
+    zmq_ctx_term(c->ctx);
+    open_socket(c);
+    size_t n = strlen(c->error);
+    snprintf(c->error + n, sizeof c->error - n, " (connection reset: the daemon has released this client's shm registrations)");
+    return status;
+}
+
 /* Sends one request and waits for its answer. `input` (may be NULL) goes as frame 1. */
 static int call(moe_client *c, uint16_t op, const void *body, uint32_t body_size, const void *input,
                 size_t input_size, int has_input, reply *r) {
@@ -97,31 +135,36 @@ static int call(moe_client *c, uint16_t op, const void *body, uint32_t body_size
     h.deadline_ms = (uint32_t)c->timeout_ms;
     memcpy(frame0, &h, sizeof h);
     if (body_size) memcpy(frame0 + sizeof h, body, body_size);
+    if (!c->sock) return fail(c, MOE_ERR_CLIENT_IO, "the connection could not be re-established after a timeout");
     if (zmq_send(c->sock, frame0, sizeof h + body_size, has_input ? ZMQ_SNDMORE : 0) < 0)
         return fail(c, MOE_ERR_CLIENT_IO, "send: %s", zmq_strerror(zmq_errno()));
     if (has_input) {
-        /* Zero-copy: the daemon has received these bytes before it can answer, and we wait. */
+        /* Zero-copy for large inputs: once the answer is here the daemon has received every
+         * byte. Without an answer libzmq may still be reading the caller's buffer: see
+         * unanswered(). */
         zmq_msg_t m;
-        if (input_size >= 4096) zmq_msg_init_data(&m, (void *)input, input_size, NULL, NULL);
-        else {
+        if (input_size >= 4096) {
+            atomic_fetch_add(&c->inputs_held, 1);
+            zmq_msg_init_data(&m, (void *)input, input_size, input_released, &c->inputs_held);
+        } else {
             zmq_msg_init_size(&m, input_size);
             if (input_size) memcpy(zmq_msg_data(&m), input, input_size);
         }
         if (zmq_msg_send(&m, c->sock, 0) < 0) {
             zmq_msg_close(&m);
-            return fail(c, MOE_ERR_CLIENT_IO, "send: %s", zmq_strerror(zmq_errno()));
+            return unanswered(c, fail(c, MOE_ERR_CLIENT_IO, "send: %s", zmq_strerror(zmq_errno())));
         }
     }
     int64_t deadline = now_ms() + c->timeout_ms;
     for (;;) {
         int64_t left = deadline - now_ms();
-        if (left <= 0) return fail(c, MOE_ERR_CLIENT_TIMEOUT, "no answer within %d ms", c->timeout_ms);
+        if (left <= 0) return unanswered(c, fail(c, MOE_ERR_CLIENT_TIMEOUT, "no answer within %d ms", c->timeout_ms));
         int rc = recv_reply(c, r, left > INT32_MAX ? INT32_MAX : (int)left);
         if (rc == MOE_ERR_CLIENT_TIMEOUT) continue; /* timed out or interrupted: the loop decides */
-        if (rc != MOE_OK) return rc;
+        if (rc != MOE_OK) return unanswered(c, rc);
         if (zmq_msg_size(&r->frames[0]) < sizeof(moe_resp_header)) {
             reply_close(r);
-            return fail(c, MOE_ERR_CLIENT_PROTOCOL, "answer shorter than a header");
+            return unanswered(c, fail(c, MOE_ERR_CLIENT_PROTOCOL, "answer shorter than a header"));
         }
         memcpy(&r->header, zmq_msg_data(&r->frames[0]), sizeof r->header);
         if (r->header.request_id != h.request_id && r->header.request_id != 0) {
@@ -132,7 +175,7 @@ static int call(moe_client *c, uint16_t op, const void *body, uint32_t body_size
         if (r->header.magic != MOE_PROTOCOL_MAGIC ||
             sizeof r->header + r->header.body_size + r->header.message_len != size) {
             reply_close(r);
-            return fail(c, MOE_ERR_CLIENT_PROTOCOL, "malformed answer");
+            return unanswered(c, fail(c, MOE_ERR_CLIENT_PROTOCOL, "malformed answer"));
         }
         r->body = (const uint8_t *)zmq_msg_data(&r->frames[0]) + sizeof r->header;
         snprintf(c->error, sizeof c->error, "%.*s", (int)r->header.message_len,
@@ -176,11 +219,13 @@ int moe_connect(const char *endpoint, int timeout_ms, moe_client **out) {
     moe_client *c = calloc(1, sizeof *c);
     if (!c) return MOE_ERR_CLIENT_SYS;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
-    c->ctx = zmq_ctx_new();
-    c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
-    int zero = 0;
-    if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
-        zmq_connect(c->sock, endpoint) != 0) {
+    atomic_init(&c->inputs_held, 0);
+    if ((size_t)snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint) >= sizeof c->endpoint) {
+        free(c);
+        return MOE_ERR_CLIENT_ARG;
+    }
+    open_socket(c);
+    if (!c->sock) {
         moe_close(c);
         return MOE_ERR_CLIENT_IO;
     }
