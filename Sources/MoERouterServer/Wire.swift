@@ -49,9 +49,30 @@ public struct RequestFailure: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// The wire's operation codes.
-public enum WireOp: UInt16, Sendable {
-    case hello = 1, listLayers = 2, registerShm = 3, unregisterShm = 4, route = 5, stats = 6, ping = 7
+/// The wire's operations: `moe_op` in Include/moe_router.h. The codes come from the header
+/// (one definition of the protocol); the enum gives the daemon exhaustive switches over them.
+public enum WireOp: Sendable, CaseIterable {
+    case hello, listLayers, registerShm, unregisterShm, route, stats, ping
+
+    /// The operation's code on the wire.
+    public var rawValue: UInt16 {
+        let op: moe_op = switch self {
+        case .hello: MOE_OP_HELLO
+        case .listLayers: MOE_OP_LIST_LAYERS
+        case .registerShm: MOE_OP_REGISTER_SHM
+        case .unregisterShm: MOE_OP_UNREGISTER_SHM
+        case .route: MOE_OP_ROUTE
+        case .stats: MOE_OP_STATS
+        case .ping: MOE_OP_PING
+        }
+        return UInt16(op.rawValue)
+    }
+
+    /// The operation with code `rawValue`, nil for any other code.
+    public init?(rawValue: UInt16) {
+        guard let op = Self.allCases.first(where: { $0.rawValue == rawValue }) else { return nil }
+        self = op
+    }
 }
 
 enum WireBytes {

@@ -1,4 +1,5 @@
 import CMoERouterWire
+import MoERouterServer
 import MoERouting
 import Testing
 
@@ -14,6 +15,16 @@ import Testing
         }
         #expect(MOE_SCORING_SIGMOID.rawValue == UInt32(ScoringFunction.sigmoid.rawValue))
         #expect(MOE_NONFINITE_REJECT.rawValue == UInt32(NonFinitePolicy.reject.rawValue))
+    }
+
+    @Test func everyHeaderOperationIsAnOperationAndNothingElseIs() {
+        let header: [moe_op] = [MOE_OP_HELLO, MOE_OP_LIST_LAYERS, MOE_OP_REGISTER_SHM, MOE_OP_UNREGISTER_SHM,
+                                MOE_OP_ROUTE, MOE_OP_STATS, MOE_OP_PING]
+        #expect(Set(header.map { UInt16($0.rawValue) }) == Set(WireOp.allCases.map(\.rawValue)))
+        for op in WireOp.allCases { #expect(WireOp(rawValue: op.rawValue) == op) }
+        #expect(WireOp(rawValue: 0) == nil)
+        #expect(WireOp(rawValue: 8) == nil)
+        #expect(WireOp.route.rawValue == UInt16(MOE_OP_ROUTE.rawValue))
     }
 
     @Test func structSizesAreTheHeaders() {
