@@ -16,9 +16,10 @@ func sampleDaemon(pid: Int32, at seconds: Double) -> DaemonSample? {
     return DaemonSample(seconds: seconds, rssKiB: kib, fds: fds.count)
 }
 
-/// Whether a series stayed within ±`tolerance` of its first value (after a warm-up sample).
-func isFlat(_ values: [Int], tolerance: Double) -> Bool {
-    guard let first = values.first, first > 0 else { return true }
+/// Whether a series stayed within ±`tolerance` of its first value; nil when there is nothing
+/// to judge (fewer than two samples).
+func isFlat(_ values: [Int], tolerance: Double) -> Bool? {
+    guard values.count >= 2, let first = values.first, first > 0 else { return nil }
     return values.allSatisfy { abs(Double($0 - first)) / Double(first) <= tolerance }
 }
 

@@ -29,9 +29,9 @@ struct SoakRow {
     var offered: Double
     /// Whether the daemon kept up with the offered rate (achieved ≥ 95 % of it).
     var keptUp: Bool { result.requestsPerSecond >= 0.95 * offered }
-    /// Flat within ±5% once warm (the first sample is the warm-up).
-    var rssFlat: Bool { isFlat(samples.dropFirst().map(\.rssKiB), tolerance: 0.05) }
-    var fdsFlat: Bool { isFlat(samples.dropFirst().map(\.fds), tolerance: 0.05) }
+    /// Flat within ±5% once warm (the first sample is the warm-up); nil when not sampled.
+    var rssFlat: Bool? { isFlat(samples.dropFirst().map(\.rssKiB), tolerance: 0.05) }
+    var fdsFlat: Bool? { isFlat(samples.dropFirst().map(\.fds), tolerance: 0.05) }
 }
 
 struct Report {
@@ -46,7 +46,8 @@ struct Report {
     var soak: SoakRow?
 
     var totalErrors: Int {
-        closed.map(\.result.errorCount).reduce(0, +) + (soak?.result.errorCount ?? 0)
+        closed.map(\.result.errorCount).reduce(0, +) + open.map(\.result.errorCount).reduce(0, +)
+            + (soak?.result.errorCount ?? 0)
     }
 
     func printTables() {
@@ -67,8 +68,6 @@ struct Report {
             ])
         }
         table(head, rows)
-        let errs = closed.flatMap { $0.result.errors }.reduce(into: [String: Int]()) { $0[$1.key, default: 0] += $1.value }
-        if !errs.isEmpty { print("errors by status: " + errs.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")) }
         if !open.isEmpty {
             print("\nopen loop (offered rate, latency from the scheduled send time, µs)")
             table(["offered", "achieved", "p50", "p90", "p99", "p99.9", "max", "errors", "within SLO"],
@@ -84,12 +83,15 @@ struct Report {
         if let soak {
             let x = soak.result
             print("\nsoak at 80% of the knee: offered \(f(soak.offered, 0)) req/s, achieved \(f(x.requestsPerSecond, 0)) req/s\(soak.keptUp ? "" : " (FELL BEHIND: the knee was optimistic)"), p99 \(f(x.percentileUs(99), 1)) µs, errors \(x.errorCount)")
-            if let a = soak.samples.dropFirst().first, let b = soak.samples.last {
-                print("daemon RSS \(a.rssKiB) -> \(b.rssKiB) KiB (flat ±5%: \(soak.rssFlat ? "yes" : "NO")), fds \(a.fds) -> \(b.fds) (flat: \(soak.fdsFlat ? "yes" : "NO"))")
+            if let rss = soak.rssFlat, let fds = soak.fdsFlat, let a = soak.samples.dropFirst().first, let b = soak.samples.last {
+                print("daemon RSS \(a.rssKiB) -> \(b.rssKiB) KiB (flat ±5%: \(rss ? "yes" : "NO")), fds \(a.fds) -> \(b.fds) (flat: \(fds ? "yes" : "NO"))")
             } else {
-                print("daemon RSS/fds: not sampled (pass --daemon-pid)")
+                print("daemon RSS/fds: not sampled (pass --daemon-pid; a soak of at least 3 s)")
             }
         }
+        let all = closed.map(\.result) + open.map(\.result) + (soak.map { [$0.result] } ?? [])
+        let errs = all.flatMap(\.errors).reduce(into: [String: Int]()) { $0[$1.key, default: 0] += $1.value }
+        if !errs.isEmpty { print("\nerrors by status (every section): " + errs.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")) }
     }
 
     var json: [String: Any] {
@@ -126,8 +128,8 @@ struct Report {
             d["samples"] = soak.samples.map { ["s": $0.seconds, "rss_kib": $0.rssKiB, "fds": $0.fds] }
             d["offered_per_s"] = soak.offered
             d["kept_up"] = soak.keptUp
-            d["rss_flat"] = soak.rssFlat
-            d["fds_flat"] = soak.fdsFlat
+            d["rss_flat"] = soak.rssFlat.map { $0 as Any } ?? NSNull()  // null: not sampled
+            d["fds_flat"] = soak.fdsFlat.map { $0 as Any } ?? NSNull()
             out["soak"] = d
         }
         return out
