@@ -24,6 +24,9 @@ public struct ServerConfig: Sendable {
     /// sends a frame larger than this plus 64 KiB (ZMQ_MAXMSGSIZE).
     public var maxMessageBytes: Int = 64 << 20
     public var maxTokens: Int = 1 << 20
+    /// The largest `maxTokens` accepted: byte counts of a request (tokens × experts × 4) then
+    /// stay far inside Int, so no hostile token count can overflow them.
+    public static let maxTokensLimit = 1 << 32
     public var defaultDeadlineMs: UInt32 = 5000
     public var maxRegistrations: Int = 64
     public var maxSegmentBytes: UInt64 = 1 << 34

@@ -239,7 +239,12 @@ struct RouterDaemon: ParsableCommand {
         if let v = queueDepth ?? file.queue_depth { c.queueDepth = max(1, v) }
         if let v = inlineTokens ?? file.inline_tokens { c.inlineTokens = max(0, v) }
         if let v = maxMessageBytes ?? file.max_message_bytes { c.maxMessageBytes = max(4096, v) }
-        if let v = maxTokens ?? file.max_tokens { c.maxTokens = max(1, v) }
+        if let v = maxTokens ?? file.max_tokens {
+            guard v <= ServerConfig.maxTokensLimit else {
+                throw ConfigError("max_tokens = \(v) exceeds the daemon's limit of \(ServerConfig.maxTokensLimit) tokens per request")
+            }
+            c.maxTokens = max(1, v)
+        }
         if let v = deadlineMs ?? file.deadline_ms { c.defaultDeadlineMs = max(1, v) }
         if let v = maxRegistrations ?? file.max_registrations { c.maxRegistrations = max(1, v) }
         c.layers = specs

@@ -219,7 +219,8 @@ def test_config_file_layers(start_daemon, tmp_path):
 def test_bad_configuration_is_a_clear_startup_error(routerd_binary, tmp_path):
     for args, needle in [(["--preset", "no-such-model"], "no-such-model"),
                          ([], "no layers"),
-                         (["--preset", DS, "--backend", "quantum"], "unknown backend")]:
+                         (["--preset", DS, "--backend", "quantum"], "unknown backend"),
+                         (["--preset", DS, "--max-tokens", str(1 << 62)], "max_tokens")]:
         p = subprocess.run([str(routerd_binary), *args, "--endpoint", f"ipc://{tmp_path}/x.sock"],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode != 0
