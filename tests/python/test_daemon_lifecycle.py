@@ -116,6 +116,80 @@ def test_deadline_passed_in_queue(start_daemon):
     ctx.term()
 
 
+def _until_in_flight(sock):
+    """Waits until the daemon reports a request running on a worker (STATS queued = 1)."""
+    assert wait_until(lambda: w.stats(sock)["queued"] == 1, timeout=10, step=0.01)
+
+
+def _zero_row_ids(sock, layer):
+    """The ids the daemon picks for an all-zero row (what every row of a BigShmJob is)."""
+    r = inline_route(sock, layer, 1, data=bytes(4 * layer["E"]))
+    assert r.status == 0, r
+    return list(np.frombuffer(r.frames[1], np.int32))
+
+
+def _first_ids(job):
+    return list(np.frombuffer(job.seg.mm, np.int32, count=job.layer["k"], offset=job.tokens * 1056))
+
+
+def test_unregister_during_a_request_is_deferred_until_it_ends(start_daemon):
+    """UNREGISTER of a segment a running ROUTE uses answers at once with deferred = 1; the ROUTE
+    still finishes into the segment, the mapping goes only when it ends, and the handle is dead
+    from the UNREGISTER on. (The portable kernel makes the 200k-token ROUTE last ~1 s.)"""
+    d = start_daemon("--preset", DS, "--backend", "cpu-generic", "--inline-tokens", "0")
+    ctx = zmq.Context()
+    a, watcher = dealer(ctx, d.endpoint), dealer(ctx, d.endpoint)
+    layer = w.layers(a)[0][DS]
+    job = BigShmJob(a, layer, 200000)
+    a.send_multipart(job.frames(request_id=7))
+    _until_in_flight(watcher)
+    a.send_multipart([w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", job.handle), request_id=8)])
+    assert a.poll(5000)
+    unreg = w.Reply(a.recv_multipart())
+    assert unreg.op == w.OP["UNREGISTER_SHM"] and unreg.status == 0, unreg
+    assert struct.unpack("<II", unreg.body)[0] == 1, "deferred"
+    st = w.stats(watcher)
+    assert st["registrations"] == 0 and st["queued"] == 1
+    assert d.shm_maps(), "still mapped while the ROUTE runs"
+    assert a.poll(30000)
+    route = w.Reply(a.recv_multipart())
+    assert route.op == w.OP["ROUTE"] and route.request_id == 7 and route.status == 0, route
+    assert _first_ids(job) == _zero_row_ids(watcher, layer), "outputs were written into the segment"
+    assert wait_until(lambda: d.shm_maps() == [] and w.stats(watcher)["mapped_bytes"] == 0, timeout=5)
+    again = w.call(a, job.frames())
+    assert again.status_name == "UNKNOWN_HANDLE", again
+    job.seg.close()
+    a.close()
+    watcher.close()
+    ctx.term()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_lets_a_running_request_finish(start_daemon, sig):
+    """A ROUTE running on a worker when SIGTERM or SIGINT arrives is answered OK with its
+    outputs written; then the daemon unmaps, removes its socket file and exits 0."""
+    d = start_daemon("--preset", DS, "--backend", "cpu-generic", "--inline-tokens", "0")
+    ctx = zmq.Context()
+    a, watcher = dealer(ctx, d.endpoint), dealer(ctx, d.endpoint)
+    layer = w.layers(a)[0][DS]
+    job = BigShmJob(a, layer, 200000)
+    zero_ids = _zero_row_ids(watcher, layer)
+    a.send_multipart(job.frames())
+    _until_in_flight(watcher)
+    d.proc.send_signal(sig)
+    assert a.poll(30000)
+    r = w.Reply(a.recv_multipart())
+    assert r.status_name == "OK", r
+    assert _first_ids(job) == zero_ids, "outputs were written into the segment"
+    assert d.proc.wait(15) == 0
+    assert not d.sock_path.exists()
+    assert "stopped" in d.read_log()
+    job.seg.close()
+    a.close()
+    watcher.close()
+    ctx.term()
+
+
 def test_sigterm_finishes_in_flight_and_cleans_up(start_daemon):
     d = start_daemon("--preset", DS, "--inline-tokens", "0")
     assert stat.S_IMODE(os.stat(d.sock_path).st_mode) == 0o660
