@@ -364,3 +364,33 @@ def test_memory_taken_by_a_burst_of_large_requests_is_given_back_when_idle(start
             (burst, base, peak, _rss_kib(d.pid))
     assert inline_route(s, layer, 3).status == 0  # and the daemon still serves
     s.close()
+
+
+@pytest.mark.parametrize("variable", ["XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY"])
+def test_preset_alone_serves_on_the_default_endpoint(routerd_binary, tmp_path, variable):
+    """`moe-routerd --preset deepseek-v3` and nothing else: the socket goes to
+    $RUNTIME_DIRECTORY/routerd.sock (systemd), else $XDG_RUNTIME_DIR/moe-router/routerd.sock
+    (the directory made as needed), mode 0660; it answers, and SIGTERM removes it."""
+    base = tmp_path / "run"
+    base.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR", "MOE_ROUTER_ENDPOINT")}
+    env[variable] = str(base)
+    sock = base / "routerd.sock" if variable == "RUNTIME_DIRECTORY" else base / "moe-router" / "routerd.sock"
+    p = subprocess.Popen([str(routerd_binary), "--preset", DS], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(sock.exists, timeout=30), "no socket at the default endpoint"
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+        ctx = zmq.Context()
+        s = dealer(ctx, f"ipc://{sock}")
+        assert w.call(s, [w.frame0(w.OP["PING"])]).status == 0
+        assert DS in w.layers(s)[0]
+        s.close()
+        ctx.term()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(15) == 0
+        assert not sock.exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
