@@ -43,7 +43,7 @@ for layer in deepseek-v3 kimi-k2; do
 done
 steal_report "load tables"
 steal_mark
-$bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 64 --transport shm --seconds 6 --blocks 6 --quiet \
+$bin/moe-router-bench --endpoint "$ep" --clients 8 --batches 64 --transport shm --seconds 6 --blocks 6 --pipelined-echo 8 --quiet \
     --svg "$OUT/batch.svg" | tee "$OUT/target-8x64-shm.txt"
 steal_report "8x64 target"
 steal_mark

@@ -62,9 +62,11 @@ struct ExchangeShape {
     }
 }
 
-/// Closed-loop echo with `clients` DEALERs (each its own context, like the C client) for
-/// `seconds`; returns latency and throughput.
-func runEcho(server: EchoServer, shape: ExchangeShape, clients: Int, seconds: Double) -> LoadResult {
+/// Echo with `clients` DEALERs (each its own context, like the C client) for `seconds`; returns
+/// latency and throughput. `window` = 1: closed loop, one request in flight per client (the
+/// daemon's clients' pattern); more: each client keeps `window` requests in flight (pipelined:
+/// the transport's throughput when nobody waits; latency then includes the queue).
+func runEcho(server: EchoServer, shape: ExchangeShape, clients: Int, seconds: Double, window: Int = 1) -> LoadResult {
     server.setReplySizes(shape.reply)
     let config = LoadConfig(clients: clients, batches: [(1, 1)], shm: false, dtype: .fp32, rate: nil, seconds: seconds)
     let results = Mutex<LoadResult>(LoadResult(config: config))
@@ -77,12 +79,27 @@ func runEcho(server: EchoServer, shape: ExchangeShape, clients: Int, seconds: Do
             let s = try ZMQSocket(ctx, type: ZMQ_DEALER)
             try s.connect(server.endpoint)
             let payloads = shape.request.map { [UInt8](repeating: 1, count: $0) }
-            while nowNs() < end {
-                let t0 = nowNs()
+            func send() throws(ZMQError) {
                 for (i, p) in payloads.enumerated() { try s.send(bytes: p, more: i < payloads.count - 1) }
+            }
+            // Send times of the requests in flight, by request number modulo the window (the
+            // ROUTER answers in order).
+            var sentAt = [UInt64](repeating: 0, count: window)
+            var issued = 0, answered = 0
+            while nowNs() < end {
+                while issued - answered < window {
+                    sentAt[issued % window] = nowNs()
+                    try send()
+                    issued += 1
+                }
                 _ = try s.receiveMultipart()
-                _ = local.latency.record(nowNs() - t0)
+                _ = local.latency.record(nowNs() - sentAt[answered % window])
+                answered += 1
                 local.requests += 1
+            }
+            while answered < issued {  // the last answers, before the socket closes
+                _ = try s.receiveMultipart()
+                answered += 1
             }
             s.close()
         } catch {

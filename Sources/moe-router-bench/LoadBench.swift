@@ -35,6 +35,8 @@ struct LoadBench: ParsableCommand {
     var requests: Int?
     @Option(help: "Closed loop: split each configuration into this many blocks, alternating with blocks of its echo baseline, so both see the same spells of a shared machine (totals over the blocks).")
     var blocks = 1
+    @Option(help: "Closed loop: also measure a pipelined echo, each client keeping this many requests in flight (the transport's rate when nobody waits), and print the daemon's throughput against it (0: off).")
+    var pipelinedEcho = 0
     @Flag(help: "Run the open-loop rate sweep (finds the knee).")
     var openLoop = false
     @Option(help: "Open loop: clients, batch size, transport.")
@@ -63,6 +65,7 @@ struct LoadBench: ParsableCommand {
     mutating func run() throws {
         guard let dt = DType(name: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         guard blocks >= 1 else { throw ValidationError("--blocks must be at least 1") }
+        guard pipelinedEcho >= 0 else { throw ValidationError("--pipelined-echo must be 0 (off) or a window of at least 1") }
         let ep = endpoint ?? defaultEndpoint()
         let transports: [Bool] = switch transport {
         case "inline": [false]
@@ -88,18 +91,26 @@ struct LoadBench: ParsableCommand {
                     let shape = echo != nil && set.count == 1
                         ? ExchangeShape(tokens: set[0].tokens, experts: local.spec.numExperts, topK: local.spec.topK,
                                         dtype: dt, shm: shm) : nil
-                    var daemonRuns: [LoadResult] = [], echoRuns: [LoadResult] = []
+                    var daemonRuns: [LoadResult] = [], echoRuns: [LoadResult] = [], pipelinedRuns: [LoadResult] = []
                     for _ in 0..<blocks {
                         daemonRuns.append(try runLoad(endpoint: ep, layer: layer, config: config,
                                                       progress: !quiet && blockSeconds >= 5))
                         if let echo, let shape {
                             echoRuns.append(runEcho(server: echo, shape: shape, clients: n,
                                                     seconds: min(blockSeconds, 2)))
+                            if pipelinedEcho > 0 {
+                                pipelinedRuns.append(runEcho(server: echo, shape: shape, clients: n,
+                                                             seconds: min(blockSeconds, 2), window: pipelinedEcho))
+                            }
                         }
                     }
                     var row = ClosedRow(result: LoadResult.merged(daemonRuns))
                     if let shape {
                         row.echo = LoadResult.merged(echoRuns)
+                        if !pipelinedRuns.isEmpty {
+                            row.pipelinedEcho = LoadResult.merged(pipelinedRuns)
+                            row.pipelineWindow = pipelinedEcho
+                        }
                         row.kernelNs = kernelTimeNs(layer: local, dtype: dt, tokens: set[0].tokens)
                     }
                     report.closed.append(row)

@@ -15,6 +15,11 @@ struct ClosedRow {
     }
     /// daemon throughput / echo throughput.
     var throughputVsEcho: Double? { echo.map { result.requestsPerSecond / $0.requestsPerSecond } }
+    /// The pipelined echo (`pipelineWindow` requests in flight per client), when measured.
+    var pipelinedEcho: LoadResult?
+    var pipelineWindow = 0
+    /// daemon throughput / pipelined echo throughput.
+    var throughputVsPipelined: Double? { pipelinedEcho.map { result.requestsPerSecond / $0.requestsPerSecond } }
 }
 
 struct OpenRow {
@@ -53,11 +58,18 @@ struct Report {
     func printTables() {
         print("moe-router-bench: layer \(layer), \(dtype) input, endpoint \(endpoint)")
         print("\nclosed loop (latency in µs; echo = bare ZeroMQ DEALER/ROUTER with the same frame sizes; kernel = in-process CPU backend)")
+        let pipelined = closed.contains { $0.pipelinedEcho != nil }
+        if pipelined {
+            print("(pipe = the same echo with \(closed.map(\.pipelineWindow).max() ?? 0) requests in flight per client: the transport's rate when nobody waits)")
+        }
         let head = ["clients", "batch", "xport", "req/s", "Mtok/s", "p50", "p90", "p99", "p99.9", "max", "errors",
                     "echo p50", "echo req/s", "kernel", "d/echo", "d/(k+echo)", "tput/echo"]
+            + (pipelined ? ["pipe req/s", "tput/pipe"] : [])
         var rows: [[String]] = []
         for r in closed {
             let x = r.result
+            let pipe = pipelined ? [r.pipelinedEcho.map { f($0.requestsPerSecond, 0) } ?? "-",
+                                    r.throughputVsPipelined.map { f($0, 2) } ?? "-"] : []
             rows.append([
                 "\(x.config.clients)", x.config.batchLabel, x.config.shm ? "shm" : "inline",
                 f(x.requestsPerSecond, 0), f(x.tokensPerSecond / 1e6, 3), f(x.percentileUs(50), 1), f(x.percentileUs(90), 1),
@@ -65,7 +77,7 @@ struct Report {
                 r.echo.map { f($0.percentileUs(50), 1) } ?? "-", r.echo.map { f($0.requestsPerSecond, 0) } ?? "-",
                 r.kernelNs.map { f($0 / 1000, 1) } ?? "-", r.overEcho.map { f($0, 2) } ?? "-",
                 r.overKernelEcho.map { f($0, 2) } ?? "-", r.throughputVsEcho.map { f($0, 2) } ?? "-",
-            ])
+            ] + pipe)
         }
         table(head, rows)
         if !open.isEmpty {
@@ -113,6 +125,11 @@ struct Report {
             if let v = r.overEcho { d["daemon_over_echo_p50"] = v }
             if let v = r.overKernelEcho { d["daemon_over_kernel_plus_echo_p50"] = v }
             if let v = r.throughputVsEcho { d["throughput_over_echo"] = v }
+            if let p = r.pipelinedEcho, let v = r.throughputVsPipelined {
+                d["pipelined_echo"] = res(p)
+                d["pipelined_echo_window"] = r.pipelineWindow
+                d["throughput_over_pipelined_echo"] = v
+            }
             return d
         }
         out["open_loop"] = open.map { o -> [String: Any] in

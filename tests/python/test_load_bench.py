@@ -103,3 +103,19 @@ def test_errors_are_counted_by_status_in_every_section_and_set_the_exit_status(b
     line = next(l for l in t.stdout.splitlines() if l.startswith("errors by status"))
     assert "MOE_ERR_BUSY=" in line
     assert d.alive()
+
+
+def test_pipelined_echo_baseline(bench, start_daemon):
+    """--pipelined-echo W: the echo also runs with W requests in flight per client; the row
+    carries its rate and the daemon's throughput against it (pipelining only raises the rate)."""
+    d = start_daemon("--preset", "deepseek-v3")
+    out = run_bench(bench, "--endpoint", d.endpoint, "--clients", "2", "--batches", "64", "--transport", "shm",
+                    "--seconds", "0.6", "--blocks", "2", "--pipelined-echo", "8")
+    (row,) = out["closed_loop"]
+    assert row["errors"] == {} and row["pipelined_echo_window"] == 8
+    pipe = row["pipelined_echo"]
+    assert pipe["requests"] > 0 and pipe["errors"] == {}
+    assert pipe["requests_per_s"] > row["echo"]["requests_per_s"]
+    assert row["throughput_over_pipelined_echo"] == pytest.approx(row["requests_per_s"] / pipe["requests_per_s"])
+    p = subprocess.run([str(bench), "--endpoint", d.endpoint, "--pipelined-echo", "-1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "--pipelined-echo" in p.stderr
