@@ -17,6 +17,20 @@ import Testing
         }
     }
 
+    /// Not just a counter: the pointer the matched path hands the kernel is the layer's own
+    /// bias storage, built once; only the fallback hands over another buffer.
+    @Test func matchedPathHandsTheKernelTheBiasBuiltAtStartup() throws {
+        for gate in DType.allCases {
+            let layer = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: gate)!)
+            let built = layer.kernelBias!.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) }
+            for dtype in DType.allCases {
+                let (seen, fallback) = layer.withRequestBias(dtype) { p, fallback in (UInt(bitPattern: p), fallback) }
+                #expect(fallback == (dtype != gate))
+                #expect((seen == built) == (dtype == gate), "gate \(gate), request \(dtype)")
+            }
+        }
+    }
+
     @Test func storedBiasIsCastOnceAtBuild() throws {
         let spec = Presets.spec(named: "kimi-k2", gateDType: .bf16)!
         let layer = try BuiltLayer(spec)
