@@ -34,6 +34,13 @@ struct RouteEval: ParsableCommand {
         try results.write(toFile: outDir + "/results.jsonl", atomically: true, encoding: .utf8)
     }
 
+    /// A request the backend refused (a non-finite input under the reject policy, ...).
+    static func failure(_ id: String, _ e: RouteError) -> [String: Any] {
+        var r: [String: Any] = ["id": id, "ok": false, "kind": "route", "error": e.description]
+        if case .nonFiniteInput(let t, let count) = e { r["first_token"] = t; r["count"] = count }
+        return r
+    }
+
     func evaluate(_ c: Case, base: URL) -> [String: Any] {
         do {
             let spec = try c.layerSpec(base: base)
@@ -47,15 +54,24 @@ struct RouteEval: ParsableCommand {
             guard kernel.isSupported else { return ["id": c.id, "ok": false, "kind": "unsupported_kernel", "error": "\(kernel)"] }
             let input = try Data(contentsOf: base.appendingPathComponent(c.input))
             let n = c.tokens * spec.topK
-            var weights = [Float](repeating: 0, count: n)
-            var ids = [Int32](repeating: 0, count: n)
-            let outcome = try input.withUnsafeBytes { inp in
-                try weights.withUnsafeMutableBufferPointer { w in
-                    try ids.withUnsafeMutableBufferPointer { i in
-                        try CPUBackend(kernel: kernel).route(layer: layer, input: inp, dtype: dtype,
-                                                             tokens: c.tokens, weights: w, ids: i)
+            // Sentinels: a rejected request must leave the outputs exactly as they were.
+            let unsetWeight: Float = -7.5, unsetID: Int32 = -7
+            var weights = [Float](repeating: unsetWeight, count: n)
+            var ids = [Int32](repeating: unsetID, count: n)
+            let outcome: RouteOutcome
+            do {
+                outcome = try input.withUnsafeBytes { inp in
+                    try weights.withUnsafeMutableBufferPointer { w in
+                        try ids.withUnsafeMutableBufferPointer { i in
+                            try CPUBackend(kernel: kernel).route(layer: layer, input: inp, dtype: dtype,
+                                                                 tokens: c.tokens, weights: w, ids: i)
+                        }
                     }
                 }
+            } catch let e as RouteError {
+                var r = Self.failure(c.id, e)
+                r["outputs_untouched"] = weights.allSatisfy { $0 == unsetWeight } && ids.allSatisfy { $0 == unsetID }
+                return r
             }
             try weights.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: "\(outDir)/\(c.id).weights.f32")) }
             try ids.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: "\(outDir)/\(c.id).ids.i32")) }
@@ -64,9 +80,7 @@ struct RouteEval: ParsableCommand {
         } catch let e as LayerSpecError {
             return ["id": c.id, "ok": false, "kind": "layer_spec", "field": e.field, "error": e.description]
         } catch let e as RouteError {
-            var r: [String: Any] = ["id": c.id, "ok": false, "kind": "route", "error": e.description]
-            if case .nonFiniteInput(let t, let count) = e { r["first_token"] = t; r["count"] = count }
-            return r
+            return Self.failure(c.id, e)
         } catch {
             return ["id": c.id, "ok": false, "kind": "other", "error": "\(error)"]
         }

@@ -190,6 +190,46 @@ def test_reject_policy_and_spec_errors(route_eval, tmp_path):
     assert results["bad"]["kind"] == "layer_spec" and results["bad"]["field"] == "topk_group"
 
 
+def test_reject_policy_every_preset_dtype_and_kernel(route_eval, tmp_path):
+    """nonfinite = reject on every preset, in every input dtype, on both kernels: a request with
+    NaN/±Inf is refused naming the first offending token and the count numpy finds, and leaves
+    the output buffers untouched; the same layer routes a finite request exactly as the
+    contract reference does."""
+    cases, expected = [], {}
+    for si, name in enumerate(ref.PRESETS):
+        spec = {**ref.preset_spec(name, "bf16"), "name": f"{name}-reject", "nonfinite": "reject"}
+        E, G = spec["num_experts"], spec["num_expert_group"]
+        rng = np.random.default_rng(100 + si)
+        bad = rows("gaussian", E, G, seed=200 + si)
+        tokens = sorted(rng.choice(np.arange(3, bad.shape[0]), size=3, replace=False))
+        for t, v in zip(tokens, [np.nan, np.inf, -np.inf]):
+            bad[t, rng.integers(E)] = v
+        bad[tokens[-1], rng.integers(E)] = np.nan  # a second one in the same row counts too
+        good = rows("gaussian", E, G, seed=300 + si)
+        for dtype in DTYPES:
+            for kernel in KERNELS:
+                cid = f"{name}-{dtype}-{kernel}"
+                held = ref.round_trip(bad, dtype)
+                expected[cid + "-bad"] = (int(np.argmax(~np.isfinite(held).all(axis=1))), int((~np.isfinite(held)).sum()))
+                write_case(tmp_path, cases, cid + "-bad", spec, dtype, bad, kernel)
+                expected[cid + "-good"] = ref.route(spec, request_bias(spec, dtype), ref.round_trip(good, dtype))
+                write_case(tmp_path, cases, cid + "-good", spec, dtype, good, kernel)
+    results = run_eval(route_eval, tmp_path, cases)
+    for cid, want in expected.items():
+        r = results[cid]
+        if r.get("kind") == "unsupported_kernel":
+            continue
+        if cid.endswith("-bad"):
+            assert r["ok"] is False and r["kind"] == "route", r
+            assert (r["first_token"], r["count"]) == want, (cid, r)
+            assert r["outputs_untouched"] is True, cid
+        else:
+            assert r["ok"] is True and r["nonfinite"] == 0, r
+            w_ref, ids_ref, _ = want
+            w, ids = outputs(tmp_path, cid, ids_ref.shape[1])
+            assert np.array_equal(ids, ids_ref) and np.array_equal(w.view(np.uint32), w_ref.view(np.uint32)), cid
+
+
 def test_dtype_conversions_match_numpy():
     # bf16: every pattern widens and narrows back; fp16 narrowing agrees with numpy's RNE cast.
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
