@@ -50,7 +50,13 @@ public final class BuiltLayer: Sendable {
         }
         fallbackCastCount.add(1, ordering: .relaxed)
         biasCopyCount.add(1, ordering: .relaxed)
-        return try withUnsafeTemporaryAllocation(of: Float.self, capacity: spec.numExperts) { (buf) throws(E) -> R in
+        // On the stack for every layer size (withUnsafeTemporaryAllocation goes to the heap
+        // above 1 KiB, i.e. for more than 256 experts).
+        // (1024 = RoutingLimits.maxExperts; a generic argument must be a literal.)
+        var scratch = InlineArray<1024, Float>(repeating: 0)
+        var span = scratch.mutableSpan
+        return try span.withUnsafeMutableBufferPointer { (all) throws(E) -> R in
+            let buf = UnsafeMutableBufferPointer(rebasing: all[..<spec.numExperts])
             stored.convert(to: dtype, into: buf)
             return try body(UnsafePointer(buf.baseAddress), true)
         }

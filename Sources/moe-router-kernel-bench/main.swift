@@ -34,8 +34,12 @@ struct KernelBench: ParsableCommand {
     @Flag(help: "Skip the matched-vs-fallback section.")
     var noFallback = false
 
+    @Flag(help: "Instead of timing, count heap allocations per request for every row (1 thread and all cores, matched path) and for the fallback path. Needs the counting shim preloaded: cc -shared -fPIC tests/c/alloc_count.c -o alloc_count.so -ldl; LD_PRELOAD=$PWD/alloc_count.so.")
+    var countAllocations = false
+
     mutating func run() throws {
         let kernel = try chosenKernel()
+        if countAllocations { return try allocationSection(kernel) }
         let cores = CPUBackend(kernel: kernel).threads
         let single = CPUBackend(kernel: kernel, threads: 1)
         let all = CPUBackend(kernel: kernel, threads: cores)
@@ -94,6 +98,53 @@ struct KernelBench: ParsableCommand {
             print(pad("\(tokens)", 8) + pad(fmt(m, 1), 16) + pad(fmt(f, 1), 17) + fmt(f / m, 3) + "x")
         }
         print("fallback casts counted on the fp32 layer: \(mismatched.fallbackCasts); on the bf16 layer: \(matched.fallbackCasts)")
+    }
+
+    /// Heap allocations per request, counted by the preloaded shim (tests/c/alloc_count.c).
+    func allocationSection(_ kernel: CPUBackend.Kernel) throws {
+        typealias Count = @convention(c) () -> Int64
+        typealias Enable = @convention(c) (Int32) -> Void
+        guard let c = dlsym(nil, "moe_alloc_count"), let e = dlsym(nil, "moe_alloc_count_enable") else {
+            throw ValidationError("--count-allocations needs the counting shim preloaded (LD_PRELOAD=.../alloc_count.so; see --help)")
+        }
+        let count = unsafeBitCast(c, to: Count.self), enable = unsafeBitCast(e, to: Enable.self)
+        let backends = [("1 thread", CPUBackend(kernel: kernel, threads: 1)), ("all cores", CPUBackend(kernel: kernel))]
+        let requests = 50
+        func perRequest(_ w: Workload, _ backend: CPUBackend) -> Double {
+            let n = w.tokens * w.layer.spec.topK
+            var weights = [Float](repeating: 0, count: n), ids = [Int32](repeating: 0, count: n)
+            return w.input.withUnsafeBytes { inp in
+                weights.withUnsafeMutableBufferPointer { wp in
+                    ids.withUnsafeMutableBufferPointer { ip in
+                        func once() { _ = try! backend.route(layer: w.layer, input: inp, dtype: w.dtype, tokens: w.tokens, weights: wp, ids: ip) }
+                        once()  // first use: lazily built state (thread pool, tables)
+                        let before = count()
+                        enable(1)
+                        for _ in 0..<requests { once() }
+                        enable(0)
+                        return Double(count() - before) / Double(requests)
+                    }
+                }
+            }
+        }
+        print("heap allocations per request (kernel \(kernel), \(requests) requests per figure)")
+        print(pad("preset", 18) + pad("dtype", 6) + pad("tokens", 8) + backends.map { pad($0.0, 11) }.joined() + "fallback (1 thread)")
+        for name in presets.split(separator: ",").map(String.init) {
+            for dtypeName in dtypes.split(separator: ",") {
+                guard let dtype = DType(name: String(dtypeName)), let spec = Presets.spec(named: name, gateDType: dtype),
+                      let fp32Spec = Presets.spec(named: name, gateDType: dtype == .fp32 ? .bf16 : .fp32) else {
+                    throw ValidationError("unknown preset or dtype: \(name) \(dtypeName)")
+                }
+                let layer = try BuiltLayer(spec), other = try BuiltLayer(fp32Spec)
+                for tokens in batches.split(separator: ",").compactMap({ Int($0) }) {
+                    let w = Workload(layer: layer, dtype: dtype, tokens: tokens)
+                    let fallback = Workload(layer: other, dtype: dtype, tokens: tokens)
+                    print(pad(name, 18) + pad("\(dtype)", 6) + pad("\(tokens)", 8)
+                          + backends.map { pad(fmt(perRequest(w, $0.1), 2), 11) }.joined()
+                          + fmt(perRequest(fallback, backends[0].1), 2))
+                }
+            }
+        }
     }
 
     func chosenKernel() throws -> CPUBackend.Kernel {
