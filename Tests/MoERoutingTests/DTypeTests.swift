@@ -67,6 +67,15 @@ import Testing
 
     @Test func bf16OverflowAndNaN() {
         #expect(DType.bf16.narrow(.greatestFiniteMagnitude) == 0x7f80) // rounds up to +inf
+        // The step from the largest finite bf16 (0x7f7f) to +inf: below the midpoint stays
+        // finite; the midpoint itself is a tie and goes to the even neighbour, +inf.
+        for sign: UInt32 in [0, 0x8000_0000] {
+            let s16 = UInt16(sign >> 16)
+            #expect(DType.bf16.narrow(Float(bitPattern: sign | 0x7f7f_7fff)) == s16 | 0x7f7f)
+            #expect(DType.bf16.narrow(Float(bitPattern: sign | 0x7f7f_8000)) == s16 | 0x7f80)
+            #expect(DType.bf16.narrow(Float(bitPattern: sign | 0x7f7f_8001)) == s16 | 0x7f80)
+            #expect(DType.bf16.narrow(Float(bitPattern: sign | 0x7f7e_8000)) == s16 | 0x7f7e) // tie to even, finite
+        }
         #expect(DType.bf16.narrow(-.infinity) == 0xff80)
         #expect(DType.bf16.widen(DType.bf16.narrow(.nan)).isNaN)
         #expect(DType.bf16.narrow(Float(bitPattern: 0x7f80_0001)) & 0x7f != 0) // signalling NaN stays NaN
