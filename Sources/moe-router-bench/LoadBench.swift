@@ -31,7 +31,7 @@ struct LoadBench: ParsableCommand {
     var transport = "both"
     @Option(help: "Seconds per configuration.")
     var seconds = 2.0
-    @Option(help: "Stop a configuration after this many requests (across its clients).")
+    @Option(help: "Stop a configuration (a closed-loop row, an open-loop step) after this many requests (across its clients).")
     var requests: Int?
     @Option(help: "Closed loop: split each configuration into this many blocks, alternating with blocks of its echo baseline, so both see the same spells of a shared machine (totals over the blocks).")
     var blocks = 1
@@ -134,7 +134,7 @@ struct LoadBench: ParsableCommand {
         var retried = false
         while rate <= rateMax {
             let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, dtype: dt,
-                                    rate: rate, seconds: seconds)
+                                    rate: rate, seconds: seconds, maxRequests: requests)
             if !quiet { progressLine("open loop: offered \(Int(rate)) req/s\n") }
             let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: false)
             lowestP90 = min(lowestP90, r.percentileUs(90))

@@ -119,3 +119,13 @@ def test_pipelined_echo_baseline(bench, start_daemon):
     assert row["throughput_over_pipelined_echo"] == pytest.approx(row["requests_per_s"] / pipe["requests_per_s"])
     p = subprocess.run([str(bench), "--endpoint", d.endpoint, "--pipelined-echo", "-1"], capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "--pipelined-echo" in p.stderr
+
+
+def test_requests_caps_closed_rows_and_open_loop_steps(bench, start_daemon):
+    d = start_daemon("--preset", "deepseek-v3")
+    out = run_bench(bench, "--endpoint", d.endpoint, "--clients", "2", "--batches", "1", "--transport", "shm",
+                    "--seconds", "5", "--requests", "100", "--no-baselines", "--open-loop", "--open-clients", "2",
+                    "--rate-start", "1000", "--rate-factor", "2", "--rate-max", "2000")
+    assert [r["requests"] for r in out["closed_loop"]] == [100]
+    assert [s["requests"] for s in out["open_loop"]] == [100, 100]
+    assert all(s["elapsed_s"] < 1 for s in out["open_loop"])  # stopped at the cap, not after 5 s
