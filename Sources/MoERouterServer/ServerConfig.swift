@@ -24,9 +24,20 @@ public struct ServerConfig: Sendable {
     /// sends a frame larger than this plus 64 KiB (ZMQ_MAXMSGSIZE).
     public var maxMessageBytes: Int = 64 << 20
     public var maxTokens: Int = 1 << 20
-    /// The largest `maxTokens` accepted: byte counts of a request (tokens × experts × 4) then
-    /// stay far inside Int, so no hostile token count can overflow them.
-    public static let maxTokensLimit = 1 << 32
+
+    /// The accepted range of each numeric setting (outside it: a start-up error).
+    public enum Limits {
+        public static let workers = 1...256
+        public static let queueDepth = 1...1_000_000
+        public static let inlineTokens = 0...maxTokens.upperBound
+        /// Up to 1 TiB; libzmq's ZMQ_MAXMSGSIZE is set a little above it (an Int64).
+        public static let maxMessageBytes = 4096...(1 << 40)
+        /// Byte counts of a request (tokens × experts × 4) stay far inside Int, so no hostile
+        /// token count can overflow them.
+        public static let maxTokens = 1...(1 << 32)
+        public static let deadlineMs = 1...3_600_000
+        public static let maxRegistrations = 1...65_536
+    }
     public var defaultDeadlineMs: UInt32 = 5000
     public var maxRegistrations: Int = 64
     public var maxSegmentBytes: UInt64 = 1 << 34

@@ -235,18 +235,26 @@ struct RouterDaemon: ParsableCommand {
         c.tcpEndpoint = tcp ?? file.tcp
         c.backend = backend ?? file.backend ?? "cpu"
         c.device = device
-        if let v = workers ?? file.workers { c.workers = max(1, v) }
-        if let v = queueDepth ?? file.queue_depth { c.queueDepth = max(1, v) }
-        if let v = inlineTokens ?? file.inline_tokens { c.inlineTokens = max(0, v) }
-        if let v = maxMessageBytes ?? file.max_message_bytes { c.maxMessageBytes = max(4096, v) }
-        if let v = maxTokens ?? file.max_tokens {
-            guard v <= ServerConfig.maxTokensLimit else {
-                throw ConfigError("max_tokens = \(v) exceeds the daemon's limit of \(ServerConfig.maxTokensLimit) tokens per request")
+        // Every limit is checked against a range: a value outside it is a start-up error naming
+        // the setting (never clamped silently, never an overflow or a runaway thread count).
+        func checked(_ name: String, _ v: Int, _ range: ClosedRange<Int>) throws -> Int {
+            guard range.contains(v) else {
+                throw ConfigError("\(name) = \(v) is outside \(range.lowerBound)...\(range.upperBound)")
             }
-            c.maxTokens = max(1, v)
+            return v
         }
-        if let v = deadlineMs ?? file.deadline_ms { c.defaultDeadlineMs = max(1, v) }
-        if let v = maxRegistrations ?? file.max_registrations { c.maxRegistrations = max(1, v) }
+        let limits = ServerConfig.Limits.self
+        if let v = workers ?? file.workers { c.workers = try checked("workers", v, limits.workers) }
+        if let v = queueDepth ?? file.queue_depth { c.queueDepth = try checked("queue_depth", v, limits.queueDepth) }
+        if let v = inlineTokens ?? file.inline_tokens { c.inlineTokens = try checked("inline_tokens", v, limits.inlineTokens) }
+        if let v = maxMessageBytes ?? file.max_message_bytes {
+            c.maxMessageBytes = try checked("max_message_bytes", v, limits.maxMessageBytes)
+        }
+        if let v = maxTokens ?? file.max_tokens { c.maxTokens = try checked("max_tokens", v, limits.maxTokens) }
+        if let v = deadlineMs ?? file.deadline_ms { c.defaultDeadlineMs = UInt32(try checked("deadline_ms", Int(v), limits.deadlineMs)) }
+        if let v = maxRegistrations ?? file.max_registrations {
+            c.maxRegistrations = try checked("max_registrations", v, limits.maxRegistrations)
+        }
         c.layers = specs
         return c
     }

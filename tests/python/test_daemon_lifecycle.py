@@ -294,7 +294,13 @@ def test_bad_configuration_is_a_clear_startup_error(routerd_binary, tmp_path):
     for args, needle in [(["--preset", "no-such-model"], "no-such-model"),
                          ([], "no layers"),
                          (["--preset", DS, "--backend", "quantum"], "unknown backend"),
-                         (["--preset", DS, "--max-tokens", str(1 << 62)], "max_tokens")]:
+                         (["--preset", DS, "--max-tokens", str(1 << 62)], "max_tokens"),
+                         (["--preset", DS, "--workers", "100000000"], "workers = 100000000 is outside"),
+                         (["--preset", DS, "--max-message-bytes", str(2**63 - 1)], "max_message_bytes"),
+                         (["--preset", DS, "--queue-depth", "0"], "queue_depth = 0"),
+                         (["--preset", DS, "--max-registrations", "0"], "max_registrations"),
+                         (["--preset", DS, "--deadline-ms", "0"], "deadline_ms"),
+                         (["--preset", DS, "--inline-tokens=-1"], "inline_tokens")]:
         p = subprocess.run([str(routerd_binary), *args, "--endpoint", f"ipc://{tmp_path}/x.sock"],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode != 0
