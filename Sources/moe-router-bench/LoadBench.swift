@@ -66,6 +66,18 @@ struct LoadBench: ParsableCommand {
         guard let dt = DType(name: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         guard blocks >= 1 else { throw ValidationError("--blocks must be at least 1") }
         guard pipelinedEcho >= 0 else { throw ValidationError("--pipelined-echo must be 0 (off) or a window of at least 1") }
+        guard seconds > 0, seconds.isFinite else { throw ValidationError("--seconds must be positive") }
+        if let requests, requests < 1 { throw ValidationError("--requests must be at least 1") }
+        guard soakSeconds >= 0, soakSeconds.isFinite else { throw ValidationError("--soak-seconds must be 0 or more") }
+        if openLoop {
+            guard openClients >= 1 else { throw ValidationError("--open-clients must be at least 1") }
+            guard openBatch >= 1 else { throw ValidationError("--open-batch must be at least 1 token") }
+            guard ["inline", "shm"].contains(openTransport) else { throw ValidationError("--open-transport must be inline or shm") }
+            guard rateStart > 0, rateStart.isFinite else { throw ValidationError("--rate-start must be a positive rate") }
+            guard rateFactor > 1, rateFactor.isFinite else { throw ValidationError("--rate-factor must be above 1 (each step offers more)") }
+            guard rateMax >= rateStart else { throw ValidationError("--rate-max must be at least --rate-start") }
+            if let sloP90Us, !(sloP90Us > 0) { throw ValidationError("--slo-p90-us must be positive") }
+        }
         let ep = endpoint ?? defaultEndpoint()
         let transports: [Bool] = switch transport {
         case "inline": [false]

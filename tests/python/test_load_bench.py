@@ -68,6 +68,16 @@ def test_bad_arguments_and_unknown_layer_fail_clearly(bench, start_daemon):
     assert p.returncode != 0 and "transport" in p.stderr
     p = subprocess.run([str(bench), "--endpoint", d.endpoint, "--blocks", "0"], capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "--blocks" in p.stderr
+    # each would crash (a zero rate), spin forever (a factor of 1) or measure nothing
+    for args, flag in [(["--open-loop", "--rate-start", "0"], "--rate-start"),
+                       (["--open-loop", "--rate-factor", "1"], "--rate-factor"),
+                       (["--open-loop", "--rate-start", "900", "--rate-max", "100"], "--rate-max"),
+                       (["--open-loop", "--open-clients", "0"], "--open-clients"),
+                       (["--open-loop", "--open-batch", "0"], "--open-batch"),
+                       (["--open-loop", "--open-transport", "pigeon"], "--open-transport"),
+                       (["--seconds", "0"], "--seconds"), (["--requests", "0"], "--requests")]:
+        p = subprocess.run([str(bench), "--endpoint", d.endpoint, *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and flag in p.stderr, (args, p.stderr)
 
 
 def test_blocks_alternate_with_the_echo_and_add_up(bench, start_daemon):
