@@ -37,13 +37,21 @@ struct KernelBench: ParsableCommand {
     @Flag(help: "Instead of timing, count heap allocations per request for every row (1 thread and all cores, matched path) and for the fallback path. Needs the counting shim preloaded: cc -shared -fPIC tests/c/alloc_count.c -o alloc_count.so -ldl; LD_PRELOAD=$PWD/alloc_count.so.")
     var countAllocations = false
 
+    mutating func validate() throws {
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
+        guard minTime > 0, minTime.isFinite else { throw ValidationError("--min-time must be positive") }
+        let parts = batches.split(separator: ",", omittingEmptySubsequences: false)
+        guard parts.allSatisfy({ Int($0).map { $0 >= 1 } ?? false }) else {
+            throw ValidationError("--batches takes token counts of at least 1, comma-separated; got '\(batches)'")
+        }
+    }
+
     mutating func run() throws {
         let kernel = try chosenKernel()
         if countAllocations { return try allocationSection(kernel) }
         let cores = CPUBackend(kernel: kernel).threads
         let single = CPUBackend(kernel: kernel, threads: 1)
         let all = CPUBackend(kernel: kernel, threads: cores)
-        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
         let batchList = batches.split(separator: ",").compactMap { Int($0) }
         var rows: [(name: String, bench: Workload)] = []
         for name in presets.split(separator: ",").map(String.init) {

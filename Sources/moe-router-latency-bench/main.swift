@@ -29,6 +29,16 @@ struct LatencyBench: ParsableCommand {
     @Option(help: "CPU placements for the 1-token comparison: any of same-cpu (client and servers on CPU 0), split (servers on CPU 1, client on CPU 0), unpinned; comma-separated.")
     var placements = "same-cpu,split,unpinned"
 
+    mutating func validate() throws {
+        guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
+        guard blocks >= 1 else { throw ValidationError("--blocks must be at least 1") }
+        let known = ["same-cpu", "split", "unpinned"]
+        let asked = placements.split(separator: ",").map(String.init)
+        guard !asked.isEmpty, asked.allSatisfy(known.contains) else {
+            throw ValidationError("--placements takes any of \(known.joined(separator: ", ")), comma-separated; got '\(placements)'")
+        }
+    }
+
     mutating func run() throws {
         if let endpoint = echoServer { return Echo.serve(endpoint) }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
