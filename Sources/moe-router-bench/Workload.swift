@@ -59,23 +59,25 @@ struct SetupError: Error, CustomStringConvertible { let description: String }
 func runLoad(endpoint: String, layer: String, config: LoadConfig, progress: Bool) throws -> LoadResult {
     let results = Mutex<[LoadResult]>([])
     let setupFailure = Mutex<String?>(nil)
-    let start = nowNs()
-    let end = start + UInt64(config.seconds * 1e9)
     let perClientCap = config.maxRequests.map { max(1, $0 / config.clients) }
     let interval = config.rate.map { UInt64(1e9 * Double(config.clients) / $0) }
     let done = Atomic<Int>(0)
     let ticker = progress ? ProgressTicker(total: config.seconds) : nil
+    // The clock starts once every client is connected and has its segment and input (for big
+    // batches that setup can take longer than a short run).
+    let startLine = StartLine(parties: config.clients + (ticker == nil ? 0 : 1))
     runThreads(config.clients + (ticker == nil ? 0 : 1)) { index in
         if index == config.clients {
-            ticker?.run(until: end) { done.load(ordering: .relaxed) }
+            guard let start = startLine.arrive() else { return }
+            ticker?.run(until: start + UInt64(config.seconds * 1e9)) { done.load(ordering: .relaxed) }
             return
         }
         do {
-            var r = try clientLoop(endpoint: endpoint, layer: layer, config: config, index: index,
-                                   start: start, end: end, cap: perClientCap, interval: interval, done: done)
-            r.elapsedNs = nowNs() - start
+            let r = try clientLoop(endpoint: endpoint, layer: layer, config: config, index: index, startLine: startLine,
+                                   cap: perClientCap, interval: interval, done: done)
             results.withLock { $0.append(r) }
         } catch {
+            startLine.abandon()
             setupFailure.withLock { $0 = "\(error)" }
         }
     }
@@ -91,8 +93,8 @@ func runLoad(endpoint: String, layer: String, config: LoadConfig, progress: Bool
     return merged
 }
 
-private func clientLoop(endpoint: String, layer: String, config: LoadConfig, index: Int, start: UInt64,
-                        end: UInt64, cap: Int?, interval: UInt64?, done: borrowing Atomic<Int>) throws -> LoadResult {
+private func clientLoop(endpoint: String, layer: String, config: LoadConfig, index: Int, startLine: StartLine,
+                        cap: Int?, interval: UInt64?, done: borrowing Atomic<Int>) throws -> LoadResult {
     var client: OpaquePointer?
     let rc = moe_connect(endpoint, 10_000, &client)
     guard rc == 0, let client else { throw SetupError(description: "connect \(endpoint): \(String(cString: moe_status_name(rc)))") }
@@ -119,6 +121,8 @@ private func clientLoop(endpoint: String, layer: String, config: LoadConfig, ind
     var result = LoadResult(config: config)
     var rng = UInt64(index + 17) &* 0x9E37_79B9_7F4A_7C15
     let totalWeight = config.batches.map(\.weight).reduce(0, +)
+    guard let start = startLine.arrive() else { return result }  // another client's setup failed
+    let end = start + UInt64(config.seconds * 1e9)
     var scheduled = start + (interval.map { $0 * UInt64(index) / UInt64(config.clients) } ?? 0)
     while nowNs() < end, cap.map({ result.requests < $0 }) ?? true {
         rng = rng &* 6364136223846793005 &+ 1442695040888963407
@@ -159,7 +163,33 @@ private func clientLoop(endpoint: String, layer: String, config: LoadConfig, ind
         done.add(1, ordering: .relaxed)
         if let interval { scheduled += interval }
     }
+    result.elapsedNs = nowNs() - start
     return result
+}
+
+/// Lets every client finish its setup (connection, segment, input) before the clock starts:
+/// `arrive()` waits until all `parties` have arrived and returns their common start time, or
+/// nil once one of them gave up (`abandon()`).
+final class StartLine: Sendable {
+    private let parties: Int
+    private let state = Mutex<(arrived: Int, start: UInt64?, abandoned: Bool)>((0, nil, false))
+
+    init(parties: Int) { self.parties = parties }
+
+    func arrive() -> UInt64? {
+        state.withLock { s in
+            s.arrived += 1
+            if s.arrived == parties { s.start = nowNs() }
+        }
+        while true {
+            let (start, abandoned) = state.withLock { ($0.start, $0.abandoned) }
+            if abandoned { return nil }
+            if let start { return start }
+            usleep(200)
+        }
+    }
+
+    func abandon() { state.withLock { $0.abandoned = true } }
 }
 
 /// Random logits, gaussian-like, in `dtype`'s bytes.

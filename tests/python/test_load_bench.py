@@ -137,5 +137,7 @@ def test_requests_caps_closed_rows_and_open_loop_steps(bench, start_daemon):
                     "--seconds", "5", "--requests", "100", "--no-baselines", "--open-loop", "--open-clients", "2",
                     "--rate-start", "1000", "--rate-factor", "2", "--rate-max", "2000")
     assert [r["requests"] for r in out["closed_loop"]] == [100]
-    assert [s["requests"] for s in out["open_loop"]] == [100, 100]
-    assert all(s["elapsed_s"] < 1 for s in out["open_loop"])  # stopped at the cap, not after 5 s
+    steps = out["open_loop"]  # 1000 and 2000 req/s (a step past its SLO is retried once: up to 4 rows)
+    assert steps and all(s["requests"] == 100 for s in steps), steps
+    assert {s["offered_per_s"] for s in steps} <= {1000, 2000}
+    assert all(s["elapsed_s"] < 1 for s in steps)  # stopped at the cap, not after 5 s
