@@ -8,13 +8,13 @@ import Glibc
 ///
 /// Exit status: 0 success; 64 bad usage; 69 daemon unreachable; 65 the daemon refused the
 /// request (its status name and message are printed); 66 an input file is unreadable or
-/// malformed; 75 drain timed out.
+/// malformed; 73 the output file cannot be written; 75 drain timed out.
 @main
 struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moe-routerctl",
         abstract: "Operate a running moe-routerd.",
-        discussion: "Exit status: 0 ok, 64 usage, 65 refused by the daemon, 66 bad input file, 69 daemon unreachable, 75 drain timed out.",
+        discussion: "Exit status: 0 ok, 64 usage, 65 refused by the daemon, 66 bad input file, 69 daemon unreachable, 73 cannot write the output, 75 drain timed out.",
         subcommands: [Status.self, Layers.self, Stats.self, Route.self, Drain.self])
 }
 
@@ -184,10 +184,17 @@ struct Route: ParsableCommand {
             moe_route(c, info.layer_id, dtype, UInt64(tokens), inp.baseAddress, inp.count, &weights, &ids, tokens * k, &result)
         }
         try check(rc, c, "route")
-        try writeNpz(path: output, [
-            ("weights", NpyArray(descr: "<f4", shape: [tokens, k], data: weights.withUnsafeBytes { Data($0) })),
-            ("ids", NpyArray(descr: "<i4", shape: [tokens, k], data: ids.withUnsafeBytes { Data($0) })),
-        ])
+        do {
+            try writeNpz(path: output, [
+                ("weights", NpyArray(descr: "<f4", shape: [tokens, k], data: weights.withUnsafeBytes { Data($0) })),
+                ("ids", NpyArray(descr: "<i4", shape: [tokens, k], data: ids.withUnsafeBytes { Data($0) })),
+            ])
+        } catch {
+            let reason = ((error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError)?.localizedDescription
+                ?? (error as NSError).localizedDescription
+            printError("cannot write \(output): \(reason)")
+            throw ExitCode(73)
+        }
         print("routed \(tokens) tokens through '\(text(info.name))' (k=\(k)) -> \(output); non-finite inputs \(result.nonfinite_count), fallback cast \(result.fallback_cast != 0 ? "yes" : "no")")
     }
 }

@@ -76,6 +76,11 @@ def test_failures_have_distinct_exit_codes(ctl, start_daemon, tmp_path):
     np.save(ints, np.zeros((2, 256), np.int64))
     p = run(ctl, "route", "--endpoint", d.endpoint, "--layer", "deepseek-v3", "--input", ints, "--output", tmp_path / "o.npz")
     assert p.returncode == 66
+    good = tmp_path / "good.npy"
+    np.save(good, np.zeros((2, 256), np.float32))
+    p = run(ctl, "route", "--endpoint", d.endpoint, "--layer", "deepseek-v3", "--input", good,
+            "--output", tmp_path / "no-such-dir" / "o.npz")
+    assert p.returncode == 73 and "cannot write" in p.stderr and "no-such-dir" in p.stderr, p.stderr
     p = run(ctl, "status", "--endpoint", "ipc:///tmp/moe-router-nobody-here.sock", "--timeout-ms", "300")
     assert p.returncode == 69 and "cannot reach" in p.stderr
     assert run(ctl, "frobnicate").returncode == 64
