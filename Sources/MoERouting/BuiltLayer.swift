@@ -54,6 +54,7 @@ public final class BuiltLayer: Sendable {
         // above 1 KiB, i.e. for more than 256 experts).
         // (1024 = RoutingLimits.maxExperts; a generic argument must be a literal.)
         var scratch = InlineArray<1024, Float>(repeating: 0)
+        precondition(spec.numExperts <= scratch.count, "RoutingLimits.maxExperts outgrew the fallback's stack buffer")
         var span = scratch.mutableSpan
         return try span.withUnsafeMutableBufferPointer { (all) throws(E) -> R in
             let buf = UnsafeMutableBufferPointer(rebasing: all[..<spec.numExperts])
