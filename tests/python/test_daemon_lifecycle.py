@@ -400,3 +400,39 @@ def test_preset_alone_serves_on_the_default_endpoint(routerd_binary, tmp_path, v
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def _thread_ticks(pid, name):
+    """utime + stime (clock ticks) of the daemon thread called `name`."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            st = f.read()
+        if st[st.index("(") + 1:st.rindex(")")] == name:
+            fields = st[st.rindex(")") + 2:].split()
+            return int(fields[11]) + int(fields[12])
+    raise AssertionError(f"no thread {name}")
+
+
+def test_two_clients_large_requests_run_in_parallel(start_daemon):
+    """Two clients' large ROUTEs are both in flight at once (STATS queued = 2) and both worker
+    threads burn CPU during the same window: they run side by side, not one after the other."""
+    d = start_daemon("--preset", DS, "--backend", "cpu-generic", "--inline-tokens", "0", "--workers", "2")
+    ctx = zmq.Context()
+    a, b, watcher = dealer(ctx, d.endpoint), dealer(ctx, d.endpoint), dealer(ctx, d.endpoint)
+    layer = w.layers(a)[0][DS]
+    jobs = [BigShmJob(a, layer, 200000), BigShmJob(b, layer, 200000)]
+    a.send_multipart(jobs[0].frames())
+    b.send_multipart(jobs[1].frames())
+    assert wait_until(lambda: w.stats(watcher)["queued"] == 2, timeout=10, step=0.01)
+    before = [_thread_ticks(d.pid, f"moe-worker-{i}") for i in (0, 1)]
+    time.sleep(0.3)
+    during = [_thread_ticks(d.pid, f"moe-worker-{i}") for i in (0, 1)]
+    assert w.stats(watcher)["queued"] == 2, "both still running"
+    assert all(t1 > t0 for t0, t1 in zip(before, during)), (before, during)
+    for s in (a, b):
+        assert s.poll(60000) and w.Reply(s.recv_multipart()).status == 0
+    for j in jobs:
+        j.seg.close()
+    for s in (a, b, watcher):
+        s.close()
+    ctx.term()
