@@ -119,20 +119,12 @@ struct KernelBench: ParsableCommand {
         let backends = [("1 thread", CPUBackend(kernel: kernel, threads: 1)), ("all cores", CPUBackend(kernel: kernel))]
         let requests = 50
         func perRequest(_ w: Workload, _ backend: CPUBackend) -> Double {
-            let n = w.tokens * w.layer.spec.topK
-            var weights = [Float](repeating: 0, count: n), ids = [Int32](repeating: 0, count: n)
-            return w.input.withUnsafeBytes { inp in
-                weights.withUnsafeMutableBufferPointer { wp in
-                    ids.withUnsafeMutableBufferPointer { ip in
-                        func once() { _ = try! backend.route(layer: w.layer, input: inp, dtype: w.dtype, tokens: w.tokens, weights: wp, ids: ip) }
-                        once()  // first use: lazily built state (thread pool, tables)
-                        let before = count()
-                        enable(1)
-                        for _ in 0..<requests { once() }
-                        enable(0)
-                        return Double(count() - before) / Double(requests)
-                    }
-                }
+            w.withRequest(backend) { once in
+                let before = count()
+                enable(1)
+                for _ in 0..<requests { once() }
+                enable(0)
+                return Double(count() - before) / Double(requests)
             }
         }
         print("heap allocations per request (kernel \(kernel), \(requests) requests per figure)")
@@ -194,6 +186,22 @@ struct Workload {
 
     /// ns per token over one round of at least `seconds`.
     func nsPerToken(_ backend: CPUBackend, seconds: Double) -> Double {
+        withRequest(backend) { once in
+            var iterations = 0
+            let start = now()
+            var elapsed = 0.0
+            repeat {
+                once()
+                iterations += 1
+                elapsed = now() - start
+            } while elapsed < seconds
+            return elapsed * 1e9 / Double(iterations * tokens)
+        }
+    }
+
+    /// Runs `body` with a function that routes this batch once through `backend` into output
+    /// buffers of its own, after one warm-up call (lazily built state: thread pool, tables).
+    func withRequest<R>(_ backend: CPUBackend, _ body: (() -> Void) -> R) -> R {
         let n = tokens * layer.spec.topK
         var weights = [Float](repeating: 0, count: n)
         var ids = [Int32](repeating: 0, count: n)
@@ -202,15 +210,7 @@ struct Workload {
                 ids.withUnsafeMutableBufferPointer { i in
                     func once() { _ = try! backend.route(layer: layer, input: inp, dtype: dtype, tokens: tokens, weights: w, ids: i) }
                     once()
-                    var iterations = 0
-                    let start = now()
-                    var elapsed = 0.0
-                    repeat {
-                        once()
-                        iterations += 1
-                        elapsed = now() - start
-                    } while elapsed < seconds
-                    return elapsed * 1e9 / Double(iterations * tokens)
+                    return body(once)
                 }
             }
         }

@@ -116,9 +116,9 @@ def test_deadline_passed_in_queue(start_daemon):
     ctx.term()
 
 
-def _until_in_flight(sock):
-    """Waits until the daemon reports a request running on a worker (STATS queued = 1)."""
-    assert wait_until(lambda: w.stats(sock)["queued"] == 1, timeout=10, step=0.01)
+def _until_in_flight(sock, n=1):
+    """Waits until the daemon reports `n` requests handed to its workers (STATS queued)."""
+    assert wait_until(lambda: w.stats(sock)["queued"] == n, timeout=10, step=0.01)
 
 
 def _zero_row_ids(sock, layer):
@@ -423,7 +423,7 @@ def test_two_clients_large_requests_run_in_parallel(start_daemon):
     jobs = [BigShmJob(a, layer, 200000), BigShmJob(b, layer, 200000)]
     a.send_multipart(jobs[0].frames())
     b.send_multipart(jobs[1].frames())
-    assert wait_until(lambda: w.stats(watcher)["queued"] == 2, timeout=10, step=0.01)
+    _until_in_flight(watcher, 2)
     before = [_thread_ticks(d.pid, f"moe-worker-{i}") for i in (0, 1)]
     time.sleep(0.3)
     during = [_thread_ticks(d.pid, f"moe-worker-{i}") for i in (0, 1)]
