@@ -8,6 +8,18 @@
 
 #include "avx512_internal.h"
 
+/* Candidates 16q..16q+15 into registers (and ids, keys into cix, ck). */
+AVX512 static inline __attribute__((always_inline)) void
+load_cand16(const float *sarr, const float *carr, const int32_t *cidx, int32_t n, int32_t q,
+            int32_t *cix, float *ck, __m512i *iv, __m512 *cv, __m512 *sv) {
+    *iv = _mm512_maskz_loadu_epi32(tail_mask(n - 16 * q), cidx + 16 * q);
+    _mm512_store_si512(cix + 16 * q, *iv); /* lanes >= n: 0 */
+    *cv = _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), tail_mask(n - 16 * q),
+                               carr + 16 * q);
+    _mm512_store_ps(ck + 16 * q, *cv); /* lanes >= n: -inf, whatever carr holds there */
+    *sv = _mm512_load_ps(sarr + 16 * q);
+}
+
 /* Phase 3b: the candidates ranked exactly; ids and weights out. wmode 0: w = the payload
  * (score) of the chosen, renormalised and scaled; 1: softmax over the chosen keys (topk_softmax);
  * 2: sigmoid of the chosen keys (llama4_top1). */
@@ -20,14 +32,9 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
     __m512i iv[2];
     float ck[FAST_MAX_CAND] __attribute__((aligned(64)));
     int32_t cix[FAST_MAX_CAND] __attribute__((aligned(64)));
-    for (int32_t q = 0; q < nv; q++) {
-        iv[q] = _mm512_maskz_loadu_epi32(tail_mask(n - 16 * q), cidx + 16 * q);
-        _mm512_store_si512(cix + 16 * q, iv[q]); /* lanes >= n: 0 */
-        cv[q] = _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), tail_mask(n - 16 * q),
-                                     carr + 16 * q);
-        _mm512_store_ps(ck + 16 * q, cv[q]); /* lanes >= n: -inf, whatever carr holds there */
-        sv[q] = _mm512_load_ps(sarr + 16 * q);
-    }
+    /* nv is 1 or 2: spelled out, as a loop to nv became a call to memcpy per token */
+    load_cand16(sarr, carr, cidx, n, 0, cix, ck, &iv[0], &cv[0], &sv[0]);
+    if (nv > 1) load_cand16(sarr, carr, cidx, n, 1, cix, ck, &iv[1], &cv[1], &sv[1]);
     float wtmp[FAST_MAX_CAND] __attribute__((aligned(64)));
     const __m512i minus1 = _mm512_set1_epi32(-1);
     int sorted = 0;
