@@ -12,7 +12,8 @@
  * a multi-threaded backend can get out of this machine's two cores.
  *
  * usage: kernel_ab A.so B.so LAYER DTYPE TOKENS ROUNDS
- *   LAYER: deepseek-v3 | kimi-k2 | METHOD:E:K:G:GK:SCORING (the moe_kernels.h enum values)
+ *   LAYER: deepseek-v3 | kimi-k2 | deepseek-v2 | deepseek-v2-lite | qwen3-moe | mixtral-8x7b
+ *          | METHOD:E:K:G:GK:SCORING (the moe_kernels.h enum values; renormalize, rsf 2.5)
  *   DTYPE: fp32 | bf16 | fp16, or DA/DB (e.g. fp32/bf16): A routes the workload in DA and B
  *          in DB (pass the same library twice to compare dtypes; outputs are then not compared,
  *          and each side's bias is the one a layer with its gate dtype holds)
@@ -99,12 +100,25 @@ int main(int argc, char **argv) {
     narrow_fn narrow[3] = {NULL, (narrow_fn)dlsym(lib[0], "mrk_f32_to_bf16"), (narrow_fn)dlsym(lib[0], "mrk_f32_to_f16")};
     widen_fn widen[3] = {NULL, (widen_fn)dlsym(lib[0], "mrk_bf16_to_f32"), (widen_fn)dlsym(lib[0], "mrk_f16_to_f32")};
 
-    int method, E, k, G, Gk, scoring;
-    if (!strcmp(argv[3], "deepseek-v3")) {
-        method = MRK_BIASED_GROUPED_TOPK, E = 256, k = 8, G = 8, Gk = 4, scoring = MRK_SCORING_SIGMOID;
-    } else if (!strcmp(argv[3], "kimi-k2")) {
-        method = MRK_BIASED_GROUPED_TOPK, E = 384, k = 8, G = 1, Gk = 1, scoring = MRK_SCORING_SIGMOID;
-    } else if (sscanf(argv[3], "%d:%d:%d:%d:%d:%d", &method, &E, &k, &G, &Gk, &scoring) != 6) {
+    int method, E, k, G, Gk, scoring, renorm = 1;
+    float rsf = 2.5f;
+    /* the presets of Sources/MoERouting/Presets.swift that the kernel targets are measured on */
+    static const struct { const char *name; int method, E, k, G, Gk, scoring, renorm; float rsf; } presets[] = {
+        {"deepseek-v3", MRK_BIASED_GROUPED_TOPK, 256, 8, 8, 4, MRK_SCORING_SIGMOID, 1, 2.5f},
+        {"kimi-k2", MRK_BIASED_GROUPED_TOPK, 384, 8, 1, 1, MRK_SCORING_SIGMOID, 1, 2.827f},
+        {"deepseek-v2", MRK_GROUPED_TOPK, 160, 6, 8, 3, MRK_SCORING_SOFTMAX, 0, 16.0f},
+        {"deepseek-v2-lite", MRK_SOFTMAX_TOPK, 64, 6, 1, 1, MRK_SCORING_SOFTMAX, 0, 1.0f},
+        {"qwen3-moe", MRK_SOFTMAX_TOPK, 128, 8, 1, 1, MRK_SCORING_SOFTMAX, 1, 1.0f},
+        {"mixtral-8x7b", MRK_SOFTMAX_TOPK, 8, 2, 1, 1, MRK_SCORING_SOFTMAX, 1, 1.0f},
+    };
+    int found = 0;
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+        if (!strcmp(argv[3], presets[i].name)) {
+            method = presets[i].method, E = presets[i].E, k = presets[i].k, G = presets[i].G;
+            Gk = presets[i].Gk, scoring = presets[i].scoring, renorm = presets[i].renorm, rsf = presets[i].rsf;
+            found = 1;
+        }
+    if (!found && sscanf(argv[3], "%d:%d:%d:%d:%d:%d", &method, &E, &k, &G, &Gk, &scoring) != 6) {
         fprintf(stderr, "bad layer %s\n", argv[3]);
         return 2;
     }
@@ -151,7 +165,7 @@ int main(int argc, char **argv) {
             bias[i] = malloc(E * sizeof(float));
             for (int e = 0; e < E; e++) bias[i][e] = d ? widen[d](narrow[d](synthetic_bias(e))) : synthetic_bias(e);
         }
-        L[i] = (mrk_layer){method, scoring, E, k, G, Gk, 1, 2.5f, bias[i]};
+        L[i] = (mrk_layer){method, scoring, E, k, G, Gk, renorm, rsf, bias[i]};
         w[i] = malloc((size_t)tokens * k * 4);
         ids[i] = malloc((size_t)tokens * k * 4);
         if (threads && i == 1) route_two_threads(route[1], &L[1], input[1], d, tokens, w[1], ids[1]);
