@@ -146,22 +146,26 @@ fast_phase2(const fast_ctx *F, const float *akey, int32_t *cidx, const int32_t E
             _mm512_store_ps(cm + 16 * q, _mm512_permutexvar_ps(_mm512_load_si512(TREE16_PERM),
                                                                tree_max16(v)));
         }
+        /* (loops over all MAX_CHUNKS / 16 vectors, unused ones skipped: a loop to ncv kept
+         * cnt and cmv in memory, set by memset and memcpy calls per token) */
         __m512i cnt[MAX_CHUNKS / 16];
         __m512 cmv[MAX_CHUNKS / 16];
-        for (int32_t q = 0; q < ncv; q++) {
+        for (int32_t q = 0; q < MAX_CHUNKS / 16; q++) {
             cnt[q] = _mm512_setzero_si512();
-            cmv[q] = _mm512_load_ps(cm + 16 * q);
+            cmv[q] = q < ncv ? _mm512_load_ps(cm + 16 * q) : ninf;
         }
         for (int32_t j = 0; j < nch; j++) {
             const __m512 b = _mm512_set1_ps(cm[j]);
-            for (int32_t q = 0; q < ncv; q++)
-                cnt[q] = _mm512_mask_sub_epi32(cnt[q], _mm512_cmp_ps_mask(b, cmv[q], _CMP_GE_OQ),
-                                               cnt[q], _mm512_set1_epi32(-1));
+            for (int32_t q = 0; q < MAX_CHUNKS / 16; q++)
+                if (q < ncv)
+                    cnt[q] = _mm512_mask_sub_epi32(cnt[q], _mm512_cmp_ps_mask(b, cmv[q], _CMP_GE_OQ),
+                                                   cnt[q], _mm512_set1_epi32(-1));
         }
         __m512 best = ninf;
-        for (int32_t q = 0; q < ncv; q++)
-            best = _mm512_mask_max_ps(best, _mm512_cmpge_epi32_mask(cnt[q], _mm512_set1_epi32(k)),
-                                      best, cmv[q]);
+        for (int32_t q = 0; q < MAX_CHUNKS / 16; q++)
+            if (q < ncv)
+                best = _mm512_mask_max_ps(best, _mm512_cmpge_epi32_mask(cnt[q], _mm512_set1_epi32(k)),
+                                          best, cmv[q]);
         thr = _mm512_reduce_max_ps(best) - 2.5f * F->dp;
     }
     /* 3. candidates: every expert whose approximate key reaches thr */

@@ -290,8 +290,8 @@ small_softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, in
         for (int32_t i = 0; i < E; i++)
             nf = _mm512_max_epu32(nf, _mm512_and_si512(_mm512_castps_si512(X[i]), expmask));
         const uint32_t bad = _mm512_cmpeq_epi32_mask(nf, expmask);
-        if (!bad)
-            memset(need_exact, 0, (size_t)nb);
+        if (!bad) /* (one masked store: memset was a call, with 11 vector registers spilled around it) */
+            _mm_mask_storeu_epi8(need_exact, (__mmask16)tm, _mm_setzero_si128());
         else
             for (int32_t b = 0; b < nb; b++)
                 need_exact[b] = (bad >> (tr8 ? ((b & 1) << 3) | (b >> 1) : b)) & 1;
