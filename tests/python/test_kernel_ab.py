@@ -34,3 +34,15 @@ def test_threads_mode_compares_one_and_two_threads():
     assert m, out
     one, two, speedup = float(m.group(1)), float(m.group(3)), float(m.group(5))
     assert one > 0 and two > 0 and abs(speedup - one / two) < 0.01
+
+
+def test_accepts_the_softmax_presets_by_name_and_refuses_unknown_names():
+    # deepseek-v2 (grouped softmax), deepseek-v2-lite (softmax, no renormalisation) by name;
+    # a name the tool does not know is refused, not read as a METHOD:E:... spec
+    out = subprocess.run([str(ROOT / "scripts" / "kernel-ab.sh"), "-", "-", "deepseek-v2,deepseek-v2-lite",
+                          "fp32", "32", "2"], capture_output=True, text=True, timeout=300, check=True).stdout
+    names = [l.split()[0] for l in out.splitlines() if "tokens" in l]
+    assert names == ["deepseek-v2", "deepseek-v2-lite"], out
+    r = subprocess.run([str(ROOT / "scripts" / "kernel-ab.sh"), "-", "-", "deepseek-v9", "fp32", "16", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "bad layer deepseek-v9" in r.stderr
