@@ -308,7 +308,8 @@ small_softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, in
         n = n < w ? n : w;
     }
     const __m512 sum = A[0];
-    for (int32_t i = 0; i < E; i++) S[i] = _mm512_div_ps(S[i], sum);
+    const __m512 rsum = _mm512_div_ps(_mm512_set1_ps(1.0f), sum); /* one division, not E */
+    for (int32_t i = 0; i < E; i++) S[i] = div_by_recip(S[i], sum, rsum);
     __m512 W[16];
     __m512i I[16];
     for (int32_t j = 0; j < k; j++) {
@@ -331,7 +332,8 @@ small_softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, in
         __m512 s = W[0];
         for (int32_t j = 1; j < k; j++) s = _mm512_add_ps(s, W[j]);
         const __mmask16 pos = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ);
-        for (int32_t j = 0; j < k; j++) W[j] = _mm512_mask_div_ps(W[j], pos, W[j], s);
+        const __m512 ys = _mm512_div_ps(_mm512_set1_ps(1.0f), s); /* s >= the top score >= 1/E */
+        for (int32_t j = 0; j < k; j++) W[j] = _mm512_mask_mov_ps(W[j], pos, div_by_recip(W[j], s, ys));
     }
     const __m512 rsf = _mm512_set1_ps(L->routed_scaling_factor);
     for (int32_t j = 0; j < k; j++) W[j] = _mm512_mul_ps(W[j], rsf);

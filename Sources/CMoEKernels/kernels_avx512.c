@@ -340,3 +340,35 @@ AVX512 int mrk_verify_sig_approx(double *max_err) {
     return ok && *max_err < (double)SIG_APPROX_ERR;
 }
 #endif
+
+#ifdef MRK_VERIFY_DIV_RECIP
+/* Check of div_by_recip against the division: for each divisor b[i], every fp32 dividend whose bit
+ * pattern lies in [a_lo, a_hi] (a_hi = 0: up to b itself) and is a_lo plus a multiple of `stride`.
+ * Returns the number of (a, b) whose quotients differ in any bit; *checked gets the number
+ * compared. */
+AVX512 int64_t mrk_verify_div_recip(const float *divisors, int32_t n, uint32_t a_lo, uint32_t a_hi,
+                                    uint32_t stride, int64_t *checked) {
+    const __m512i inc = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)stride));
+    int64_t bad = 0, count = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const float bf = divisors[i];
+        uint32_t top = a_hi;
+        if (!top) memcpy(&top, &bf, 4);
+        const __m512 b = _mm512_set1_ps(bf);
+        const __m512 y = _mm512_div_ps(_mm512_set1_ps(1.0f), b);
+        for (uint64_t base = a_lo; base <= top; base += 16ull * stride) {
+            const __m512i bits = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)base), inc);
+            const __mmask16 in = _mm512_cmple_epu32_mask(bits, _mm512_set1_epi32((int)top)) &
+                                 _mm512_cmpge_epu32_mask(bits, _mm512_set1_epi32((int)(uint32_t)base));
+            const __m512 a = _mm512_castsi512_ps(bits);
+            const __m512i q = _mm512_castps_si512(div_by_recip(a, b, y));
+            const __m512i d = _mm512_castps_si512(_mm512_div_ps(a, b));
+            bad += __builtin_popcount(_mm512_mask_cmpneq_epi32_mask(in, q, d));
+            count += __builtin_popcount(in);
+        }
+    }
+    *checked = count;
+    return bad;
+}
+#endif

@@ -11,7 +11,7 @@ import Testing
         var v: [Float] = []
         for t in 0..<tokens {
             var row = (0..<E).map { _ in rng.gaussian() * 1.7 }
-            switch t % 11 {
+            switch t % 12 {
             case 0: break
             case 1: // all equal: ties everywhere, lowest index wins
                 for i in 0..<E { row[i] = 0.5 }
@@ -36,6 +36,10 @@ import Testing
                 for i in 0..<E { row[i] = i % 2 == 0 ? 3.0e38 : -3.0e38 }
             case 9: // tiny and subnormal values
                 for i in 0..<E { row[i] = Float(bitPattern: UInt32(i * 3 + 1)) * (i % 2 == 0 ? 1 : -1) }
+            case 10: // a ladder from 0 down to about -120: scores from 1 to below 2^-80 and into the
+                // subnormals, all of them selected when k = E (tiny quotients of the score division)
+                let step = Float(110 + Int(rng.next() % 20)) / Float(max(E - 1, 1))
+                for i in 0..<E { row[E - 1 - i] = -step * Float(i) + rng.gaussian() * 0.01 }
             default: // pairs of duplicates
                 for i in stride(from: 0, to: E - 1, by: 2) { row[i + 1] = row[i] }
             }
