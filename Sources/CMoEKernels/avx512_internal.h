@@ -13,7 +13,8 @@
 #include "moe_kernels.h"
 #include "moe_token.h"
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+/* (every CPU with AVX-512 has BMI2) */
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2")))
 #define MAX_CHUNKS (MRK_MAX_EXPERTS / 16)
 
 AVX512 static inline __m512 load_widened(const void *row, int32_t dtype, int32_t i,

@@ -253,9 +253,11 @@ fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t 
         kept[t] = _mm512_mask_cmp_ps_mask(gm, ga[t], _mm512_set1_ps(tk[t]), _CMP_GE_OQ);
         ok[t] = tk[t] > tn[t] + 6.0f * F->dp;
         thr[t] = _mm512_mask_reduce_min_ps(kept[t], gt2[t]) - 2.5f * F->dp;
-        uint64_t m = 0;
-        for (int32_t g = 0; g < G; g++)
-            m |= (uint64_t)((kept[t] >> g) & 1u) * (((1ull << cpg) - 1) << (g * cpg));
+        /* kept group g -> its cpg chunks: bit g deposited at bit g * cpg, then copied cpg times
+         * (a multiplication without carries: the copies do not overlap) */
+        uint64_t starts = 0;
+        for (int32_t g = 0; g < G; g++) starts |= 1ull << (g * cpg);
+        const uint64_t m = _pdep_u64(kept[t], starts) * ((1ull << cpg) - 1);
         /* when not ok, any Gk * cpg valid chunks keep the loop below in bounds */
         km[t] = ok[t] ? m : (1ull << (Gk * cpg)) - 1;
     }
