@@ -1,6 +1,7 @@
 /*
  * The AVX-512 path: moe_token.h's operations, 16 experts at a time, in the same order, so the
  * results are bit-identical to the generic path (tests compare them over the whole matrix).
+ * Needs AVX-512 F, BW, DQ and VL, and BMI2 (mrk_impl_supported checks; every AVX-512 CPU has it).
  *
  * Selection keeps, per 16-expert chunk, the chunk's maximum key; each of the k picks is then a
  * max over at most 64 chunk maxima plus one chunk rescan, instead of a pass over all experts.
@@ -12,7 +13,8 @@
  *    the division only for candidates, with a strictness check against the best non-candidate;
  *  - topk_softmax and llama4_top1: candidates among the logits, exp/sigmoid only for the k chosen;
  *  - softmax_topk with E <= 16: no candidates at all; 16 tokens per block, transposed (one lane
- *    per token, one vector per expert), every step of the contract done vertically.
+ *    per token, one vector per expert), every step of the contract done vertically (the E score
+ *    divisions by one reciprocal of each token's sum and a correction: div_by_recip, exact).
  * One token's candidate pass is a long dependent chain (max, sum, threshold, ...), so the softmax
  * (E <= 64) and grouped softmax candidate passes run two tokens side by side.
  * Candidates are ranked by a bitonic sort of order-preserving integer keys (the lane in the low

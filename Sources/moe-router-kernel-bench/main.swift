@@ -34,11 +34,17 @@ struct KernelBench: ParsableCommand {
     @Flag(help: "Skip the matched-vs-fallback section.")
     var noFallback = false
 
+    @Flag(help: "Instead of the throughput table, each preset's share of its allowance from issue 2 (2 x deepseek-v3's ns/token x E/256, same dtype and batch, 1 thread), measured in pairs: a deepseek-v3 slice and the preset's slice back to back, so that both see the same phase of a shared machine; the share is the median over the pairs (--rounds of them).")
+    var allowance = false
+
     @Flag(help: "Instead of timing, count heap allocations per request for every row (1 thread and all cores, matched path) and for the fallback path. Needs the counting shim preloaded: cc -shared -fPIC tests/c/alloc_count.c -o alloc_count.so -ldl; LD_PRELOAD=$PWD/alloc_count.so.")
     var countAllocations = false
 
     mutating func validate() throws {
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
+        if allowance, !presets.split(separator: ",").contains(where: { $0 != "deepseek-v3" }) {
+            throw ValidationError("--allowance compares presets with deepseek-v3: name at least one other in --presets")
+        }
         guard minTime > 0, minTime.isFinite else { throw ValidationError("--min-time must be positive") }
         let parts = batches.split(separator: ",", omittingEmptySubsequences: false)
         guard parts.allSatisfy({ Int($0).map { $0 >= 1 } ?? false }) else {
@@ -49,6 +55,7 @@ struct KernelBench: ParsableCommand {
     mutating func run() throws {
         let kernel = try chosenKernel()
         if countAllocations { return try allocationSection(kernel) }
+        if allowance { return try allowanceSection(CPUBackend(kernel: kernel, threads: 1)) }
         let cores = CPUBackend(kernel: kernel).threads
         let single = CPUBackend(kernel: kernel, threads: 1)
         let all = CPUBackend(kernel: kernel, threads: cores)
@@ -106,6 +113,44 @@ struct KernelBench: ParsableCommand {
             print(pad("\(tokens)", 8) + pad(fmt(m, 1), 16) + pad(fmt(f, 1), 17) + fmt(f / m, 3) + "x")
         }
         print("fallback casts counted on the fp32 layer: \(mismatched.fallbackCasts); on the bf16 layer: \(matched.fallbackCasts)")
+    }
+
+    /// Issue 2's relative target, read so that the machine's phases cancel: this VM alternates
+    /// for seconds at a time between two speeds about 1.33x apart (every kernel alike), so two
+    /// rows of the throughput table measured seconds apart can land in different phases. Here
+    /// each pair (deepseek-v3, then the preset) is measured back to back, and the share of the
+    /// allowance is computed per pair.
+    func allowanceSection(_ backend: CPUBackend) throws {
+        let slice = minTime / Double(rounds)
+        print("share of the allowance 2 x deepseek-v3 x E/256 (kernel \(kernel), 1 thread, \(rounds) pairs of \(fmt(slice * 1e3, 1)) ms slices)")
+        print(pad("preset", 18) + pad("dtype", 6) + pad("tokens", 8) + pad("v3 ns/tok", 11) + pad("preset ns/tok", 15)
+              + pad("allowance", 11) + pad("share (median of pairs)", 25) + "share (of the minima)")
+        var reference: [String: Workload] = [:]
+        for name in presets.split(separator: ",").map(String.init) where name != "deepseek-v3" {
+            for dtypeName in dtypes.split(separator: ",") {
+                guard let dtype = DType(name: String(dtypeName)), let spec = Presets.spec(named: name, gateDType: dtype),
+                      let v3Spec = Presets.spec(named: "deepseek-v3", gateDType: dtype) else {
+                    throw ValidationError("unknown preset or dtype: \(name) \(dtypeName)")
+                }
+                let layer = try BuiltLayer(spec), v3Layer = try BuiltLayer(v3Spec)
+                let scale = 2 * Double(spec.numExperts) / 256
+                for tokens in batches.split(separator: ",").compactMap({ Int($0) }) {
+                    let key = "\(dtype) \(tokens)"
+                    let v3 = reference[key] ?? Workload(layer: v3Layer, dtype: dtype, tokens: tokens)
+                    reference[key] = v3
+                    let w = Workload(layer: layer, dtype: dtype, tokens: tokens)
+                    var a: [Double] = [], b: [Double] = [], share: [Double] = []
+                    for _ in 0..<rounds {
+                        a.append(v3.nsPerToken(backend, seconds: slice))
+                        b.append(w.nsPerToken(backend, seconds: slice))
+                        share.append(b.last! / (scale * a.last!))
+                    }
+                    print(pad(name, 18) + pad("\(dtype)", 6) + pad("\(tokens)", 8) + pad(fmt(median(a), 1), 11)
+                          + pad(fmt(median(b), 1), 15) + pad(fmt(scale * median(a), 1), 11)
+                          + pad(fmt(median(share), 3), 25) + fmt(b.min()! / (scale * a.min()!), 3))
+                }
+            }
+        }
     }
 
     /// Heap allocations per request, counted by the preloaded shim (tests/c/alloc_count.c).

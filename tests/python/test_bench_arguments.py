@@ -13,6 +13,7 @@ CASES = [
     ("moe-router-kernel-bench", ["--rounds", "0"], "--rounds"),
     ("moe-router-kernel-bench", ["--kernel", "quantum"], "quantum"),
     ("moe-router-kernel-bench", ["--presets", "nope"], "nope"),
+    ("moe-router-kernel-bench", ["--allowance", "--presets", "deepseek-v3"], "--allowance"),
     ("moe-router-latency-bench", ["--iterations", "0"], "--iterations"),
     ("moe-router-latency-bench", ["--blocks", "0"], "--blocks"),
     ("moe-router-latency-bench", ["--placements", "same-cpu,sideways"], "--placements"),
