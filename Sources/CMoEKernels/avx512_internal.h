@@ -38,7 +38,9 @@ AVX512 static inline __m512 exp_reduce_v(__m512 t, __m512 *hi_out, __m512 *lo_ou
     __m512 x = _mm512_max_ps(t, _mm512_set1_ps(MRK_EXP_FLOOR));
     __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(MRK_LOG2E)), magic),
                              magic);
-    __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+    /* x - n * LN2_HI as one FMA: LN2_HI has 9 significant bits and |n| <= 151, so the product
+     * is exact and the fused and the separate forms round the same difference once */
+    __m512 r = _mm512_sub_ps(_mm512_fnmadd_ps(n, _mm512_set1_ps(MRK_LN2_HI), x),
                              _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
     __m512 p = _mm512_set1_ps(1.9875691500e-4f);
     p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
@@ -118,7 +120,7 @@ AVX512 static inline __m512 sigmoid_small_v(__m512 x) {
     const __m512 t = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign));
     __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(t, _mm512_set1_ps(MRK_LOG2E)), magic),
                              magic);
-    __m512 r = _mm512_sub_ps(_mm512_sub_ps(t, _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_HI))),
+    __m512 r = _mm512_sub_ps(_mm512_fnmadd_ps(n, _mm512_set1_ps(MRK_LN2_HI), t), /* (see exp_reduce_v) */
                              _mm512_mul_ps(n, _mm512_set1_ps(MRK_LN2_LO)));
     __m512 p = _mm512_set1_ps(1.9875691500e-4f);
     p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
