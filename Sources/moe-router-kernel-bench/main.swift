@@ -59,17 +59,10 @@ struct KernelBench: ParsableCommand {
         let cores = CPUBackend(kernel: kernel).threads
         let single = CPUBackend(kernel: kernel, threads: 1)
         let all = CPUBackend(kernel: kernel, threads: cores)
-        let batchList = batches.split(separator: ",").compactMap { Int($0) }
         var rows: [(name: String, bench: Workload)] = []
-        for name in presets.split(separator: ",").map(String.init) {
-            for dtypeName in dtypes.split(separator: ",") {
-                guard let dtype = DType(name: String(dtypeName)),
-                      let spec = Presets.spec(named: name, gateDType: dtype) else {
-                    throw ValidationError("unknown preset or dtype: \(name) \(dtypeName)")
-                }
-                let layer = try BuiltLayer(spec)
-                for tokens in batchList { rows.append((name, Workload(layer: layer, dtype: dtype, tokens: tokens))) }
-            }
+        for (name, dtype, spec) in try presetSpecs() {
+            let layer = try BuiltLayer(spec)
+            for tokens in batchList { rows.append((name, Workload(layer: layer, dtype: dtype, tokens: tokens))) }
         }
         // Round-robin: round r measures every row on 1 thread and on all cores before round r+1.
         var one = [[Double]](repeating: [], count: rows.count), many = one
@@ -126,29 +119,24 @@ struct KernelBench: ParsableCommand {
         print(pad("preset", 18) + pad("dtype", 6) + pad("tokens", 8) + pad("v3 ns/tok", 11) + pad("preset ns/tok", 15)
               + pad("allowance", 11) + pad("share (median of pairs)", 25) + "share (of the minima)")
         var reference: [String: Workload] = [:]
-        for name in presets.split(separator: ",").map(String.init) where name != "deepseek-v3" {
-            for dtypeName in dtypes.split(separator: ",") {
-                guard let dtype = DType(name: String(dtypeName)), let spec = Presets.spec(named: name, gateDType: dtype),
-                      let v3Spec = Presets.spec(named: "deepseek-v3", gateDType: dtype) else {
-                    throw ValidationError("unknown preset or dtype: \(name) \(dtypeName)")
+        for (name, dtype, spec) in try presetSpecs() where name != "deepseek-v3" {
+            let layer = try BuiltLayer(spec)
+            let v3Layer = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: dtype)!)
+            let scale = 2 * Double(spec.numExperts) / 256
+            for tokens in batchList {
+                let key = "\(dtype) \(tokens)"
+                let v3 = reference[key] ?? Workload(layer: v3Layer, dtype: dtype, tokens: tokens)
+                reference[key] = v3
+                let w = Workload(layer: layer, dtype: dtype, tokens: tokens)
+                var a: [Double] = [], b: [Double] = [], share: [Double] = []
+                for _ in 0..<rounds {
+                    a.append(v3.nsPerToken(backend, seconds: slice))
+                    b.append(w.nsPerToken(backend, seconds: slice))
+                    share.append(b.last! / (scale * a.last!))
                 }
-                let layer = try BuiltLayer(spec), v3Layer = try BuiltLayer(v3Spec)
-                let scale = 2 * Double(spec.numExperts) / 256
-                for tokens in batches.split(separator: ",").compactMap({ Int($0) }) {
-                    let key = "\(dtype) \(tokens)"
-                    let v3 = reference[key] ?? Workload(layer: v3Layer, dtype: dtype, tokens: tokens)
-                    reference[key] = v3
-                    let w = Workload(layer: layer, dtype: dtype, tokens: tokens)
-                    var a: [Double] = [], b: [Double] = [], share: [Double] = []
-                    for _ in 0..<rounds {
-                        a.append(v3.nsPerToken(backend, seconds: slice))
-                        b.append(w.nsPerToken(backend, seconds: slice))
-                        share.append(b.last! / (scale * a.last!))
-                    }
-                    print(pad(name, 18) + pad("\(dtype)", 6) + pad("\(tokens)", 8) + pad(fmt(median(a), 1), 11)
-                          + pad(fmt(median(b), 1), 15) + pad(fmt(scale * median(a), 1), 11)
-                          + pad(fmt(median(share), 3), 25) + fmt(b.min()! / (scale * a.min()!), 3))
-                }
+                print(pad(name, 18) + pad("\(dtype)", 6) + pad("\(tokens)", 8) + pad(fmt(median(a), 1), 11)
+                      + pad(fmt(median(b), 1), 15) + pad(fmt(scale * median(a), 1), 11)
+                      + pad(fmt(median(share), 3), 25) + fmt(b.min()! / (scale * a.min()!), 3))
             }
         }
     }
@@ -174,23 +162,32 @@ struct KernelBench: ParsableCommand {
         }
         print("heap allocations per request (kernel \(kernel), \(requests) requests per figure)")
         print(pad("preset", 18) + pad("dtype", 6) + pad("tokens", 8) + backends.map { pad($0.0, 11) }.joined() + "fallback (1 thread)")
-        for name in presets.split(separator: ",").map(String.init) {
-            for dtypeName in dtypes.split(separator: ",") {
-                guard let dtype = DType(name: String(dtypeName)), let spec = Presets.spec(named: name, gateDType: dtype),
-                      let fp32Spec = Presets.spec(named: name, gateDType: dtype == .fp32 ? .bf16 : .fp32) else {
-                    throw ValidationError("unknown preset or dtype: \(name) \(dtypeName)")
-                }
-                let layer = try BuiltLayer(spec), other = try BuiltLayer(fp32Spec)
-                for tokens in batches.split(separator: ",").compactMap({ Int($0) }) {
-                    let w = Workload(layer: layer, dtype: dtype, tokens: tokens)
-                    let fallback = Workload(layer: other, dtype: dtype, tokens: tokens)
-                    print(pad(name, 18) + pad("\(dtype)", 6) + pad("\(tokens)", 8)
-                          + backends.map { pad(fmt(perRequest(w, $0.1), 2), 11) }.joined()
-                          + fmt(perRequest(fallback, backends[0].1), 2))
-                }
+        for (name, dtype, spec) in try presetSpecs() {
+            let layer = try BuiltLayer(spec)
+            let other = try BuiltLayer(Presets.spec(named: name, gateDType: dtype == .fp32 ? .bf16 : .fp32)!)
+            for tokens in batchList {
+                let w = Workload(layer: layer, dtype: dtype, tokens: tokens)
+                let fallback = Workload(layer: other, dtype: dtype, tokens: tokens)
+                print(pad(name, 18) + pad("\(dtype)", 6) + pad("\(tokens)", 8)
+                      + backends.map { pad(fmt(perRequest(w, $0.1), 2), 11) }.joined()
+                      + fmt(perRequest(fallback, backends[0].1), 2))
             }
         }
     }
+
+    /// Every --presets x --dtypes pair, each layer built with the input dtype as its gate dtype.
+    func presetSpecs() throws -> [(name: String, dtype: DType, spec: LayerSpec)] {
+        try presets.split(separator: ",").map(String.init).flatMap { name in
+            try dtypes.split(separator: ",").map { dtypeName in
+                guard let dtype = DType(name: String(dtypeName)), let spec = Presets.spec(named: name, gateDType: dtype) else {
+                    throw ValidationError("unknown preset or dtype: \(name) \(dtypeName)")
+                }
+                return (name, dtype, spec)
+            }
+        }
+    }
+
+    var batchList: [Int] { batches.split(separator: ",").compactMap { Int($0) } }
 
     func chosenKernel() throws -> CPUBackend.Kernel {
         switch kernel {

@@ -1,5 +1,7 @@
 import os
 import pathlib
+import shutil
+import subprocess
 
 import pytest
 
@@ -17,6 +19,32 @@ def find_binary(name, env):
     pytest.fail(f"{name} is not built: run `swift build` first (or set {env})")
 
 
+KERNELS = ROOT / "Sources" / "CMoEKernels"
+
+
+def kernels_with(tmp_path, old, new):
+    """A copy of the kernel sources with `old` replaced by `new` in avx512_internal.h: a wrong
+    variant that a bit-exactness check must notice."""
+    src = tmp_path / "kernels"
+    shutil.copytree(KERNELS, src)
+    h = src / "avx512_internal.h"
+    text = h.read_text()
+    assert old in text, old
+    h.write_text(text.replace(old, new))
+    return src
+
+
+def build_kernel_check(tmp_path, check, source_dir=KERNELS, defines=(), with_kernels=False):
+    """tests/c/<check>.c built against the kernel sources in source_dir (their headers; their .c
+    files too with with_kernels), as the kernels are built: clang -O2 -ffp-contract=off."""
+    out = tmp_path / check
+    sources = sorted(map(str, source_dir.glob("*.c"))) if with_kernels else []
+    subprocess.run(["clang", "-O2", "-ffp-contract=off", *defines, f"-I{source_dir}/include", f"-I{source_dir}",
+                    *sources, str(ROOT / "tests" / "c" / f"{check}.c"), "-o", str(out), "-lm"],
+                   check=True, capture_output=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def route_eval():
     return find_binary("moe-route-eval", "MOE_ROUTE_EVAL")
@@ -24,9 +52,7 @@ def route_eval():
 
 # --- moe-routerd (tests/python/test_daemon_*.py) -------------------------------------------
 
-import shutil  # noqa: E402
 import signal  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
