@@ -12,7 +12,7 @@ BUILD := build
 ROOT := $(abspath .)
 WARN := -Wall -Wextra -Werror
 
-LIB_SRC := clients/c/moe_router_client.c clients/c/moe_router_status.c
+LIB_SRC := clients/c/moe_router_client.c Sources/CMoERouterWire/moe_router_status.c
 LIB := $(BUILD)/lib/libmoerouter.so.1
 PC := $(BUILD)/lib/pkgconfig/moe-router.pc
 
@@ -20,7 +20,9 @@ PC := $(BUILD)/lib/pkgconfig/moe-router.pc
 all: clientlib examples
 clientlib: $(LIB) $(BUILD)/lib/libmoerouter.so $(PC)
 
-$(LIB): $(LIB_SRC) Include/moe_router.h
+HEADERS := Include/moe_router.h Include/moe_router_wire.h Include/moe_router_client.h
+
+$(LIB): $(LIB_SRC) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 $(WARN) $(CFLAGS) -fPIC -shared -fvisibility=default -IInclude \
 		-Wl,-soname,libmoerouter.so.1 -o $@ $(LIB_SRC) -lzmq
@@ -61,7 +63,7 @@ install: clientlib swift-release
 	for b in $(BINARIES); do install -m 0755 $(SWIFT_BIN)/$$b $(D)/bin/; done
 	install -m 0755 $(LIB) $(D)/lib/
 	ln -sf libmoerouter.so.1 $(D)/lib/libmoerouter.so
-	install -m 0644 Include/moe_router.h $(D)/include/
+	install -m 0644 $(HEADERS) $(D)/include/
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@INCLUDEDIR@|$(PREFIX)/include|' clients/c/moe-router.pc.in \
 		> $(D)/lib/pkgconfig/moe-router.pc
 	# Units name /usr/local; they get this PREFIX.
@@ -73,7 +75,7 @@ install: clientlib swift-release
 
 uninstall:
 	rm -f $(addprefix $(D)/bin/,$(BINARIES)) $(D)/lib/libmoerouter.so.1 $(D)/lib/libmoerouter.so \
-		$(D)/include/moe_router.h $(D)/lib/pkgconfig/moe-router.pc \
+		$(addprefix $(D)/include/,$(notdir $(HEADERS))) $(D)/lib/pkgconfig/moe-router.pc \
 		$(addprefix $(D)/lib/systemd/system/,$(UNITS)) $(D)/lib/sysusers.d/moe-router.conf \
 		$(D)/share/moe-router/routerd.yaml.example $(D)/share/doc/moe-router/README.md \
 		$(D)/share/doc/moe-router/PROTOCOL.md

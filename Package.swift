@@ -29,11 +29,10 @@ let package = Package(
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
         .target(name: "CMoEKernels", cSettings: kernelFlags),
         .target(name: "MoERouting", dependencies: ["CMoEKernels"]),
-        .target(name: "CMoERouterSys", linkerSettings: [.linkedLibrary("bsd")]),
         .target(
             name: "MoERouterService",
             dependencies: [
-                "CMoERouterSys",
+                "CMoERouterdOS",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
@@ -48,13 +47,16 @@ let package = Package(
         // moe-routerd: the wire protocol is Include/moe_router.h, imported through CMoERouterWire
         // (its include/ is a symlink to ../../Include).
         .target(name: "CMoERouterWire"),
-        .target(name: "CMoERouterdOS"),
+        // The daemon's one C shim: SIGBUS guard, shm, threads, sd_notify, libbsd pidfile/proctitle.
+        .target(name: "CMoERouterdOS", linkerSettings: [.linkedLibrary("bsd")]),
+        // libzmq for Swift: context, socket, message (one owner each).
+        .target(name: "MoERouterZMQ", dependencies: ["CZMQ"]),
         // The plain-C client library (also built without Swift by the top-level Makefile).
         .target(name: "CMoERouterClient", dependencies: ["CMoERouterWire"], path: "clients/c",
                 linkerSettings: [.linkedLibrary("zmq")]),
         .target(
             name: "MoERouterServer",
-            dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterdOS", "CZMQ",
+            dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterdOS", "CZMQ", "MoERouterZMQ",
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "Metrics", package: "swift-metrics"),
                            .product(name: "Yams", package: "Yams")]),
@@ -69,17 +71,16 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(
             name: "moe-router-latency-bench",
-            dependencies: ["MoERouterServer", "MoERouting", "CMoERouterWire", "CMoERouterClient", "CZMQ",
-                           "CMoERouterdOS",
+            dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterClient", "CZMQ", "CMoERouterdOS",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(
             name: "MoERouterServerTests",
             dependencies: ["MoERouterServer", "MoERouting", "CMoERouterWire", "CMoERouterClient",
-                           "CMoERouterdOS", "CZMQ"]),
+                           "CMoERouterdOS", "CZMQ", "MoERouterZMQ"]),
         .testTarget(name: "MoERouterServiceTests", dependencies: ["MoERouterService"]),
         .executableTarget(
             name: "moe-router-bench",
-            dependencies: ["MoERouting", "MoERouterServer", "CMoERouterClient", "CMoERouterWire", "CZMQ",
+            dependencies: ["MoERouting", "MoERouterZMQ", "CMoERouterClient", "CMoERouterWire", "CZMQ",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .executableTarget(

@@ -43,10 +43,10 @@ extension RouterServer {
     /// positions in the new configuration: clients should LIST_LAYERS again after a reload.
     public func reload(_ new: ServerConfig) throws(ConfigError) -> ReloadOutcome {
         let catalog = try LayerCatalog(new.layers)
-        try BackendFactory.prepare(catalog, on: handler.backend)
-        let old = handler.layerSlot.replace(with: catalog)
+        try catalog.prepare(on: state.backend)
+        let old = state.layers.replace(with: catalog)
         let kept = Set(catalog.layers.map(ObjectIdentifier.init))
-        handler.layerSlot.retired.withLock { $0 += old.layers.filter { !kept.contains(ObjectIdentifier($0)) } }
+        state.layers.retired.withLock { $0 += old.layers.filter { !kept.contains(ObjectIdentifier($0)) } }
         releaseRetiredLayers()
         var restart: [String] = []
         if new.endpoint != config.endpoint { restart.append("endpoint") }
@@ -66,14 +66,22 @@ extension RouterServer {
     /// Frees the device copies of layers a reload replaced once no request runs on them
     /// (called after each reload and periodically by the service thread).
     public func releaseRetiredLayers() {
-        handler.layerSlot.retired.withLock { BackendFactory.releaseUnused(&$0, on: handler.backend) }
+        state.layers.retired.withLock { retired in
+            // Once a layer is out of the slot nothing can take a new reference to it, so "only
+            // the retired list holds it" stays true.
+            var kept: [BuiltLayer] = []
+            while var layer = retired.popLast() {
+                if isKnownUniquelyReferenced(&layer) { state.backend.release(layer) } else { kept.append(layer) }
+            }
+            retired = kept
+        }
     }
 
     /// A snapshot for STATUS lines, the process title and metrics.
     public var serviceSnapshot: ServiceSnapshot {
-        let snap = handler.registry.snapshot
-        let s = handler.stats
-        return ServiceSnapshot(layers: handler.catalog.layers.count, clients: ServerMetrics.activeClients(),
+        let snap = state.registry.snapshot
+        let s = state.stats
+        return ServiceSnapshot(layers: state.layers.current.layers.count, clients: state.clients.count(),
                                registrations: snap.registrations, mappedBytes: UInt64(snap.mappedBytes),
                                requests: s.requests.load(ordering: .relaxed), errors: s.errors.load(ordering: .relaxed),
                                tokens: s.tokens.load(ordering: .relaxed), queued: s.queued.load(ordering: .relaxed),

@@ -2,6 +2,7 @@ import CMoERouterdOS
 import CZMQ
 import Glibc
 import Logging
+import MoERouterZMQ
 import MoERouting
 import Synchronization
 
@@ -9,7 +10,8 @@ import Synchronization
 /// requests itself (no thread hand-off on the latency path) and hands large ROUTEs to workers.
 public final class RouterServer: Sendable {
     public let config: ServerConfig
-    let handler: RequestHandler
+    let state: DaemonState
+    private let core: RequestCore
     private let logger: Logger
     private let stopping = Atomic<Bool>(false)
     /// Advanced by the I/O thread on every loop iteration (at least 10 per second when idle); a
@@ -19,23 +21,27 @@ public final class RouterServer: Sendable {
     public let backendReason: String
 
     /// Builds every layer and the backend; throws a `ConfigError` naming what is wrong.
-    public init(config: ServerConfig, logger: Logger) throws(ConfigError) {
+    /// `metrics`: the instruments every reply is counted in (nil: no metrics).
+    public init(config: ServerConfig, logger: Logger, metrics: ServerMetrics? = nil) throws(ConfigError) {
         guard ServerConfig.ipcPath(config.endpoint) != nil else {
-            throw ConfigError("endpoint '\(config.endpoint)' is not ipc://PATH (use --tcp for tcp)")
+            throw .invalid(key: "endpoint", value: config.endpoint, expected: "ipc://PATH (use --tcp for tcp)")
         }
-        if let t = config.tcpEndpoint, !t.hasPrefix("tcp://") { throw ConfigError("tcp endpoint '\(t)' is not tcp://HOST:PORT") }
+        if let t = config.tcpEndpoint, !t.hasPrefix("tcp://") { throw .invalid(key: "tcp", value: t, expected: "tcp://HOST:PORT") }
         let catalog = try LayerCatalog(config.layers)
-        let selection = try BackendFactory.select(config.backend, threads: config.workers, device: config.device)
-        let backend = selection.backend
-        try BackendFactory.prepare(catalog, on: backend)
+        let selection: BackendKind.Selection
+        do { selection = try config.backend.select(threads: config.workers, device: config.device) } catch {
+            throw .backend(config.backend, device: config.device, error)
+        }
+        try catalog.prepare(on: selection.backend)
         backendReason = selection.reason
         self.config = config
-        self.handler = RequestHandler(config: config, catalog: catalog, backend: backend)
+        state = DaemonState(config: config, catalog: catalog, backend: selection.backend, metrics: metrics)
+        core = RequestCore(state: state)
         self.logger = logger
     }
 
-    public var layers: [BuiltLayer] { handler.catalog.layers }
-    public var backendName: String { handler.backend.name }
+    public var layers: [BuiltLayer] { state.layers.current.layers }
+    public var backendName: String { state.backend.name }
 
     /// Asks `run()` to shut down gracefully; the I/O thread notices within
     /// `IOLoop.receiveTimeoutMs`. Async-signal-safe (one atomic store).
@@ -47,7 +53,7 @@ public final class RouterServer: Sendable {
     /// `ready` runs once the endpoints accept connections.
     public func run(ready: () -> Void = {}) throws {
         let rc = mro_guard_install()
-        guard rc == 0 else { throw ConfigError("cannot install the SIGBUS guard: \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { throw StartupError("cannot install the SIGBUS guard: \(String(cString: strerror(rc)))") }
         let context = ZMQContext(ioThreads: 1)
         let zap = try ZAPHandler(context: context, logger: logger)
         let zapThread = ServiceThread(name: "moe-zap") { [zap] in zap.serve() }
@@ -55,12 +61,12 @@ public final class RouterServer: Sendable {
         // first, so the workers and the tcp relay are connected before any client.
         let front = try makeRouter(context, domain: ZAPHandler.ipcDomain)
         try front.bind(IOLoop.frontInproc)
-        let pool = WorkerPool(count: config.workers, context: context, front: IOLoop.frontInproc, handler: handler, logger: logger)
+        let pool = WorkerPool(count: config.workers, context: context, front: IOLoop.frontInproc, core: core, logger: logger)
         var relay: TCPRelay?
         if let t = config.tcpEndpoint {
             do { relay = try TCPRelay(context: context, endpoint: t, front: IOLoop.frontInproc, configure: configure) } catch {
                 pool.stop()
-                throw ConfigError("cannot bind \(t): \(error)")
+                throw StartupError("cannot bind \(t): \(error)")
             }
         }
         let path = ServerConfig.ipcPath(config.endpoint)!
@@ -70,14 +76,16 @@ public final class RouterServer: Sendable {
             if let fd = config.listenFD { try front.set(ZMQ_USE_FD, fd) } else { try Self.prepareSocketPath(path) }
             let saved = umask(0o117)  // the socket file gets mode 0660
             defer { umask(saved) }
-            do { try front.bind(config.endpoint) } catch { throw ConfigError("cannot bind \(config.endpoint): \(error)") }
+            do { try front.bind(config.endpoint) } catch { throw StartupError("cannot bind \(config.endpoint): \(error)") }
         } catch {
             pool.stop()
             throw error
         }
         if config.listenFD == nil { chmod(path, 0o660) }
         let monitor = try monitor(front, context, name: "ipc")
-        var loop = try IOLoop(server: self, front: front, monitor: monitor, pool: pool, servesTCP: relay != nil,
+        let daemon = IOLoop.Daemon(core: core, connections: state.registry, clients: state.clients, stats: state.stats,
+                                   queueDepth: config.queueDepth)
+        var loop = try IOLoop(daemon: daemon, front: front, monitor: monitor, pool: pool, servesTCP: relay != nil,
                               logger: logger)
         logger.info("serving", metadata: ["endpoint": "\(config.endpoint)", "tcp": "\(config.tcpEndpoint ?? "-")",
                                           "layers": "\(layers.count)", "backend": "\(backendName)", "workers": "\(config.workers)"])
@@ -91,7 +99,7 @@ public final class RouterServer: Sendable {
         loop.drain(timeoutMs: config.drainTimeoutMs)
         pool.stop()
         loop.flushResults()
-        handler.registry.releaseAll()
+        state.registry.releaseAll()
         for s in [front, monitor] { s.close() }
         context.shutdown()
         relay?.join()
@@ -126,7 +134,7 @@ public final class RouterServer: Sendable {
 
     /// Creates the socket's directory (0700 when we create it) and refuses to replace a socket
     /// file a live daemon still listens on.
-    static func prepareSocketPath(_ path: String) throws(ConfigError) {
+    static func prepareSocketPath(_ path: String) throws(StartupError) {
         let dir = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         if !dir.isEmpty {
             var parts: [Substring] = []
@@ -134,14 +142,21 @@ public final class RouterServer: Sendable {
                 parts.append(component)
                 let p = "/" + parts.joined(separator: "/")
                 if mkdir(p, 0o700) != 0 && errno != EEXIST {
-                    throw ConfigError("cannot create \(p): \(String(cString: strerror(errno)))")
+                    throw StartupError("cannot create \(p): \(String(cString: strerror(errno)))")
                 }
             }
         }
-        guard path.utf8.count < 108 else { throw ConfigError("ipc path \(path) is longer than 107 bytes") }
+        guard path.utf8.count < 108 else { throw StartupError("ipc path \(path) is longer than 107 bytes") }
         if access(path, F_OK) == 0 {
-            if mro_unix_socket_alive(path) != 0 { throw ConfigError("\(path): another daemon is listening there") }
+            if mro_unix_socket_alive(path) != 0 { throw StartupError("\(path): another daemon is listening there") }
             unlink(path)
         }
     }
+}
+
+/// The daemon could not start serving (a socket, a path, a signal handler); the message says
+/// what and why.
+public struct StartupError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

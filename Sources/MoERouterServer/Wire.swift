@@ -36,6 +36,13 @@ public struct WireStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let internalError = WireStatus(MOE_ERR_INTERNAL)
 
     public var description: String { "status \(rawValue)" }
+
+    /// The metrics label: `moe_status_name` without its prefix, lower-cased ("size_mismatch").
+    public var name: String {
+        let c = String(cString: moe_status_name(Int32(rawValue)))
+        for prefix in ["MOE_ERR_", "MOE_"] where c.hasPrefix(prefix) { return c.dropFirst(prefix.count).lowercased() }
+        return c.lowercased()
+    }
 }
 
 /// A request the daemon refuses: a status and a message naming the field and value.
@@ -66,6 +73,19 @@ public enum WireOp: Sendable, CaseIterable {
         case .ping: MOE_OP_PING
         }
         return UInt16(op.rawValue)
+    }
+
+    /// The metrics label ("list_layers").
+    public var name: String {
+        switch self {
+        case .hello: "hello"
+        case .listLayers: "list_layers"
+        case .registerShm: "register_shm"
+        case .unregisterShm: "unregister_shm"
+        case .route: "route"
+        case .stats: "stats"
+        case .ping: "ping"
+        }
     }
 
     /// The operation with code `rawValue`, nil for any other code.
@@ -101,59 +121,6 @@ enum WireBytes {
             raw.initializeMemory(as: UInt8.self, repeating: 0)
             let utf8 = Array(text.utf8.prefix(raw.count - 1))
             raw.copyBytes(from: utf8)
-        }
-    }
-}
-
-/// A response before encoding: status, message, op body and extra frames.
-public struct Reply {
-    public var op: UInt16
-    public var requestID: UInt64
-    public var status: WireStatus
-    public var message: String
-    public var body: [UInt8]
-    public var frames: [ZMQMessage]
-
-    public init(op: UInt16, requestID: UInt64, status: WireStatus = .ok, message: String = "ok",
-                body: [UInt8] = [], frames: [ZMQMessage] = []) {
-        self.op = op
-        self.requestID = requestID
-        self.status = status
-        self.message = message
-        self.body = body
-        self.frames = frames
-    }
-
-    public init(failure: RequestFailure, op: UInt16, requestID: UInt64, body: [UInt8] = []) {
-        self.init(op: op, requestID: requestID, status: failure.status, message: failure.message, body: body)
-    }
-
-    /// Frame 0 (header + body + message) followed by the extra frames.
-    public func encode() -> [ZMQMessage] { [encodeFirstFrame()] + frames }
-
-    /// Frame 0: header + body + message (at most MOE_MAX_MESSAGE_TEXT bytes, cut at a UTF-8
-    /// character boundary).
-    public func encodeFirstFrame() -> ZMQMessage {
-        var message = message
-        return message.withUTF8 { utf8 in
-            var textCount = min(utf8.count, Int(MOE_MAX_MESSAGE_TEXT))
-            if textCount < utf8.count { while textCount > 0 && utf8[textCount] & 0xC0 == 0x80 { textCount -= 1 } }
-            var header = moe_resp_header()
-            header.magic = MOE_PROTOCOL_MAGIC
-            header.version = UInt16(MOE_PROTOCOL_VERSION)
-            header.op = op
-            header.request_id = requestID
-            header.status = status.rawValue
-            header.body_size = UInt32(body.count)
-            header.message_len = UInt16(textCount)
-            let headerSize = MemoryLayout<moe_resp_header>.size
-            let first = ZMQMessage.sized(headerSize + body.count + textCount)
-            let out = first.mutableBytes
-            withUnsafeBytes(of: header) { out.copyMemory(from: $0) }
-            body.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[headerSize...]).copyMemory(from: $0) }
-            UnsafeMutableRawBufferPointer(rebasing: out[(headerSize + body.count)...])
-                .copyMemory(from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[..<textCount]))
-            return first
         }
     }
 }

@@ -1,4 +1,4 @@
-import CMoERouterSys
+import CMoERouterdOS
 import Glibc
 import Synchronization
 

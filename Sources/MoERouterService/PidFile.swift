@@ -1,4 +1,4 @@
-import CMoERouterSys
+import CMoERouterdOS
 import Glibc
 
 /// A pidfile through libbsd's pidfile(3): created, locked and written at start, removed at exit.
@@ -20,19 +20,19 @@ public final class PidFile {
 
     public init(path: String) throws(Failure) {
         var other: pid_t = 0
-        guard let h = mrs_pidfile_open(path, &other) else {
+        guard let h = mro_pidfile_open(path, &other) else {
             if errno == EEXIST { throw .heldByOther(path: path, pid: other) }
             throw .system(path: path, errno: errno)
         }
         handle = h
         self.path = path
-        if mrs_pidfile_write(h) != 0 {
+        if mro_pidfile_write(h) != 0 {
             let e = errno
-            _ = mrs_pidfile_remove(h)
+            _ = mro_pidfile_remove(h)
             throw .system(path: path, errno: e)
         }
     }
 
     /// Removes the file (and releases the lock).
-    public func remove() { _ = mrs_pidfile_remove(handle) }
+    public func remove() { _ = mro_pidfile_remove(handle) }
 }

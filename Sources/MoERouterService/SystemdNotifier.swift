@@ -1,4 +1,4 @@
-import CMoERouterSys
+import CMoERouterdOS
 import Foundation
 
 /// The sd_notify datagram protocol, without libsystemd: READY, STATUS, WATCHDOG, STOPPING.
@@ -18,7 +18,7 @@ public struct SystemdNotifier: Sendable {
     }
 
     @discardableResult
-    public func notify(_ state: String) -> Bool { mrs_sd_notify(state) > 0 }
+    public func notify(_ state: String) -> Bool { mro_sd_notify(state) > 0 }
 
     public func ready(status: String) { notify("READY=1\nSTATUS=\(status)") }
     public func status(_ text: String) { notify("STATUS=\(text)") }

@@ -40,14 +40,10 @@ public final class CPUBackend: RoutingBackend {
         self.parallelThreshold = max(1, parallelThreshold)
     }
 
-    public func route(
-        layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
-        weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
-    ) throws(RouteError) -> RouteOutcome {
-        try checkRequest(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: weights, ids: ids)
-        let spec = layer.spec
-        return layer.withRequestBias(dtype) { bias, fallback in
-            RouteOutcome(nonFiniteInputs: run(spec, bias, input, dtype, tokens, weights, ids),
+    public func route(_ job: RouteJob) throws(RouteError) -> RouteOutcome {
+        try job.rejectNonFinite()
+        return job.layer.withRequestBias(job.dtype) { bias, fallback in
+            RouteOutcome(nonFiniteInputs: run(job.layer.spec, bias, job.input, job.dtype, job.tokens, job.weights, job.ids),
                          usedFallbackCast: fallback)
         }
     }

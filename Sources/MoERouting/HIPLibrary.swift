@@ -2,8 +2,9 @@
 import Glibc
 #endif
 
-/// Why the ROCm backend cannot be used. Every case says what was tried and what to do.
-public enum ROCmBackendError: Error, Equatable, CustomStringConvertible {
+/// Why a backend cannot be used, or a device operation failed. Every case says what was tried
+/// and what to do.
+public enum BackendError: Error, Equatable, CustomStringConvertible {
     /// No backend library at any of `searched` (build it with scripts/build-rocm.sh).
     case libraryNotFound(searched: [String])
     /// The library exists but `dlopen` refused it; usually the ROCm runtime (libamdhip64.so.5)
@@ -16,6 +17,8 @@ public enum ROCmBackendError: Error, Equatable, CustomStringConvertible {
     case noDevice(runtime: String, status: Int32, error: String)
     /// The runtime failed in `operation` (layer upload, stream creation, a route).
     case deviceFailure(operation: String, status: Int32, error: String)
+    /// A CPU kernel this processor cannot run was asked for.
+    case unsupportedCPU(kernel: String)
 
     public var description: String {
         switch self {
@@ -32,6 +35,8 @@ public enum ROCmBackendError: Error, Equatable, CustomStringConvertible {
                 + "use --backend cpu or auto"
         case .deviceFailure(let op, let status, let error):
             "ROCm \(op) failed: \(error) (status \(status))"
+        case .unsupportedCPU(let kernel):
+            "this CPU cannot run the \(kernel) kernel; use --backend cpu"
         }
     }
 }
@@ -67,12 +72,12 @@ final class HIPLibrary: @unchecked Sendable {
     let streamDestroy: DestroyFn
     let route: RouteFn
 
-    init(path: String) throws(ROCmBackendError) {
+    init(path: String) throws(BackendError) {
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
             let reason = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"
             throw .libraryLoadFailed(path: path, reason: reason)
         }
-        func symbol<T>(_ name: String, as: T.Type) throws(ROCmBackendError) -> T {
+        func symbol<T>(_ name: String, as: T.Type) throws(BackendError) -> T {
             guard let p = dlsym(handle, name) else {
                 throw .incompatibleLibrary(path: path, reason: "missing symbol \(name)")
             }
@@ -104,7 +109,7 @@ final class HIPLibrary: @unchecked Sendable {
         return text.isEmpty || text == name ? name : "\(name): \(text)"
     }
 
-    func failure(_ operation: String, _ status: Int32) -> ROCmBackendError {
+    func failure(_ operation: String, _ status: Int32) -> BackendError {
         .deviceFailure(operation: operation, status: status, error: describe(status))
     }
 

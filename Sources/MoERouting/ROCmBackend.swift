@@ -30,7 +30,7 @@ public final class ROCmBackend: RoutingBackend {
     private let library: HIPLibrary
     private let layers = Mutex<[ObjectIdentifier: DeviceLayer]>([:])
     private let idleStreams = Mutex<[DeviceStream]>([])
-    private let failures = Mutex<(count: Int, last: ROCmBackendError?)>((0, nil))
+    private let failures = Mutex<(count: Int, last: BackendError?)>((0, nil))
 
     /// Loads the backend library and checks that the runtime has a device.
     ///
@@ -39,9 +39,9 @@ public final class ROCmBackend: RoutingBackend {
     ///     `ROCmBackend.searchPaths` (`MOE_ROUTER_HIP_LIB`, next to the executable,
     ///     `build/rocm/libmoe_router_hip.so`).
     ///   - device: the device ordinal.
-    /// - Throws: `ROCmBackendError.libraryNotFound`, `.libraryLoadFailed` (no ROCm runtime),
+    /// - Throws: `BackendError.libraryNotFound`, `.libraryLoadFailed` (no ROCm runtime),
     ///   `.incompatibleLibrary`, or `.noDevice` (e.g. hipErrorNoDevice).
-    public static func open(library: String? = nil, device: Int = 0) throws(ROCmBackendError) -> ROCmBackend {
+    public static func open(library: String? = nil, device: Int = 0) throws(BackendError) -> ROCmBackend {
         let candidates = library.map { [$0] } ?? searchPaths
         guard let path = candidates.first(where: HIPLibrary.fileExists) else {
             throw .libraryNotFound(searched: candidates)
@@ -87,10 +87,10 @@ public final class ROCmBackend: RoutingBackend {
     /// Runtime failures answered by the CPU backend instead (see the type's documentation).
     public var deviceFailures: Int { failures.withLock { $0.count } }
     /// The most recent of them.
-    public var lastDeviceFailure: ROCmBackendError? { failures.withLock { $0.last } }
+    public var lastDeviceFailure: BackendError? { failures.withLock { $0.last } }
 
     /// Uploads `layer` to the device now (at layer build) rather than on its first request.
-    public func prepare(_ layer: BuiltLayer) throws(ROCmBackendError) {
+    public func prepare(_ layer: BuiltLayer) throws(BackendError) {
         _ = try deviceLayer(for: layer)
     }
 
@@ -101,17 +101,15 @@ public final class ROCmBackend: RoutingBackend {
         }
     }
 
-    public func route(
-        layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
-        weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
-    ) throws(RouteError) -> RouteOutcome {
-        try checkRequest(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: weights, ids: ids)
-        let spec = layer.spec
+    public func route(_ job: RouteJob) throws(RouteError) -> RouteOutcome {
+        try job.rejectNonFinite()
+        let (layer, spec, input, dtype, tokens, weights, ids) =
+            (job.layer, job.layer.spec, job.input, job.dtype, job.tokens, job.weights, job.ids)
         // The matched path (or no bias) passes no bias: the kernel reads the copy resident on the
         // device. The fallback uploads the converted bias with the request.
         return layer.withRequestBias(dtype) { bias, fallback in
             let nonFinite: Int
-            do throws(ROCmBackendError) {
+            do throws(BackendError) {
                 nonFinite = try run(layer, fallback ? bias : nil, input, dtype, tokens, weights, ids)
             } catch {
                 failures.withLock { $0 = ($0.count + 1, error) }
@@ -136,7 +134,7 @@ public final class ROCmBackend: RoutingBackend {
         _ layer: BuiltLayer, _ fallbackBias: UnsafePointer<Float>?, _ input: UnsafeRawBufferPointer,
         _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
         _ ids: UnsafeMutableBufferPointer<Int32>
-    ) throws(ROCmBackendError) -> Int {
+    ) throws(BackendError) -> Int {
         if tokens == 0 { return 0 }
         let deviceLayer = try deviceLayer(for: layer)
         let stream = try takeStream()
@@ -149,7 +147,7 @@ public final class ROCmBackend: RoutingBackend {
         return Int(nonFinite)
     }
 
-    private func deviceLayer(for layer: BuiltLayer) throws(ROCmBackendError) -> DeviceLayer {
+    private func deviceLayer(for layer: BuiltLayer) throws(BackendError) -> DeviceLayer {
         let key = ObjectIdentifier(layer)
         if let existing = layers.withLock({ $0[key] }) { return existing }
         let spec = layer.spec
@@ -173,7 +171,7 @@ public final class ROCmBackend: RoutingBackend {
         return kept
     }
 
-    private func takeStream() throws(ROCmBackendError) -> DeviceStream {
+    private func takeStream() throws(BackendError) -> DeviceStream {
         if let idle = idleStreams.withLock({ $0.popLast() }) { return idle }
         var handle: OpaquePointer?
         let status = library.streamCreate(Int32(device), &handle)

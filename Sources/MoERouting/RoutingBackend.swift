@@ -9,7 +9,7 @@ public enum RouteError: Error, Equatable, CustomStringConvertible {
     case outputSize(name: String, expected: Int, actual: Int)
     /// The layer rejects non-finite input: `count` values, the first in token `firstToken`.
     case nonFiniteInput(firstToken: Int, count: Int)
-    /// A negative token count.
+    /// A negative token count, or one whose buffers would not fit in memory.
     case tokenCount(Int)
 
     public var description: String {
@@ -21,7 +21,7 @@ public enum RouteError: Error, Equatable, CustomStringConvertible {
         case .nonFiniteInput(let t, let c):
             "layer rejects non-finite input: \(c) non-finite value(s), first in token \(t)"
         case .tokenCount(let n):
-            "token count \(n) is negative"
+            "token count \(n) is negative or too large"
         }
     }
 }
@@ -39,51 +39,105 @@ public struct RouteOutcome: Sendable, Equatable {
     }
 }
 
+/// The buffer sizes one request of `tokens` rows in `dtype` needs on `layer`, computed once
+/// without overflow.
+public struct RouteShape: Sendable {
+    public let layer: BuiltLayer
+    public let dtype: DType
+    public let tokens: Int
+    /// `tokens × num_experts × dtype size`.
+    public let inputBytes: Int
+    /// `tokens × top_k`: the element count of each output.
+    public let outputCount: Int
+
+    /// - Throws: `.tokenCount` for a negative count or one whose byte counts overflow `Int`.
+    public init(layer: BuiltLayer, dtype: DType, tokens: Int) throws(RouteError) {
+        let (inputBytes, o1) = tokens.multipliedReportingOverflow(by: layer.spec.numExperts * dtype.byteSize)
+        let (outputBytes, o2) = tokens.multipliedReportingOverflow(by: layer.spec.topK * 4)
+        guard tokens >= 0, !o1, !o2 else { throw .tokenCount(tokens) }
+        self.layer = layer
+        self.dtype = dtype
+        self.tokens = tokens
+        self.inputBytes = inputBytes
+        self.outputCount = outputBytes / 4
+    }
+}
+
+/// One routing request whose buffers match its shape: the input holds `shape.inputBytes` bytes,
+/// each output `shape.outputCount` elements. A backend routes it without checking sizes again.
+public struct RouteJob {
+    public let shape: RouteShape
+    public let input: UnsafeRawBufferPointer
+    public let weights: UnsafeMutableBufferPointer<Float>
+    public let ids: UnsafeMutableBufferPointer<Int32>
+
+    public var layer: BuiltLayer { shape.layer }
+    public var dtype: DType { shape.dtype }
+    public var tokens: Int { shape.tokens }
+
+    /// Checks every buffer's size against the layer (the one place sizes are checked).
+    public init(layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
+                weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>) throws(RouteError) {
+        let shape = try RouteShape(layer: layer, dtype: dtype, tokens: tokens)
+        guard input.count == shape.inputBytes else { throw .inputSize(expected: shape.inputBytes, actual: input.count) }
+        guard weights.count == shape.outputCount else {
+            throw .outputSize(name: "topk_weights", expected: shape.outputCount, actual: weights.count)
+        }
+        guard ids.count == shape.outputCount else {
+            throw .outputSize(name: "topk_ids", expected: shape.outputCount, actual: ids.count)
+        }
+        self.init(shape, input: input.baseAddress, weights: weights.baseAddress, ids: ids.baseAddress)
+    }
+
+    /// Buffers the caller sized from `shape` itself (the daemon checks each wire buffer
+    /// reference against the shape, naming the field): the extents come from the shape.
+    public init(_ shape: RouteShape, input: UnsafeRawPointer?, weights: UnsafeMutablePointer<Float>?,
+                ids: UnsafeMutablePointer<Int32>?) {
+        precondition(shape.tokens == 0 || (input != nil && weights != nil && ids != nil), "a buffer of a non-empty job is missing")
+        self.shape = shape
+        self.input = UnsafeRawBufferPointer(start: input, count: shape.inputBytes)
+        self.weights = UnsafeMutableBufferPointer(start: weights, count: shape.outputCount)
+        self.ids = UnsafeMutableBufferPointer(start: ids, count: shape.outputCount)
+    }
+
+    /// For a layer that rejects non-finite input: the scan naming the first offending token.
+    func rejectNonFinite() throws(RouteError) {
+        let spec = layer.spec
+        guard spec.nonFinite == .reject, tokens > 0 else { return }
+        var count: Int64 = 0
+        let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue), Int64(spec.numExperts), Int64(tokens), &count)
+        if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
+    }
+}
+
 /// A kernel backend: routes a batch of gating outputs through a built layer, writing straight
 /// into caller-provided buffers (which may live in shared memory).
 public protocol RoutingBackend: Sendable {
     /// "cpu-avx512", "cpu-generic", "rocm", ...
     var name: String { get }
 
-    /// Routes `tokens` rows of `input` (row-major `[tokens, num_experts]` in `dtype`) into
-    /// `weights` and `ids` (`[tokens, top_k]` each). On error nothing is written.
-    func route(
-        layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
-        weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
-    ) throws(RouteError) -> RouteOutcome
+    /// Makes `layer` ready to serve (a device backend uploads it); called when a layer is built
+    /// or reloaded, before its first request.
+    func prepare(_ layer: BuiltLayer) throws(BackendError)
+
+    /// Frees what `prepare` made for `layer`. No request for it may be running.
+    func release(_ layer: BuiltLayer)
+
+    /// Routes `job` into its outputs. On error nothing is written.
+    func route(_ job: RouteJob) throws(RouteError) -> RouteOutcome
 }
 
 extension RoutingBackend {
-    /// Everything a backend checks before it writes anything: buffer sizes against the layer,
-    /// and, for a layer that rejects non-finite input, a scan naming the first offending token.
-    public func checkRequest(
+    /// Nothing to prepare: the layer's host copy is all a CPU backend reads.
+    public func prepare(_ layer: BuiltLayer) throws(BackendError) {}
+    public func release(_ layer: BuiltLayer) {}
+
+    /// Routes `tokens` rows of `input` (row-major `[tokens, num_experts]` in `dtype`) into
+    /// `weights` and `ids` (`[tokens, top_k]` each), checking every size first.
+    public func route(
         layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
         weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
-    ) throws(RouteError) {
-        try checkShapes(layer: layer, inputBytes: input.count, dtype: dtype, tokens: tokens,
-                        weights: weights.count, ids: ids.count)
-        let spec = layer.spec
-        if spec.nonFinite == .reject && tokens > 0 {
-            var count: Int64 = 0
-            let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue),
-                                           Int64(spec.numExperts), Int64(tokens), &count)
-            if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
-        }
-    }
-
-    /// Checks buffer sizes against the layer; shared by every backend.
-    public func checkShapes(
-        layer: BuiltLayer, inputBytes: Int, dtype: DType, tokens: Int, weights: Int, ids: Int
-    ) throws(RouteError) {
-        guard tokens >= 0 else { throw .tokenCount(tokens) }
-        let (inBytes, o1) = tokens.multipliedReportingOverflow(by: layer.spec.numExperts * dtype.byteSize)
-        guard !o1, inBytes == inputBytes else {
-            throw .inputSize(expected: o1 ? Int.max : inBytes, actual: inputBytes)
-        }
-        let (outCount, o2) = tokens.multipliedReportingOverflow(by: layer.spec.topK)
-        guard !o2, outCount == weights else {
-            throw .outputSize(name: "topk_weights", expected: outCount, actual: weights)
-        }
-        guard outCount == ids else { throw .outputSize(name: "topk_ids", expected: outCount, actual: ids) }
+    ) throws(RouteError) -> RouteOutcome {
+        try route(RouteJob(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: weights, ids: ids))
     }
 }

@@ -2,7 +2,7 @@ import CMoERouterClient
 import CMoERouterWire
 import CZMQ
 import Histogram
-import MoERouterServer
+import MoERouterZMQ
 import MoERouting
 import Synchronization
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMoERouterClient
 import CMoERouterWire
 import CMoERouterdOS
 import CZMQ

@@ -16,12 +16,12 @@ enum SocketActivation {
         unsetenv("LISTEN_FDS")
         unsetenv("LISTEN_FDNAMES")
         guard count == 1 else {
-            throw ConfigError("socket activation passed \(count) sockets (LISTEN_FDS); moe-routerd takes exactly one (the ipc socket)")
+            throw .invalid(key: "LISTEN_FDS", value: "\(count)", expected: "1: moe-routerd takes exactly one socket (the ipc socket) from socket activation")
         }
         let fd: Int32 = 3
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else {
-            throw ConfigError("socket activation: fd 3 is not a socket")
+            throw .invalid(key: "LISTEN_FDS", value: "1", expected: "fd 3 to be a socket (socket activation)")
         }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         return fd
@@ -106,14 +106,14 @@ enum MetricsAddress {
     /// Parses HOST:PORT (IPv4 literal); refuses non-loopback hosts unless `allowRemote`.
     static func parse(_ text: String, allowRemote: Bool) throws(ConfigError) -> (host: String, port: UInt16) {
         guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
-            throw ConfigError("--metrics \(text): expected HOST:PORT, e.g. 127.0.0.1:9464")
+            throw .invalid(key: "--metrics", value: text, expected: "HOST:PORT, e.g. 127.0.0.1:9464")
         }
         let host = String(text[..<colon])
         guard host.split(separator: ".").count == 4, host.split(separator: ".").allSatisfy({ UInt8($0) != nil }) else {
-            throw ConfigError("--metrics \(text): HOST must be an IPv4 address, e.g. 127.0.0.1")
+            throw .invalid(key: "--metrics", value: text, expected: "an IPv4 HOST, e.g. 127.0.0.1")
         }
         if !host.hasPrefix("127.") && !allowRemote {
-            throw ConfigError("--metrics \(text): \(host) is not a loopback address; the metrics endpoint has no authentication (pass --metrics-allow-remote to expose it anyway)")
+            throw .invalid(key: "--metrics", value: text, expected: "a loopback HOST (\(host) is not a loopback address; the metrics endpoint has no authentication: pass --metrics-allow-remote to expose it anyway)")
         }
         return (host, port)
     }

@@ -1,3 +1,4 @@
+import CMoERouterClient
 import CMoERouterWire
 import Foundation
 import MoERouting

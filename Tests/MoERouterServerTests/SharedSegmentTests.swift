@@ -65,7 +65,7 @@ import Testing
         #expect(throws: RequestFailure.self) {
             try registry.register(client: other, peer: stranger, connectionFD: 6, name: name, size: 4096)
         }
-        #expect(registry.releaseClients(connectionFD: 5, transport: .ipc) == 1)
+        #expect(registry.connectionClosed(fd: 5, transport: .ipc) == 1)
         #expect(seg.released)
         let (open, fd2) = makeObject(4096, mode: 0o666)
         defer { shm_unlink(open); close(fd2) }

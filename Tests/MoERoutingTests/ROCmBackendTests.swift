@@ -154,10 +154,10 @@ struct ROCmHostLogicTests {
 @Suite struct ROCmNoDeviceTests {
     @Test func missingLibraryIsNamed() {
         let path = "/nonexistent/libmoe_router_hip.so"
-        #expect(throws: ROCmBackendError.libraryNotFound(searched: [path])) {
+        #expect(throws: BackendError.libraryNotFound(searched: [path])) {
             try ROCmBackend.open(library: path)
         }
-        let message = ROCmBackendError.libraryNotFound(searched: [path]).description
+        let message = BackendError.libraryNotFound(searched: [path]).description
         #expect(message.contains(path) && message.contains("scripts/build-rocm.sh"))
     }
 
@@ -170,7 +170,7 @@ struct ROCmHostLogicTests {
         do {
             let backend = try ROCmBackend.open(library: ROCmArtifacts.device)
             try expectMatchesCPU(backend)
-        } catch let error as ROCmBackendError {
+        } catch let error as BackendError {
             switch error {
             case .noDevice(let runtime, let status, let text):
                 #expect(runtime == "hip")
@@ -221,21 +221,21 @@ struct ROCmHostLogicTests {
     }
 
     @Test func choiceResolvesWithReasons() throws {
-        let cpu = try BackendChoice.cpu.select()
+        let cpu = try BackendKind.cpu.select()
         #expect(cpu.backend is CPUBackend && cpu.reason.contains("--backend cpu"))
 
         let absent = "/nonexistent/libmoe_router_hip.so"
-        let auto = try BackendChoice.auto.select(rocmLibrary: absent)
+        let auto = try BackendKind.auto.select(rocmLibrary: absent)
         #expect(auto.backend is CPUBackend)
         #expect(auto.reason.contains("(auto): ROCm unavailable: ROCm backend library not found"))
-        #expect(throws: ROCmBackendError.self) { try BackendChoice.rocm.select(rocmLibrary: absent) }
-        #expect(BackendChoice(rawValue: "auto") == .auto && BackendChoice(rawValue: "gpu") == nil)
+        #expect(throws: BackendError.self) { try BackendKind.rocm.select(rocmLibrary: absent) }
+        #expect(BackendKind(rawValue: "auto") == .auto && BackendKind(rawValue: "gpu") == nil)
     }
 
     @Test(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.device),
                    "\(ROCmArtifacts.device) \(ROCmArtifacts.missing)"))
     func autoPicksCPUWithoutADevice() throws {
-        let auto = try BackendChoice.auto.select(rocmLibrary: ROCmArtifacts.device)
+        let auto = try BackendKind.auto.select(rocmLibrary: ROCmArtifacts.device)
         if auto.backend is ROCmBackend { return } // this machine has a device
         #expect(auto.reason.contains("ROCm unavailable: no ROCm"))
         print(auto.reason)
@@ -244,7 +244,7 @@ struct ROCmHostLogicTests {
     @Test(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.hostEmulation),
                    "\(ROCmArtifacts.hostEmulation) \(ROCmArtifacts.missing)"))
     func autoPicksAPresentDevice() throws {
-        let auto = try BackendChoice.auto.select(rocmLibrary: ROCmArtifacts.hostEmulation)
+        let auto = try BackendKind.auto.select(rocmLibrary: ROCmArtifacts.hostEmulation)
         #expect(auto.backend.name == "rocm-host-emulation")
         #expect(auto.reason.contains("device 0 of 1 (host-emulation)"))
     }

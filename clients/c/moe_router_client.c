@@ -1,10 +1,10 @@
 /*
- * moe_router_client.c — the C client of moe-routerd (API in Include/moe_router.h).
+ * moe_router_client.c — the C client of moe-routerd (API in Include/moe_router_client.h).
  * Plain C11 against libzmq; no Swift runtime. One DEALER socket per client, one request in
  * flight; answers to an earlier request that timed out are recognised by id and dropped.
  */
 #define _GNU_SOURCE
-#include "moe_router.h"
+#include "moe_router_client.h"
 
 #include <errno.h>
 #include <fcntl.h>

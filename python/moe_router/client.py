@@ -262,8 +262,12 @@ class Client:
         float32 and int32 C-contiguous [tokens, top_k] arrays to write into (in place when they
         are shared memory). Returns a RouteResult, which unpacks to ``(weights, ids)``.
         """
-        layer = self.layer(layer)
         arr, wire = as_logits(logits, dtype)
+        return self._route_rows(self.layer(layer), arr, wire, out)
+
+    def _route_rows(self, layer, arr, wire, out):
+        """ROUTE of ``arr``, already a C-contiguous [tokens, E] array of wire dtype ``wire``
+        (what ``as_logits`` returns, or a Session's own rows)."""
         tokens, k = arr.shape[0], layer.top_k
         out_len = tokens * k * 4
         payload = None

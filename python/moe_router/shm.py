@@ -177,7 +177,8 @@ class Session:
         t = self.max_tokens if tokens is None else int(tokens)
         if not 0 <= t <= self.max_tokens:
             raise ClientArgumentError(f"tokens = {t} outside 0..{self.max_tokens} of this session")
-        return self.client.route(self.layer, self.input[:t], dtype=self.dtype, out=(self.weights[:t], self.ids[:t]))
+        # The rows are already this session's contiguous array in its dtype: no second as_logits.
+        return self.client._route_rows(self.layer, self.input[:t], self.dtype, (self.weights[:t], self.ids[:t]))
 
     def input_tensor(self):
         """``input`` as a torch tensor sharing the memory (torch.bfloat16 for a bf16 session).

@@ -1,33 +1,32 @@
-"""moe-routerd's wire protocol (Include/moe_router.h) in Python, for tests that craft raw frames."""
+"""moe-routerd's wire protocol in Python, for tests that craft raw frames. Every table comes from
+the Python client's (moe_router._wire, moe_router.Status), which test_python_client_wire.py pins
+to Include/moe_router_wire.h: one definition, checked in one place."""
 import struct
 
-MAGIC = 0x52454F4D
-VERSION = 1
-OP = dict(HELLO=1, LIST_LAYERS=2, REGISTER_SHM=3, UNREGISTER_SHM=4, ROUTE=5, STATS=6, PING=7)
-STATUS = dict(
-    OK=0, MALFORMED=1, BAD_MAGIC=2, BAD_VERSION=3, UNKNOWN_OP=4, UNKNOWN_LAYER=5, BAD_DTYPE=6,
-    SIZE_MISMATCH=7, OUT_OF_BOUNDS=8, OVERFLOW=9, MISALIGNED=10, OVERLAP=11, UNKNOWN_HANDLE=12,
-    SHM_REFUSED=13, SHM_OWNER=14, SHM_PERMISSIONS=15, SHM_OPEN=16, SHM_SIZE=17, SHM_TRUNCATED=18,
-    SHM_NAME=19, NONFINITE=20, BUSY=21, DEADLINE=22, TOO_LARGE=23, LIMIT=24, SHUTTING_DOWN=25,
-    BAD_FIELD=26, INTERNAL=27)
+from moe_router import Status
+from moe_router import _wire as w
+from moe_router.types import DType
+
+MAGIC = w.MAGIC
+VERSION = w.VERSION
+OP = dict(HELLO=w.OP_HELLO, LIST_LAYERS=w.OP_LIST_LAYERS, REGISTER_SHM=w.OP_REGISTER_SHM,
+          UNREGISTER_SHM=w.OP_UNREGISTER_SHM, ROUTE=w.OP_ROUTE, STATS=w.OP_STATS, PING=w.OP_PING)
+STATUS = {s.name: int(s) for s in Status if s < 100}
 STATUS_NAME = {v: k for k, v in STATUS.items()}
-FP32, BF16, FP16 = 0, 1, 2
-INLINE, SHM = 0, 1
+FP32, BF16, FP16 = int(DType.FP32), int(DType.BF16), int(DType.FP16)
+INLINE, SHM = w.BUF_INLINE, w.BUF_SHM
 
-REQ_HEADER = struct.Struct("<IHHQIIQ")            # 32 bytes
-RESP_HEADER = struct.Struct("<IHHQIIHHI")         # 32 bytes
-BUFFER_REF = struct.Struct("<IIQQQ")              # 32 bytes
-ROUTE_REQ_HEAD = struct.Struct("<IB3sQ")          # 16 bytes, then 3 buffer refs
-ROUTE_RESP = struct.Struct("<QQQIIQ")             # 40 bytes
-HELLO_REQ = struct.Struct("<HHI64s")              # 72 bytes
-LAYER_INFO = struct.Struct("<IBBBBIIIIBBHfII64s")  # 104 bytes
-REGISTER_REQ = struct.Struct("<256sQ")            # 264 bytes
-REGISTER_RESP = struct.Struct("<QQ")
-STATS_RESP = struct.Struct("<16Q32s")             # 160 bytes
-
-assert REQ_HEADER.size == 32 and RESP_HEADER.size == 32 and BUFFER_REF.size == 32
-assert ROUTE_RESP.size == 40 and HELLO_REQ.size == 72 and LAYER_INFO.size == 104
-assert REGISTER_REQ.size == 264 and STATS_RESP.size == 160
+REQ_HEADER = w.REQ_HEADER.struct
+RESP_HEADER = w.RESP_HEADER.struct
+BUFFER_REF = w.BUFFER_REF.struct
+ROUTE_REQ_HEAD = struct.Struct("<IB3sQ")  # moe_route_req up to its three buffer refs
+assert ROUTE_REQ_HEAD.size + 3 * BUFFER_REF.size == w.ROUTE_REQ.size
+ROUTE_RESP = w.ROUTE_RESP.struct
+HELLO_REQ = w.HELLO_REQ.struct
+LAYER_INFO = w.LAYER_INFO.struct
+REGISTER_REQ = w.REGISTER_REQ.struct
+REGISTER_RESP = w.REGISTER_RESP.struct
+STATS_RESP = w.STATS_RESP.struct
 
 
 def header(op, body_size, request_id=1, magic=MAGIC, version=VERSION, deadline_ms=0, reserved=0):

@@ -10,7 +10,7 @@ def _build_asan(tmp_path, source):
     exe = tmp_path / Path(source).stem
     subprocess.run(["cc", "-std=c11", "-g", "-O1", "-fsanitize=address", "-fno-omit-frame-pointer",
                     "-I", str(ROOT / "Include"), str(ROOT / source),
-                    str(ROOT / "clients/c/moe_router_client.c"), str(ROOT / "clients/c/moe_router_status.c"),
+                    str(ROOT / "clients/c/moe_router_client.c"), str(ROOT / "Sources/CMoERouterWire/moe_router_status.c"),
                     "-lzmq", "-o", str(exe)], check=True, capture_output=True)
     return exe
 

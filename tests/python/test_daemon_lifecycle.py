@@ -293,7 +293,7 @@ def test_config_file_layers(start_daemon, tmp_path):
 def test_bad_configuration_is_a_clear_startup_error(routerd_binary, tmp_path):
     for args, needle in [(["--preset", "no-such-model"], "no-such-model"),
                          ([], "no layers"),
-                         (["--preset", DS, "--backend", "quantum"], "unknown backend"),
+                         (["--preset", DS, "--backend", "quantum"], "--backend = 'quantum' is not valid"),
                          (["--preset", DS, "--max-tokens", str(1 << 62)], "max_tokens"),
                          (["--preset", DS, "--workers", "100000000"], "workers = 100000000 is outside"),
                          (["--preset", DS, "--max-message-bytes", str(2**63 - 1)], "max_message_bytes"),

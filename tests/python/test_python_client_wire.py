@@ -1,5 +1,7 @@
-"""Pins the Python client's wire layout and status codes to Include/moe_router.h: a C program
-prints sizeof/offsetof of every field, and the header's enums are parsed and compared."""
+"""Pins the Python client's wire layout and status codes to Include/moe_router_wire.h (the one
+definition of the protocol): a C program prints sizeof/offsetof of every field, and the header's
+enums are parsed and compared. tests/python/moe_wire.py takes its tables from the package, so
+this pins the tests' raw frames too."""
 import pathlib
 import re
 import shutil
@@ -13,7 +15,7 @@ from moe_router import _wire as w
 from moe_router.types import DType, Method, Nonfinite, Scoring
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HEADER = ROOT / "Include" / "moe_router.h"
+HEADER = ROOT / "Include" / "moe_router_wire.h"
 
 
 def header_text():
@@ -35,13 +37,9 @@ def parse_enum(name):
 
 
 def parse_structs():
-    """{struct name: [field names, nested structs flattened as "outer.inner"]} of Part 1."""
-    text = HEADER.read_text()
-    marker = "Part 2: the C client API"
-    assert marker in text, "the header's Part 2 marker moved; update this parser"
-    part1 = re.sub(r"/\*.*?\*/", "", text.split(marker)[0], flags=re.S)
+    """{struct name: [field names, nested structs flattened as "outer.inner"]} of the wire header."""
     raw = {}
-    for m in re.finditer(r"typedef\s+struct\s+(\w+)\s*\{(.*?)\}\s*(\w+)\s*;", part1, re.S):
+    for m in re.finditer(r"typedef\s+struct\s+(\w+)\s*\{(.*?)\}\s*(\w+)\s*;", header_text(), re.S):
         fields = []
         for decl in m.group(2).split(";"):
             decl = decl.strip()
@@ -66,14 +64,14 @@ def parse_structs():
 def test_python_has_every_header_struct_with_the_same_fields():
     header = parse_structs()
     python = {s.c_name: s.names for s in w.ALL_STRUCTS}
-    assert set(header) == set(python), "structs differ between Include/moe_router.h and moe_router/_wire.py"
+    assert set(header) == set(python), "structs differ between Include/moe_router_wire.h and moe_router/_wire.py"
     for name, fields in header.items():
         assert python[name] == fields, f"{name}: fields differ"
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 def test_sizes_and_offsets_match_the_c_compiler(tmp_path):
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "moe_router.h"', "int main(void) {"]
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "moe_router_wire.h"', "int main(void) {"]
     for s in w.ALL_STRUCTS:
         lines.append(f'printf("{s.c_name} sizeof %zu\\n", sizeof({s.c_name}));')
         for f in s.names:
@@ -100,7 +98,7 @@ def test_status_codes_match_the_header_both_ways():
     python = {s.c_name: int(s) for s in moe_router.Status}
     missing = sorted(set(header) - set(python))
     extra = sorted(set(python) - set(header))
-    assert not missing, f"Include/moe_router.h has status codes the Python client lacks: {missing}"
+    assert not missing, f"Include/moe_router_wire.h has status codes the Python client lacks: {missing}"
     assert not extra, f"the Python client has status codes the header lacks: {extra}"
     assert header == python
 

@@ -13,7 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 EXPECTED = [
     "bin/moe-routerd", "bin/moe-routerctl", "bin/moe-router-bench",
-    "lib/libmoerouter.so.1", "lib/libmoerouter.so", "include/moe_router.h", "lib/pkgconfig/moe-router.pc",
+    "lib/libmoerouter.so.1", "lib/libmoerouter.so", "include/moe_router.h", "include/moe_router_wire.h",
+    "include/moe_router_client.h", "lib/pkgconfig/moe-router.pc",
     "lib/systemd/system/moe-routerd.service", "lib/systemd/system/moe-routerd@.service",
     "lib/systemd/system/moe-routerd.socket", "lib/sysusers.d/moe-router.conf",
     "share/moe-router/routerd.yaml.example", "share/doc/moe-router/README.md", "share/doc/moe-router/PROTOCOL.md",

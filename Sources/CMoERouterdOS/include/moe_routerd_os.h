@@ -1,7 +1,8 @@
 /*
  * moe_routerd_os.h — the few OS operations moe-routerd needs that Swift cannot express well:
  * a SIGBUS guard for client-owned shared memory, shm opening with its metadata, thread names,
- * and a liveness probe for an existing ipc socket file.
+ * a liveness probe for an existing ipc socket file, and the service manager's interfaces
+ * (sd_notify, libbsd's pidfile and setproctitle). The daemon's one C shim.
  */
 #ifndef MOE_ROUTERD_OS_H
 #define MOE_ROUTERD_OS_H
@@ -57,6 +58,20 @@ int mro_release_free_memory(void);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t mro_now_ns(void);
+
+/* Sends `state` ("READY=1", "STATUS=...", "WATCHDOG=1", ...) to $NOTIFY_SOCKET.
+ * Returns 1 when sent, 0 when NOTIFY_SOCKET is unset, -errno on failure. */
+int mro_sd_notify(const char *state);
+
+/* libbsd pidfile: opens and locks `path` (0644). Returns an opaque handle or NULL with errno
+ * set; when another process holds it, *other_pid receives its pid (errno EEXIST). */
+void *mro_pidfile_open(const char *path, pid_t *other_pid);
+int mro_pidfile_write(void *handle);
+int mro_pidfile_remove(void *handle);
+
+/* libbsd setproctitle: call init once with main's argv, then set freely. */
+void mro_proctitle_init(int argc, char **argv);
+void mro_proctitle_set(const char *title);
 
 #ifdef __cplusplus
 }

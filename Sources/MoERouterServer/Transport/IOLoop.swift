@@ -2,6 +2,7 @@ import CMoERouterdOS
 import CZMQ
 import Glibc
 import Logging
+import MoERouterZMQ
 
 /// The I/O thread's loop. One ROUTER socket (`front`) carries everything: ipc clients, the tcp
 /// proxy and the workers' answers all arrive on it, so the loop blocks in a single
@@ -24,7 +25,16 @@ struct IOLoop {
     /// The least time between two releases of free heap memory (`releaseMemoryWhenIdle`).
     static let trimIntervalNs: UInt64 = 1_000_000_000
 
-    let server: RouterServer
+    /// What the loop needs of the daemon besides its sockets.
+    struct Daemon {
+        let core: RequestCore
+        let connections: any ConnectionTracking
+        let clients: ActiveClients
+        let stats: ServerStats
+        let queueDepth: Int
+    }
+
+    let daemon: Daemon
     let front: ZMQSocket
     let monitor: ZMQSocket
     let pool: WorkerPool
@@ -40,11 +50,11 @@ struct IOLoop {
     private var credentials = CredentialCache()
     private var activity = ClientActivity()
 
-    init(server: RouterServer, front: ZMQSocket, monitor: ZMQSocket, pool: WorkerPool, servesTCP: Bool,
+    init(daemon: Daemon, front: ZMQSocket, monitor: ZMQSocket, pool: WorkerPool, servesTCP: Bool,
          logger: Logger) throws(ZMQError) {
         workerIDs = (0..<pool.count).map(Self.workerID)
         relayID = servesTCP ? Self.tcpRelayID : nil
-        self.server = server
+        self.daemon = daemon
         self.front = front
         self.monitor = monitor
         self.pool = pool
@@ -52,8 +62,7 @@ struct IOLoop {
         try front.set(ZMQ_RCVTIMEO, Self.receiveTimeoutMs)
     }
 
-    private var handler: RequestHandler { server.handler }
-    private var config: ServerConfig { server.config }
+    private var core: RequestCore { daemon.core }
 
     /// Serves until `isStopping()` turns true (checked after every message and every
     /// `receiveTimeoutMs` when idle).
@@ -129,37 +138,35 @@ struct IOLoop {
 
     private mutating func handle(_ parts: [ZMQMessage], payloadStart: Int, clientIDPart: Int,
                                  transport: ClientKey.Transport, peer: PeerCredentials?) {
-        let request = IncomingRequest(transport: transport, parts: parts, payloadStart: payloadStart,
-                                      clientIDPart: clientIDPart, peer: peer)
-        activity.note(request, routingID: parts[clientIDPart])
-        let envelope = request.envelope
-        if let failure = RequestParser.parse(request, defaultDeadlineMs: config.defaultDeadlineMs,
-                                             maxMessageBytes: config.maxMessageBytes) {
-            return answer(failure, to: envelope)
+        let incoming = ZMQRequest(transport: transport, parts: parts, payloadStart: payloadStart,
+                                  clientIDPart: clientIDPart, peer: peer)
+        activity.note(incoming, in: daemon.clients)
+        let envelope = incoming.envelope
+        let request: InboundRequest
+        switch core.decode(incoming, from: incoming) {
+        case .request(let r): request = r
+        case .refused(let refusal): return answer(refusal, from: incoming, to: envelope)
         }
         if draining {
-            return answer(request.failure(RequestFailure(.shuttingDown, "the daemon is shutting down")), to: envelope)
+            return answer(request.refused(RequestFailure(.shuttingDown, "the daemon is shutting down")), from: incoming, to: envelope)
         }
-        if request.op == WireOp.route.rawValue && RouteExecutor.tokens(of: request) > UInt64(config.inlineTokens) {
-            guard inFlight < config.queueDepth else {
-                return answer(request.failure(RequestFailure(.busy, "\(inFlight) requests queued (queue_depth = \(config.queueDepth)); retry later")),
-                              to: envelope)
+        if core.isLarge(request) {
+            guard inFlight < daemon.queueDepth else {
+                return answer(request.refused(RequestFailure(.busy, "\(inFlight) requests queued (queue_depth = \(daemon.queueDepth)); retry later")),
+                              from: incoming, to: envelope)
             }
             inFlight += 1
-            handler.stats.queued.store(UInt64(inFlight), ordering: .relaxed)
-            pool.submit(request)
+            daemon.stats.queued.store(UInt64(inFlight), ordering: .relaxed)
+            pool.submit(WorkerPool.Job(request: request, envelope: envelope))
             return
         }
-        if request.op == WireOp.registerShm.rawValue { drainMonitor() }
-        send(envelope, handler.handle(request))
+        if request.op == .registerShm { drainMonitor() }
+        answer(core.answer(request), from: incoming, to: envelope)
     }
 
-    private func answer(_ reply: Reply, to envelope: ArraySlice<ZMQMessage>) {
-        handler.stats.count(reply)
-        send(envelope, reply)
-    }
-
-    private func send(_ envelope: ArraySlice<ZMQMessage>, _ reply: Reply) {
+    /// Sends a reply made on this thread, counting it once.
+    private func answer(_ reply: Reply, from origin: ZMQRequest, to envelope: ArraySlice<ZMQMessage>) {
+        core.record(reply, from: origin)
         send(envelope, head: reply.encodeFirstFrame(), reply.frames[...])
     }
 
@@ -178,7 +185,7 @@ struct IOLoop {
     /// A worker's answer: [worker id, envelope size, envelope..., reply frames...].
     private mutating func forwardResult(_ parts: [ZMQMessage]) {
         inFlight -= 1
-        handler.stats.queued.store(UInt64(max(inFlight, 0)), ordering: .relaxed)
+        daemon.stats.queued.store(UInt64(max(inFlight, 0)), ordering: .relaxed)
         guard parts.count >= 4, parts[1].count == 1 else { return }
         let n = Int(parts[1].bytes[0])
         guard n >= 1, parts.count > n + 2 else { return }
@@ -195,7 +202,7 @@ struct IOLoop {
             let kind = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt16.self) }
             let fd = raw.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 2, as: Int32.self) }
             if Int32(kind) == ZMQ_EVENT_DISCONNECTED {
-                let n = handler.registry.releaseClients(connectionFD: fd, transport: .ipc)
+                let n = daemon.connections.connectionClosed(fd: fd, transport: .ipc)
                 if n > 0 { logger.info("client disconnected; released \(n) registration(s)", metadata: ["fd": "\(fd)"]) }
             }
         }
@@ -206,7 +213,7 @@ struct IOLoop {
         guard now - lastSweepNs > 250_000_000 else { return }
         lastSweepNs = now
         drainMonitor()
-        let n = handler.registry.releaseDeadProcesses()
+        let n = daemon.connections.releaseDeadProcesses()
         if n > 0 { logger.info("released \(n) registration(s) of exited processes") }
     }
 }
@@ -233,14 +240,14 @@ struct CredentialCache {
     }
 }
 
-/// Tells `ServerMetrics` which clients sent requests (for the active-client gauge), at most once a
-/// second per client: the common case — the same few connections sending request after
-/// request — costs a short byte compare, not a locked dictionary update.
+/// Tells `ActiveClients` which clients sent requests, at most once a second per client: the
+/// common case — the same few connections sending request after request — costs a short byte
+/// compare, not a locked dictionary update.
 struct ClientActivity {
     private var recent: [(client: ClientKey, notedNs: UInt64)] = []
 
-    mutating func note(_ request: IncomingRequest, routingID: ZMQMessage) {
-        let id = routingID.bytes, now = request.receivedNs
+    mutating func note(_ request: ZMQRequest, in clients: ActiveClients) {
+        let id = request.routingID.bytes, now = request.receivedNs
         if let i = recent.firstIndex(where: { $0.client.transport == request.transport && $0.client.routingID.elementsEqual(id) }) {
             guard now &- recent[i].notedNs >= 1_000_000_000 else { return }
             recent[i].notedNs = now
@@ -248,6 +255,6 @@ struct ClientActivity {
             if recent.count == 32 { recent.removeFirst() }
             recent.append((request.client, now))
         }
-        ServerMetrics.noteClient(request.client, at: now)
+        clients.note(request.client, at: now)
     }
 }

@@ -1,5 +1,7 @@
-/* Names and explanations of moe_status values (Include/moe_router.h). */
-#include "moe_router.h"
+/* Names and explanations of moe_status values (Include/moe_router_wire.h): the one table that the
+ * daemon (metrics labels) and the C client take them from. Compiling the header here also makes
+ * its static asserts guard the package build. */
+#include "moe_router_wire.h"
 
 typedef struct { int status; const char *name; const char *message; } entry;
 

@@ -1,20 +1,19 @@
+/* The service manager's side of the OS shim: sd_notify, libbsd's pidfile and setproctitle. */
 #define _GNU_SOURCE
-#include "moe_router_sys.h"
+#include "moe_routerd_os.h"
 
 #include <bsd/libutil.h>
 #include <bsd/unistd.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-
 extern char **environ;
 
-int mrs_sd_notify(const char *state) {
+int mro_sd_notify(const char *state) {
     const char *path = getenv("NOTIFY_SOCKET");
     if (!path || !*path) return 0;
     struct sockaddr_un addr;
@@ -33,19 +32,13 @@ int mrs_sd_notify(const char *state) {
     return err;
 }
 
-void *mrs_pidfile_open(const char *path, pid_t *other_pid) {
+void *mro_pidfile_open(const char *path, pid_t *other_pid) {
     return pidfile_open(path, 0644, other_pid);
 }
 
-int mrs_pidfile_write(void *handle) { return pidfile_write((struct pidfh *)handle); }
-int mrs_pidfile_remove(void *handle) { return pidfile_remove((struct pidfh *)handle); }
+int mro_pidfile_write(void *handle) { return pidfile_write((struct pidfh *)handle); }
+int mro_pidfile_remove(void *handle) { return pidfile_remove((struct pidfh *)handle); }
 
-void mrs_proctitle_init(int argc, char **argv) { setproctitle_init(argc, argv, environ); }
-void mrs_proctitle_set(const char *title) { setproctitle("%s", title); }
+void mro_proctitle_init(int argc, char **argv) { setproctitle_init(argc, argv, environ); }
+void mro_proctitle_set(const char *title) { setproctitle("%s", title); }
 
-void mrs_thread_name(const char *name) {
-    char buf[16];
-    strncpy(buf, name, sizeof buf - 1);
-    buf[sizeof buf - 1] = '\0';
-    pthread_setname_np(pthread_self(), buf);
-}

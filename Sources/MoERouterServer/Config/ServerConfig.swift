@@ -7,8 +7,8 @@ public struct ServerConfig: Sendable {
     public var endpoint: String
     /// A tcp endpoint, bound only when set. Shared memory is refused to its peers.
     public var tcpEndpoint: String?
-    /// "cpu" (fastest kernel), "cpu-avx512" or "cpu-generic"; see `BackendFactory`.
-    public var backend: String = "cpu"
+    /// The kernel backend (`--backend`).
+    public var backend: BackendKind = .cpu
     /// The ROCm device ordinal for the "rocm" and "auto" backends.
     public var device: Int = 0
     /// A listening unix socket passed by systemd socket activation (LISTEN_FDS), used for the
@@ -70,28 +70,6 @@ public struct ServerConfig: Sendable {
     }
 }
 
-/// Creates the backend named in the configuration. To add one (e.g. "rocm"), add a case here.
-public enum BackendFactory {
-    public static let names = ["cpu", "cpu-avx512", "cpu-generic", "rocm", "auto"]
-
-    public static func make(_ name: String, threads: Int) throws(ConfigError) -> any RoutingBackend {
-        switch name {
-        case "cpu": return CPUBackend(threads: threads)
-        case "cpu-avx512":
-            guard CPUBackend.Kernel.avx512.isSupported else { throw ConfigError("backend cpu-avx512: this CPU lacks AVX-512") }
-            return CPUBackend(kernel: .avx512, threads: threads)
-        case "cpu-generic": return CPUBackend(kernel: .generic, threads: threads)
-        default: throw ConfigError("unknown backend '\(name)' (known: \(names.joined(separator: ", ")))")
-        }
-    }
-}
-
-/// A configuration the daemon cannot start with; the message names the field and value.
-public struct ConfigError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
-}
-
 /// The built layers, addressed by id (their index, in configuration order).
 public final class LayerCatalog: Sendable {
     public let layers: [BuiltLayer]
@@ -100,12 +78,19 @@ public final class LayerCatalog: Sendable {
         var seen = Set<String>()
         var built: [BuiltLayer] = []
         for spec in specs {
-            guard seen.insert(spec.name).inserted else { throw ConfigError("layer name '\(spec.name)' appears twice") }
-            guard spec.name.utf8.count < 64 else { throw ConfigError("layer name '\(spec.name)' is longer than 63 bytes") }
-            do { built.append(try BuiltLayer(spec)) } catch { throw ConfigError(error.description) }
+            guard seen.insert(spec.name).inserted else { throw .layer(spec.name, reason: "the name appears twice") }
+            guard spec.name.utf8.count < 64 else { throw .layer(spec.name, reason: "the name is longer than 63 bytes") }
+            do { built.append(try BuiltLayer(spec)) } catch { throw .layer(spec.name, reason: error.description) }
         }
-        guard !built.isEmpty else { throw ConfigError("no layers: pass --preset NAME or --config FILE") }
+        guard !built.isEmpty else { throw .noLayers }
         layers = built
+    }
+
+    /// Makes every layer ready on `backend` (a device backend uploads them) before it serves.
+    func prepare(on backend: any RoutingBackend) throws(ConfigError) {
+        for layer in layers {
+            do { try backend.prepare(layer) } catch { throw .layer(layer.spec.name, reason: error.description) }
+        }
     }
 
     public func layer(_ id: UInt32) -> BuiltLayer? { Int(id) < layers.count ? layers[Int(id)] : nil }

@@ -1,3 +1,4 @@
+import MoERouterZMQ
 import CZMQ
 import Logging
 

@@ -1,3 +1,4 @@
+import MoERouterZMQ
 import CZMQ
 
 /// Serves the optional tcp endpoint without a second socket in the I/O thread's loop: a relay
@@ -22,7 +23,7 @@ final class TCPRelay: @unchecked Sendable {
         let sockets = SocketPair(tcp: tcp, inner: inner)
         thread = ServiceThread(name: "moe-tcp-relay") {
             // Returns when the context shuts down (ETERM).
-            _ = zmq_proxy(sockets.tcp.raw, sockets.inner.raw, nil)
+            ZMQSocket.proxy(sockets.tcp, sockets.inner)
             sockets.tcp.close()
             sockets.inner.close()
         }

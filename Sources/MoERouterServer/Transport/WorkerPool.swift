@@ -1,21 +1,29 @@
 import CZMQ
 import Dispatch
 import Logging
+import MoERouterZMQ
 import Synchronization
 
 /// Worker threads for requests too large to run on the I/O thread. Only the I/O thread may
 /// touch the client-facing ROUTER, so each worker hands its answers back over its own inproc
 /// DEALER connected to that same ROUTER (routing id "\0w" + index; see `IOLoop`).
 final class WorkerPool: Sendable {
-    private let jobs = Mutex<[IncomingRequest?]>([])
+    /// A decoded request and the envelope its reply goes back on. Moves from the I/O thread to
+    /// one worker, which alone touches its messages from then on.
+    struct Job: @unchecked Sendable {
+        let request: InboundRequest
+        let envelope: ArraySlice<ZMQMessage>
+    }
+
+    private let jobs = Mutex<[Job?]>([])
     private let available = DispatchSemaphore(value: 0)
     private let threads: Mutex<[ServiceThread]> = Mutex([])
     /// The number of workers.
     let count: Int
 
-    /// Starts `count` workers answering through `handler`; `front` is the I/O thread's ROUTER
+    /// Starts `count` workers answering through `core`; `front` is the I/O thread's ROUTER
     /// endpoint (bound before this).
-    init(count: Int, context: ZMQContext, front: String, handler: RequestHandler, logger: Logger) {
+    init(count: Int, context: ZMQContext, front: String, core: RequestCore, logger: Logger) {
         self.count = max(1, count)
         var started: [ServiceThread] = []
         for i in 0..<self.count {
@@ -34,7 +42,8 @@ final class WorkerPool: Sendable {
                 }
                 ready.signal()
                 while let job = next() {
-                    let reply = handler.handle(job)
+                    let reply = core.answer(job.request)
+                    core.record(reply, from: job.request.origin)
                     let parts = [ZMQMessage.copying([UInt8(job.envelope.count)])] + job.envelope + reply.encode()
                     do { try out.sendMultipart(parts) } catch {
                         logger.error("worker \(i): cannot hand back a reply: \(error)")
@@ -47,12 +56,12 @@ final class WorkerPool: Sendable {
         threads.withLock { $0 = started }
     }
 
-    func submit(_ job: IncomingRequest) {
+    func submit(_ job: Job) {
         jobs.withLock { $0.append(job) }
         available.signal()
     }
 
-    private func next() -> IncomingRequest? {
+    private func next() -> Job? {
         available.wait()
         return jobs.withLock { $0.removeFirst() }
     }

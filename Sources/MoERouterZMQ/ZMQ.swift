@@ -120,8 +120,6 @@ public final class ZMQSocket {
         guard zmq_bind(raw, endpoint) == 0 else { throw .last("zmq_bind(\(endpoint))") }
     }
 
-    public func unbind(_ endpoint: String) { _ = zmq_unbind(raw, endpoint) }
-
     public func connect(_ endpoint: String) throws(ZMQError) {
         guard zmq_connect(raw, endpoint) == 0 else { throw .last("zmq_connect(\(endpoint))") }
     }
@@ -167,6 +165,12 @@ public final class ZMQSocket {
         guard zmq_socket_monitor(raw, endpoint, events) == 0 else { throw .last("zmq_socket_monitor") }
     }
 
+    /// Relays messages between `frontend` and `backend` both ways (zmq_proxy) until their
+    /// context shuts down. Both sockets must belong to the calling thread from then on.
+    public static func proxy(_ frontend: ZMQSocket, _ backend: ZMQSocket) {
+        _ = zmq_proxy(frontend.raw, backend.raw, nil)
+    }
+
     public func close() {
         if !closed {
             closed = true
@@ -175,32 +179,4 @@ public final class ZMQSocket {
     }
 
     deinit { close() }
-}
-
-/// Waits on several sockets (and raw fds); returns which are readable.
-public struct ZMQPoller {
-    private var items: [zmq_pollitem_t] = []
-
-    public init() {}
-
-    public mutating func add(_ socket: ZMQSocket) -> Int {
-        items.append(zmq_pollitem_t(socket: socket.raw, fd: -1, events: Int16(ZMQ_POLLIN), revents: 0))
-        return items.count - 1
-    }
-
-    public mutating func add(fd: Int32) -> Int {
-        items.append(zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0))
-        return items.count - 1
-    }
-
-    /// Polls for at most `timeoutMs` (-1: forever). Returns the readable item indices.
-    public mutating func poll(timeoutMs: Int) throws(ZMQError) -> [Int] {
-        let n = items.withUnsafeMutableBufferPointer { zmq_poll($0.baseAddress, Int32($0.count), timeoutMs) }
-        if n < 0 {
-            let e = ZMQError.last("zmq_poll")
-            if e.interrupted { return [] }
-            throw e
-        }
-        return items.indices.filter { items[$0].revents & Int16(ZMQ_POLLIN) != 0 }
-    }
 }

@@ -7,7 +7,7 @@ import Synchronization
 /// nor unregister it (it gets UNKNOWN_HANDLE, exactly as for a handle that never existed).
 /// Requests check a segment out (reference count up) and in again; an unregister or a vanished
 /// client while a request holds the segment only marks it, and the last check-in releases it.
-final class SegmentRegistry: Sendable {
+final class SegmentRegistry: ConnectionTracking {
     struct Limits: Sendable {
         var maxPerClient: Int
         var maxSegmentBytes: UInt64
@@ -101,7 +101,7 @@ final class SegmentRegistry: Sendable {
 
     /// Drops the registrations of clients whose connection used `fd` (a disconnect event).
     @discardableResult
-    func releaseClients(connectionFD fd: Int32, transport: ClientKey.Transport) -> Int {
+    func connectionClosed(fd: Int32, transport: ClientKey.Transport) -> Int {
         state.withLock { s in
             let gone = s.connection.filter { $0.value.fd == fd && $0.key.transport == transport }.map(\.key)
             return gone.reduce(0) { $0 + Self.releaseClient($1, in: &s) }
@@ -165,4 +165,12 @@ final class SegmentRegistry: Sendable {
         seg.release()
         return false
     }
+}
+
+/// What a transport reports about its connections, so that what they held is released.
+protocol ConnectionTracking: Sendable {
+    /// The connection on `fd` closed; returns how many registrations it held.
+    func connectionClosed(fd: Int32, transport: ClientKey.Transport) -> Int
+    /// Releases the registrations of client processes that exited; returns how many.
+    func releaseDeadProcesses() -> Int
 }

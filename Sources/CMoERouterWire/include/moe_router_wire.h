@@ -1,0 +1,1 @@
+../../../Include/moe_router_wire.h

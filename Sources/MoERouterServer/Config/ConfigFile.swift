@@ -1,0 +1,160 @@
+import Foundation
+import MoERouting
+import Yams
+
+/// The YAML configuration file (docs/PROTOCOL.md, "Configuration"). Every key is optional;
+/// command-line flags override it.
+public struct ConfigFile: Decodable, Sendable {
+    public var endpoint: String?
+    public var tcp: String?
+    public var backend: String?
+    public var workers: Int?
+    public var queue_depth: Int?
+    public var inline_tokens: Int?
+    public var max_message_bytes: Int?
+    public var max_tokens: Int?
+    public var deadline_ms: UInt32?
+    public var max_registrations: Int?
+    public var layers: [LayerEntry]?
+    /// Where each key stands in the file ("workers", "layers[2].gate_dtype"), for errors.
+    public var positions: [String: SourcePosition] = [:]
+
+    public init() {}
+
+    private enum CodingKeys: String, CodingKey {
+        case endpoint, tcp, backend, workers, queue_depth, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
+             max_registrations, layers
+    }
+
+    /// A layer: a `preset` (optionally renamed and with another gate dtype / nonfinite policy)
+    /// or a full spec with the snake_case fields of shared/ROUTING.md.
+    public struct LayerEntry: Decodable, Sendable {
+        public var preset: String?
+        public var name: String?
+        public var method: String?
+        public var num_experts: Int?
+        public var top_k: Int?
+        public var num_expert_group: Int?
+        public var topk_group: Int?
+        public var scoring: String?
+        public var renormalize: Bool?
+        public var routed_scaling_factor: Float?
+        public var gate_dtype: String?
+        public var nonfinite: String?
+        public var bias: [Float]?
+        /// Raw little-endian fp32 file, relative to the config file's directory.
+        public var bias_file: String?
+    }
+
+    public static func load(path: String) throws(ConfigError) -> ConfigFile {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw .file(path: path, reason: error.localizedDescription)
+        }
+        var file: ConfigFile
+        do {
+            file = try YAMLDecoder().decode(ConfigFile.self, from: text)
+            file.positions = positions(of: try Yams.compose(yaml: text), file: path)
+        } catch let error as DecodingError {
+            throw describe(error, path: path, text: text)
+        } catch let error as YamlError {
+            throw .file(path: path, reason: "\(error)")
+        } catch {
+            throw .file(path: path, reason: "\(error)")
+        }
+        return file
+    }
+
+    /// The position of `key` in the file (nil when it is not there or came from a flag).
+    public func position(_ key: String) -> SourcePosition? { positions[key] }
+
+    /// The layer specs, validated only as far as parsing goes (BuiltLayer validates the rest).
+    public func layerSpecs(baseDirectory: String) throws(ConfigError) -> [LayerSpec] {
+        try (layers ?? []).enumerated().map { (i, e) throws(ConfigError) in
+            try e.spec(key: "layers[\(i)]", base: baseDirectory, positions: positions)
+        }
+    }
+
+    /// Every mapping key's dotted path with the position of its value.
+    private static func positions(of root: Node?, file: String) -> [String: SourcePosition] {
+        var out: [String: SourcePosition] = [:]
+        func walk(_ node: Node, _ path: String) {
+            if let mark = node.mark, !path.isEmpty { out[path] = SourcePosition(file: file, line: mark.line, column: mark.column) }
+            if let mapping = node.mapping {
+                for (key, value) in mapping {
+                    guard let k = key.string else { continue }
+                    walk(value, path.isEmpty ? k : "\(path).\(k)")
+                }
+            } else if let sequence = node.sequence {
+                for (i, value) in sequence.enumerated() { walk(value, "\(path)[\(i)]") }
+            }
+        }
+        if let root { walk(root, "") }
+        return out
+    }
+
+    /// A decoding error as the key it concerns and, when the file holds it, its position.
+    private static func describe(_ error: DecodingError, path: String, text: String) -> ConfigError {
+        let (codingPath, reason): ([any CodingKey], String) = switch error {
+        case .typeMismatch(let type, let c): (c.codingPath, "expected a value of type \(type)")
+        case .valueNotFound(let type, let c): (c.codingPath, "expected a value of type \(type)")
+        case .keyNotFound(let key, let c): (c.codingPath + [key], "is missing")
+        case .dataCorrupted(let c): (c.codingPath, c.debugDescription + (c.underlyingError.map { ": \($0)" } ?? ""))
+        @unknown default: ([], "\(error)")
+        }
+        let key = codingPath.reduce("") { path, k in
+            k.intValue.map { "\(path)[\($0)]" } ?? (path.isEmpty ? k.stringValue : "\(path).\(k.stringValue)")
+        }
+        let at = (try? Yams.compose(yaml: text)).flatMap { positions(of: $0, file: path)[key] }
+        return .file(path: path, reason: key.isEmpty ? reason : "\(key): \(reason)", at: at)
+    }
+}
+
+extension ConfigFile.LayerEntry {
+    func spec(key at: String, base: String, positions: [String: SourcePosition]) throws(ConfigError) -> LayerSpec {
+        func parse<T>(_ field: String, _ value: String?, expected: String, _ make: (String) -> T?) throws(ConfigError) -> T? {
+            guard let value else { return nil }
+            guard let v = make(value) else {
+                throw .invalid(key: "\(at).\(field)", value: value, expected: expected, at: positions["\(at).\(field)"])
+            }
+            return v
+        }
+        let gate = try parse("gate_dtype", gate_dtype, expected: "fp32, bf16 or fp16", DType.init(name:))
+        let policy = try parse("nonfinite", nonfinite, expected: "clamp or reject", NonFinitePolicy.init(name:))
+        var spec: LayerSpec
+        if let preset {
+            guard let p = Presets.spec(named: preset, gateDType: gate ?? .bf16) else {
+                throw .invalid(key: "\(at).preset", value: preset, expected: "one of \(Presets.names.joined(separator: ", "))",
+                               at: positions["\(at).preset"])
+            }
+            spec = p
+            if let name { spec.name = name }
+        } else {
+            guard let name else { throw .missing(key: "\(at).preset or \(at).name + method + shape", at: positions[at]) }
+            let methods = RoutingMethod.allCases.map(\.name).joined(separator: ", ")
+            guard let m = try parse("method", method, expected: methods, RoutingMethod.init(name:)) else {
+                throw .missing(key: "\(at).method", at: positions[at])
+            }
+            guard let e = num_experts else { throw .missing(key: "\(at).num_experts", at: positions[at]) }
+            guard let k = top_k else { throw .missing(key: "\(at).top_k", at: positions[at]) }
+            spec = LayerSpec(name: name, method: m, numExperts: e, topK: k)
+            spec.gateDType = gate ?? .bf16
+        }
+        if let v = num_expert_group { spec.numExpertGroup = v }
+        if let v = topk_group { spec.topKGroup = v }
+        if let v = try parse("scoring", scoring, expected: "softmax or sigmoid", ScoringFunction.init(name:)) { spec.scoring = v }
+        if let v = renormalize { spec.renormalize = v }
+        if let v = routed_scaling_factor { spec.routedScalingFactor = v }
+        if let policy { spec.nonFinite = policy }
+        if let bias { spec.bias = bias }
+        if let bias_file {
+            let path = bias_file.hasPrefix("/") ? bias_file : base + "/" + bias_file
+            guard let data = FileManager.default.contents(atPath: path), data.count % 4 == 0 else {
+                throw .invalid(key: "\(at).bias_file", value: path, expected: "a readable file of whole fp32 values",
+                               at: positions["\(at).bias_file"])
+            }
+            spec.bias = data.withUnsafeBytes { raw in (0..<data.count / 4).map { raw.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) } }
+        }
+        return spec
+    }
+}

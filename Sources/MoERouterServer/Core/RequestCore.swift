@@ -1,0 +1,88 @@
+import CMoERouterdOS
+import MoERouting
+
+/// The daemon's state that requests read and change: the served layers, the backend, the
+/// shared-memory registrations and the counters.
+final class DaemonState: Sendable {
+    let config: ServerConfig
+    /// The served layers; a reload swaps them (Reload.swift). Read once per request.
+    let layers: LayerSlot
+    let backend: any RoutingBackend
+    let registry: SegmentRegistry
+    let stats = ServerStats()
+    let clients = ActiveClients()
+    let metrics: ServerMetrics?
+
+    init(config: ServerConfig, catalog: LayerCatalog, backend: any RoutingBackend, metrics: ServerMetrics?) {
+        self.config = config
+        self.layers = LayerSlot(catalog)
+        self.backend = backend
+        self.metrics = metrics
+        registry = SegmentRegistry(limits: .init(maxPerClient: config.maxRegistrations,
+                                                 maxSegmentBytes: config.maxSegmentBytes))
+    }
+}
+
+/// Every transport feeds requests through this: `decode` once, `answer` (on whichever thread
+/// the transport chooses), and `record` each reply once, as it is sent. Transports hold no
+/// protocol logic; ops hold no transport logic.
+final class RequestCore: Sendable {
+    let decoder: RequestDecoder
+    private let state: DaemonState
+    private let hello: HelloHandler
+    private let listLayers: ListLayersHandler
+    private let registration: RegistrationHandler
+    private let router: RouteHandler
+    private let statistics: StatsHandler
+
+    init(state: DaemonState) {
+        let c = state.config
+        self.state = state
+        decoder = RequestDecoder(defaultDeadlineMs: c.defaultDeadlineMs, maxMessageBytes: c.maxMessageBytes, maxTokens: c.maxTokens)
+        hello = HelloHandler(config: c, layers: state.layers, backendName: state.backend.name)
+        listLayers = ListLayersHandler(layers: state.layers)
+        registration = RegistrationHandler(registry: state.registry)
+        router = RouteHandler(layers: state.layers, backend: state.backend, registry: state.registry)
+        statistics = StatsHandler(stats: state.stats, registry: state.registry, backendName: state.backend.name)
+    }
+
+    /// The decoded request, or the reply refusing it.
+    func decode(_ frames: some RequestFrames, from origin: any RequestOrigin) -> Decoded {
+        decoder.decode(frames, from: origin)
+    }
+
+    /// Whether the transport should run `request` off its I/O thread (a ROUTE over
+    /// `inline_tokens` tokens).
+    func isLarge(_ request: InboundRequest) -> Bool {
+        if case .route(let q) = request.request { q.tokens > state.config.inlineTokens } else { false }
+    }
+
+    /// Answers a decoded request (any op). A request past its deadline is not run.
+    func answer(_ r: InboundRequest) -> Reply {
+        guard mro_now_ns() <= r.deadlineNs else {
+            return r.refused(RequestFailure(.deadline, "request waited past its deadline; nothing was run"))
+        }
+        switch r.request {
+        case .hello(let q): return hello.answer(q, r)
+        case .listLayers: return listLayers.answer(r)
+        case .registerShm(let q): return registration.register(q, r)
+        case .unregisterShm(let handle): return registration.unregister(handle: handle, r)
+        case .route(let q): return router.answer(q, r)
+        case .stats: return statistics.answer(r)
+        case .ping: return Reply(answering: r, message: "pong")
+        }
+    }
+
+    /// Counts `reply` in STATS and the metrics: once per reply, as the transport sends it.
+    /// `origin`: who sent the request (decoded or not), for the request's duration.
+    func record(_ reply: Reply, from origin: any RequestOrigin) {
+        state.stats.count(reply)
+        guard let metrics = state.metrics else { return }
+        // A ROUTE refused before its layer was looked up is still counted under that layer.
+        var layer = ""
+        if case .route(let r) = reply.body {
+            layer = r.layerName.isEmpty ? state.layers.current.layer(r.layerID)?.spec.name ?? "" : r.layerName
+        }
+        metrics.record(reply, layer: layer, receivedNs: origin.receivedNs)
+    }
+}

@@ -1,0 +1,138 @@
+import CMoERouterWire
+import CMoERouterdOS
+import MoERouterZMQ
+import MoERouting
+
+/// ROUTE: checks every buffer reference against the layer and the client's segments, then runs
+/// the backend straight on the inline input or the client's mapping, writing the outputs into
+/// reply frames or the client's segment. Nothing else in the daemon dereferences client memory.
+struct RouteHandler: Sendable {
+    let layers: LayerSlot
+    let backend: any RoutingBackend
+    let registry: SegmentRegistry
+
+    func answer(_ q: RouteRequest, _ r: InboundRequest) -> Reply {
+        var result = RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID, viaSharedMemory: q.usesSharedMemory)
+        var checkedOut: [SharedSegment] = []
+        defer { for s in checkedOut { registry.checkin(s) } }
+        do {
+            // One read of the slot: the request keeps these layers even if a reload swaps them now.
+            let catalog = layers.current
+            guard let layer = catalog.layer(q.layerID) else {
+                throw RequestFailure(.unknownLayer, "layer_id = \(q.layerID); the daemon has layers 0...\(catalog.layers.count - 1)")
+            }
+            result.layerName = layer.spec.name
+            result.topK = layer.spec.topK
+            let shape: RouteShape
+            do { shape = try RouteShape(layer: layer, dtype: q.dtype, tokens: q.tokens) } catch {
+                throw RequestFailure(.tooLarge, error.description)
+            }
+            let outputBytes = shape.outputCount * 4
+            let input = try resolve(q.input, "input", expected: shape.inputBytes, align: q.dtype.byteSize, r, &checkedOut)
+            let weights = try resolve(q.weights, "weights", expected: outputBytes, align: 4, r, &checkedOut)
+            let ids = try resolve(q.ids, "ids", expected: outputBytes, align: 4, r, &checkedOut)
+            if !checkedOut.isEmpty { try checkOverlap([input, weights, ids]) }
+            // A segment that already faulted is dead. No fstat here: a shrink (before or during
+            // this request) is caught by the SIGBUS guard when a byte we use is gone.
+            for s in checkedOut where s.faulted { throw truncated(s) }
+            let weightsFrame = weights.segment == nil ? ZMQMessage.sized(outputBytes) : nil
+            let idsFrame = ids.segment == nil ? ZMQMessage.sized(outputBytes) : nil
+            let inputPtr = input.segment.map { UnsafeRawPointer($0.base + input.offset) } ?? r.inlineInput.baseAddress
+            let wPtr = weights.segment.map { $0.base + weights.offset } ?? weightsFrame!.mutableBytes.baseAddress
+            let iPtr = ids.segment.map { $0.base + ids.offset } ?? idsFrame!.mutableBytes.baseAddress
+            let job = RouteJob(shape, input: inputPtr, weights: wPtr?.assumingMemoryBound(to: Float.self),
+                               ids: iPtr?.assumingMemoryBound(to: Int32.self))
+            let t0 = mro_now_ns()
+            let outcome = try run(job)
+            result.computeNs = mro_now_ns() - t0
+            for s in checkedOut where s.faulted { throw truncated(s) }
+            result.nonFiniteCount = outcome.nonFiniteInputs
+            result.fallbackCast = outcome.usedFallbackCast
+            return Reply(answering: r, message: "routed", body: .route(result),
+                         frames: [weightsFrame, idsFrame].compactMap { $0 })
+        } catch let f as RequestFailure {
+            return Reply(refusing: r, f, body: .route(result))
+        } catch let e as RouteError {
+            guard case .nonFiniteInput(let token, let count) = e else {
+                return Reply(refusing: r, RequestFailure(.sizeMismatch, e.description), body: .route(result))
+            }
+            result.nonFiniteCount = count
+            result.firstNonFiniteToken = token
+            return Reply(refusing: r, RequestFailure(.nonFinite, e.description), body: .route(result))
+        } catch {
+            return Reply(refusing: r, RequestFailure(.internalError, "\(error)"), body: .route(result))
+        }
+    }
+
+    /// A buffer reference checked against the shape and its segment.
+    private struct Resolved {
+        let name: String
+        let segment: SharedSegment?
+        let offset: Int
+        let length: Int
+    }
+
+    private func resolve(_ ref: BufferRef, _ name: String, expected: Int, align: Int, _ r: InboundRequest,
+                         _ checkedOut: inout [SharedSegment]) throws(RequestFailure) -> Resolved {
+        guard ref.length == UInt64(expected) else {
+            throw RequestFailure(.sizeMismatch, "\(name).length = \(ref.length), expected \(expected) bytes for this layer, dtype and token count")
+        }
+        guard case .shm(let handle, let offset, let length) = ref else {
+            return Resolved(name: name, segment: nil, offset: 0, length: expected)
+        }
+        guard r.origin.transport == .ipc else {
+            throw RequestFailure(.shmRefused, "\(name): shared memory is only available to ipc peers on this host")
+        }
+        let seg: SharedSegment
+        if let s = checkedOut.first(where: { $0.handle == handle }) {
+            seg = s
+        } else {
+            seg = try registry.checkout(client: r.origin.client, handle: handle)
+            checkedOut.append(seg)
+        }
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow else {
+            throw RequestFailure(.overflow, "\(name): offset \(offset) + length \(length) overflows 64 bits")
+        }
+        guard end <= UInt64(seg.size) else {
+            throw RequestFailure(.outOfBounds, "\(name): bytes \(offset)..<\(end) lie past the end of the \(seg.size)-byte segment \(handle)")
+        }
+        guard offset % UInt64(align) == 0 else {
+            throw RequestFailure(.misaligned, "\(name).offset = \(offset) is not a multiple of \(align)")
+        }
+        return Resolved(name: name, segment: seg, offset: Int(offset), length: Int(length))
+    }
+
+    /// Two shm buffers overlap when they share bytes of the same object, even through two
+    /// registrations of it.
+    private func checkOverlap(_ refs: [Resolved]) throws(RequestFailure) {
+        for i in refs.indices {
+            for j in refs.indices where j > i {
+                guard let a = refs[i].segment, let b = refs[j].segment, refs[i].length > 0, refs[j].length > 0,
+                      a.device == b.device, a.inode == b.inode else { continue }
+                let (x, y) = (refs[i], refs[j])
+                if x.offset < y.offset + y.length && y.offset < x.offset + x.length {
+                    throw RequestFailure(.overlap, "\(x.name) [\(x.offset), \(x.offset + x.length)) overlaps \(y.name) [\(y.offset), \(y.offset + y.length))")
+                }
+            }
+        }
+    }
+
+    private func truncated(_ s: SharedSegment) -> RequestFailure {
+        registry.drop(handle: s.handle)
+        return RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
+    }
+
+    private func run(_ job: RouteJob) throws(RouteError) -> RouteOutcome {
+        // Inline frames may sit at any offset of libzmq's receive buffer (or inside zmq_msg_t):
+        // an input not aligned for its dtype is copied first (on the stack when small).
+        guard let base = job.input.baseAddress, Int(bitPattern: base) % job.dtype.byteSize != 0 else {
+            return try backend.route(job)
+        }
+        return try withUnsafeTemporaryAllocation(byteCount: job.input.count, alignment: 64) { (copy) throws(RouteError) in
+            copy.copyMemory(from: job.input)
+            return try backend.route(RouteJob(job.shape, input: UnsafeRawPointer(copy.baseAddress), weights: job.weights.baseAddress,
+                                              ids: job.ids.baseAddress))
+        }
+    }
+}

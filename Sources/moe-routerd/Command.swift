@@ -1,0 +1,82 @@
+import ArgumentParser
+import MoERouting
+
+/// moe-routerd: holds built MoE routing layers and serves top-k routing over ZeroMQ, with bulk
+/// tensors in POSIX shared memory. Protocol: docs/PROTOCOL.md; wire structs: Include/moe_router.h.
+@main
+struct RouterDaemon: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moe-routerd",
+        abstract: "Serve MoE top-k routing over ZeroMQ (ipc, optional tcp) with shared-memory tensors.",
+        discussion: """
+        Layers come from --config (YAML) and --preset (repeatable), in that order; their ids are \
+        their positions. Presets: \(Presets.names.joined(separator: ", ")). A biased preset uses \
+        the deterministic synthetic bias of Presets.syntheticBias (uniform in [-0.1, 0.1)).
+        Default endpoint: ipc://$RUNTIME_DIRECTORY/routerd.sock, else \
+        ipc://$XDG_RUNTIME_DIR/moe-router/routerd.sock, else ipc:///tmp/moe-router-$UID/routerd.sock.
+        """)
+
+    @Option(name: .customLong("preset"), help: "Serve a built-in model layer (repeatable).")
+    var presets: [String] = []
+
+    @Option(help: "YAML configuration file (endpoints, limits, layers).")
+    var config: String?
+
+    @Option(help: "The ipc endpoint, ipc://PATH (socket file mode 0660).")
+    var endpoint: String?
+
+    @Option(help: "Also bind this tcp endpoint (tcp://HOST:PORT). Shared memory is refused there.")
+    var tcp: String?
+
+    @Option(help: "Routing backend: \(BackendKind.names.joined(separator: ", ")) (auto: ROCm when a device is present, else cpu).")
+    var backend: String?
+
+    @Option(help: "ROCm device ordinal for --backend rocm|auto.")
+    var device: Int = 0
+
+    @Option(help: "Serve Prometheus metrics, /healthz and /readyz on HOST:PORT (loopback only unless --metrics-allow-remote).")
+    var metrics: String?
+
+    @Flag(help: "Allow --metrics on a non-loopback address (the endpoint has no authentication).")
+    var metricsAllowRemote = false
+
+    @Option(help: "Log format: auto (journal when stderr is the journal), journal (<N> priority prefixes), plain.")
+    var logFormat: String = "auto"
+
+    @Option(help: "Gate dtype of --preset layers: fp32, bf16, fp16.")
+    var gateDtype: String = "bf16"
+
+    @Option(help: "Non-finite policy of --preset layers: clamp or reject.")
+    var nonfinite: String = "clamp"
+
+    @Option(help: "Worker threads for large requests (default: online cores).")
+    var workers: Int?
+
+    @Option(help: "Queued large requests before BUSY.")
+    var queueDepth: Int?
+
+    @Option(help: "ROUTEs up to this many tokens run on the I/O thread.")
+    var inlineTokens: Int?
+
+    @Option(help: "Largest request in bytes answered with a typed error.")
+    var maxMessageBytes: Int?
+
+    @Option(help: "Largest token count per ROUTE.")
+    var maxTokens: Int?
+
+    @Option(help: "Default per-request deadline in milliseconds.")
+    var deadlineMs: UInt32?
+
+    @Option(help: "Shared-memory registrations per client.")
+    var maxRegistrations: Int?
+
+    @Option(help: "Write and lock a pidfile.")
+    var pidfile: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    mutating func run() throws {
+        try Daemon(command: self).run()
+    }
+}

@@ -1,0 +1,65 @@
+import Foundation
+import MoERouterServer
+import MoERouting
+
+/// Start-up: the command line and the configuration file merged into one `ServerConfig`
+/// (flags win), every value checked. Run again on SIGHUP to reload.
+extension RouterDaemon {
+    func serverConfig() throws(ConfigError) -> ServerConfig {
+        var file = ConfigFile()
+        var specs: [LayerSpec] = []
+        if let config {
+            file = try ConfigFile.load(path: config)
+            specs = try file.layerSpecs(baseDirectory: URL(fileURLWithPath: config).deletingLastPathComponent().path)
+        }
+        guard let gate = DType(name: gateDtype) else {
+            throw .invalid(key: "--gate-dtype", value: gateDtype, expected: "fp32, bf16 or fp16")
+        }
+        guard let policy = NonFinitePolicy(name: nonfinite) else {
+            throw .invalid(key: "--nonfinite", value: nonfinite, expected: "clamp or reject")
+        }
+        for name in presets {
+            guard var spec = Presets.spec(named: name, gateDType: gate) else {
+                throw .invalid(key: "--preset", value: name, expected: "one of \(Presets.names.joined(separator: ", "))")
+            }
+            spec.nonFinite = policy
+            specs.append(spec)
+        }
+        var c = ServerConfig(endpoint: endpoint ?? file.endpoint ?? ServerConfig.defaultEndpoint())
+        c.tcpEndpoint = tcp ?? file.tcp
+        if let name = backend ?? file.backend {
+            guard let kind = BackendKind(rawValue: name) else {
+                throw .invalid(key: backend != nil ? "--backend" : "backend", value: name,
+                               expected: "one of \(BackendKind.names.joined(separator: ", "))",
+                               at: backend != nil ? nil : file.position("backend"))
+            }
+            c.backend = kind
+        }
+        c.device = device
+        // Every limit is checked against a range: a value outside it is a start-up error naming
+        // the setting (never clamped silently, never an overflow or a runaway thread count).
+        func checked(_ key: String, _ flag: Int?, _ fileValue: Int?, _ range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+            guard let v = flag ?? fileValue else { return nil }
+            guard range.contains(v) else {
+                throw .outOfRange(key: key, value: v, range: range, at: flag == nil ? file.position(key) : nil)
+            }
+            return v
+        }
+        let limits = ServerConfig.Limits.self
+        if let v = try checked("workers", workers, file.workers, limits.workers) { c.workers = v }
+        if let v = try checked("queue_depth", queueDepth, file.queue_depth, limits.queueDepth) { c.queueDepth = v }
+        if let v = try checked("inline_tokens", inlineTokens, file.inline_tokens, limits.inlineTokens) { c.inlineTokens = v }
+        if let v = try checked("max_message_bytes", maxMessageBytes, file.max_message_bytes, limits.maxMessageBytes) {
+            c.maxMessageBytes = v
+        }
+        if let v = try checked("max_tokens", maxTokens, file.max_tokens, limits.maxTokens) { c.maxTokens = v }
+        if let v = try checked("deadline_ms", deadlineMs.map(Int.init), file.deadline_ms.map(Int.init), limits.deadlineMs) {
+            c.defaultDeadlineMs = UInt32(v)
+        }
+        if let v = try checked("max_registrations", maxRegistrations, file.max_registrations, limits.maxRegistrations) {
+            c.maxRegistrations = v
+        }
+        c.layers = specs
+        return c
+    }
+}
