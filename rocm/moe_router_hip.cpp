@@ -1,16 +1,11 @@
 /*
- * The ROCm routing backend: kernels and the host side of moe_router_hip.h.
+ * The GPU routing backend's host side: moe_router_hip.h over the kernels of route_kernels.h.
  *
- * The per-token arithmetic is Sources/CMoEKernels/moe_token.h compiled as device code, so the
- * results are those of the CPU backend bit for bit (no FMA contraction, IEEE fp32 division and
- * denormals: see scripts/build-rocm.sh for the flags that guarantee it). One thread routes one
- * token; its scratch (score/key rows) lives in private memory.
+ * The kernels compute with Sources/CMoEKernels/moe_token.h's arithmetic, so the results are
+ * those of the CPU backend bit for bit (no FMA contraction, IEEE fp32 division and denormals:
+ * see scripts/build-rocm.sh and scripts/build-cuda.sh for the flags that guarantee it).
  */
-#include "hip_compat.h"
-
-#define MRK_HD __host__ __device__ static inline
-#include "moe_kernels.h"
-#include "moe_token.h"
+#include "route_kernels.h"
 
 #include "moe_router_hip.h"
 
@@ -19,26 +14,7 @@
 
 namespace {
 
-const unsigned kThreadsPerBlock = 64; /* one wavefront on CDNA; two on RDNA wave32 */
-
-struct LayerParams {
-    int32_t method, scoring, num_experts, top_k, num_groups, topk_group, renormalize;
-    float rsf;
-};
-
-__global__ void route_kernel(LayerParams p, const float *bias, const void *logits,
-                             int32_t dtype, int64_t tokens, float *weights, int32_t *ids,
-                             unsigned long long *nonfinite) {
-    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= tokens) return;
-    float score[MRK_MAX_EXPERTS], key[MRK_MAX_EXPERTS];
-    const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
-    const void *row = (const char *)logits + (size_t)t * row_bytes;
-    int32_t n = mrk_route_token(p.method, p.scoring, p.num_experts, p.top_k, p.num_groups,
-                                p.topk_group, p.renormalize, p.rsf, bias, row, dtype, score,
-                                key, weights + t * p.top_k, ids + t * p.top_k);
-    if (n) atomicAdd(nonfinite, (unsigned long long)n);
-}
+using mrh::LayerParams;
 
 /* A device buffer or a pinned host buffer that only grows. */
 struct Buffer {
@@ -202,10 +178,9 @@ int32_t mrh_route(const mrh_layer *L, mrh_stream *s, const float *fallback_bias,
     e = hipMemcpyAsync(dev_in, stage_in, in_total, hipMemcpyHostToDevice, s->stream);
     if (e == hipSuccess) e = hipMemsetAsync(dev_out, 0, sizeof(unsigned long long), s->stream);
     if (e != hipSuccess) return e;
-    const unsigned blocks = (unsigned)((tokens + kThreadsPerBlock - 1) / kThreadsPerBlock);
-    MRH_LAUNCH(route_kernel, blocks, kThreadsPerBlock, s->stream, p, bias, (const void *)dev_in,
-               dtype, tokens, (float *)(dev_out + w_off), (int32_t *)(dev_out + ids_off),
-               (unsigned long long *)dev_out);
+    const mrh::RouteArgs args = {bias, dev_in, dtype, tokens, (float *)(dev_out + w_off),
+                                 (int32_t *)(dev_out + ids_off), (unsigned long long *)dev_out};
+    mrh::launch_route(mrh::kernel_for(p), p, args, s->stream);
     e = hipGetLastError();
     if (e == hipSuccess)
         e = hipMemcpyAsync(stage_out, dev_out, out_total, hipMemcpyDeviceToHost, s->stream);

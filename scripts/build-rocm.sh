@@ -24,7 +24,7 @@ EXACT=(-ffp-contract=off)
 CXX=${CXX:-c++}
 echo "build-rocm: host emulation with $CXX -> $OUT/libmoe_router_hip_host.so"
 "$CXX" -std=c++17 -O2 -fPIC -shared -fvisibility=hidden -DMRH_HOST_EMULATION "${EXACT[@]}" -Wall -Wno-unknown-pragmas \
-    "${INCLUDES[@]}" -x c++ rocm/moe_router_hip.cpp -o "$OUT/libmoe_router_hip_host.so.tmp"
+    "${INCLUDES[@]}" -x c++ rocm/moe_router_hip.cpp rocm/host_emulation.cpp -o "$OUT/libmoe_router_hip_host.so.tmp"
 mv "$OUT/libmoe_router_hip_host.so.tmp" "$OUT/libmoe_router_hip_host.so"
 
 [ "${1:-}" = "--host-only" ] && exit 0

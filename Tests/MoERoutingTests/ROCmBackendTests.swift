@@ -39,7 +39,7 @@ struct ROCmHostLogicTests {
     @Test(arguments: allSpecs.map(\.name), InputKind.allCases)
     func kernelsMatchCPUBackend(specName: String, kind: InputKind) throws {
         let base = allSpecs.first { $0.name == specName }!
-        // 67 tokens: two blocks of 64 threads, the second partly idle.
+        // 67 tokens: nine blocks of eight 16-lane teams (the team kernel), the last partly idle.
         let tokens = 67
         let cpu = CPUBackend(kernel: .generic, threads: 1)
         for gate in DType.allCases {

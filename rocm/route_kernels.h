@@ -1,0 +1,397 @@
+/*
+ * route_kernels.h — the routing kernels of the GPU backend (HIP, CUDA, host emulation) and the
+ * launch that picks one for a layer.
+ *
+ * The team kernel routes one token with a team of 16 lanes. Lane l holds experts l, l + 16,
+ * l + 32, ... in registers: exactly the contract's 16 softmax summation lanes
+ * (Sources/CMoEKernels/moe_token.h), so the softmax denominator is summed in the contract's
+ * order and folded across lanes in its order (8, 4, 2, 1). 16 divides every warp size (32 on
+ * NVIDIA and RDNA, 64 on CDNA), so a team never straddles a warp and the same source serves both:
+ * a wave64 holds four tokens, a warp32 two. Group scores, group selection and the top-k are
+ * reductions over packed (value, index) keys by xor shuffles within the team; the scalar math
+ * (widening, exp, sigmoid, clamping, the weight formulas) is moe_token.h's own, so the results
+ * are the CPU backend's bit for bit.
+ *
+ * The thread-per-token kernel runs mrk_route_token itself, scratch in private memory. It serves
+ * the layers the team kernel does not (more than kMaxTeamGroups groups) and is the baseline that
+ * rocm/check/kernel_timing.cpp measures the team kernel against.
+ */
+#ifndef MRH_ROUTE_KERNELS_H
+#define MRH_ROUTE_KERNELS_H
+
+#include "hip_compat.h"
+
+#define MRK_HD __host__ __device__ static inline
+#include "moe_kernels.h"
+#include "moe_token.h"
+
+namespace mrh {
+
+struct LayerParams {
+    int32_t method, scoring, num_experts, top_k, num_groups, topk_group, renormalize;
+    float rsf;
+};
+
+constexpr int kTeamLanes = 16;    /* lanes per token: the contract's softmax summation lanes */
+constexpr int kTeamsPerBlock = 8; /* tokens per block of the team kernel (128 threads), or fewer
+                                     when the batch is smaller */
+constexpr int kTeamBlockThreads = kTeamLanes * kTeamsPerBlock;
+constexpr int kMaxTeamGroups = 4 * kTeamLanes; /* group scores a team keeps: 4 per lane */
+constexpr int kThreadBlockThreads = 64; /* thread-per-token kernel: one wavefront on CDNA */
+static_assert(MRH_WARP_SIZE % kTeamLanes == 0, "a team must not straddle a warp");
+static_assert(MRK_MAX_EXPERTS <= 64 * kTeamLanes, "a lane's experts must fit a 64-bit slot mask");
+
+/* ---- Selection keys ----------------------------------------------------------------------
+ * An order-preserving image of the value in the high 32 bits and the complemented index in the
+ * low 32, so that the largest key holds the largest value and, among equal values, the lowest
+ * index: the contract's tie rule, in one unsigned comparison. Both zeros map to +0's image since
+ * the contract compares values (-0 == +0); no consumer of a chosen value can tell them apart
+ * (it is subtracted from or added to, or fed to a sigmoid that is even in the sign of zero).
+ * Key 0 is below every value's key, including -inf's: "no candidate". */
+typedef unsigned long long SelectKey;
+
+__device__ inline uint32_t ordered_bits(float v) {
+    const uint32_t u = mrk_bits_from_f32(v == 0.0f ? 0.0f : v);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+__device__ inline SelectKey select_key(float v, int32_t index) {
+    return (SelectKey)ordered_bits(v) << 32 | (uint32_t)~index;
+}
+
+__device__ inline int32_t key_index(SelectKey k) { return (int32_t) ~(uint32_t)k; }
+
+__device__ inline float key_value(SelectKey k) {
+    const uint32_t o = (uint32_t)(k >> 32);
+    return mrk_f32_from_bits((o & 0x80000000u) ? o & 0x7fffffffu : ~o);
+}
+
+/* ---- Team reductions (every lane ends with the team's result) ----------------------------- */
+
+__device__ inline SelectKey team_max_key(SelectKey k) {
+    for (int m = kTeamLanes / 2; m >= 1; m >>= 1) {
+        const SelectKey other = mrh_shfl_xor(k, m, kTeamLanes);
+        k = other > k ? other : k;
+    }
+    return k;
+}
+
+__device__ inline int32_t team_sum(int32_t n) {
+    for (int m = kTeamLanes / 2; m >= 1; m >>= 1) n += mrh_shfl_xor(n, m, kTeamLanes);
+    return n;
+}
+
+/* The largest value other than NaN (values never NaN here, -inf when none). */
+__device__ inline float team_max_value(float v) {
+    for (int m = kTeamLanes / 2; m >= 1; m >>= 1) {
+        const float other = mrh_shfl_xor(v, m, kTeamLanes);
+        v = other > v ? other : v;
+    }
+    return v;
+}
+
+/* The contract's fold of its 16 lane sums (halves 8, 4, 2, 1): lane l adds lane l ^ m, which for
+ * l < m is the contract's lanes[l] + lanes[l + m], and for l >= m the same two values the other
+ * way round — equal, fp32 addition commutes. Every lane ends with the contract's lanes[0]. */
+__device__ inline float team_fold_sum(float lane_sum) {
+    for (int m = kTeamLanes / 2; m >= 1; m >>= 1)
+        lane_sum = lane_sum + mrh_shfl_xor(lane_sum, m, kTeamLanes);
+    return lane_sum;
+}
+
+/* The two largest values of a multiset (t1 >= t2), as mrk_group_score keeps them; -inf pads. */
+struct TopTwo {
+    float t1, t2;
+};
+
+__device__ inline TopTwo top_two_insert(TopTwo t, float v) {
+    if (v > t.t1) return {v, t.t1};
+    if (v > t.t2) t.t2 = v;
+    return t;
+}
+
+/* Merges the team's multisets; exact whatever the order, since only values are kept. */
+__device__ inline TopTwo team_top_two(TopTwo t) {
+    for (int m = kTeamLanes / 2; m >= 1; m >>= 1) {
+        const SelectKey packed = (SelectKey)mrk_bits_from_f32(t.t1) << 32 | mrk_bits_from_f32(t.t2);
+        const SelectKey other = mrh_shfl_xor(packed, m, kTeamLanes);
+        const float o1 = mrk_f32_from_bits((uint32_t)(other >> 32));
+        const float o2 = mrk_f32_from_bits((uint32_t)other);
+        t = top_two_insert(top_two_insert(t, o1), o2);
+    }
+    return t;
+}
+
+/* ---- One token in a team ------------------------------------------------------------------
+ * SLOTS is the number of experts a lane holds (a bucket >= ceil(E / 16)); slot s of lane l is
+ * expert s * 16 + l. A 64-bit mask `live` says which slots are still candidates. */
+
+/* The best candidate key among this lane's live slots (0 when none). */
+template <int SLOTS>
+__device__ inline SelectKey lane_best(const float (&key)[SLOTS], uint64_t live, int lane) {
+    SelectKey best = 0;
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++)
+        if (live >> s & 1) {
+            const SelectKey c = select_key(key[s], s * kTeamLanes + lane);
+            best = c > best ? c : best;
+        }
+    return best;
+}
+
+/* This lane's slots holding experts [lo, hi). */
+template <int SLOTS>
+__device__ inline uint64_t slots_in_range(int lane, int lo, int hi) {
+    uint64_t m = 0;
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++) {
+        const int i = s * kTeamLanes + lane;
+        if (i >= lo && i < hi) m |= 1ull << s;
+    }
+    return m;
+}
+
+/* Widens the token's logits into x; returns how many of this lane's are not finite. */
+template <int SLOTS>
+__device__ inline int32_t load_row(const void *row, int32_t dtype, int lane, uint64_t live, float (&x)[SLOTS]) {
+    int32_t nonfinite = 0;
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++) {
+        x[s] = 0.0f;
+        if (live >> s & 1) {
+            x[s] = mrk_widen(row, dtype, s * kTeamLanes + lane);
+            nonfinite += !mrk_is_finite(x[s]);
+        }
+    }
+    return nonfinite;
+}
+
+/* mrk_softmax_row across the team, in place. Its max skips NaNs except x[0]; whether the max is
+ * NaN when x[0] is never shows: a NaN anywhere makes the sum, hence every score, NaN. */
+template <int SLOTS>
+__device__ inline void team_softmax(float (&x)[SLOTS], uint64_t live) {
+    float m = -__builtin_inff();
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++)
+        if ((live >> s & 1) && x[s] > m) m = x[s];
+    m = team_max_value(m);
+    float lane_sum = 0.0f; /* the contract's lanes[lane]: this lane's experts in ascending order */
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++)
+        if (live >> s & 1) {
+            x[s] = mrk_exp_nonpos(x[s] - m);
+            lane_sum = lane_sum + x[s];
+        }
+    const float sum = team_fold_sum(lane_sum);
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++)
+        if (live >> s & 1) x[s] = x[s] / sum;
+}
+
+/* mrk_group_score + mrk_keep_groups across the team: returns the mask of this lane's slots in
+ * the Gk best groups (lowest group index on ties). Group g's score is kept by lane g % 16 in
+ * gscore[g / 16]; G <= kMaxTeamGroups. */
+template <int SLOTS>
+__device__ inline uint64_t kept_group_slots(const float (&key)[SLOTS], uint64_t live, int lane, int E,
+                                            int G, int Gk, bool top2) {
+    const int P = E / G;
+    constexpr int kGroupSlots = kMaxTeamGroups / kTeamLanes;
+    float gscore[kGroupSlots] = {};
+    for (int g = 0; g < G; g++) {
+        const uint64_t in_group = live & slots_in_range<SLOTS>(lane, g * P, (g + 1) * P);
+        TopTwo t = {-__builtin_inff(), -__builtin_inff()};
+#pragma unroll
+        for (int s = 0; s < SLOTS; s++)
+            if (in_group >> s & 1) t = top_two_insert(t, key[s]);
+        t = team_top_two(t);
+        if (g % kTeamLanes == lane) {
+#pragma unroll
+            for (int q = 0; q < kGroupSlots; q++)
+                if (q == g / kTeamLanes) gscore[q] = top2 ? t.t1 + t.t2 : t.t1;
+        }
+    }
+    uint64_t group_live = 0;
+#pragma unroll
+    for (int q = 0; q < kGroupSlots; q++)
+        if (q * kTeamLanes + lane < G) group_live |= 1ull << q;
+    SelectKey mine = lane_best(gscore, group_live, lane);
+    uint64_t kept = 0;
+    for (int j = 0; j < Gk; j++) {
+        const int g = key_index(team_max_key(mine));
+        if (g % kTeamLanes == lane) {
+            group_live &= ~(1ull << (g / kTeamLanes));
+            mine = lane_best(gscore, group_live, lane);
+        }
+        kept |= slots_in_range<SLOTS>(lane, g * P, (g + 1) * P);
+    }
+    return kept;
+}
+
+/* w from the chosen keys (output order) and the chosen experts' unbiased scores: the dispatch
+ * of mrk_token_weights, with the scores already gathered from their lanes. */
+__device__ inline void team_weights(const LayerParams &p, const float *chosen, const float *picked, float *w) {
+    if (p.method == MRK_TOPK_SOFTMAX) {
+        mrk_selected_softmax(chosen, p.top_k, p.rsf, w);
+    } else if (p.method == MRK_LLAMA4_TOP1) {
+        for (int32_t j = 0; j < p.top_k; j++) w[j] = mrk_sigmoid_f(chosen[j]) * p.rsf;
+    } else {
+        for (int32_t j = 0; j < p.top_k; j++) w[j] = picked[j];
+        mrk_finish_weights(w, p.top_k, p.renormalize, p.rsf);
+    }
+}
+
+/* The token's scores (mrk_route_token's first half: widen, score, clamp) and selection keys
+ * (score + bias); returns how many of this lane's inputs are not finite. */
+template <int SLOTS>
+__device__ inline int32_t score_row(const LayerParams &p, const float *bias, const void *row, int32_t dtype,
+                                    int lane, uint64_t live, float (&score)[SLOTS], float (&key)[SLOTS]) {
+    const int32_t nonfinite = load_row(row, dtype, lane, live, score);
+    const bool logit_key = p.method == MRK_TOPK_SOFTMAX || p.method == MRK_LLAMA4_TOP1;
+    if (!logit_key) {
+        if (p.scoring == MRK_SCORING_SOFTMAX) {
+            team_softmax(score, live);
+        } else {
+#pragma unroll
+            for (int s = 0; s < SLOTS; s++)
+                if (live >> s & 1) score[s] = mrk_sigmoid_f(score[s]);
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++) {
+        if (!mrk_is_finite(score[s])) score[s] = 0.0f;
+        key[s] = score[s];
+        if (bias && (live >> s & 1)) key[s] = score[s] + bias[s * kTeamLanes + lane];
+    }
+    return nonfinite;
+}
+
+/* The top-k of the live keys, in output order: chosen[j] = key, ids[j] = expert and, when
+ * `with_scores`, picked[j] = the expert's unbiased score. Each round the team's best key is the
+ * next column; its lane drops it and finds its next best. */
+template <int SLOTS>
+__device__ inline void select_top_k(int k, const float (&key)[SLOTS], const float (&score)[SLOTS], uint64_t live,
+                                    int lane, bool with_scores, float *chosen, int32_t *ids, float *picked) {
+    SelectKey mine = lane_best(key, live, lane);
+    for (int j = 0; j < k; j++) {
+        const SelectKey best = team_max_key(mine);
+        const int32_t id = key_index(best);
+        const int owner = id % kTeamLanes;
+        float score_of_id = 0.0f;
+        if (lane == owner) {
+#pragma unroll
+            for (int s = 0; s < SLOTS; s++)
+                if (s == id / kTeamLanes) score_of_id = score[s];
+            live &= ~(1ull << (id / kTeamLanes));
+            mine = lane_best(key, live, lane);
+        }
+        chosen[j] = key_value(best);
+        ids[j] = id;
+        if (with_scores) picked[j] = mrh_shfl(score_of_id, owner, kTeamLanes);
+    }
+}
+
+template <int SLOTS>
+__global__ void __launch_bounds__(kTeamBlockThreads)
+route_team_kernel(LayerParams p, const float *bias, const void *logits, int32_t dtype, int64_t tokens,
+                  float *weights, int32_t *ids, unsigned long long *nonfinite) {
+    const int lane = (int)(threadIdx.x % kTeamLanes);
+    const int64_t token = (int64_t)blockIdx.x * (blockDim.x / kTeamLanes) + threadIdx.x / kTeamLanes;
+    /* A spare team (past the last token) routes the last token again and writes nothing, so
+     * every lane of a warp reaches every shuffle. */
+    const bool writes = token < tokens;
+    const int64_t t = writes ? token : tokens - 1;
+    const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
+    const void *row = (const char *)logits + (size_t)t * row_bytes;
+
+    uint64_t live = slots_in_range<SLOTS>(lane, 0, p.num_experts);
+    float score[SLOTS], key[SLOTS];
+    const int32_t lane_nonfinite = score_row(p, bias, row, dtype, lane, live, score, key);
+    if ((p.method == MRK_GROUPED_TOPK || p.method == MRK_BIASED_GROUPED_TOPK) && p.num_groups > 1)
+        live &= kept_group_slots(key, live, lane, p.num_experts, p.num_groups, p.topk_group,
+                                 p.method == MRK_BIASED_GROUPED_TOPK);
+
+    float chosen[MRK_MAX_TOPK], picked[MRK_MAX_TOPK], w[MRK_MAX_TOPK];
+    int32_t chosen_id[MRK_MAX_TOPK];
+    const bool weights_from_scores = p.method != MRK_TOPK_SOFTMAX && p.method != MRK_LLAMA4_TOP1;
+    select_top_k(p.top_k, key, score, live, lane, weights_from_scores, chosen, chosen_id, picked);
+    team_weights(p, chosen, picked, w);
+    const int32_t token_nonfinite = team_sum(lane_nonfinite);
+
+    if (!writes) return;
+    for (int j = lane; j < p.top_k; j += kTeamLanes) {
+        weights[t * p.top_k + j] = w[j];
+        ids[t * p.top_k + j] = chosen_id[j];
+    }
+    if (lane == 0 && token_nonfinite) atomicAdd(nonfinite, (unsigned long long)token_nonfinite);
+}
+
+/* ---- One token per thread ----------------------------------------------------------------- */
+
+__global__ void route_thread_kernel(LayerParams p, const float *bias, const void *logits, int32_t dtype,
+                                    int64_t tokens, float *weights, int32_t *ids,
+                                    unsigned long long *nonfinite) {
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= tokens) return;
+    float score[MRK_MAX_EXPERTS], key[MRK_MAX_EXPERTS];
+    const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
+    const void *row = (const char *)logits + (size_t)t * row_bytes;
+    int32_t n = mrk_route_token(p.method, p.scoring, p.num_experts, p.top_k, p.num_groups, p.topk_group,
+                                p.renormalize, p.rsf, bias, row, dtype, score, key, weights + t * p.top_k,
+                                ids + t * p.top_k);
+    if (n) atomicAdd(nonfinite, (unsigned long long)n);
+}
+
+/* ---- Launch ------------------------------------------------------------------------------- */
+
+/* Device pointers; *nonfinite must be zeroed before the launch. */
+struct RouteArgs {
+    const float *bias;
+    const void *logits;
+    int32_t dtype;
+    int64_t tokens;
+    float *weights;
+    int32_t *ids;
+    unsigned long long *nonfinite;
+};
+
+enum class Kernel { team, thread_per_token };
+
+inline const char *kernel_name(Kernel k) { return k == Kernel::team ? "team16" : "thread-per-token"; }
+
+/* The team kernel, unless the layer has more groups than a team keeps scores for. */
+inline Kernel kernel_for(const LayerParams &p) {
+    const bool grouped = (p.method == MRK_GROUPED_TOPK || p.method == MRK_BIASED_GROUPED_TOPK) && p.num_groups > 1;
+    return grouped && p.num_groups > kMaxTeamGroups ? Kernel::thread_per_token : Kernel::team;
+}
+
+template <int SLOTS>
+inline void launch_team(const LayerParams &p, const RouteArgs &a, hipStream_t stream) {
+    const int64_t teams = a.tokens < kTeamsPerBlock ? a.tokens : kTeamsPerBlock;
+    const unsigned blocks = (unsigned)((a.tokens + teams - 1) / teams);
+    MRH_LAUNCH(route_team_kernel<SLOTS>, blocks, (unsigned)(teams * kTeamLanes), stream, p, a.bias, a.logits,
+               a.dtype, a.tokens, a.weights, a.ids, a.nonfinite);
+}
+
+/* Launches `kernel` for a.tokens > 0 tokens on `stream`; the caller checks hipGetLastError. The
+ * team kernel is instantiated for a few slot counts: a lane's experts rounded up to the next. */
+inline void launch_route(Kernel kernel, const LayerParams &p, const RouteArgs &a, hipStream_t stream) {
+    if (kernel == Kernel::thread_per_token) {
+        const unsigned blocks = (unsigned)((a.tokens + kThreadBlockThreads - 1) / kThreadBlockThreads);
+        MRH_LAUNCH(route_thread_kernel, blocks, kThreadBlockThreads, stream, p, a.bias, a.logits, a.dtype,
+                   a.tokens, a.weights, a.ids, a.nonfinite);
+        return;
+    }
+    const int per_lane = (p.num_experts + kTeamLanes - 1) / kTeamLanes;
+    if (per_lane <= 1) launch_team<1>(p, a, stream);
+    else if (per_lane <= 2) launch_team<2>(p, a, stream);
+    else if (per_lane <= 4) launch_team<4>(p, a, stream);
+    else if (per_lane <= 8) launch_team<8>(p, a, stream);
+    else if (per_lane <= 16) launch_team<16>(p, a, stream);
+    else if (per_lane <= 24) launch_team<24>(p, a, stream);
+    else if (per_lane <= 32) launch_team<32>(p, a, stream);
+    else launch_team<64>(p, a, stream);
+}
+
+} // namespace mrh
+
+#endif

@@ -1,0 +1,105 @@
+"""The GPU routing kernels (rocm/route_kernels.h) on the host emulation, bit for bit against the
+CPU reference, through rocm/check/gpu_check.cpp: the same checker scripts/gpu-check.sh runs on
+a real GPU. No GPU or nvcc here: the emulation runs each warp's lanes as fibers that meet at
+every shuffle (rocm/host_emulation.cpp), so lane-order mistakes show as they would on a device.
+"""
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+INCLUDES = [f"-I{ROOT / 'rocm'}", f"-I{ROOT / 'Sources/CMoEKernels'}", f"-I{ROOT / 'Sources/CMoEKernels/include'}"]
+VERDICT = re.compile(r"^gpu_check: (\d+) cases bit-identical, (\d+) mismatching", re.M)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def build_library(out, rocm_dir=ROOT / "rocm", warp_size=32):
+    """The host-emulation library as scripts/build-rocm.sh builds it, from `rocm_dir`."""
+    r = run(["c++", "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-DMRH_HOST_EMULATION",
+             f"-DMRH_EMULATED_WARP_SIZE={warp_size}", "-ffp-contract=off", "-Wall", "-Werror", "-Wno-unknown-pragmas",
+             f"-I{rocm_dir}", *INCLUDES[1:], "-x", "c++", str(rocm_dir / "moe_router_hip.cpp"),
+             str(rocm_dir / "host_emulation.cpp"), "-o", str(out)])
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def checker(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpu_check")
+    objs = []
+    for src, flags in ((ROOT / "Sources/CMoEKernels/kernels.c", ["-ffp-contract=off"]),
+                       (ROOT / "rocm/check/generic_only.c", [])):
+        obj = d / (src.stem + ".o")
+        r = run(["cc", "-O2", *flags, *INCLUDES, "-c", str(src), "-o", str(obj)])
+        assert r.returncode == 0, r.stderr
+        objs.append(str(obj))
+    exe = d / "gpu_check"
+    r = run(["c++", "-std=c++17", "-O2", "-Wall", "-Werror", "-ffp-contract=off", *INCLUDES,
+             str(ROOT / "rocm/check/gpu_check.cpp"), *objs, "-o", str(exe), "-ldl", "-lm"])
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+def check(checker, library, *args):
+    r = run([str(checker), str(library), "check", *args], timeout=120)
+    m = VERDICT.search(r.stdout)
+    assert m, r.stdout + r.stderr
+    return r.returncode, int(m.group(1)), int(m.group(2)), r.stdout
+
+
+@pytest.mark.parametrize("warp_size,tokens", [(32, "1,64,257"), (64, "1,67")])
+def test_every_layer_dtype_and_family_is_bit_identical(checker, tmp_path, warp_size, tokens):
+    # every preset and extra shape (E = 1, 8, 17, 60, 160, 384, 1000, 1024; k up to 32; G up to
+    # 128) x fp32/bf16/fp16 (bf16 resident bias, fp32/fp16 fallback bias) x 9 input families
+    # (ties, all-equal rows, groups that tie, huge, tiny, NaN/Inf); 257 and 67 tokens leave
+    # spare teams in the last block
+    lib = build_library(tmp_path / "lib.so", warp_size=warp_size)
+    rc, passed, failed, out = check(checker, lib, "--layers", "all", "--tokens", tokens)
+    assert (rc, failed) == (0, 0), out
+    assert passed == 26 * 3 * len(tokens.split(",")) * 9
+
+
+@pytest.mark.parametrize("old,new", [
+    # ties: the higher index wins instead of the lower
+    ("(uint32_t)~index", "(uint32_t)index"),
+    # the softmax denominator's lanes folded in the wrong order (1, 2, 4, 8)
+    ("for (int m = kTeamLanes / 2; m >= 1; m >>= 1)\n        lane_sum", "for (int m = 1; m < kTeamLanes; m <<= 1)\n        lane_sum"),
+])
+def test_a_wrong_kernel_is_caught(checker, tmp_path, old, new):
+    rocm = tmp_path / "rocm"
+    rocm.mkdir()
+    for f in ("moe_router_hip.cpp", "moe_router_hip.h", "hip_compat.h", "host_emulation.cpp", "route_kernels.h"):
+        text = (ROOT / "rocm" / f).read_text()
+        if f == "route_kernels.h":
+            assert old in text
+            text = text.replace(old, new)
+        (rocm / f).write_text(text)
+    lib = build_library(tmp_path / "lib.so", rocm_dir=rocm)
+    rc, passed, failed, out = check(checker, lib, "--layers", "deepseek-v3,qwen3-moe,mixtral-8x7b", "--tokens", "64",
+                                    "--families", "gaussian,exact-ties")
+    assert rc == 1 and failed > 0 and "MISMATCH" in out
+
+
+def test_build_cuda_says_when_nvcc_is_absent():
+    r = run([str(ROOT / "scripts/build-cuda.sh")], env={**os.environ, "NVCC": "/nonexistent/nvcc"})
+    assert r.returncode != 0
+    assert "nvcc not found" in r.stderr and "libmoe_router_cuda.so not built" in r.stderr
+
+
+def test_gpu_check_dry_run_on_the_emulation(tmp_path):
+    # scripts/gpu-check.sh end to end where there is no nvcc: every step on small sizes
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_CHECK_EMULATE": "1"}
+    r = run(["bash", str(ROOT / "scripts/gpu-check.sh")], env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = (tmp_path / "gpu-check.txt").read_text()
+    assert re.search(r"^gpu_check: \d+ cases bit-identical, 0 mismatching", report, re.M), report
+    rows = [l.split() for l in report.splitlines() if l.startswith(("deepseek-v3 ", "kimi-k2 "))]
+    assert len(rows) == 4 and all(row[2] == "team16" and row[-1] == "same" for row in rows), report
+    log = (tmp_path / "gpu-check.log").read_text()
+    assert "DRY RUN" in log and "bit-exactness PASSED" in log
