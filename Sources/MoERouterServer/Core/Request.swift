@@ -44,7 +44,7 @@ struct RouteRequest: Sendable, Equatable {
     let weights: BufferRef
     let ids: BufferRef
     /// Whether any buffer lives in a registered segment.
-    var usesSharedMemory: Bool { [input, weights, ids].contains { $0.segment != nil } }
+    var usesSharedMemory: Bool { input.segment != nil || weights.segment != nil || ids.segment != nil }
 }
 
 /// Where a ROUTE buffer lives, as the client claimed it (checked against the layer and the

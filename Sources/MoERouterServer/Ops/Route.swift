@@ -48,8 +48,13 @@ struct RouteHandler: Sendable {
             for s in checkedOut where s.faulted { throw truncated(s) }
             result.nonFiniteCount = outcome.nonFiniteInputs
             result.fallbackCast = outcome.usedFallbackCast
-            return Reply(answering: r, message: "routed", body: .route(result),
-                         frames: [weightsFrame, idsFrame].compactMap { $0 })
+            let frames: [ZMQMessage] = switch (weightsFrame, idsFrame) {
+            case let (w?, i?): [w, i]
+            case let (w?, nil): [w]
+            case let (nil, i?): [i]
+            case (nil, nil): []
+            }
+            return Reply(answering: r, message: "routed", body: .route(result), frames: frames)
         } catch let f as RequestFailure {
             return Reply(refusing: r, f, body: .route(result))
         } catch let e as RouteError {
