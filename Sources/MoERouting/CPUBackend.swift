@@ -40,10 +40,11 @@ public final class CPUBackend: RoutingBackend {
         self.parallelThreshold = max(1, parallelThreshold)
     }
 
-    public func route(_ job: RouteJob) throws(RouteError) -> RouteOutcome {
-        try job.rejectNonFinite()
-        return job.layer.withRequestBias(job.dtype) { bias, fallback in
-            RouteOutcome(nonFiniteInputs: run(job.layer.spec, bias, job.input, job.dtype, job.tokens, job.weights, job.ids),
+    public func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
+        try job.check(on: layer)
+        let spec = layer.spec  // the closure then holds no reference to retain
+        return layer.withRequestBias(job.dtype) { bias, fallback in
+            RouteOutcome(nonFiniteInputs: run(spec, bias, job.input, job.dtype, job.tokens, job.weights, job.ids),
                          usedFallbackCast: fallback)
         }
     }

@@ -101,10 +101,9 @@ public final class ROCmBackend: RoutingBackend {
         }
     }
 
-    public func route(_ job: RouteJob) throws(RouteError) -> RouteOutcome {
-        try job.rejectNonFinite()
-        let (layer, spec, input, dtype, tokens, weights, ids) =
-            (job.layer, job.layer.spec, job.input, job.dtype, job.tokens, job.weights, job.ids)
+    public func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
+        try job.check(on: layer)
+        let (spec, input, dtype, tokens, weights, ids) = (layer.spec, job.input, job.dtype, job.tokens, job.weights, job.ids)
         // The matched path (or no bias) passes no bias: the kernel reads the copy resident on the
         // device. The fallback uploads the converted bias with the request.
         return layer.withRequestBias(dtype) { bias, fallback in

@@ -39,28 +39,37 @@ public struct RouteOutcome: Sendable, Equatable {
     }
 }
 
-/// The buffer sizes one request of `tokens` rows in `dtype` needs on `layer`, computed once
-/// without overflow.
-public struct RouteShape: Sendable {
-    public let layer: BuiltLayer
+/// The buffer sizes one request of `tokens` rows in `dtype` needs on a layer, computed once
+/// without overflow. It holds no reference to the layer (a job is passed next to its layer, so
+/// the per-request path does no reference counting).
+public struct RouteShape: Sendable, Equatable {
     public let dtype: DType
     public let tokens: Int
+    public let numExperts: Int
+    public let topK: Int
     /// `tokens × num_experts × dtype size`.
     public let inputBytes: Int
     /// `tokens × top_k`: the element count of each output.
     public let outputCount: Int
 
     /// - Throws: `.tokenCount` for a negative count or one whose byte counts overflow `Int`.
-    public init(layer: BuiltLayer, dtype: DType, tokens: Int) throws(RouteError) {
-        let (inputBytes, o1) = tokens.multipliedReportingOverflow(by: layer.spec.numExperts * dtype.byteSize)
-        let (outputBytes, o2) = tokens.multipliedReportingOverflow(by: layer.spec.topK * 4)
+    @inlinable
+    public init(layer: borrowing BuiltLayer, dtype: DType, tokens: Int) throws(RouteError) {
+        let e = layer.spec.numExperts, k = layer.spec.topK
+        let (inputBytes, o1) = tokens.multipliedReportingOverflow(by: e * dtype.byteSize)
+        let (outputBytes, o2) = tokens.multipliedReportingOverflow(by: k * 4)
         guard tokens >= 0, !o1, !o2 else { throw .tokenCount(tokens) }
-        self.layer = layer
         self.dtype = dtype
         self.tokens = tokens
+        numExperts = e
+        topK = k
         self.inputBytes = inputBytes
         self.outputCount = outputBytes / 4
     }
+
+    /// Whether buffers of this shape are the right size for `layer`.
+    @inlinable
+    public func fits(_ layer: BuiltLayer) -> Bool { layer.spec.numExperts == numExperts && layer.spec.topK == topK }
 }
 
 /// One routing request whose buffers match its shape: the input holds `shape.inputBytes` bytes,
@@ -71,12 +80,12 @@ public struct RouteJob {
     public let weights: UnsafeMutableBufferPointer<Float>
     public let ids: UnsafeMutableBufferPointer<Int32>
 
-    public var layer: BuiltLayer { shape.layer }
     public var dtype: DType { shape.dtype }
     public var tokens: Int { shape.tokens }
 
     /// Checks every buffer's size against the layer (the one place sizes are checked).
-    public init(layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
+    @inlinable
+    public init(layer: borrowing BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
                 weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>) throws(RouteError) {
         let shape = try RouteShape(layer: layer, dtype: dtype, tokens: tokens)
         guard input.count == shape.inputBytes else { throw .inputSize(expected: shape.inputBytes, actual: input.count) }
@@ -91,6 +100,7 @@ public struct RouteJob {
 
     /// Buffers the caller sized from `shape` itself (the daemon checks each wire buffer
     /// reference against the shape, naming the field): the extents come from the shape.
+    @inlinable
     public init(_ shape: RouteShape, input: UnsafeRawPointer?, weights: UnsafeMutablePointer<Float>?,
                 ids: UnsafeMutablePointer<Int32>?) {
         precondition(shape.tokens == 0 || (input != nil && weights != nil && ids != nil), "a buffer of a non-empty job is missing")
@@ -100,12 +110,15 @@ public struct RouteJob {
         self.ids = UnsafeMutableBufferPointer(start: ids, count: shape.outputCount)
     }
 
-    /// For a layer that rejects non-finite input: the scan naming the first offending token.
-    func rejectNonFinite() throws(RouteError) {
-        let spec = layer.spec
-        guard spec.nonFinite == .reject, tokens > 0 else { return }
+    /// The job's checks against the layer it runs on, for backends to call first: its shape (a
+    /// programmer error if not), and for a layer that rejects non-finite input, the scan naming
+    /// the first offending token.
+    @inlinable
+    public func check(on layer: BuiltLayer) throws(RouteError) {
+        precondition(shape.fits(layer), "a job shaped for another layer")
+        guard layer.spec.nonFinite == .reject, tokens > 0 else { return }
         var count: Int64 = 0
-        let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue), Int64(spec.numExperts), Int64(tokens), &count)
+        let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue), Int64(shape.numExperts), Int64(tokens), &count)
         if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
     }
 }
@@ -123,8 +136,9 @@ public protocol RoutingBackend: Sendable {
     /// Frees what `prepare` made for `layer`. No request for it may be running.
     func release(_ layer: BuiltLayer)
 
-    /// Routes `job` into its outputs. On error nothing is written.
-    func route(_ job: RouteJob) throws(RouteError) -> RouteOutcome
+    /// Routes `job` through `layer` (the layer its shape was computed for) into its outputs. On
+    /// error nothing is written.
+    func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome
 }
 
 extension RoutingBackend {
@@ -133,11 +147,13 @@ extension RoutingBackend {
     public func release(_ layer: BuiltLayer) {}
 
     /// Routes `tokens` rows of `input` (row-major `[tokens, num_experts]` in `dtype`) into
-    /// `weights` and `ids` (`[tokens, top_k]` each), checking every size first.
+    /// `weights` and `ids` (`[tokens, top_k]` each), checking every size first. Inlinable, so a
+    /// caller that knows its backend's type calls that backend directly.
+    @inlinable
     public func route(
         layer: BuiltLayer, input: UnsafeRawBufferPointer, dtype: DType, tokens: Int,
         weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
     ) throws(RouteError) -> RouteOutcome {
-        try route(RouteJob(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: weights, ids: ids))
+        try route(RouteJob(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: weights, ids: ids), on: layer)
     }
 }

@@ -43,7 +43,7 @@ struct RouteHandler: Sendable {
             let job = RouteJob(shape, input: inputPtr, weights: wPtr?.assumingMemoryBound(to: Float.self),
                                ids: iPtr?.assumingMemoryBound(to: Int32.self))
             let t0 = mro_now_ns()
-            let outcome = try run(job)
+            let outcome = try run(job, on: layer)
             result.computeNs = mro_now_ns() - t0
             for s in checkedOut where s.faulted { throw truncated(s) }
             result.nonFiniteCount = outcome.nonFiniteInputs
@@ -128,16 +128,17 @@ struct RouteHandler: Sendable {
         return RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
     }
 
-    private func run(_ job: RouteJob) throws(RouteError) -> RouteOutcome {
+    private func run(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
         // Inline frames may sit at any offset of libzmq's receive buffer (or inside zmq_msg_t):
         // an input not aligned for its dtype is copied first (on the stack when small).
         guard let base = job.input.baseAddress, Int(bitPattern: base) % job.dtype.byteSize != 0 else {
-            return try backend.route(job)
+            return try backend.route(job, on: layer)
         }
         return try withUnsafeTemporaryAllocation(byteCount: job.input.count, alignment: 64) { (copy) throws(RouteError) in
             copy.copyMemory(from: job.input)
-            return try backend.route(RouteJob(job.shape, input: UnsafeRawPointer(copy.baseAddress), weights: job.weights.baseAddress,
-                                              ids: job.ids.baseAddress))
+            let aligned = RouteJob(job.shape, input: UnsafeRawPointer(copy.baseAddress), weights: job.weights.baseAddress,
+                                   ids: job.ids.baseAddress)
+            return try backend.route(aligned, on: layer)
         }
     }
 }
