@@ -51,6 +51,8 @@ let package = Package(
         .target(name: "CMoERouterdOS", linkerSettings: [.linkedLibrary("bsd")]),
         // libzmq for Swift: context, socket, message (one owner each).
         .target(name: "MoERouterZMQ", dependencies: ["CZMQ"]),
+        // The benches' bare-ZeroMQ baseline (one echo server for both).
+        .target(name: "MoERouterEcho", dependencies: ["CZMQ", "CMoERouterdOS"]),
         // The plain-C client library (also built without Swift by the top-level Makefile).
         .target(name: "CMoERouterClient", dependencies: ["CMoERouterWire"], path: "clients/c",
                 linkerSettings: [.linkedLibrary("zmq")]),
@@ -71,7 +73,7 @@ let package = Package(
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(
             name: "moe-router-latency-bench",
-            dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterClient", "CZMQ", "CMoERouterdOS",
+            dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterClient", "CZMQ", "CMoERouterdOS", "MoERouterEcho",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(
             name: "MoERouterServerTests",
@@ -80,7 +82,7 @@ let package = Package(
         .testTarget(name: "MoERouterServiceTests", dependencies: ["MoERouterService"]),
         .executableTarget(
             name: "moe-router-bench",
-            dependencies: ["MoERouting", "MoERouterZMQ", "CMoERouterClient", "CMoERouterWire", "CZMQ",
+            dependencies: ["MoERouting", "MoERouterZMQ", "MoERouterEcho", "CMoERouterClient", "CMoERouterWire", "CZMQ",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .executableTarget(

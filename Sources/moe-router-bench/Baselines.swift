@@ -2,52 +2,10 @@ import CMoERouterClient
 import CMoERouterWire
 import CZMQ
 import Histogram
+import MoERouterEcho
 import MoERouterZMQ
 import MoERouting
 import Synchronization
-
-/// The bare transport: a ZeroMQ ROUTER that answers each request with frames of the sizes a
-/// ROUTE answer would have, driven by DEALER clients (the C client's socket type) sending
-/// frames of a ROUTE request's sizes. Closed loop, one request in flight per client.
-final class EchoServer: @unchecked Sendable {
-    let endpoint: String
-    private let context = ZMQContext()
-    private let socket: ZMQSocket
-    private let replySizes: Mutex<[Int]>
-    private var thread = pthread_t()
-
-    init(replySizes: [Int]) throws {
-        endpoint = "ipc:///tmp/moe-bench-echo-\(getpid()).sock"
-        socket = try ZMQSocket(context, type: ZMQ_ROUTER)
-        try socket.bind(endpoint)
-        self.replySizes = Mutex(replySizes)
-        let me = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { arg in
-            let s = Unmanaged<EchoServer>.fromOpaque(arg!).takeRetainedValue()
-            s.serve()
-            return nil
-        }, me)
-    }
-
-    func setReplySizes(_ sizes: [Int]) { replySizes.withLock { $0 = sizes } }
-
-    private func serve() {
-        while true {
-            guard let parts = try? socket.receiveMultipart() else { return }
-            let sizes = replySizes.withLock { $0 }
-            var reply = [parts[0]]
-            for s in sizes { reply.append(ZMQMessage.sized( s)) }
-            do { try socket.sendMultipart(reply) } catch { return }
-        }
-    }
-
-    func stop() {
-        context.shutdown()
-        pthread_join(thread, nil)
-        socket.close()
-        unlink(String(endpoint.dropFirst("ipc://".count)))
-    }
-}
 
 /// Frame sizes of one ROUTE exchange.
 struct ExchangeShape {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CMoERouterClient
 import Foundation
+import MoERouterEcho
 import MoERouting
 
 /// moe-router-bench: how much can the daemon take, and what does it cost over the bare
@@ -89,7 +90,9 @@ struct LoadBench: ParsableCommand {
         let batchSets: [[(tokens: Int, weight: Double)]] = try mix.map { [try parseMix($0)] }
             ?? ints(batches, "batches").map { [($0, 1.0)] }
         let local = try localLayer(endpoint: ep, name: layer)
-        let echo = noBaselines ? nil : try EchoServer(replySizes: [])
+        // The bare transport: frames of a ROUTE request's sizes, answered with a ROUTE answer's.
+        let echo = noBaselines ? nil : try EchoServer(endpoint: "ipc:///tmp/moe-bench-echo-\(getpid()).sock", answer: .sized)
+        echo?.start()
         defer { echo?.stop() }
         var report = Report(endpoint: ep, layer: layer, dtype: dt)
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import CMoERouterClient
 import CMoERouterWire
 import CMoERouterdOS
+import MoERouterEcho
 import CZMQ
 import Foundation
 import MoERouting
@@ -41,7 +42,7 @@ struct LatencyBench: ParsableCommand {
     }
 
     mutating func run() throws {
-        if let endpoint = echoServer { return Echo.serve(endpoint) }
+        if let endpoint = echoServer { return try EchoServer(endpoint: endpoint, answer: .mirror).serve() }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
         let daemonPath = daemon ?? here.appendingPathComponent("moe-routerd").path
         let cpus = ProcessInfo.processInfo.activeProcessorCount
@@ -205,35 +206,9 @@ struct BenchError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// The baseline: a ROUTER that sends every message straight back, and a DEALER that waits for
-/// the answer exactly as the C client library does (blocking receive with ZMQ_RCVTIMEO).
+/// The client side of the baseline (the server is `EchoServer`): a DEALER that waits for the
+/// answer exactly as the C client library does (blocking receive with ZMQ_RCVTIMEO).
 enum Echo {
-    static let holdMagic: UInt32 = 0x444C_4F48  // "HOLD"
-
-    static func serve(_ endpoint: String) {
-        let ctx = zmq_ctx_new()
-        let s = zmq_socket(ctx, ZMQ_ROUTER)
-        zmq_bind(s, endpoint)
-        var parts: [UnsafeMutablePointer<zmq_msg_t>] = (0..<8).map { _ in .allocate(capacity: 1) }
-        while true {
-            var n = 0, more: Int32 = 1
-            while more != 0 && n < parts.count {
-                zmq_msg_init(parts[n])
-                if zmq_msg_recv(parts[n], s, 0) < 0 { return }
-                more = zmq_msg_more(parts[n])
-                n += 1
-            }
-            // A held message ("HOLD" + nanoseconds) is answered after that much busy time.
-            if n >= 1, zmq_msg_size(parts[n - 1]) >= 12, let p = zmq_msg_data(parts[n - 1]),
-               p.loadUnaligned(as: UInt32.self) == Echo.holdMagic {
-                let until = mro_now_ns() + p.loadUnaligned(fromByteOffset: 4, as: UInt64.self)
-                while mro_now_ns() < until {}
-            }
-            for i in 0..<n { zmq_msg_send(parts[i], s, i < n - 1 ? ZMQ_SNDMORE : 0) }
-        }
-        parts.removeAll()
-    }
-
     final class Client {
         let ctx: UnsafeMutableRawPointer
         let sock: UnsafeMutableRawPointer
@@ -247,7 +222,7 @@ enum Echo {
 
         func roundTrip(bytes: Int, holdNs: UInt64 = 0) {
             buffer.withUnsafeMutableBytes {
-                $0.storeBytes(of: holdNs > 0 ? Echo.holdMagic : 0, as: UInt32.self)
+                $0.storeBytes(of: holdNs > 0 ? EchoServer.holdMagic : 0, as: UInt32.self)
                 $0.storeBytes(of: holdNs, toByteOffset: 4, as: UInt64.self)
             }
             _ = buffer.withUnsafeMutableBytes { zmq_send(sock, $0.baseAddress, bytes, 0) }
