@@ -31,7 +31,7 @@ steal_mark; scripts/kernel-ab.sh HEAD - deepseek-v3,kimi-k2 fp32/bf16 64,4096,16
 # the 2-thread ceiling of this machine: the kernel on two bare POSIX threads, one half each
 steal_mark; scripts/kernel-ab.sh HEAD threads deepseek-v3 fp32,bf16 16384 30 | tee "$OUT/kernel-threads.txt"; steal_report kernel-threads
 # heap allocations per request (counted by a preloaded shim; not timed)
-cc -O2 -shared -fPIC tests/c/alloc_count.c -o "$OUT/alloc_count.so" -ldl
+cc -O2 -shared -fPIC IntegrationTests/c/alloc_count.c -o "$OUT/alloc_count.so" -ldl
 LD_PRELOAD="$PWD/$OUT/alloc_count.so" $bin/moe-router-kernel-bench --count-allocations --batches 1,64,4096 | tee "$OUT/allocations.txt"
 steal_mark; $bin/moe-router-latency-bench | tee "$OUT/latency.txt"; steal_report latency
 

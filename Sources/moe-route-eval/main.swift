@@ -3,7 +3,7 @@ import Foundation
 import MoERouting
 
 /// Routes the cases of a JSON manifest and writes raw outputs, so that tests in other
-/// languages (tests/python) can check the Swift implementation against their own references.
+/// languages (IntegrationTests/python) can check the Swift implementation against their own references.
 ///
 /// Manifest: `{"cases": [{"id", "spec" | "preset" (+ "gate_dtype"), "dtype", "tokens",
 /// "input" (raw little-endian file), "kernel": "avx512" | "generic" | "best"}]}`; a spec holds

@@ -37,7 +37,7 @@ struct KernelBench: ParsableCommand {
     @Flag(help: "Instead of the throughput table, each preset's share of its allowance from issue 2 (2 x deepseek-v3's ns/token x E/256, same dtype and batch, 1 thread), measured in pairs: a deepseek-v3 slice and the preset's slice back to back, so that both see the same phase of a shared machine; the share is the median over the pairs (--rounds of them).")
     var allowance = false
 
-    @Flag(help: "Instead of timing, count heap allocations per request for every row (1 thread and all cores, matched path) and for the fallback path. Needs the counting shim preloaded: cc -shared -fPIC tests/c/alloc_count.c -o alloc_count.so -ldl; LD_PRELOAD=$PWD/alloc_count.so.")
+    @Flag(help: "Instead of timing, count heap allocations per request for every row (1 thread and all cores, matched path) and for the fallback path. Needs the counting shim preloaded: cc -shared -fPIC IntegrationTests/c/alloc_count.c -o alloc_count.so -ldl; LD_PRELOAD=$PWD/alloc_count.so.")
     var countAllocations = false
 
     mutating func validate() throws {
@@ -141,7 +141,7 @@ struct KernelBench: ParsableCommand {
         }
     }
 
-    /// Heap allocations per request, counted by the preloaded shim (tests/c/alloc_count.c).
+    /// Heap allocations per request, counted by the preloaded shim (IntegrationTests/c/alloc_count.c).
     func allocationSection(_ kernel: CPUBackend.Kernel) throws {
         typealias Count = @convention(c) () -> Int64
         typealias Enable = @convention(c) (Int32) -> Void

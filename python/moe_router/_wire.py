@@ -1,7 +1,7 @@
 """The wire protocol v1 of Include/moe_router.h, as struct layouts.
 
 Every struct is a list of (C field name, struct format) pairs; nested structs are flattened with
-dotted names (``input.kind``) so tests/python/test_python_client_wire.py can compare each offset
+dotted names (``input.kind``) so IntegrationTests/python/test_python_client_wire.py can compare each offset
 with the C compiler's ``offsetof``. All formats are little-endian with no implicit padding: the
 header's explicit reserved fields make the C layout padding-free.
 """

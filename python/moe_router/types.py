@@ -74,7 +74,7 @@ class Layer:
 
     def spec(self):
         """The layer as a dict with shared/ROUTING.md's snake_case fields and label values
-        (the shape of the daemon's config entries and of tests/python/routing_reference.py)."""
+        (the shape of the daemon's config entries and of IntegrationTests/python/routing_reference.py)."""
         return dict(name=self.name, method=self.method.label, num_experts=self.num_experts, top_k=self.top_k,
                     num_expert_group=self.num_expert_group, topk_group=self.topk_group,
                     scoring=self.scoring.label, renormalize=self.renormalize,

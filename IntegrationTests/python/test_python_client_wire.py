@@ -1,6 +1,6 @@
 """Pins the Python client's wire layout and status codes to Include/moe_router_wire.h (the one
 definition of the protocol): a C program prints sizeof/offsetof of every field, and the header's
-enums are parsed and compared. tests/python/moe_wire.py takes its tables from the package, so
+enums are parsed and compared. IntegrationTests/python/moe_wire.py takes its tables from the package, so
 this pins the tests' raw frames too."""
 import pathlib
 import re

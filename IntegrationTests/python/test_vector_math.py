@@ -1,5 +1,5 @@
 """The AVX-512 exp and sigmoid reproduce the contract's scalar functions (moe_token.h) bit for
-bit: tests/c/verify_vector_math.c over a sample of every 257th fp32 bit pattern (its `full`
+bit: IntegrationTests/c/verify_vector_math.c over a sample of every 257th fp32 bit pattern (its `full`
 mode checks all 4.3e9 finite values, about 100 s)."""
 import re
 import subprocess

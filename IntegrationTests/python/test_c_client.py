@@ -19,7 +19,7 @@ def test_timed_out_inline_route_does_not_leave_libzmq_reading_the_callers_buffer
     """The library sends large inline inputs zero-copy; a call that times out while the daemon is
     stopped must not return before libzmq has let go of the buffer (the caller frees it at once;
     under AddressSanitizer a later read from it aborts the program). The client works afterwards."""
-    exe = _build_asan(tmp_path, "tests/c/inline_timeout.c")
+    exe = _build_asan(tmp_path, "IntegrationTests/c/inline_timeout.c")
     d = start_daemon("--preset", DS)
     p = subprocess.run([str(exe), d.endpoint, str(d.proc.pid)], capture_output=True, text=True, timeout=60,
                        env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})

@@ -1,6 +1,6 @@
 """The kernels divide many values by one sum through its reciprocal (div_by_recip in
 Sources/CMoEKernels/avx512_internal.h). The result must be the IEEE quotient in every bit, or
-the fast paths would stop matching the exact path and the other backends: tests/c/verify_div_recip.c
+the fast paths would stop matching the exact path and the other backends: IntegrationTests/c/verify_div_recip.c
 compares the two over structured and random divisors (every significand pair it samples, and
 the whole dividend range including the tiny dividends that take a real division)."""
 import subprocess

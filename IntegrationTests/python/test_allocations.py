@@ -1,5 +1,5 @@
 """No heap allocation per token or per small request: the kernel bench counts allocations per
-request with a preloaded counting shim (tests/c/alloc_count.c), every preset and input dtype,
+request with a preloaded counting shim (IntegrationTests/c/alloc_count.c), every preset and input dtype,
 the matched path on one thread and on all cores, and the fallback cast."""
 import subprocess
 from pathlib import Path
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
     out = tmp_path_factory.mktemp("alloc") / "alloc_count.so"
-    subprocess.run(["cc", "-O2", "-shared", "-fPIC", str(ROOT / "tests/c/alloc_count.c"), "-o", str(out), "-ldl"],
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", str(ROOT / "IntegrationTests/c/alloc_count.c"), "-o", str(out), "-ldl"],
                    check=True, capture_output=True)
     return out
 

@@ -35,12 +35,12 @@ def kernels_with(tmp_path, old, new):
 
 
 def build_kernel_check(tmp_path, check, source_dir=KERNELS, defines=(), with_kernels=False):
-    """tests/c/<check>.c built against the kernel sources in source_dir (their headers; their .c
+    """IntegrationTests/c/<check>.c built against the kernel sources in source_dir (their headers; their .c
     files too with with_kernels), as the kernels are built: clang -O2 -ffp-contract=off."""
     out = tmp_path / check
     sources = sorted(map(str, source_dir.glob("*.c"))) if with_kernels else []
     subprocess.run(["clang", "-O2", "-ffp-contract=off", *defines, f"-I{source_dir}/include", f"-I{source_dir}",
-                    *sources, str(ROOT / "tests" / "c" / f"{check}.c"), "-o", str(out), "-lm"],
+                    *sources, str(ROOT / "IntegrationTests" / "c" / f"{check}.c"), "-o", str(out), "-lm"],
                    check=True, capture_output=True)
     return out
 
@@ -50,7 +50,7 @@ def route_eval():
     return find_binary("moe-route-eval", "MOE_ROUTE_EVAL")
 
 
-# --- moe-routerd (tests/python/test_daemon_*.py) -------------------------------------------
+# --- moe-routerd (IntegrationTests/python/test_daemon_*.py) -------------------------------------------
 
 import signal  # noqa: E402
 import tempfile  # noqa: E402

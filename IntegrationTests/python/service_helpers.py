@@ -1,4 +1,4 @@
-"""Helpers of the tests/python/test_service_*.py suites: a fake systemd notify socket."""
+"""Helpers of the IntegrationTests/python/test_service_*.py suites: a fake systemd notify socket."""
 import os
 import socket
 import tempfile
