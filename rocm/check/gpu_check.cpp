@@ -79,15 +79,6 @@ Library open_library(const char *path) {
     std::exit(2);
 }
 
-std::vector<std::string> split(const std::string &s) {
-    std::vector<std::string> out;
-    size_t start = 0;
-    for (size_t comma; (comma = s.find(',', start)) != std::string::npos; start = comma + 1)
-        out.push_back(s.substr(start, comma - start));
-    out.push_back(s.substr(start));
-    return out;
-}
-
 struct Options {
     std::vector<const check::Layer *> layers;
     std::vector<int64_t> tokens = {1, 64, 4096};
@@ -104,13 +95,13 @@ Options parse(int argc, char **argv) {
         else if (flag == "--families") families = value;
         else if (flag == "--tokens") {
             o.tokens.clear();
-            for (const std::string &t : split(value)) o.tokens.push_back(std::atoll(t.c_str()));
+            for (const std::string &t : check::split(value)) o.tokens.push_back(std::atoll(t.c_str()));
         } else usage();
     }
     for (const check::Layer &l : check::all_layers())
         if (layers == "all" || (layers == "presets" && l.preset)) o.layers.push_back(&l);
     if (layers != "all" && layers != "presets")
-        for (const std::string &name : split(layers)) {
+        for (const std::string &name : check::split(layers)) {
             const check::Layer *l = check::find_layer(name);
             if (!l) {
                 std::fprintf(stderr, "gpu_check: unknown layer %s\n", name.c_str());
@@ -119,7 +110,7 @@ Options parse(int argc, char **argv) {
             o.layers.push_back(l);
         }
     for (int f = 0; f < check::kFamilyCount; f++)
-        for (const std::string &name : split(families))
+        for (const std::string &name : check::split(families))
             if (families == "all" || name == check::kFamilies[f]) o.families.push_back(f);
     if (o.layers.empty() || o.families.empty() || o.tokens.empty()) usage();
     return o;

@@ -32,15 +32,6 @@ void require(hipError_t e, const char *what) {
     std::exit(1);
 }
 
-std::vector<std::string> split(const std::string &s) {
-    std::vector<std::string> out;
-    size_t start = 0;
-    for (size_t comma; (comma = s.find(',', start)) != std::string::npos; start = comma + 1)
-        out.push_back(s.substr(start, comma - start));
-    out.push_back(s.substr(start));
-    return out;
-}
-
 mrh::LayerParams params_of(const check::Layer &l) {
     return {l.method, l.scoring, l.num_experts, l.top_k, l.num_groups, l.topk_group, l.renormalize, l.rsf};
 }
@@ -141,10 +132,10 @@ int main(int argc, char **argv) {
         }
         if (i + 1 >= argc) break;
         const std::string value = argv[++i];
-        if (flag == "--layers") layers = split(value);
+        if (flag == "--layers") layers = check::split(value);
         else if (flag == "--tokens") {
             tokens.clear();
-            for (const std::string &t : split(value)) tokens.push_back(std::atoll(t.c_str()));
+            for (const std::string &t : check::split(value)) tokens.push_back(std::atoll(t.c_str()));
         } else if (flag == "--reps") reps = std::atoi(value.c_str());
         else {
             std::fprintf(stderr, "usage: kernel_timing --list | [--layers A,B] [--tokens N,...] [--reps N]\n");

@@ -65,6 +65,16 @@ inline const std::vector<Layer> &all_layers() {
     return layers;
 }
 
+/* The items of a comma-separated command-line list. */
+inline std::vector<std::string> split(const std::string &s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    for (size_t comma; (comma = s.find(',', start)) != std::string::npos; start = comma + 1)
+        out.push_back(s.substr(start, comma - start));
+    out.push_back(s.substr(start));
+    return out;
+}
+
 inline const Layer *find_layer(const std::string &name) {
     for (const Layer &l : all_layers())
         if (name == l.name) return &l;
