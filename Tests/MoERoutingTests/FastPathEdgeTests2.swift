@@ -76,29 +76,20 @@ import Testing
 
     @Test(arguments: biasedSpecs.indices)
     func biasedMatchesReference(index: Int) throws {
-        let spec = Self.biasedSpecs[index]
-        guard (try? BuiltLayer(spec)) != nil else { return }
-        for tokens in [1, 3, 16, 37] {
-            let values = Self.rows(spec.numExperts, tokens: tokens, seed: UInt64(7000 + 31 * index + tokens))
-            for dtype in DType.allCases {
-                var l = spec
-                l.gateDType = dtype
-                let layer = try BuiltLayer(l)
-                let expected = reference(layer, values, tokens: tokens, dtype: dtype)
-                for kernel in kernels {
-                    let (got, _) = try route(layer, CPUBackend(kernel: kernel, threads: 1), values, tokens: tokens, dtype: dtype)
-                    #expect(got == expected, "\(spec.name) tokens=\(tokens) dtype=\(dtype) kernel=\(kernel)")
-                }
-            }
-        }
+        try Self.matchReference(Self.biasedSpecs[index], tokenCounts: [1, 3, 16, 37]) { UInt64(7000 + 31 * index + $0) }
     }
 
     @Test(arguments: specs.indices)
     func smallSoftmaxMatchesReference(index: Int) throws {
-        let spec = Self.specs[index]
-        guard (try? BuiltLayer(spec)) != nil else { return } // a shape the layer rules reject
-        for tokens in [1, 15, 16, 17, 31, 48, 77] {
-            let values = Self.rows(spec.numExperts, tokens: tokens, seed: UInt64(4000 + 97 * index + tokens))
+        try Self.matchReference(Self.specs[index], tokenCounts: [1, 15, 16, 17, 31, 48, 77]) { UInt64(4000 + 97 * index + $0) }
+    }
+
+    /// Every kernel against the reference for `spec` in each gate dtype, at each token count
+    /// (rows from `seed(tokens)`). A shape the layer rules reject is skipped.
+    static func matchReference(_ spec: LayerSpec, tokenCounts: [Int], seed: (Int) -> UInt64) throws {
+        guard (try? BuiltLayer(spec)) != nil else { return }
+        for tokens in tokenCounts {
+            let values = rows(spec.numExperts, tokens: tokens, seed: seed(tokens))
             for dtype in DType.allCases {
                 var l = spec
                 l.gateDType = dtype
