@@ -68,26 +68,18 @@ __device__ inline float key_value(SelectKey k) {
 
 /* ---- Team reductions (every lane ends with the team's result) ----------------------------- */
 
-__device__ inline SelectKey team_max_key(SelectKey k) {
+/* The team's largest key, or largest value (values are never NaN here; -inf when none). */
+template <class T> __device__ inline T team_max(T v) {
     for (int m = kTeamLanes / 2; m >= 1; m >>= 1) {
-        const SelectKey other = mrh_shfl_xor(k, m, kTeamLanes);
-        k = other > k ? other : k;
+        const T other = mrh_shfl_xor(v, m, kTeamLanes);
+        v = other > v ? other : v;
     }
-    return k;
+    return v;
 }
 
 __device__ inline int32_t team_sum(int32_t n) {
     for (int m = kTeamLanes / 2; m >= 1; m >>= 1) n += mrh_shfl_xor(n, m, kTeamLanes);
     return n;
-}
-
-/* The largest value other than NaN (values never NaN here, -inf when none). */
-__device__ inline float team_max_value(float v) {
-    for (int m = kTeamLanes / 2; m >= 1; m >>= 1) {
-        const float other = mrh_shfl_xor(v, m, kTeamLanes);
-        v = other > v ? other : v;
-    }
-    return v;
 }
 
 /* The contract's fold of its 16 lane sums (halves 8, 4, 2, 1): lane l adds lane l ^ m, which for
@@ -174,7 +166,7 @@ __device__ inline void team_softmax(float (&x)[SLOTS], uint64_t live) {
 #pragma unroll
     for (int s = 0; s < SLOTS; s++)
         if ((live >> s & 1) && x[s] > m) m = x[s];
-    m = team_max_value(m);
+    m = team_max(m);
     float lane_sum = 0.0f; /* the contract's lanes[lane]: this lane's experts in ascending order */
 #pragma unroll
     for (int s = 0; s < SLOTS; s++)
@@ -217,7 +209,7 @@ __device__ inline uint64_t kept_group_slots(const float (&key)[SLOTS], uint64_t 
     SelectKey mine = lane_best(gscore, group_live, lane);
     uint64_t kept = 0;
     for (int j = 0; j < Gk; j++) {
-        const int g = key_index(team_max_key(mine));
+        const int g = key_index(team_max(mine));
         if (g % kTeamLanes == lane) {
             group_live &= ~(1ull << (g / kTeamLanes));
             mine = lane_best(gscore, group_live, lane);
@@ -273,7 +265,7 @@ __device__ inline void select_top_k(int k, const float (&key)[SLOTS], const floa
                                     int lane, bool with_scores, float *chosen, int32_t *ids, float *picked) {
     SelectKey mine = lane_best(key, live, lane);
     for (int j = 0; j < k; j++) {
-        const SelectKey best = team_max_key(mine);
+        const SelectKey best = team_max(mine);
         const int32_t id = key_index(best);
         const int owner = id % kTeamLanes;
         float score_of_id = 0.0f;

@@ -32,12 +32,9 @@ final class TCPRelay: @unchecked Sendable {
     /// Waits for the relay thread (after the context shut down).
     func join() { thread.join() }
 
-    private final class SocketPair: @unchecked Sendable {
+    /// The two sockets, handed to the relay thread, which alone uses them from then on.
+    private struct SocketPair: @unchecked Sendable {
         let tcp: ZMQSocket
         let inner: ZMQSocket
-        init(tcp: ZMQSocket, inner: ZMQSocket) {
-            self.tcp = tcp
-            self.inner = inner
-        }
     }
 }
