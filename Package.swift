@@ -43,6 +43,9 @@ let package = Package(
             name: "moe-router-kernel-bench",
             dependencies: ["MoERouting", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "MoERoutingTests", dependencies: ["MoERouting", "CMoEKernels"]),
+        // Hugging Face checkpoints: safetensors headers and the few tensors the layers need.
+        .target(name: "MoERouterModels", dependencies: ["MoERouting"]),
+        .testTarget(name: "MoERouterModelsTests", dependencies: ["MoERouterModels", "MoERouting"]),
 
         // moe-routerd: the wire protocol is Include/moe_router.h, imported through CMoERouterWire
         // (its include/ is a symlink to ../../Include).
