@@ -9,12 +9,15 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
     case badHeader(path: String, reason: String)
     /// A tensor's entry or bytes are wrong.
     case badTensor(path: String, tensor: String, reason: String)
+    /// `config.json` or the shard index does not say what the loader needs.
+    case badConfig(path: String, reason: String)
 
     public var description: String {
         switch self {
         case .unreadable(let path, let reason): "\(path): \(reason)"
         case .badHeader(let path, let reason): "\(path): safetensors header: \(reason)"
         case .badTensor(let path, let tensor, let reason): "\(path): tensor \(tensor): \(reason)"
+        case .badConfig(let path, let reason): "\(path): \(reason)"
         }
     }
 }
