@@ -67,7 +67,7 @@ let package = Package(
                            .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "moe-routerd",
-            dependencies: ["MoERouterServer", "MoERouting", "MoERouterService",
+            dependencies: ["MoERouterServer", "MoERouting", "MoERouterService", "MoERouterModels",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "Metrics", package: "swift-metrics"),

@@ -9,8 +9,8 @@ struct RouterDaemon: ParsableCommand {
         commandName: "moe-routerd",
         abstract: "Serve MoE top-k routing over ZeroMQ (ipc, optional tcp) with shared-memory tensors.",
         discussion: """
-        Layers come from --config (YAML) and --preset (repeatable), in that order; their ids are \
-        their positions. Presets: \(Presets.names.joined(separator: ", ")). A biased preset uses \
+        Layers come from --config (YAML), --model (repeatable) and --preset (repeatable), in that \
+        order; their ids are their positions. Presets: \(Presets.names.joined(separator: ", ")). A biased preset uses \
         the deterministic synthetic bias of Presets.syntheticBias (uniform in [-0.1, 0.1)).
         Default endpoint: ipc://$RUNTIME_DIRECTORY/routerd.sock, else \
         ipc://$XDG_RUNTIME_DIR/moe-router/routerd.sock, else ipc:///tmp/moe-router-$UID/routerd.sock.
@@ -18,6 +18,12 @@ struct RouterDaemon: ParsableCommand {
 
     @Option(name: .customLong("preset"), help: "Serve a built-in model layer (repeatable).")
     var presets: [String] = []
+
+    @Option(name: .customLong("model"), help: "Serve every MoE layer of a Hugging Face checkpoint directory (config.json + safetensors; repeatable). Layers are named MODEL/INDEX, MODEL being the directory's name.")
+    var models: [String] = []
+
+    @Option(help: "Gate dtype of --model layers: auto (the checkpoint's torch_dtype), fp32, bf16, fp16.")
+    var modelGateDtype: String = "auto"
 
     @Option(help: "YAML configuration file (endpoints, limits, layers).")
     var config: String?

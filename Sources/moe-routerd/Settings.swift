@@ -1,4 +1,5 @@
 import Foundation
+import MoERouterModels
 import MoERouterServer
 import MoERouting
 
@@ -11,6 +12,14 @@ extension RouterDaemon {
         if let config {
             file = try ConfigFile.load(path: config)
             specs = try file.layerSpecs(baseDirectory: URL(fileURLWithPath: config).deletingLastPathComponent().path)
+        }
+        guard let modelGate = GateDTypeChoice(name: modelGateDtype) else {
+            throw .invalid(key: "--model-gate-dtype", value: modelGateDtype, expected: "auto, fp32, bf16 or fp16")
+        }
+        for directory in models {
+            do { specs += try Checkpoint(directory: directory, gate: modelGate).layers } catch {
+                throw .checkpoint(error.description)
+            }
         }
         guard let gate = DType(name: gateDtype) else {
             throw .invalid(key: "--gate-dtype", value: gateDtype, expected: "fp32, bf16 or fp16")

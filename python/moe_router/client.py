@@ -186,6 +186,16 @@ class Client:
             self._layers_by_name = {l.name: l for l in out}
         return out
 
+    def model_layers(self, model):
+        """The layers loaded from checkpoint `model` (``moe-routerd --model DIR``: named
+        ``MODEL/INDEX``), in layer order, so a host can route layer by layer."""
+        prefix = f"{model}/"
+        found = [(int(l.name[len(prefix):]), l) for l in self.layers()
+                 if l.name.startswith(prefix) and l.name[len(prefix):].isdigit()]
+        if not found:
+            raise UnknownLayerError(f"the daemon has no layers of model {model!r}")
+        return [l for _, l in sorted(found, key=lambda p: p[0])]
+
     def layer(self, key):
         """A Layer by id (int) or name (str); a Layer is returned as is. UnknownLayerError when
         the daemon has none such (the layer list is fetched again once before giving up)."""

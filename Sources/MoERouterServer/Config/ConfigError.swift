@@ -29,6 +29,8 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
     case file(path: String, reason: String, at: SourcePosition? = nil)
     /// The layer cannot be built (or uploaded to the backend).
     case layer(String, reason: String)
+    /// A checkpoint directory cannot be read (the text names the file and tensor).
+    case checkpoint(String)
     /// Neither `--preset` nor a configuration file named a layer.
     case noLayers
     /// The requested backend cannot run here.
@@ -47,6 +49,8 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
             return at.map { "\($0): \(reason)" } ?? "config \(path): \(reason)"
         case .layer(let name, let reason):
             return "layer '\(name)': \(reason)"
+        case .checkpoint(let text):
+            return "--model: \(text)"
         case .noLayers:
             return "no layers: pass --preset NAME or --config FILE"
         case .backend(let kind, let device, let error):
