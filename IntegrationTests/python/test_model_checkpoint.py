@@ -90,3 +90,28 @@ def test_a_broken_checkpoint_stops_the_start_naming_the_file(routerd_binary, tmp
     p = subprocess.run([str(routerd_binary), "--model", str(ckpt), "--endpoint", f"ipc://{tmp_path}/y.sock"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "model_type bert is not supported" in p.stderr, p.stderr
+
+
+def test_models_in_the_config_file(start_daemon, tmp_path):
+    deepseek_checkpoint(tmp_path)
+    config = tmp_path / "routerd.yaml"
+    config.write_text("models:\n  - {path: DeepSeek-V3-mini, name: dsv3, gate_dtype: bf16}\n")
+    d = start_daemon("--config", str(config), "--preset", "mixtral-8x7b")
+    with Client(d.endpoint) as c:
+        assert [l.name for l in c.layers()] == ["dsv3/3", "dsv3/4", "dsv3/5", "mixtral-8x7b"]
+        assert c.model_layers("dsv3")[0].gate_dtype.label == "bf16"
+
+
+def test_ctl_inspect_reads_a_checkpoint_without_a_daemon(tmp_path):
+    from conftest import find_binary
+    ctl = find_binary("moe-routerctl", "MOE_ROUTERCTL")
+    ckpt, _ = deepseek_checkpoint(tmp_path)
+    p = subprocess.run([str(ctl), "inspect", str(ckpt)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == ("model DeepSeek-V3-mini: deepseek_v3, 3 MoE layers, gate fp32, bias stored fp32 (no cast)")
+    assert lines[1].startswith("read ") and "bytes of safetensors" in lines[1]
+    assert lines[2].startswith("DeepSeek-V3-mini/3  biased_grouped_topk E=256 k=8 G=8 Gk=4 scoring=sigmoid")
+    (ckpt / "config.json").write_text("{")
+    p = subprocess.run([str(ctl), "inspect", str(ckpt)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 66 and "config.json: invalid JSON" in p.stderr, p.stderr

@@ -15,7 +15,7 @@ struct Ctl: ParsableCommand {
         commandName: "moe-routerctl",
         abstract: "Operate a running moe-routerd.",
         discussion: "Exit status: 0 ok, 64 usage, 65 refused by the daemon, 66 bad input file, 69 daemon unreachable, 73 cannot write the output, 75 drain timed out.",
-        subcommands: [Status.self, Layers.self, Stats.self, Route.self, Drain.self])
+        subcommands: [Status.self, Layers.self, Stats.self, Route.self, Drain.self, Inspect.self])
 }
 
 struct Connection: ParsableArguments {

@@ -9,18 +9,27 @@ extension RouterDaemon {
     func serverConfig() throws(ConfigError) -> ServerConfig {
         var file = ConfigFile()
         var specs: [LayerSpec] = []
-        if let config {
-            file = try ConfigFile.load(path: config)
-            specs = try file.layerSpecs(baseDirectory: URL(fileURLWithPath: config).deletingLastPathComponent().path)
-        }
         guard let modelGate = GateDTypeChoice(name: modelGateDtype) else {
             throw .invalid(key: "--model-gate-dtype", value: modelGateDtype, expected: "auto, fp32, bf16 or fp16")
         }
-        for directory in models {
-            do { specs += try Checkpoint(directory: directory, gate: modelGate).layers } catch {
+        func load(_ directory: String, name: String? = nil, gate: GateDTypeChoice) throws(ConfigError) {
+            do { specs += try Checkpoint(directory: directory, name: name, gate: gate).layers } catch {
                 throw .checkpoint(error.description)
             }
         }
+        if let config {
+            file = try ConfigFile.load(path: config)
+            let base = URL(fileURLWithPath: config).deletingLastPathComponent().path
+            specs = try file.layerSpecs(baseDirectory: base)
+            for (i, m) in (file.models ?? []).enumerated() {
+                let key = "models[\(i)].gate_dtype"
+                guard let gate = m.gate_dtype.map(GateDTypeChoice.init(name:)) ?? modelGate else {
+                    throw .invalid(key: key, value: m.gate_dtype ?? "", expected: "auto, fp32, bf16 or fp16", at: file.position(key))
+                }
+                try load(m.path.hasPrefix("/") ? m.path : base + "/" + m.path, name: m.name, gate: gate)
+            }
+        }
+        for directory in models { try load(directory, gate: modelGate) }
         guard let gate = DType(name: gateDtype) else {
             throw .invalid(key: "--gate-dtype", value: gateDtype, expected: "fp32, bf16 or fp16")
         }

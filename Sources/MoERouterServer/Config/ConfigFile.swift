@@ -16,6 +16,8 @@ public struct ConfigFile: Decodable, Sendable {
     public var deadline_ms: UInt32?
     public var max_registrations: Int?
     public var layers: [LayerEntry]?
+    /// Checkpoint directories whose MoE layers to serve (docs/MODELS.md).
+    public var models: [ModelEntry]?
     /// Where each key stands in the file ("workers", "layers[2].gate_dtype"), for errors.
     public var positions: [String: SourcePosition] = [:]
 
@@ -23,7 +25,15 @@ public struct ConfigFile: Decodable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case endpoint, tcp, backend, workers, queue_depth, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
-             max_registrations, layers
+             max_registrations, layers, models
+    }
+
+    /// A checkpoint directory (relative to the config file's directory), with an optional name
+    /// (default: the directory's) and gate dtype (auto, fp32, bf16, fp16; default auto).
+    public struct ModelEntry: Decodable, Sendable {
+        public var path: String
+        public var name: String?
+        public var gate_dtype: String?
     }
 
     /// A layer: a `preset` (optionally renamed and with another gate dtype / nonfinite policy)
