@@ -135,34 +135,40 @@ def _first_ids(job):
 def test_unregister_during_a_request_is_deferred_until_it_ends(start_daemon):
     """UNREGISTER of a segment a running ROUTE uses answers at once with deferred = 1; the ROUTE
     still finishes into the segment, the mapping goes only when it ends, and the handle is dead
-    from the UNREGISTER on. (The portable kernel on one thread makes the 200k-token ROUTE last
-    ~2 s, which a loaded machine's I/O thread needs to see the UNREGISTER in time.)"""
+    from the UNREGISTER on. (The portable kernel on the one worker thread makes the 200k-token
+    ROUTE last ~1 s; the UNREGISTER goes once that thread has been computing for 20 ms, i.e. once
+    the ROUTE holds the segment: "queued" alone may be a job not yet started on a loaded machine.)"""
     d = start_daemon("--preset", DS, "--backend", "cpu-generic", "--inline-tokens", "0", "--workers", "1")
     ctx = zmq.Context()
     a, watcher = dealer(ctx, d.endpoint), dealer(ctx, d.endpoint)
-    layer = w.layers(a)[0][DS]
-    job = BigShmJob(a, layer, 200000)
-    a.send_multipart(job.frames(request_id=7))
-    _until_in_flight(watcher)
-    a.send_multipart([w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", job.handle), request_id=8)])
-    assert a.poll(5000)
-    unreg = w.Reply(a.recv_multipart())
-    assert unreg.op == w.OP["UNREGISTER_SHM"] and unreg.status == 0, unreg
-    assert struct.unpack("<II", unreg.body)[0] == 1, "deferred"
-    st = w.stats(watcher)
-    assert st["registrations"] == 0 and st["queued"] == 1
-    assert d.shm_maps(), "still mapped while the ROUTE runs"
-    assert a.poll(30000)
-    route = w.Reply(a.recv_multipart())
-    assert route.op == w.OP["ROUTE"] and route.request_id == 7 and route.status == 0, route
-    assert _first_ids(job) == _zero_row_ids(watcher, layer), "outputs were written into the segment"
-    assert wait_until(lambda: d.shm_maps() == [] and w.stats(watcher)["mapped_bytes"] == 0, timeout=5)
-    again = w.call(a, job.frames())
-    assert again.status_name == "UNKNOWN_HANDLE", again
-    job.seg.close()
-    a.close()
-    watcher.close()
-    ctx.term()
+    try:
+        layer = w.layers(a)[0][DS]
+        job = BigShmJob(a, layer, 200000)
+        idle = _thread_ticks(d.pid, "moe-worker-0")
+        a.send_multipart(job.frames(request_id=7))
+        _until_in_flight(watcher)
+        assert wait_until(lambda: _thread_ticks(d.pid, "moe-worker-0") >= idle + 2, timeout=10, step=0.005)
+        a.send_multipart([w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", job.handle), request_id=8)])
+        assert a.poll(5000)
+        unreg = w.Reply(a.recv_multipart())
+        assert unreg.op == w.OP["UNREGISTER_SHM"] and unreg.status == 0, unreg
+        assert struct.unpack("<II", unreg.body)[0] == 1, "deferred"
+        st = w.stats(watcher)
+        assert st["registrations"] == 0 and st["queued"] == 1
+        assert d.shm_maps(), "still mapped while the ROUTE runs"
+        assert a.poll(30000)
+        route = w.Reply(a.recv_multipart())
+        assert route.op == w.OP["ROUTE"] and route.request_id == 7 and route.status == 0, route
+        assert _first_ids(job) == _zero_row_ids(watcher, layer), "outputs were written into the segment"
+        assert wait_until(lambda: d.shm_maps() == [] and w.stats(watcher)["mapped_bytes"] == 0, timeout=5)
+        again = w.call(a, job.frames())
+        assert again.status_name == "UNKNOWN_HANDLE", again
+        job.seg.close()
+    finally:
+        # closed on failure too: a context with open sockets would block the interpreter's exit
+        a.close()
+        watcher.close()
+        ctx.term()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
