@@ -85,17 +85,9 @@ public struct Checkpoint: Sendable {
         let single = dir + "/model.safetensors"
         let indexPath = dir + "/model.safetensors.index.json"
         guard FileManager.default.fileExists(atPath: indexPath) else { return single }
-        let index: [String: Any]
-        do {
-            guard let o = try JSONSerialization.jsonObject(with: try contents(indexPath)) as? [String: Any],
-                  let map = o["weight_map"] as? [String: Any] else {
-                throw CheckpointError.badConfig(path: indexPath, reason: "no weight_map object")
-            }
-            index = map
-        } catch let e as CheckpointError {
-            throw e
-        } catch {
-            throw .badConfig(path: indexPath, reason: "invalid JSON (\(error.localizedDescription))")
+        let root = try jsonObject(try contents(indexPath)) { .badConfig(path: indexPath, reason: $0) }
+        guard let index = root["weight_map"] as? [String: Any] else {
+            throw .badConfig(path: indexPath, reason: "no weight_map object")
         }
         guard let file = index[tensor] as? String else { throw .badConfig(path: indexPath, reason: "weight_map has no \(tensor)") }
         guard !file.contains("/"), !file.hasPrefix(".") else {

@@ -28,17 +28,7 @@ public struct ModelConfig: Sendable, Equatable {
 
     /// Parses a `config.json`'s bytes; `path` names the file in errors.
     public init(json: Data, path: String) throws(CheckpointError) {
-        let root: [String: Any]
-        do {
-            guard let o = try JSONSerialization.jsonObject(with: json) as? [String: Any] else {
-                throw CheckpointError.badConfig(path: path, reason: "not a JSON object")
-            }
-            root = o
-        } catch let e as CheckpointError {
-            throw e
-        } catch {
-            throw .badConfig(path: path, reason: "invalid JSON (\(error.localizedDescription))")
-        }
+        let root = try jsonObject(json) { .badConfig(path: path, reason: $0) }
         guard let type = root["model_type"] as? String else { throw .badConfig(path: path, reason: "model_type is missing") }
         // Llama-4 keeps its text model's settings under text_config.
         let c = Keys(values: type == "llama4" ? (root["text_config"] as? [String: Any] ?? [:]) : root, path: path)

@@ -22,6 +22,16 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
     }
 }
 
+/// `data` as a JSON object, or the error `failure` makes of the reason it is not one.
+func jsonObject(_ data: Data, failure: (String) -> CheckpointError) throws(CheckpointError) -> [String: Any] {
+    let parsed: Any
+    do { parsed = try JSONSerialization.jsonObject(with: data) } catch {
+        throw failure("invalid JSON (\(error.localizedDescription))")
+    }
+    guard let object = parsed as? [String: Any] else { throw failure("not a JSON object") }
+    return object
+}
+
 /// A safetensors element type (the format's names).
 public enum TensorDType: String, Sendable, CaseIterable {
     case F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL
@@ -130,17 +140,7 @@ public final class SafetensorsFile: @unchecked Sendable {
     }
 
     private static func parse(_ header: [UInt8], path: String, dataStart: Int, dataSize: Int) throws(CheckpointError) -> [String: Tensor] {
-        let object: [String: Any]
-        do {
-            guard let o = try JSONSerialization.jsonObject(with: Data(header)) as? [String: Any] else {
-                throw CheckpointError.badHeader(path: path, reason: "not a JSON object")
-            }
-            object = o
-        } catch let e as CheckpointError {
-            throw e
-        } catch {
-            throw .badHeader(path: path, reason: "invalid JSON (\(error.localizedDescription))")
-        }
+        let object = try jsonObject(Data(header)) { .badHeader(path: path, reason: $0) }
         var tensors: [String: Tensor] = [:]
         for (name, value) in object where name != "__metadata__" {
             func bad(_ reason: String) -> CheckpointError { .badTensor(path: path, tensor: name, reason: reason) }
