@@ -2,7 +2,6 @@
 sharded safetensors index; the safetensors bytes written by hand, as the format defines them)
 becomes one layer per MoE layer, with the checkpoint's own biases, routing as the reference does."""
 import json
-import struct
 import subprocess
 
 import numpy as np
@@ -10,21 +9,11 @@ import pytest
 
 import routing_reference as ref
 from moe_router import Client
+from checkpoints import write_safetensors
 from python_client_support import assert_bit_exact, logits, reference
 
 LAYERS = 6          # decoder layers; the first 3 dense, as first_k_dense_replace says
 EXPERTS = 256
-
-
-def write_safetensors(path, tensors):
-    """tensors: {name: (dtype name, array)}; arrays written little-endian in order."""
-    header, data = {"__metadata__": {"format": "pt"}}, b""
-    for name, (dtype, arr) in tensors.items():
-        raw = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    text = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
 def deepseek_checkpoint(root, name="DeepSeek-V3-mini", torch_dtype="float32"):
@@ -109,9 +98,9 @@ def test_ctl_inspect_reads_a_checkpoint_without_a_daemon(tmp_path):
     p = subprocess.run([str(ctl), "inspect", str(ckpt)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0] == ("model DeepSeek-V3-mini: deepseek_v3, 3 MoE layers, gate fp32, bias stored fp32 (no cast)")
-    assert lines[1].startswith("read ") and "bytes of safetensors" in lines[1]
-    assert lines[2].startswith("DeepSeek-V3-mini/3  biased_grouped_topk E=256 k=8 G=8 Gk=4 scoring=sigmoid")
+    assert lines[0].startswith("model DeepSeek-V3-mini: deepseek_v3, 3 MoE layers, gate fp32, bias stored fp32, "
+                               "pre-cast to fp32 once: exact, read ")
+    assert lines[1].startswith("DeepSeek-V3-mini/3  biased_grouped_topk E=256 k=8 G=8 Gk=4 scoring=sigmoid")
     (ckpt / "config.json").write_text("{")
     p = subprocess.run([str(ctl), "inspect", str(ckpt)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 66 and "config.json: invalid JSON" in p.stderr, p.stderr

@@ -24,15 +24,21 @@ public struct Checkpoint: Sendable {
     /// The dtype the biases are stored in (nil for methods without one).
     public let biasDType: DType?
     public let gateDType: DType
-    /// Bytes read from the safetensors files (headers and biases).
+    /// Every byte read: `config.json`, the shard index, each needed shard's header and the
+    /// bias tensors — never a weight.
     public let bytesRead: Int
+    /// Bias values the pre-cast to the gate dtype changes (0: the cast is exact), of `biasValues`.
+    public let roundedBiasValues: Int
+    public var biasValues: Int { biasDType == nil ? 0 : layers.count * config.layer.numExperts }
 
     /// Reads `directory`. `name`: the model's name (default: the directory's base name).
     public init(directory: String, name: String? = nil, gate: GateDTypeChoice = .auto) throws(CheckpointError) {
         let dir = directory.hasSuffix("/") && directory.count > 1 ? String(directory.dropLast()) : directory
         self.name = name ?? URL(fileURLWithPath: dir).lastPathComponent
         let configPath = dir + "/config.json"
-        config = try ModelConfig(json: try Self.contents(configPath), path: configPath)
+        let configBytes = try Self.contents(configPath)
+        config = try ModelConfig(json: configBytes, path: configPath)
+        var bytes = configBytes.count
         switch gate {
         case .fixed(let d): gateDType = d
         case .auto:
@@ -43,12 +49,14 @@ public struct Checkpoint: Sendable {
         }
         var specs: [LayerSpec] = []
         var storedDTypes = Set<DType>()
-        var bytes = 0
+        var rounded = 0
         if let biasTensor = config.biasTensor {
             let names = config.moeLayers.map(biasTensor)
+            let index = try ShardIndex(directory: dir)
+            bytes += index.bytesRead
             var files: [String: SafetensorsFile] = [:]
             for (layerIndex, tensor) in zip(config.moeLayers, names) {
-                let path = try Self.shard(holding: tensor, in: dir)
+                let path = try index.file(holding: tensor)
                 let file: SafetensorsFile
                 if let open = files[path] { file = open } else {
                     file = try SafetensorsFile(path: path)
@@ -56,9 +64,10 @@ public struct Checkpoint: Sendable {
                 }
                 let (values, stored) = try file.readVector(tensor, count: config.layer.numExperts)
                 storedDTypes.insert(stored)
+                rounded += values.count { [gateDType] in gateDType.roundTrip($0) != $0 }
                 specs.append(Self.spec(config.layer, "\(self.name)/\(layerIndex)", gateDType, bias: values))
             }
-            bytes = files.values.reduce(0) { $0 + $1.bytesRead }
+            bytes += files.values.reduce(0) { $0 + $1.bytesRead }
         } else {
             let (shared, model, gate) = (config.layer, self.name, gateDType)
             specs = config.moeLayers.map { Self.spec(shared, "\(model)/\($0)", gate, bias: nil) }
@@ -69,6 +78,20 @@ public struct Checkpoint: Sendable {
         layers = specs
         biasDType = storedDTypes.first
         bytesRead = bytes
+        roundedBiasValues = rounded
+    }
+
+    /// One line for logs and `moe-routerctl inspect`: family, layers, the bias's stored dtype, the
+    /// gate dtype, and whether the pre-cast rounds.
+    public var summary: String {
+        let cast: String
+        if let stored = biasDType {
+            cast = "bias stored \(stored), pre-cast to \(gateDType) once: "
+                + (roundedBiasValues == 0 ? "exact" : "rounds \(roundedBiasValues) of \(biasValues) values")
+        } else {
+            cast = "no bias"
+        }
+        return "model \(name): \(config.modelType), \(layers.count) MoE layers, gate \(gateDType), \(cast), read \(bytesRead) bytes"
     }
 
     private static func spec(_ shared: LayerSpec, _ name: String, _ gate: DType, bias: [Float]?) -> LayerSpec {
@@ -79,26 +102,65 @@ public struct Checkpoint: Sendable {
         return s
     }
 
-    /// The safetensors file holding `tensor`: `model.safetensors`, else the shard the index maps
-    /// it to (the index is read once per lookup; it is small).
-    private static func shard(holding tensor: String, in dir: String) throws(CheckpointError) -> String {
-        let single = dir + "/model.safetensors"
-        let indexPath = dir + "/model.safetensors.index.json"
-        guard FileManager.default.fileExists(atPath: indexPath) else { return single }
-        let root = try jsonObject(try contents(indexPath)) { .badConfig(path: indexPath, reason: $0) }
-        guard let index = root["weight_map"] as? [String: Any] else {
+    /// A small file's bytes (config.json, the index): a regular file of at most `limit` bytes.
+    static func contents(_ path: String, limit: Int = 64 << 20) throws(CheckpointError) -> Data {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw .unreadable(path: path, reason: "not a regular file") }
+        guard st.st_size <= limit else { throw .unreadable(path: path, reason: "\(st.st_size) bytes; at most \(limit) are read") }
+        var data = Data(count: Int(st.st_size))
+        let got = data.withUnsafeMutableBytes { buf in
+            var done = 0
+            while done < buf.count {
+                let n = pread(fd, buf.baseAddress! + done, buf.count - done, off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { return n < 0 ? -1 : done }
+                done += n
+            }
+            return done
+        }
+        guard got >= 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+        guard got == data.count else { throw .unreadable(path: path, reason: "changed size while read") }
+        return data
+    }
+}
+
+/// Where each tensor lives: `model.safetensors.index.json`'s `weight_map`, read once, or the
+/// single `model.safetensors` when there is no index.
+struct ShardIndex {
+    let directory: String
+    let indexPath: String
+    let weightMap: [String: Any]?
+    let bytesRead: Int
+
+    init(directory: String) throws(CheckpointError) {
+        self.directory = directory
+        indexPath = directory + "/model.safetensors.index.json"
+        var st = stat()
+        guard lstat(indexPath, &st) == 0 || errno != ENOENT else {
+            weightMap = nil
+            bytesRead = 0
+            return
+        }
+        let data = try Checkpoint.contents(indexPath)
+        let root = try jsonObject(data) { [indexPath] in .badConfig(path: indexPath, reason: $0) }
+        guard let map = root["weight_map"] as? [String: Any] else {
             throw .badConfig(path: indexPath, reason: "no weight_map object")
         }
-        guard let file = index[tensor] as? String else { throw .badConfig(path: indexPath, reason: "weight_map has no \(tensor)") }
-        guard !file.contains("/"), !file.hasPrefix(".") else {
-            throw .badConfig(path: indexPath, reason: "weight_map names \(file) for \(tensor): a shard must be a file in the directory")
-        }
-        return dir + "/" + file
+        weightMap = map
+        bytesRead = data.count
     }
 
-    private static func contents(_ path: String) throws(CheckpointError) -> Data {
-        do { return try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw .unreadable(path: path, reason: (error as NSError).localizedDescription)
+    /// The file holding `tensor`; a shard must be a plain file name inside the directory.
+    func file(holding tensor: String) throws(CheckpointError) -> String {
+        guard let weightMap else { return directory + "/model.safetensors" }
+        guard let file = weightMap[tensor] as? String else { throw .badConfig(path: indexPath, reason: "weight_map has no \(tensor)") }
+        guard !file.isEmpty, !file.contains("/"), !file.hasPrefix(".") else {
+            throw .badConfig(path: indexPath, reason: "weight_map names \(file) for \(tensor): a shard must be a file in the directory")
         }
+        return directory + "/" + file
     }
 }

@@ -33,7 +33,9 @@ public struct ModelConfig: Sendable, Equatable {
         // Llama-4 keeps its text model's settings under text_config.
         let c = Keys(values: type == "llama4" ? (root["text_config"] as? [String: Any] ?? [:]) : root, path: path)
         modelType = type
-        torchDType = (c.values["torch_dtype"] as? String ?? root["torch_dtype"] as? String).flatMap(Self.dtype)
+        // transformers >= 4.56 writes `dtype` where older configs say `torch_dtype`.
+        let dtypeName = ["torch_dtype", "dtype"].lazy.compactMap { c.values[$0] as? String ?? root[$0] as? String }.first
+        torchDType = dtypeName.flatMap(Self.dtype)
         let layers = try c.int("num_hidden_layers")
         func spec(_ method: RoutingMethod, experts: Int, topK: Int, groups: Int = 1, topKGroups: Int = 1,
                   scoring: ScoringFunction = .softmax, renormalize: Bool, rsf: Float = 1) -> LayerSpec {

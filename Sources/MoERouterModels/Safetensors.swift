@@ -73,7 +73,7 @@ public final class SafetensorsFile: @unchecked Sendable {
     /// Opens `path` and reads and checks its header.
     public init(path: String) throws(CheckpointError) {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)  // never blocks on a FIFO; refused below
         guard fd >= 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
         do throws(CheckpointError) {
             var st = stat()

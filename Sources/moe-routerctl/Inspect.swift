@@ -22,10 +22,7 @@ struct Inspect: ParsableCommand {
             printError("\(error)")
             throw ExitCode(66)
         }
-        let bias = model.biasDType.map { "\($0)" } ?? "none"
-        print("model \(model.name): \(model.config.modelType), \(model.layers.count) MoE layers, gate \(model.gateDType), bias stored \(bias)"
-              + (model.biasDType.map { $0 != model.gateDType ? " (pre-cast to \(model.gateDType) at load)" : " (no cast)" } ?? ""))
-        print("read \(model.bytesRead) bytes of safetensors (headers and biases)")
+        print(model.summary)
         for s in model.layers {
             print("\(s.name)  \(s.method.name) E=\(s.numExperts) k=\(s.topK) G=\(s.numExpertGroup) Gk=\(s.topKGroup) "
                   + "scoring=\(s.scoring) renormalize=\(s.renormalize) rsf=\(s.routedScalingFactor)")

@@ -37,7 +37,7 @@ struct Daemon {
         let notifier = SystemdNotifier()
         // A configuration the daemon cannot serve with exits 2, whichever stage found it.
         var settings: ServerConfig
-        do { settings = try command.serverConfig() } catch {
+        do { settings = try command.serverConfig { logger.info("\($0)") } } catch {
             logger.critical("\(error)")
             notifier.notify("STATUS=failed: \(error)")
             throw ExitCode(2)
@@ -119,7 +119,7 @@ struct Daemon {
             clock_gettime(CLOCK_MONOTONIC, &ts)
             notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000)\nSTATUS=reloading \(command.config ?? "(no --config)")")
             do {
-                let outcome = try server.reload(try command.serverConfig())
+                let outcome = try server.reload(try command.serverConfig { logger.info("\($0)") })
                 logger.notice("\(outcome)")
                 for layer in server.layers { logger.info("\(Self.describe(layer))") }
             } catch {

@@ -6,14 +6,21 @@ import MoERouting
 /// Start-up: the command line and the configuration file merged into one `ServerConfig`
 /// (flags win), every value checked. Run again on SIGHUP to reload.
 extension RouterDaemon {
-    func serverConfig() throws(ConfigError) -> ServerConfig {
+    /// `loaded` hears one line per checkpoint read (Checkpoint.summary and the time it took).
+    func serverConfig(loaded: (String) -> Void = { _ in }) throws(ConfigError) -> ServerConfig {
         var file = ConfigFile()
         var specs: [LayerSpec] = []
         guard let modelGate = GateDTypeChoice(name: modelGateDtype) else {
             throw .invalid(key: "--model-gate-dtype", value: modelGateDtype, expected: "auto, fp32, bf16 or fp16")
         }
         func load(_ directory: String, name: String? = nil, gate: GateDTypeChoice) throws(ConfigError) {
-            do { specs += try Checkpoint(directory: directory, name: name, gate: gate).layers } catch {
+            let started = ContinuousClock.now
+            do {
+                let model = try Checkpoint(directory: directory, name: name, gate: gate)
+                specs += model.layers
+                let ms = (ContinuousClock.now - started) / .microseconds(1) / 1000
+                loaded("\(model.summary) in \(String(format: "%.1f", ms)) ms from \(directory)")
+            } catch {
                 throw .checkpoint(error.description)
             }
         }

@@ -64,7 +64,14 @@ struct CheckpointFixture {
         }
         #expect(model.biasDType == .fp32)
         let headers = shards.values.reduce(0) { $0 + $1.bytes().count } - 61 * 512 * 256 * 2 - 58 * 1024
-        #expect(model.bytesRead == headers + 58 * 1024, "headers and biases only, not the 16 MiB of weights")
+        let json = try ["config.json", "model.safetensors.index.json"].reduce(0) {
+            $0 + (try FileManager.default.attributesOfItem(atPath: fixture.directory + "/" + $1)[.size] as! Int)
+        }
+        #expect(model.bytesRead == json + headers + 58 * 1024, "config, index, headers and biases only, not the 16 MiB of weights")
+        #expect(model.roundedBiasValues == model.layers.reduce(0) { n, l in n + l.bias!.count { DType.bf16.roundTrip($0) != $0 } })
+        #expect(model.roundedBiasValues > 0 && model.summary.contains("bias stored fp32, pre-cast to bf16 once: rounds \(model.roundedBiasValues) of \(58 * 256) values"))
+        let exact = try Checkpoint(directory: fixture.directory, gate: .fixed(.fp32))
+        #expect(exact.roundedBiasValues == 0 && exact.summary.contains("pre-cast to fp32 once: exact"), "\(exact.summary)")
         #expect(model.bytesRead < 128 << 10, "of a 16.5 MB checkpoint")
         print("deepseek-v3-shaped checkpoint (61 layers, 4 shards): \(model.bytesRead) bytes read in \(String(format: "%.1f", seconds * 1000)) ms")
         let layers = try model.layers.map { try BuiltLayer($0) }
@@ -137,6 +144,18 @@ struct CheckpointFixture {
         #expect(try error(CheckpointFixture.deepseekV3(layers: 4), index: [bias: "model-00009.safetensors"]).contains("model-00009.safetensors"))
         #expect(try error(CheckpointFixture.deepseekV3(layers: 4), index: [:]).contains("weight_map has no \(bias)"))
         #expect(try error(CheckpointFixture.deepseekV3(layers: 4), index: [bias: "../elsewhere.safetensors"]).contains("a shard must be a file in the directory"))
+        // config.json a symlink loop, a FIFO (never blocks), a directory.
+        for make in [{ (p: String) in symlink(p, p) }, { (p: String) in mkfifo(p, 0o600) }, { (p: String) in mkdir(p, 0o700) }] {
+            let f = try CheckpointFixture(config: [:], shards: [:], index: nil)
+            defer { f.remove() }
+            let path = f.directory + "/config.json"
+            try FileManager.default.removeItem(atPath: path)
+            #expect(make(path) == 0)
+            do { _ = try Checkpoint(directory: f.directory); Issue.record("loaded") } catch {
+                #expect(error.description.hasPrefix(path + ": ")
+                        && ["symbolic links", "not a regular file"].contains { error.description.contains($0) }, "\(error)")
+            }
+        }
         let short = SafetensorsFixture(entries: [(bias, "F32", [255], SafetensorsFixture.f32(Array(repeating: 0, count: 255)))])
         #expect(try error(CheckpointFixture.deepseekV3(layers: 4), shards: ["model.safetensors": short]).contains("tensor \(bias): shape [255], expected [256]"))
     }
