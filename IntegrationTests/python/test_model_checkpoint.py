@@ -58,6 +58,17 @@ def test_a_checkpoint_serves_its_moe_layers(start_daemon, tmp_path):
             assert_bit_exact(c.route(layer, x), want_w, want_ids, layer.name)
 
 
+def test_ctl_layers_lists_a_models_layers(start_daemon, tmp_path):
+    from conftest import find_binary
+    ckpt, _ = deepseek_checkpoint(tmp_path)
+    d = start_daemon("--model", str(ckpt), "--preset", "mixtral-8x7b")
+    ctl = find_binary("moe-routerctl", "MOE_ROUTERCTL")
+    p = subprocess.run([str(ctl), "layers", "--endpoint", d.endpoint, "--json"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    names = [l["name"] for l in json.loads(p.stdout)]
+    assert names == ["DeepSeek-V3-mini/3", "DeepSeek-V3-mini/4", "DeepSeek-V3-mini/5", "mixtral-8x7b"]
+
+
 def test_the_gate_dtype_can_be_chosen(start_daemon, tmp_path):
     ckpt, biases = deepseek_checkpoint(tmp_path)
     d = start_daemon("--model", str(ckpt), "--model-gate-dtype", "bf16")
