@@ -153,6 +153,8 @@ SHM_REG = [
     ("name without slash", lambda seg: w.register_body("noslash", 4096), "SHM_NAME"),
     ("name with inner slash", lambda seg: w.register_body("/a/b", 4096), "SHM_NAME"),
     ("dot-dot name", lambda seg: w.register_body("/..", 4096), "SHM_NAME"),
+    ("name not UTF-8", lambda seg: w.register_body(b"/x\xff", 4096), "SHM_NAME"),
+    ("name outside the portable set", lambda seg: w.register_body("/a b", 4096), "SHM_NAME"),
     ("missing object", lambda seg: w.register_body("/moe-router-does-not-exist", 4096), "SHM_OPEN"),
     ("wrong size", lambda seg: w.register_body(seg.name, seg.size + 4096), "SHM_SIZE"),
     ("zero size", lambda seg: w.register_body(seg.name, 0), "SHM_SIZE"),
@@ -253,6 +255,58 @@ def test_foreign_handle_is_unknown(env, sock, shm):
     assert shm_route(sock, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)]).status == 0
 
 
+def test_a_reconnect_with_the_same_routing_id_inherits_nothing(env):
+    """Probe hole 1: a client that chooses its routing id registers and disconnects; a new
+    connection with the same id (same process, same uid: only the connection differs) must not
+    use or drop the first one's handle."""
+    d, layer = env["daemon"], env["layers"][DS]
+    seg = Segment(1 << 20)
+    victim = env["ctx"].socket(zmq.DEALER)
+    victim.linger = 0
+    victim.setsockopt(zmq.ROUTING_ID, b"chosen-id")
+    victim.connect(d.endpoint)
+    try:
+        r, h = register(victim, seg)
+        assert r.status == 0, r
+        victim.close()
+        refs = [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)]
+        seg.mm[65536:65536 + OUT] = b"\xAB" * OUT
+        answered = None
+        for _ in range(40):  # the ROUTER refuses the id while it still holds the old pipe
+            thief = env["ctx"].socket(zmq.DEALER)
+            thief.linger = 0
+            thief.setsockopt(zmq.ROUTING_ID, b"chosen-id")
+            thief.connect(d.endpoint)
+            thief.send_multipart([w.frame0(w.OP["ROUTE"], w.route_body(layer["id"], w.FP32, 4,
+                                  *[w.buffer_ref(w.SHM, hh, o, n) for (hh, o, n) in refs]))])
+            if thief.poll(250):
+                answered = w.Reply(thief.recv_multipart())
+                r2 = w.call(thief, [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", h))])
+                thief.close()
+                break
+            thief.close()
+        assert answered is not None, "the reconnect was never answered"
+        assert answered.status_name == "UNKNOWN_HANDLE", answered
+        assert r2.status_name == "UNKNOWN_HANDLE", r2
+        assert seg.mm[65536:65536 + OUT] == b"\xAB" * OUT, "nothing written into the victim's segment"
+    finally:
+        seg.close()
+
+
+def test_handles_are_not_guessable(env):
+    s = dealer(env["ctx"], env["daemon"].endpoint)
+    segs = [Segment(4096) for _ in range(4)]
+    try:
+        handles = [register(s, g)[1] for g in segs]
+        assert None not in handles and len(set(handles)) == 4
+        gaps = [abs(a - b) for i, a in enumerate(handles) for b in handles[i + 1:]]
+        assert min(gaps) > 1 << 20, f"handles {handles} lie close together"
+    finally:
+        for g in segs:
+            g.close()
+        s.close()
+
+
 def test_double_unregister(sock, shm):
     _, h = shm
     unreg = [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", h))]
@@ -280,6 +334,31 @@ def test_shrink_that_keeps_every_used_byte_is_harmless(sock, env, shm):
     r = shm_route(sock, env["layers"][DS], 4, [(h, 0, IN), (h, 65536, OUT), (h, 70000, OUT)])
     assert r.status_name == "SHM_TRUNCATED", r
     assert env["daemon"].alive()
+
+
+def test_a_non_utf8_name_never_maps_its_lossy_twin(sock):
+    """Probe hole 6: "/x\\xff" was decoded lossily and registered the existing "/x\\uFFFD"."""
+    twin = "/moe-router-pytest-\ufffd"
+    fd = os.open("/dev/shm" + twin, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, 4096)
+        r = w.call(sock, [w.frame0(REG, w.register_body(b"/moe-router-pytest-\xff", 4096))])
+        assert r.status_name == "SHM_NAME" and "0xff" in r.message, r
+        r = w.call(sock, [w.frame0(REG, w.register_body(twin.encode(), 4096))])
+        assert r.status_name == "SHM_NAME", "names are the portable set: the lossy twin is refused too"
+    finally:
+        os.close(fd)
+        os.unlink("/dev/shm" + twin)
+
+
+def test_a_shrink_to_a_size_inside_a_page_is_caught(sock, env, shm):
+    """Probe hole 7: 64 KiB registered, truncated to 4196 bytes, outputs at 4200: the page is
+    still mapped, so only the object's current size tells the outputs would be lost."""
+    seg, h = shm
+    os.ftruncate(seg.fd, 4196)
+    r = shm_route(sock, env["layers"][DS], 1, [(h, 0, 1024), (h, 4200, 32), (h, 4232, 32)])
+    assert r.status_name == "SHM_TRUNCATED", r
+    assert "4196" in r.message, r
 
 
 def test_random_bytes(sock):

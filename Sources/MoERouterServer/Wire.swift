@@ -108,6 +108,11 @@ enum WireBytes {
 
     /// A NUL-padded fixed field (a C `char[N]` imported as a tuple) as a String, or nil when it
     /// holds no NUL.
+    /// The bytes of a NUL-terminated fixed field, up to the NUL; nil when there is none.
+    static func bytes<T>(fromFixed field: T) -> [UInt8]? {
+        withUnsafeBytes(of: field) { raw in raw.firstIndex(of: 0).map { Array(raw[..<$0]) } }
+    }
+
     static func string<T>(fromFixed field: T) -> String? {
         withUnsafeBytes(of: field) { raw in
             guard let end = raw.firstIndex(of: 0) else { return nil }

@@ -92,10 +92,10 @@ struct RequestDecoder: Sendable {
             return .hello(HelloRequest(versions: q.min_version...q.max_version, clientName: name))
         case .registerShm:
             let q = WireBytes.load(moe_register_req.self, from: body)
-            guard let name = WireBytes.string(fromFixed: q.name) else {
+            guard let raw = WireBytes.bytes(fromFixed: q.name) else {
                 throw RequestFailure(.shmName, "register.name is not NUL-terminated within \(MOE_SHM_NAME_BYTES) bytes")
             }
-            return .registerShm(RegisterRequest(name: name, size: q.size))
+            return .registerShm(RegisterRequest(name: try SharedSegment.portableName(raw), size: q.size))
         case .unregisterShm:
             return .unregisterShm(handle: WireBytes.load(moe_unregister_req.self, from: body).handle)
         case .route:

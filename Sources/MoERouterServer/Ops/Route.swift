@@ -32,9 +32,12 @@ struct RouteHandler: Sendable {
             let weights = try resolve(q.weights, "weights", expected: outputBytes, align: 4, r, &checkedOut)
             let ids = try resolve(q.ids, "ids", expected: outputBytes, align: 4, r, &checkedOut)
             if !checkedOut.isEmpty { try checkOverlap([input, weights, ids]) }
-            // A segment that already faulted is dead. No fstat here: a shrink (before or during
-            // this request) is caught by the SIGBUS guard when a byte we use is gone.
-            for s in checkedOut where s.faulted { throw truncated(s) }
+            // Every byte used must lie inside the object as it is now (fstat): a shrink to a size
+            // inside a mapped page faults nowhere, and outputs written there would be lost. A
+            // shrink during the run is caught by the SIGBUS guard (whole pages) and the second
+            // check below (the rest).
+            let buffers = [input, weights, ids]
+            try checkSizes(checkedOut, buffers)
             let weightsFrame = weights.segment == nil ? ZMQMessage.sized(outputBytes) : nil
             let idsFrame = ids.segment == nil ? ZMQMessage.sized(outputBytes) : nil
             let inputPtr = input.segment.map { UnsafeRawPointer($0.base + input.offset) } ?? r.inlineInput.baseAddress
@@ -45,7 +48,7 @@ struct RouteHandler: Sendable {
             let t0 = mro_now_ns()
             let outcome = try run(job, on: layer)
             result.computeNs = mro_now_ns() - t0
-            for s in checkedOut where s.faulted { throw truncated(s) }
+            try checkSizes(checkedOut, buffers)
             result.nonFiniteCount = outcome.nonFiniteInputs
             result.fallbackCast = outcome.usedFallbackCast
             let frames: [ZMQMessage] = switch (weightsFrame, idsFrame) {
@@ -123,9 +126,21 @@ struct RouteHandler: Sendable {
         }
     }
 
-    private func truncated(_ s: SharedSegment) -> RequestFailure {
-        registry.drop(handle: s.handle)
-        return RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
+    /// SHM_TRUNCATED (and the registration dropped) when a segment faulted or no longer holds
+    /// every byte a buffer of this request uses.
+    private func checkSizes(_ segments: [SharedSegment], _ buffers: [Resolved]) throws(RequestFailure) {
+        for s in segments {
+            let end = buffers.lazy.filter { $0.segment === s }.map { $0.offset + $0.length }.max() ?? 0
+            if s.faulted {
+                registry.drop(handle: s.handle)
+                throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
+            }
+            let now = s.currentSize
+            if now < end {
+                registry.drop(handle: s.handle)
+                throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) now holds \(now) bytes; this request uses bytes up to \(end); its registration is dropped")
+            }
+        }
     }
 
     private func run(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {

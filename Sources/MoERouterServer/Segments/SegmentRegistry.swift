@@ -18,7 +18,6 @@ final class SegmentRegistry: ConnectionTracking {
         var byClient: [ClientKey: Set<UInt64>] = [:]
         /// Connection fd and peer process of each client holding registrations.
         var connection: [ClientKey: (fd: Int32, pid: Int32)] = [:]
-        var nextHandle: UInt64
         var releasedClients: UInt64 = 0
     }
 
@@ -27,10 +26,7 @@ final class SegmentRegistry: ConnectionTracking {
 
     init(limits: Limits) {
         self.limits = limits
-        // Handles start at a random point so a stale handle from an earlier daemon run is
-        // unlikely to name a live registration.
-        let seed = UInt64.random(in: 0...UInt64.max)
-        state = Mutex(State(nextHandle: (seed & 0x0000_FFFF_FFFF_0000) | 1))
+        state = Mutex(State())
     }
 
     /// Maps `name` for `client`. The shm checks run outside the lock.
@@ -40,8 +36,11 @@ final class SegmentRegistry: ConnectionTracking {
             if s.byClient[client, default: []].count >= limits.maxPerClient {
                 throw RequestFailure(.limit, "this client already holds \(limits.maxPerClient) registrations (max_registrations)")
             }
-            defer { s.nextHandle &+= 1 }
-            return s.nextHandle
+            // Random (getrandom), never 0, never one in use: a handle names nothing another
+            // connection could guess, and a stale one from an earlier run names nothing live.
+            var h: UInt64
+            repeat { h = UInt64.random(in: 1...UInt64.max) } while s.segments[h] != nil
+            return h
         }
         let segment = try SharedSegment(handle: handle, owner: client, name: name, size: size, peer: peer,
                                         maxBytes: limits.maxSegmentBytes)
@@ -49,6 +48,10 @@ final class SegmentRegistry: ConnectionTracking {
             if s.byClient[client, default: []].count >= limits.maxPerClient {
                 segment.release()
                 throw RequestFailure(.limit, "this client already holds \(limits.maxPerClient) registrations (max_registrations)")
+            }
+            guard s.segments[handle] == nil else {  // two registrations drew one handle (p = 2^-64)
+                segment.release()
+                throw RequestFailure(.busy, "handle collision; retry")
             }
             s.segments[handle] = segment
             s.byClient[client, default: []].insert(handle)

@@ -7,21 +7,34 @@ import Glibc
 public struct ClientKey: Hashable, Sendable, CustomStringConvertible {
     public let transport: Transport
     public let routingID: [UInt8]
+    /// The connection the daemon's ZAP handler numbered when the peer connected (ipc): a peer
+    /// cannot choose it, so a new connection that reuses a routing id is a different client and
+    /// inherits nothing. 0 for tcp peers (they hold no registrations).
+    public let connection: UInt64
 
     public enum Transport: UInt8, Sendable { case ipc = 0, tcp = 1 }
 
+    public init(transport: Transport, routingID: [UInt8], connection: UInt64 = 0) {
+        self.transport = transport
+        self.routingID = routingID
+        self.connection = connection
+    }
+
     public var description: String {
-        "\(transport)/" + routingID.map { String($0, radix: 16) }.joined()
+        "\(transport)/" + routingID.map { String($0, radix: 16) }.joined() + (connection == 0 ? "" : "#\(connection)")
     }
 }
 
-/// The peer credentials libzmq reports for an ipc connection (SO_PEERCRED).
+/// The peer credentials libzmq reports for an ipc connection (SO_PEERCRED), and the number our
+/// ZAP handler gave the connection.
 public struct PeerCredentials: Sendable, Equatable {
     public let uid: UInt32
     public let gid: UInt32
     public let pid: Int32
+    public let connection: UInt64
 
-    /// Parses "ipc:UID:GID:PID" (our ZAP user id) or libzmq's Peer-Address "HOST:UID:GID:PID".
+    /// Parses "ipc:CONNECTION:UID:GID:PID" (our ZAP user id) or libzmq's Peer-Address
+    /// "HOST:UID:GID:PID" (connection 0).
     public init?(_ text: String) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count >= 3, let pid = Int32(parts[parts.count - 1]),
@@ -29,12 +42,14 @@ public struct PeerCredentials: Sendable, Equatable {
         self.uid = uid
         self.gid = gid
         self.pid = pid
+        connection = parts.count == 5 && parts[0] == "ipc" ? UInt64(parts[1]) ?? 0 : 0
     }
 
-    public init(uid: UInt32, gid: UInt32, pid: Int32) {
+    public init(uid: UInt32, gid: UInt32, pid: Int32, connection: UInt64 = 0) {
         self.uid = uid
         self.gid = gid
         self.pid = pid
+        self.connection = connection
     }
 }
 
@@ -58,7 +73,7 @@ final class SharedSegment: @unchecked Sendable {
     /// Opens, checks and maps `name`. Throws a typed failure naming what was wrong.
     init(handle: UInt64, owner: ClientKey, name: String, size: UInt64, peer: PeerCredentials,
          maxBytes: UInt64) throws(RequestFailure) {
-        try Self.validate(name: name)
+        _ = try Self.portableName(Array(name.utf8))
         guard size > 0 else { throw RequestFailure(.shmSize, "size = 0: a segment must hold at least one byte") }
         guard size <= maxBytes else {
             throw RequestFailure(.tooLarge, "size = \(size) exceeds max_segment_bytes = \(maxBytes)")
@@ -101,18 +116,45 @@ final class SharedSegment: @unchecked Sendable {
         self.guardSlot = slot
     }
 
-    /// A POSIX shm name: "/" then 1...254 bytes, none of them "/" or NUL.
-    static func validate(name: String) throws(RequestFailure) {
-        let bytes = Array(name.utf8)
-        guard bytes.count >= 2, bytes.count < Int(MOE_SHM_NAME_BYTES), bytes[0] == UInt8(ascii: "/"),
-              !bytes.dropFirst().contains(UInt8(ascii: "/")), name != "/.", name != "/.." else {
-            throw RequestFailure(.shmName, "name \"\(name)\" is not \"/\" followed by 1...254 bytes without \"/\"")
+    /// A portable POSIX shm name, taken as bytes: "/" then 1...254 bytes of the portable
+    /// filename set (A-Z a-z 0-9 . _ -), not "." or "..". Anything else is refused naming the
+    /// first offending byte — never decoded, so no two byte strings can name one object.
+    static func portableName(_ bytes: [UInt8]) throws(RequestFailure) -> String {
+        func refuse(_ why: String) -> RequestFailure {
+            let shown = bytes.prefix(64).map { b in
+                (0x20..<0x7F).contains(b) && b != UInt8(ascii: "\\") ? String(UnicodeScalar(b)) : "\\x" + String(b, radix: 16)
+            }.joined()
+            return RequestFailure(.shmName, "name \"\(shown)\"\(bytes.count > 64 ? "..." : ""): \(why)")
+        }
+        guard bytes.first == UInt8(ascii: "/") else { throw refuse("must start with \"/\"") }
+        guard (2..<Int(MOE_SHM_NAME_BYTES)).contains(bytes.count) else {
+            throw refuse("must be \"/\" and 1...\(Int(MOE_SHM_NAME_BYTES) - 2) bytes")
+        }
+        for (i, b) in bytes.enumerated().dropFirst() where !Self.portable(b) {
+            throw refuse("byte 0x\(String(b, radix: 16)) at \(i) is not in the portable filename set (A-Z a-z 0-9 . _ -)")
+        }
+        guard bytes != Array("/.".utf8), bytes != Array("/..".utf8) else { throw refuse("\".\" and \"..\" name no object") }
+        return String(decoding: bytes, as: UTF8.self)  // ASCII: exact
+    }
+
+    private static func portable(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"): true
+        default: false
         }
     }
 
     /// Whether an access since registration hit a truncated page (the guard replaced the range).
     /// A segment that faulted is dead for good.
     var faulted: Bool { mro_guard_broken(guardSlot) != 0 }
+
+    /// The object's size now (fstat): a client may truncate it at any time, also to a size
+    /// inside a mapped page, where no access would fault.
+    var currentSize: Int {
+        var st = stat()
+        return fstat(fd, &st) == 0 ? Int(st.st_size) : 0
+    }
 
     /// Unmaps and closes. Idempotent.
     func release() {

@@ -5,8 +5,10 @@ import Logging
 /// The ZAP handler (RFC 27) at inproc://zeromq.zap.01. libzmq asks it about every new
 /// connection on a socket with a ZAP domain. It admits everyone (the ipc socket file's mode
 /// 0660 is the access control) and sets the connection's User-Id, which every message from that
-/// connection then carries: "ipc:UID:GID:PID" from the kernel's SO_PEERCRED for ipc peers,
-/// "tcp:ADDRESS" for tcp peers.
+/// connection then carries: "ipc:CONNECTION:UID:GID:PID" for ipc peers — a number this handler
+/// gives each new connection (random start, never reused in a run), then the kernel's
+/// SO_PEERCRED —, "tcp:ADDRESS" for tcp peers. Registrations belong to (routing id, connection):
+/// a peer chooses its routing id, never its connection number.
 final class ZAPHandler: @unchecked Sendable {
     static let endpoint = "inproc://zeromq.zap.01"
     static let ipcDomain = "moe-router-ipc"
@@ -14,6 +16,7 @@ final class ZAPHandler: @unchecked Sendable {
 
     private let socket: ZMQSocket
     private let logger: Logger
+    private var nextConnection = UInt64.random(in: 1...(UInt64.max >> 1))
 
     /// Binds on the calling thread (before any socket with a ZAP domain binds).
     init(context: ZMQContext, logger: Logger) throws(ZMQError) {
@@ -39,7 +42,8 @@ final class ZAPHandler: @unchecked Sendable {
                 reason = "malformed ZAP request"
             } else if text[2] == Self.ipcDomain {
                 if let creds = PeerCredentials(text[3]) {
-                    user = "ipc:\(creds.uid):\(creds.gid):\(creds.pid)"
+                    nextConnection &+= 1
+                    user = "ipc:\(nextConnection):\(creds.uid):\(creds.gid):\(creds.pid)"
                 } else {
                     user = "ipc:"
                 }

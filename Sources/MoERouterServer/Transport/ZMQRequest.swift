@@ -25,7 +25,7 @@ final class ZMQRequest: RequestOrigin, RequestFrames, @unchecked Sendable {
     }
 
     /// The client (connection) that sent it; only built when an op needs it.
-    lazy var client = ClientKey(transport: transport, routingID: parts[clientIDPart].array)
+    lazy var client = ClientKey(transport: transport, routingID: parts[clientIDPart].array, connection: peer?.connection ?? 0)
     var routingID: ZMQMessage { parts[clientIDPart] }
     var envelope: ArraySlice<ZMQMessage> { parts[..<payloadStart] }
     var frameCount: Int { parts.count - payloadStart }
