@@ -223,6 +223,40 @@ def test_sigterm_finishes_in_flight_and_cleans_up(start_daemon):
     ctx.term()
 
 
+def test_sigterm_answers_every_pipelined_request(start_daemon):
+    """Probe hole 4: 16 large pipelined ROUTEs with inline outputs, SIGTERM while they run:
+    every request the daemon received gets its answer (OK, or SHUTTING_DOWN for those it had
+    not started), none is dropped with the socket."""
+    d = start_daemon("--preset", DS, "--workers", "2", "--inline-tokens", "0", "--queue-depth", "64",
+                     "--backend", "cpu-generic")
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.rcvhwm = 1  # a client that reads slowly: answers wait in the daemon's pipe, not in ours
+    s.connect(d.endpoint)
+    watcher = dealer(ctx, d.endpoint)
+    layer = w.layers(watcher)[0][DS]
+    tokens = 20000
+    x = np.random.default_rng(1).standard_normal(tokens * 256).astype(np.float32).tobytes()
+    body = w.route_body(layer["id"], w.FP32, tokens, w.buffer_ref(length=len(x)), w.buffer_ref(length=tokens * 32),
+                        w.buffer_ref(length=tokens * 32))
+    for _ in range(16):
+        s.send_multipart([w.frame0(w.OP["ROUTE"], body), x])
+    assert wait_until(lambda: w.stats(watcher)["queued"] >= 2, timeout=20, step=0.005)
+    d.proc.send_signal(signal.SIGTERM)
+    statuses = []
+    while len(statuses) < 16 and s.poll(3000):
+        r = w.Reply(s.recv_multipart())
+        statuses.append(r.status_name)
+        time.sleep(0.05)  # slowly: the daemon is closing meanwhile
+    assert len(statuses) == 16, f"only {len(statuses)} of 16 answered: {statuses}"
+    assert set(statuses) <= {"OK", "SHUTTING_DOWN"} and "OK" in statuses, statuses
+    assert d.proc.wait(15) == 0
+    s.close()
+    watcher.close()
+    ctx.term()
+
+
 def test_shm_refused_over_tcp(start_daemon):
     d = start_daemon("--preset", DS, "--tcp", "tcp://127.0.0.1:0")
     # Port 0 is not reported back; bind a fixed port instead.

@@ -98,12 +98,19 @@ public final class RouterServer: Sendable {
         if config.listenFD == nil { unlink(path) }
         loop.drain(timeoutMs: config.drainTimeoutMs)
         pool.stop()
-        loop.flushResults()
+        loop.flushResults(timeoutMs: 2000)
         state.registry.releaseAll()
+        // Answers still in the ROUTER's pipes (a client reading slowly) go out while the context
+        // terminates, for up to drain_timeout more; then what is left is dropped.
+        try? front.set(ZMQ_LINGER, Int32(clamping: config.drainTimeoutMs))
         for s in [front, monitor] { s.close() }
         context.shutdown()
         relay?.join()
         zapThread.join()
+        // Every socket is closed now: terminating delivers what the ROUTER still holds.
+        if !context.terminate(timeoutMs: config.drainTimeoutMs + 1000) {
+            logger.warning("shutdown: answers still undelivered after \(config.drainTimeoutMs) ms were dropped")
+        }
         logger.info("stopped")
     }
 

@@ -1,5 +1,7 @@
 import CZMQ
+import Dispatch
 import Glibc
+import Synchronization
 
 /// A libzmq error: the errno-style code and libzmq's text for it.
 public struct ZMQError: Error, CustomStringConvertible, Equatable {
@@ -25,10 +27,30 @@ public final class ZMQContext: @unchecked Sendable {
         zmq_ctx_set(raw, ZMQ_BLOCKY, 0)
     }
 
+    private let terminated = Atomic<Bool>(false)
+
     /// Makes blocked calls on every socket of this context return ETERM.
     public func shutdown() { zmq_ctx_shutdown(raw) }
 
+    /// Terminates the context once every socket is closed: messages still queued on sockets
+    /// closed with a linger are delivered (up to their linger) first. Waits at most `timeoutMs`
+    /// (a socket left open would make `zmq_ctx_term` wait forever); returns false then.
+    @discardableResult
+    public func terminate(timeoutMs: Int) -> Bool {
+        guard !terminated.exchange(true, ordering: .acquiringAndReleasing) else { return true }
+        let done = DispatchSemaphore(value: 0)
+        let raw = UncheckedPointer(value: raw)
+        DispatchQueue.global().async {
+            while zmq_ctx_term(raw.value) != 0 && zmq_errno() == EINTR {}
+            done.signal()
+        }
+        return done.wait(timeout: .now() + .milliseconds(timeoutMs)) == .success
+    }
+
+    private struct UncheckedPointer: @unchecked Sendable { let value: UnsafeMutableRawPointer }
+
     deinit {
+        guard !terminated.load(ordering: .acquiring) else { return }
         while zmq_ctx_term(raw) != 0 && zmq_errno() == EINTR {}
     }
 }

@@ -90,17 +90,27 @@ struct IOLoop {
         draining = true
         let start = mro_now_ns()
         let deadline = start + UInt64(timeoutMs) * 1_000_000
-        // A short grace period answers requests already on the wire with SHUTTING_DOWN
-        // instead of dropping them with the connection.
-        let grace = start + 200_000_000
-        while (inFlight > 0 || mro_now_ns() < grace) && mro_now_ns() < deadline { receiveOne() }
+        // Requests already on the wire are answered SHUTTING_DOWN instead of dropped with the
+        // connection: reading goes on until the sockets have been quiet for 200 ms (the socket
+        // file is gone, so only connected clients can still send), bounded by the drain timeout.
+        let quiet: UInt64 = 200_000_000
+        var lastMessage = start
+        var drained = 0
+        while (inFlight > 0 || mro_now_ns() &- lastMessage < quiet) && mro_now_ns() < deadline {
+            if receiveOne() { lastMessage = mro_now_ns(); drained += 1 }
+        }
+        logger.debug("drain: \(drained) message(s) in \((mro_now_ns() - start) / 1_000_000) ms, \(inFlight) in flight")
         if inFlight > 0 { logger.warning("shutdown: \(inFlight) request(s) still running after \(timeoutMs) ms") }
     }
 
-    /// Forwards answers the workers produced after the drain (they finish before stop returns).
-    mutating func flushResults() {
-        try? front.set(ZMQ_RCVTIMEO, Int32(0))
-        while inFlight > 0, let parts = try? front.receiveMultipart() { dispatch(parts) }
+    /// Forwards answers the workers produced after the drain (they finish before stop returns;
+    /// their messages may still be on the way through inproc), waiting up to `timeoutMs`.
+    mutating func flushResults(timeoutMs: Int) {
+        let deadline = mro_now_ns() + UInt64(timeoutMs) * 1_000_000
+        while inFlight > 0 && mro_now_ns() < deadline {
+            if let parts = try? front.receiveMultipart() { dispatch(parts) }
+        }
+        if inFlight > 0 { logger.warning("shutdown: \(inFlight) answer(s) never came back from the workers") }
     }
 
     /// Receives and handles one message; false when the receive timed out (or failed).
