@@ -375,6 +375,48 @@ def _rss_kib(pid):
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
 
 
+def test_a_client_that_never_reads_cannot_pin_daemon_memory(start_daemon):
+    """Probe hole 3: a client with a receive high-water mark of 1 sends ROUTEs with inline
+    outputs (input in shared memory) and reads nothing. Past max_queued_reply_bytes of unread
+    answers its ROUTEs get BUSY; the daemon's RSS stays within that bound (100 answers of 3.2 MB
+    would otherwise pin 320 MB), and a reader on another connection is served meanwhile."""
+    d = start_daemon("--preset", DS, "--max-queued-reply-bytes", str(32 << 20))
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.rcvhwm = 1
+    s.connect(d.endpoint)
+    other = dealer(ctx, d.endpoint)
+    layer = w.layers(other)[0][DS]
+    tokens = 50000
+    seg = Segment(tokens * 256 * 4)
+    seg.mm[:] = np.random.default_rng(3).standard_normal(tokens * 256).astype(np.float32).tobytes()
+    r, h = register(s, seg)
+    assert r.status == 0, r
+    time.sleep(1.5)  # a trimmed heap as the baseline
+    base = _rss_kib(d.pid)
+    body = w.route_body(layer["id"], w.FP32, tokens, w.buffer_ref(w.SHM, h, 0, tokens * 1024),
+                        w.buffer_ref(length=tokens * 32), w.buffer_ref(length=tokens * 32))
+    for _ in range(100):
+        s.send_multipart([w.frame0(w.OP["ROUTE"], body)])
+    answered = lambda st: st["routes"] + st["busy_rejections"]  # noqa: E731
+    assert wait_until(lambda: answered(w.stats(other)) >= 100, timeout=60), w.stats(other)
+    grown_mib = (_rss_kib(d.pid) - base) / 1024
+    assert inline_route(other, layer, 8).status == 0, "another connection is served"
+    statuses = []
+    while len(statuses) < 100 and s.poll(5000):
+        statuses.append(w.Reply(s.recv_multipart()).status_name)
+    assert len(statuses) == 100 and set(statuses) == {"OK", "BUSY"}, statuses
+    assert 8 <= statuses.count("OK") <= 40, statuses.count("OK")
+    assert grown_mib < 96, f"RSS grew {grown_mib:.0f} MiB with answers unread (bound: 32 MiB)"
+    busy = w.Reply(s.recv_multipart()) if s.poll(100) else None
+    assert busy is None
+    seg.close()
+    s.close()
+    other.close()
+    ctx.term()
+
+
 def test_memory_taken_by_a_burst_of_large_requests_is_given_back_when_idle(start_daemon):
     """24 clients at once, 4 MB inline requests: libzmq's buffers grow the heap by tens of MB,
     which glibc keeps more often than not (it returns only a free top of the heap by itself);

@@ -70,6 +70,31 @@ public final class ZMQMessage: ManagedBuffer<Void, zmq_msg_t> {
     /// A message of `size` uninitialised bytes, to be filled through `mutableBytes`.
     public static func sized(_ size: Int) -> ZMQMessage { make { zmq_msg_init_size($0, size) } }
 
+    /// A message of `size` (> 0) uninitialised bytes in a buffer this library allocates;
+    /// `released` runs once libzmq is done with them — after writing them out, on its I/O
+    /// thread, or when the message is dropped — so a caller can account for memory libzmq still
+    /// holds for a peer that does not read.
+    public static func sized(_ size: Int, released: @escaping @Sendable () -> Void) -> ZMQMessage {
+        let data = malloc(max(size, 1))!
+        let box = Unmanaged.passRetained(ReleaseAction(released)).toOpaque()
+        return make { m in
+            let rc = zmq_msg_init_data(m, data, size, { data, hint in
+                free(data)
+                Unmanaged<ReleaseAction>.fromOpaque(hint!).takeRetainedValue().run()
+            }, box)
+            if rc != 0 {  // ENOMEM: libzmq took nothing
+                free(data)
+                Unmanaged<ReleaseAction>.fromOpaque(box).takeRetainedValue().run()
+                zmq_msg_init_size(m, size)
+            }
+        }
+    }
+
+    private final class ReleaseAction {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+
     public static func copying(_ bytes: UnsafeRawBufferPointer) -> ZMQMessage {
         let m = sized(bytes.count)
         if bytes.count > 0 { m.mutableBytes.copyMemory(from: bytes) }

@@ -76,6 +76,12 @@ struct RouterDaemon: ParsableCommand {
     @Option(help: "Shared-memory registrations per client.")
     var maxRegistrations: Int?
 
+    @Option(help: "Bytes of inline answers one connection may leave unread before its ROUTEs get BUSY (default 64 MiB).")
+    var maxQueuedReplyBytes: Int?
+
+    @Option(help: "The same bound for all connections together (default 1 GiB).")
+    var maxQueuedReplyBytesTotal: Int?
+
     @Option(help: "Write and lock a pidfile.")
     var pidfile: String?
 

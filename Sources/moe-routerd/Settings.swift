@@ -84,6 +84,13 @@ extension RouterDaemon {
         if let v = try checked("max_registrations", maxRegistrations, file.max_registrations, limits.maxRegistrations) {
             c.maxRegistrations = v
         }
+        if let v = try checked("max_queued_reply_bytes", maxQueuedReplyBytes, file.max_queued_reply_bytes, limits.queuedReplyBytes) {
+            c.maxQueuedReplyBytes = v
+        }
+        if let v = try checked("max_queued_reply_bytes_total", maxQueuedReplyBytesTotal, file.max_queued_reply_bytes_total,
+                               limits.queuedReplyBytes) {
+            c.maxQueuedReplyBytesTotal = v
+        }
         c.layers = specs
         return c
     }

@@ -47,7 +47,7 @@ import Testing
                     drainNow.wait()
                     loop.drain(timeoutMs: 1000)
                     pool.stop()
-                    loop.flushResults()
+                    loop.flushResults(timeoutMs: 1000)
                     front.close()
                     monitor.close()
                 } catch {

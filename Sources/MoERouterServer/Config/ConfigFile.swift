@@ -15,6 +15,8 @@ public struct ConfigFile: Decodable, Sendable {
     public var max_tokens: Int?
     public var deadline_ms: UInt32?
     public var max_registrations: Int?
+    public var max_queued_reply_bytes: Int?
+    public var max_queued_reply_bytes_total: Int?
     public var layers: [LayerEntry]?
     /// Checkpoint directories whose MoE layers to serve (docs/MODELS.md).
     public var models: [ModelEntry]?
@@ -25,7 +27,7 @@ public struct ConfigFile: Decodable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case endpoint, tcp, backend, workers, queue_depth, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
-             max_registrations, layers, models
+             max_registrations, max_queued_reply_bytes, max_queued_reply_bytes_total, layers, models
     }
 
     /// A checkpoint directory (relative to the config file's directory), with an optional name

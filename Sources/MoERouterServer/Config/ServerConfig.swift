@@ -24,6 +24,10 @@ public struct ServerConfig: Sendable {
     /// sends a frame larger than this plus 64 KiB (ZMQ_MAXMSGSIZE).
     public var maxMessageBytes: Int = 64 << 20
     public var maxTokens: Int = 1 << 20
+    /// Bytes of inline answers a connection may leave unread before its ROUTEs get BUSY, and
+    /// the same for all connections together (ReplyBudget).
+    public var maxQueuedReplyBytes: Int = 64 << 20
+    public var maxQueuedReplyBytesTotal: Int = 1 << 30
 
     /// The accepted range of each numeric setting (outside it: a start-up error).
     public enum Limits {
@@ -37,6 +41,7 @@ public struct ServerConfig: Sendable {
         public static let maxTokens = 1...(1 << 32)
         public static let deadlineMs = 1...3_600_000
         public static let maxRegistrations = 1...65_536
+        public static let queuedReplyBytes = (1 << 20)...(1 << 40)
     }
     public var defaultDeadlineMs: UInt32 = 5000
     public var maxRegistrations: Int = 64

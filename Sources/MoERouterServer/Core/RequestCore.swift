@@ -12,6 +12,7 @@ final class DaemonState: Sendable {
     let stats = ServerStats()
     let clients = ActiveClients()
     let metrics: ServerMetrics?
+    let replyBudget: ReplyBudget
 
     init(config: ServerConfig, catalog: LayerCatalog, backend: any RoutingBackend, metrics: ServerMetrics?) {
         self.config = config
@@ -20,6 +21,7 @@ final class DaemonState: Sendable {
         self.metrics = metrics
         registry = SegmentRegistry(limits: .init(maxPerClient: config.maxRegistrations,
                                                  maxSegmentBytes: config.maxSegmentBytes))
+        replyBudget = ReplyBudget(perConnection: config.maxQueuedReplyBytes, total: config.maxQueuedReplyBytesTotal)
     }
 }
 
@@ -42,7 +44,7 @@ final class RequestCore: Sendable {
         hello = HelloHandler(config: c, layers: state.layers, backendName: state.backend.name)
         listLayers = ListLayersHandler(layers: state.layers)
         registration = RegistrationHandler(registry: state.registry)
-        router = RouteHandler(layers: state.layers, backend: state.backend, registry: state.registry)
+        router = RouteHandler(layers: state.layers, backend: state.backend, registry: state.registry, replies: state.replyBudget)
         statistics = StatsHandler(stats: state.stats, registry: state.registry, backendName: state.backend.name)
     }
 

@@ -10,6 +10,7 @@ struct RouteHandler: Sendable {
     let layers: LayerSlot
     let backend: any RoutingBackend
     let registry: SegmentRegistry
+    let replies: ReplyBudget
 
     func answer(_ q: RouteRequest, _ r: InboundRequest) -> Reply {
         var result = RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID, viaSharedMemory: q.usesSharedMemory)
@@ -38,8 +39,8 @@ struct RouteHandler: Sendable {
             // check below (the rest).
             let buffers = [input, weights, ids]
             try checkSizes(checkedOut, buffers)
-            let weightsFrame = weights.segment == nil ? ZMQMessage.sized(outputBytes) : nil
-            let idsFrame = ids.segment == nil ? ZMQMessage.sized(outputBytes) : nil
+            let weightsFrame = weights.segment == nil ? try outputFrame(outputBytes, for: r) : nil
+            let idsFrame = ids.segment == nil ? try outputFrame(outputBytes, for: r) : nil
             let inputPtr = input.segment.map { UnsafeRawPointer($0.base + input.offset) } ?? r.inlineInput.baseAddress
             let wPtr = weights.segment.map { $0.base + weights.offset } ?? weightsFrame!.mutableBytes.baseAddress
             let iPtr = ids.segment.map { $0.base + ids.offset } ?? idsFrame!.mutableBytes.baseAddress
@@ -70,6 +71,15 @@ struct RouteHandler: Sendable {
         } catch {
             return Reply(refusing: r, RequestFailure(.internalError, "\(error)"), body: .route(result))
         }
+    }
+
+    /// An inline output frame; one large enough to matter is counted against the connection's
+    /// and the daemon's budget of unread answers until libzmq frees it (BUSY past either).
+    private func outputFrame(_ bytes: Int, for r: InboundRequest) throws(RequestFailure) -> ZMQMessage {
+        guard bytes >= ReplyBudget.countedBytes else { return ZMQMessage.sized(bytes) }
+        let client = r.origin.client
+        if let refusal = replies.reserve(bytes, for: client) { throw RequestFailure(.busy, refusal) }
+        return ZMQMessage.sized(bytes) { [replies] in replies.release(bytes, for: client) }
     }
 
     /// A buffer reference checked against the shape and its segment.
