@@ -340,6 +340,8 @@ def test_bad_configuration_is_a_clear_startup_error(routerd_binary, tmp_path):
                          (["--preset", DS, "--max-message-bytes", str(2**63 - 1)], "max_message_bytes"),
                          (["--preset", DS, "--queue-depth", "0"], "queue_depth = 0"),
                          (["--preset", DS, "--max-registrations", "0"], "max_registrations"),
+                         (["--preset", DS, "--max-queued-reply-bytes", "1000"], "max_queued_reply_bytes = 1000"),
+                         (["--preset", DS, "--max-queued-reply-bytes-total", str(1 << 41)], "max_queued_reply_bytes_total"),
                          (["--preset", DS, "--deadline-ms", "0"], "deadline_ms"),
                          (["--preset", DS, "--inline-tokens=-1"], "inline_tokens")]:
         p = subprocess.run([str(routerd_binary), *args, "--endpoint", f"ipc://{tmp_path}/x.sock"],
