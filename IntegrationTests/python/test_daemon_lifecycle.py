@@ -341,6 +341,8 @@ def test_bad_configuration_is_a_clear_startup_error(routerd_binary, tmp_path):
                          (["--preset", DS, "--queue-depth", "0"], "queue_depth = 0"),
                          (["--preset", DS, "--max-registrations", "0"], "max_registrations"),
                          (["--preset", DS, "--max-queued-reply-bytes", "1000"], "max_queued_reply_bytes = 1000"),
+                         (["--preset", DS, "--max-registrations-per-uid", "5000"], "max_registrations_per_uid = 5000"),
+                         (["--preset", DS, "--max-mapped-bytes-per-uid", "0"], "max_mapped_bytes_per_uid = 0"),
                          (["--preset", DS, "--max-queued-reply-bytes-total", str(1 << 41)], "max_queued_reply_bytes_total"),
                          (["--preset", DS, "--deadline-ms", "0"], "deadline_ms"),
                          (["--preset", DS, "--inline-tokens=-1"], "inline_tokens")]:
@@ -417,6 +419,40 @@ def test_a_client_that_never_reads_cannot_pin_daemon_memory(start_daemon):
     s.close()
     other.close()
     ctx.term()
+
+
+def test_one_uid_cannot_take_every_registration(start_daemon):
+    """Probe hole 2: 65 connections × 64 registrations of one uid filled the daemon's 4096-slot
+    table. Per-uid quotas (count and mapped bytes) over all of a uid's connections."""
+    d = start_daemon("--preset", DS, "--max-registrations", "4", "--max-registrations-per-uid", "6",
+                     "--max-mapped-bytes-per-uid", str(1 << 20))
+    ctx = zmq.Context()
+    socks = [dealer(ctx, d.endpoint) for _ in range(3)]
+    segs = [Segment(4096) for _ in range(8)]
+    big = [Segment(512 << 10) for _ in range(2)]
+    try:
+        got = [register(socks[0], g)[0] for g in segs[:4]] + [register(socks[1], g)[0] for g in segs[4:]]
+        assert [r.status_name for r in got] == ["OK"] * 6 + ["LIMIT"] * 2, got
+        assert "max_registrations_per_uid = 6" in got[6].message, got[6]
+        # Freed by an unregister, usable by any connection of the uid again.
+        h = register(socks[0], segs[0])[1]
+        assert h is None, "still at the quota"
+        stats = w.stats(socks[2])
+        assert stats["registrations"] == 6
+        for s in socks[:2]:
+            s.close()
+        assert wait_until(lambda: w.stats(socks[2])["registrations"] == 0, timeout=10)
+        # Bytes: 24 KiB + 512 KiB fit in 1 MiB; the second 512 KiB does not.
+        assert [register(socks[2], g)[0].status_name for g in segs[:6]] == ["OK"] * 4 + ["LIMIT"] * 2
+        more = [dealer(ctx, d.endpoint) for _ in range(2)]
+        r1, _ = register(more[0], big[0])
+        assert r1.status_name == "OK", r1
+        r2, _ = register(more[1], big[1])
+        assert r2.status_name == "LIMIT" and "max_mapped_bytes_per_uid" in r2.message, r2
+    finally:
+        for g in segs + big:
+            g.close()
+        ctx.destroy(linger=0)
 
 
 def test_memory_taken_by_a_burst_of_large_requests_is_given_back_when_idle(start_daemon):

@@ -76,6 +76,12 @@ struct RouterDaemon: ParsableCommand {
     @Option(help: "Shared-memory registrations per client.")
     var maxRegistrations: Int?
 
+    @Option(help: "Shared-memory registrations per peer uid, over all its connections (default 1024).")
+    var maxRegistrationsPerUid: Int?
+
+    @Option(help: "Bytes of shared memory mapped per peer uid (default 1 TiB).")
+    var maxMappedBytesPerUid: Int?
+
     @Option(help: "Bytes of inline answers one connection may leave unread before its ROUTEs get BUSY (default 64 MiB).")
     var maxQueuedReplyBytes: Int?
 

@@ -84,6 +84,14 @@ extension RouterDaemon {
         if let v = try checked("max_registrations", maxRegistrations, file.max_registrations, limits.maxRegistrations) {
             c.maxRegistrations = v
         }
+        if let v = try checked("max_registrations_per_uid", maxRegistrationsPerUid, file.max_registrations_per_uid,
+                               limits.maxRegistrationsPerUID) {
+            c.maxRegistrationsPerUID = v
+        }
+        if let v = try checked("max_mapped_bytes_per_uid", maxMappedBytesPerUid, file.max_mapped_bytes_per_uid,
+                               limits.maxMappedBytesPerUID) {
+            c.maxMappedBytesPerUID = UInt64(v)
+        }
         if let v = try checked("max_queued_reply_bytes", maxQueuedReplyBytes, file.max_queued_reply_bytes, limits.queuedReplyBytes) {
             c.maxQueuedReplyBytes = v
         }

@@ -16,6 +16,8 @@ public struct ConfigFile: Decodable, Sendable {
     public var deadline_ms: UInt32?
     public var max_registrations: Int?
     public var max_queued_reply_bytes: Int?
+    public var max_registrations_per_uid: Int?
+    public var max_mapped_bytes_per_uid: Int?
     public var max_queued_reply_bytes_total: Int?
     public var layers: [LayerEntry]?
     /// Checkpoint directories whose MoE layers to serve (docs/MODELS.md).
@@ -27,7 +29,8 @@ public struct ConfigFile: Decodable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case endpoint, tcp, backend, workers, queue_depth, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
-             max_registrations, max_queued_reply_bytes, max_queued_reply_bytes_total, layers, models
+             max_registrations, max_queued_reply_bytes, max_queued_reply_bytes_total,
+             max_registrations_per_uid, max_mapped_bytes_per_uid, layers, models
     }
 
     /// A checkpoint directory (relative to the config file's directory), with an optional name

@@ -42,9 +42,15 @@ public struct ServerConfig: Sendable {
         public static let deadlineMs = 1...3_600_000
         public static let maxRegistrations = 1...65_536
         public static let queuedReplyBytes = (1 << 20)...(1 << 40)
+        /// The guard table holds 4096 mappings in all.
+        public static let maxRegistrationsPerUID = 1...4096
+        public static let maxMappedBytesPerUID = (1 << 20)...(1 << 47)
     }
     public var defaultDeadlineMs: UInt32 = 5000
     public var maxRegistrations: Int = 64
+    /// Per peer uid, over all its connections (SegmentRegistry.Limits).
+    public var maxRegistrationsPerUID: Int = 1024
+    public var maxMappedBytesPerUID: UInt64 = 1 << 40
     public var maxSegmentBytes: UInt64 = 1 << 34
     /// ZMQ_RCVHWM / ZMQ_SNDHWM of the client-facing sockets.
     public var highWaterMark: Int32 = 1000

@@ -19,8 +19,9 @@ final class DaemonState: Sendable {
         self.layers = LayerSlot(catalog)
         self.backend = backend
         self.metrics = metrics
-        registry = SegmentRegistry(limits: .init(maxPerClient: config.maxRegistrations,
-                                                 maxSegmentBytes: config.maxSegmentBytes))
+        registry = SegmentRegistry(limits: .init(maxPerClient: config.maxRegistrations, maxSegmentBytes: config.maxSegmentBytes,
+                                                 maxPerUID: config.maxRegistrationsPerUID,
+                                                 maxBytesPerUID: config.maxMappedBytesPerUID))
         replyBudget = ReplyBudget(perConnection: config.maxQueuedReplyBytes, total: config.maxQueuedReplyBytesTotal)
     }
 }

@@ -11,6 +11,11 @@ final class SegmentRegistry: ConnectionTracking {
     struct Limits: Sendable {
         var maxPerClient: Int
         var maxSegmentBytes: UInt64
+        /// Per peer uid, over all its connections: registrations and mapped bytes. They keep one
+        /// uid from filling the daemon's table of guarded mappings (`mro_guard_capacity`) or
+        /// its address space for everyone else.
+        var maxPerUID: Int = 1024
+        var maxBytesPerUID: UInt64 = 1 << 40
     }
 
     private struct State {
@@ -18,6 +23,8 @@ final class SegmentRegistry: ConnectionTracking {
         var byClient: [ClientKey: Set<UInt64>] = [:]
         /// Connection fd and peer process of each client holding registrations.
         var connection: [ClientKey: (fd: Int32, pid: Int32)] = [:]
+        /// Registrations and mapped bytes per peer uid.
+        var byUID: [UInt32: (count: Int, bytes: UInt64)] = [:]
         var releasedClients: UInt64 = 0
     }
 
@@ -33,9 +40,7 @@ final class SegmentRegistry: ConnectionTracking {
     func register(client: ClientKey, peer: PeerCredentials, connectionFD: Int32, name: String,
                   size: UInt64) throws(RequestFailure) -> SharedSegment {
         let handle: UInt64 = try state.withLock { s throws(RequestFailure) in
-            if s.byClient[client, default: []].count >= limits.maxPerClient {
-                throw RequestFailure(.limit, "this client already holds \(limits.maxPerClient) registrations (max_registrations)")
-            }
+            try checkLimits(client: client, uid: peer.uid, size: size, in: s)
             // Random (getrandom), never 0, never one in use: a handle names nothing another
             // connection could guess, and a stale one from an earlier run names nothing live.
             var h: UInt64
@@ -45,9 +50,9 @@ final class SegmentRegistry: ConnectionTracking {
         let segment = try SharedSegment(handle: handle, owner: client, name: name, size: size, peer: peer,
                                         maxBytes: limits.maxSegmentBytes)
         try state.withLock { s throws(RequestFailure) in
-            if s.byClient[client, default: []].count >= limits.maxPerClient {
+            do throws(RequestFailure) { try checkLimits(client: client, uid: peer.uid, size: size, in: s) } catch {
                 segment.release()
-                throw RequestFailure(.limit, "this client already holds \(limits.maxPerClient) registrations (max_registrations)")
+                throw error
             }
             guard s.segments[handle] == nil else {  // two registrations drew one handle (p = 2^-64)
                 segment.release()
@@ -55,9 +60,26 @@ final class SegmentRegistry: ConnectionTracking {
             }
             s.segments[handle] = segment
             s.byClient[client, default: []].insert(handle)
+            s.byUID[peer.uid, default: (0, 0)].count += 1
+            s.byUID[peer.uid, default: (0, 0)].bytes += size
             s.connection[client] = (connectionFD, peer.pid)
         }
         return segment
+    }
+
+    /// LIMIT when `client` or its uid is at a bound (checked under the lock, twice: before the
+    /// segment is opened and again before it is entered).
+    private func checkLimits(client: ClientKey, uid: UInt32, size: UInt64, in s: State) throws(RequestFailure) {
+        if s.byClient[client, default: []].count >= limits.maxPerClient {
+            throw RequestFailure(.limit, "this client already holds \(limits.maxPerClient) registrations (max_registrations)")
+        }
+        let used = s.byUID[uid, default: (0, 0)]
+        if used.count >= limits.maxPerUID {
+            throw RequestFailure(.limit, "uid \(uid) already holds \(used.count) registrations over all its connections (max_registrations_per_uid = \(limits.maxPerUID))")
+        }
+        if used.bytes + size > limits.maxBytesPerUID {
+            throw RequestFailure(.limit, "uid \(uid) has \(used.bytes) bytes mapped; \(size) more exceed max_mapped_bytes_per_uid = \(limits.maxBytesPerUID)")
+        }
     }
 
     /// Unregisters `handle`; returns true when a running request defers the release.
@@ -127,6 +149,7 @@ final class SegmentRegistry: ConnectionTracking {
             for seg in s.segments.values { seg.release() }
             s.segments.removeAll()
             s.byClient.removeAll()
+            s.byUID.removeAll()
             s.connection.removeAll()
         }
     }
@@ -156,6 +179,11 @@ final class SegmentRegistry: ConnectionTracking {
     /// Forgets `seg`; releases it now or when its last user checks in. Returns true if deferred.
     private static func drop(_ seg: SharedSegment, in s: inout State) -> Bool {
         s.segments[seg.handle] = nil
+        if var used = s.byUID[seg.uid] {
+            used.count -= 1
+            used.bytes -= UInt64(seg.size)
+            s.byUID[seg.uid] = used.count > 0 ? used : nil
+        }
         s.byClient[seg.owner]?.remove(seg.handle)
         if s.byClient[seg.owner]?.isEmpty == true {
             s.byClient[seg.owner] = nil

@@ -58,6 +58,8 @@ public struct PeerCredentials: Sendable, Equatable {
 final class SharedSegment: @unchecked Sendable {
     let handle: UInt64
     let owner: ClientKey
+    /// The registering peer's uid (its quota is charged).
+    let uid: UInt32
     let name: String
     let size: Int
     let base: UnsafeMutableRawPointer
@@ -107,6 +109,7 @@ final class SharedSegment: @unchecked Sendable {
         }
         self.handle = handle
         self.owner = owner
+        self.uid = peer.uid
         self.name = name
         self.size = Int(size)
         self.base = p
