@@ -85,3 +85,32 @@ def test_refuses_non_loopback(routerd_binary, tmp_path):
                         "--metrics", "0.0.0.0:9464"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
     assert "not a loopback address" in p.stderr and "--metrics-allow-remote" in p.stderr
+
+
+def test_slow_peers_never_delay_a_probe(start_daemon):
+    """Probe hole 5: a loopback peer trickling its request made /healthz time out (one
+    connection at a time). Now: 20 trickling peers and one that never reads its answer are open,
+    and /healthz answers at once; each slow peer is closed at its 2 s whole-request deadline."""
+    import socket
+    import time
+    d = start_daemon("--preset", "mixtral-8x7b", "--metrics", "127.0.0.1:0")
+    port = metrics_port(d)
+    slow = []
+    for _ in range(20):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(b"GET /metr")  # and nothing more
+        slow.append(c)
+    hog = socket.create_connection(("127.0.0.1", port))
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    hog.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")  # never reads the answer
+    started = time.monotonic()
+    for _ in range(5):
+        assert get(port, "/healthz") == (200, "ok\n")
+    assert time.monotonic() - started < 1.5, "probes answered while the slow peers wait"
+    # The deadline: each slow peer sees its connection closed (EOF) within a few seconds.
+    for c in slow:
+        c.settimeout(10)
+        assert c.recv(100) == b"", "closed without an answer at the deadline"
+        c.close()
+    hog.close()
+    assert get(port, "/healthz") == (200, "ok\n")
