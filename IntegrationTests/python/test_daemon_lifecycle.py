@@ -87,12 +87,14 @@ def test_overload_gets_busy_not_unbounded_queues(start_daemon):
     jobs = [BigShmJob(s, layer, 100000) for s in socks]
     for s, j in zip(socks, jobs):
         s.send_multipart(j.frames())
-    statuses = []
+    replies = []
     for s in socks:
         assert s.poll(30000)
-        statuses.append(w.Reply(s.recv_multipart()).status_name)
+        replies.append(w.Reply(s.recv_multipart()))
+    statuses = [r.status_name for r in replies]
     assert "BUSY" in statuses and "OK" in statuses, statuses
     assert set(statuses) <= {"OK", "BUSY"}
+    assert all(len(r.body) == w.ROUTE_RESP.size for r in replies), "the route body, also on BUSY"
     assert w.stats(socks[0])["busy_rejections"] == statuses.count("BUSY")
     for s, j in zip(socks, jobs):
         j.seg.close()
@@ -109,6 +111,7 @@ def test_deadline_passed_in_queue(start_daemon):
     a.send_multipart(job.frames())
     r = inline_route(b, layer, 100, deadline_ms=1)  # queued behind the big one
     assert r.status_name == "DEADLINE", r
+    assert len(r.body) == w.ROUTE_RESP.size and w.ROUTE_RESP.unpack(r.body)[0] == 100, "the route body, also on DEADLINE"
     assert a.poll(30000) and w.Reply(a.recv_multipart()).status == 0
     job.seg.close()
     a.close()
