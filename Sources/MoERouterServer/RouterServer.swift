@@ -64,7 +64,9 @@ public final class RouterServer: Sendable {
         let pool = WorkerPool(count: config.workers, context: context, front: IOLoop.frontInproc, core: core, logger: logger)
         var relay: TCPRelay?
         if let t = config.tcpEndpoint {
-            do { relay = try TCPRelay(context: context, endpoint: t, front: IOLoop.frontInproc, configure: configure) } catch {
+            do {
+                relay = try TCPRelay(context: context, endpoint: t, front: IOLoop.frontInproc, logger: logger, configure: configure)
+            } catch {
                 pool.stop()
                 throw StartupError("cannot bind \(t): \(error)")
             }

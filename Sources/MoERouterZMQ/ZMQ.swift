@@ -207,15 +207,31 @@ public final class ZMQSocket {
         for (i, p) in parts.enumerated() { try send(p, more: i < parts.count - 1) }
     }
 
+    /// Sends every part without blocking; false (nothing sent, `parts` untouched) when the
+    /// first part finds the pipe full. libzmq accepts a multipart message whole or not at all.
+    public func trySendMultipart(_ parts: [ZMQMessage]) throws(ZMQError) -> Bool {
+        do { try send(parts[0], more: parts.count > 1, dontWait: true) } catch {
+            if error.wouldBlock { return false }
+            throw error
+        }
+        for i in parts.indices.dropFirst() { try send(parts[i], more: i < parts.count - 1) }
+        return true
+    }
+
+    /// `zmq_poll` over `sockets` with the events asked for each; the events that occurred, in
+    /// the same order. `timeoutMs` -1 waits without limit.
+    public static func poll(_ sockets: [(socket: ZMQSocket, events: Int16)], timeoutMs: Int) throws(ZMQError) -> [Int16] {
+        var items = sockets.map { zmq_pollitem_t(socket: $0.socket.raw, fd: 0, events: $0.events, revents: 0) }
+        while zmq_poll(&items, Int32(items.count), timeoutMs) < 0 {
+            let e = ZMQError.last("zmq_poll")
+            if !e.interrupted { throw e }
+        }
+        return items.map(\.revents)
+    }
+
     /// Starts a socket monitor publishing `events` on inproc `endpoint`.
     public func monitor(_ endpoint: String, events: Int32) throws(ZMQError) {
         guard zmq_socket_monitor(raw, endpoint, events) == 0 else { throw .last("zmq_socket_monitor") }
-    }
-
-    /// Relays messages between `frontend` and `backend` both ways (zmq_proxy) until their
-    /// context shuts down. Both sockets must belong to the calling thread from then on.
-    public static func proxy(_ frontend: ZMQSocket, _ backend: ZMQSocket) {
-        _ = zmq_proxy(frontend.raw, backend.raw, nil)
     }
 
     public func close() {
