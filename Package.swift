@@ -90,7 +90,7 @@ let package = Package(
                            .product(name: "Histogram", package: "hdrhistogram-swift")]),
         .executableTarget(
             name: "moe-routerctl",
-            dependencies: ["CMoERouterClient", "CMoERouterWire", "MoERouterModels", "MoERouting",
+            dependencies: ["CMoERouterClient", "CMoERouterWire", "CZMQ", "MoERouterModels", "MoERouting",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "ZIPFoundation", package: "ZIPFoundation")]),
     ]

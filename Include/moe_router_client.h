@@ -47,6 +47,12 @@ int moe_default_endpoint(char *out, size_t cap);
  * client stays usable, but the daemon sees a new client and has released the old connection's
  * shm registrations (moe_last_error() says "connection reset"; register segments again). */
 int moe_connect(const char *endpoint, int timeout_ms, moe_client **out);
+/* The same over a tcp endpoint that requires ZeroMQ CURVE (moe-routerd --tcp-curve-key): the
+ * daemon's public key and this client's key pair, each 40 Z85 characters (moe-routerctl keygen
+ * writes them). The daemon admits only public keys on its allow-list; a refused key shows as
+ * MOE_ERR_CLIENT_TIMEOUT (the handshake never completes). A malformed key: MOE_ERR_CLIENT_ARG. */
+int moe_connect_curve(const char *endpoint, int timeout_ms, const char *server_public, const char *client_public,
+                      const char *client_secret, moe_client **out);
 /* Unregisters nothing by itself: destroy segments first (the daemon also releases a closed
  * client's registrations). Frees the client. NULL is fine. */
 void moe_close(moe_client *client);

@@ -26,7 +26,14 @@ public final class RouterServer: Sendable {
         guard ServerConfig.ipcPath(config.endpoint) != nil else {
             throw .invalid(key: "endpoint", value: config.endpoint, expected: "ipc://PATH (use --tcp for tcp)")
         }
-        if let t = config.tcpEndpoint, !t.hasPrefix("tcp://") { throw .invalid(key: "tcp", value: t, expected: "tcp://HOST:PORT") }
+        if let t = config.tcpEndpoint {
+            guard t.hasPrefix("tcp://") else { throw .invalid(key: "tcp", value: t, expected: "tcp://HOST:PORT") }
+            // Anyone who can reach a non-loopback port could route, list layers and read STATS.
+            guard config.tcpCurve != nil || config.tcpAllowInsecure || CurveKeys.isLoopback(t) else {
+                throw .invalid(key: "tcp", value: t, expected: "a loopback address (127.0.0.1, [::1], localhost), or CURVE "
+                               + "(--tcp-curve-key FILE --tcp-curve-allow FILE), or --tcp-allow-insecure")
+            }
+        }
         let catalog = try LayerCatalog(config.layers)
         let selection: BackendKind.Selection
         do { selection = try config.backend.select(threads: config.workers, device: config.device) } catch {
@@ -55,7 +62,10 @@ public final class RouterServer: Sendable {
         let rc = mro_guard_install()
         guard rc == 0 else { throw StartupError("cannot install the SIGBUS guard: \(String(cString: strerror(rc)))") }
         let context = ZMQContext(ioThreads: 1)
-        let zap = try ZAPHandler(context: context, logger: logger)
+        let zap = try ZAPHandler(context: context, allowedCurveKeys: config.tcpCurve?.allowed, logger: logger)
+        if let t = config.tcpEndpoint, config.tcpCurve == nil, !CurveKeys.isLoopback(t) {
+            logger.warning("--tcp-allow-insecure: \(t) admits any peer without authentication or encryption")
+        }
         let zapThread = ServiceThread(name: "moe-zap") { [zap] in zap.serve() }
         // One ROUTER for everything the I/O thread receives (see IOLoop): the inproc endpoint
         // first, so the workers and the tcp relay are connected before any client.
@@ -65,7 +75,8 @@ public final class RouterServer: Sendable {
         var relay: TCPRelay?
         if let t = config.tcpEndpoint {
             do {
-                relay = try TCPRelay(context: context, endpoint: t, front: IOLoop.frontInproc, logger: logger, configure: configure)
+                relay = try TCPRelay(context: context, endpoint: t, front: IOLoop.frontInproc, curve: config.tcpCurve, logger: logger,
+                                     configure: configure)
             } catch {
                 pool.stop()
                 throw StartupError("cannot bind \(t): \(error)")

@@ -15,7 +15,7 @@ struct Ctl: ParsableCommand {
         commandName: "moe-routerctl",
         abstract: "Operate a running moe-routerd.",
         discussion: "Exit status: 0 ok, 64 usage, 65 refused by the daemon, 66 bad input file, 69 daemon unreachable, 73 cannot write the output, 75 drain timed out.",
-        subcommands: [Status.self, Layers.self, Stats.self, Route.self, Drain.self, Inspect.self])
+        subcommands: [Status.self, Layers.self, Stats.self, Route.self, Drain.self, Inspect.self, Keygen.self])
 }
 
 struct Connection: ParsableArguments {
@@ -23,10 +23,29 @@ struct Connection: ParsableArguments {
     var endpoint: String?
     @Option(help: "Milliseconds to wait for an answer.")
     var timeoutMs: Int32 = 5000
+    @Option(help: "CURVE over tcp: the daemon's public key file (its NAME.pub).")
+    var curveServerKey: String?
+    @Option(help: "CURVE over tcp: this client's key file (NAME.key from moe-routerctl keygen).")
+    var curveKey: String?
 
     func connect() throws -> OpaquePointer {
         var client: OpaquePointer?
-        let rc = moe_connect(endpoint, timeoutMs, &client)
+        var rc: Int32
+        if curveServerKey != nil || curveKey != nil {
+            guard let curveServerKey, let curveKey else {
+                printError("CURVE needs both --curve-server-key and --curve-key")
+                throw ExitCode(64)
+            }
+            let server = try curveKeys(in: curveServerKey).public
+            let mine = try curveKeys(in: curveKey)
+            guard let secret = mine.secret else {
+                printError("\(curveKey) holds no secret-key line")
+                throw ExitCode(66)
+            }
+            rc = moe_connect_curve(endpoint, timeoutMs, server, mine.public, secret, &client)
+        } else {
+            rc = moe_connect(endpoint, timeoutMs, &client)
+        }
         guard rc == 0, let client else {
             var ep = [CChar](repeating: 0, count: 512)
             _ = moe_default_endpoint(&ep, ep.count)

@@ -31,8 +31,17 @@ struct RouterDaemon: ParsableCommand {
     @Option(help: "The ipc endpoint, ipc://PATH (socket file mode 0660).")
     var endpoint: String?
 
-    @Option(help: "Also bind this tcp endpoint (tcp://HOST:PORT). Shared memory is refused there.")
+    @Option(help: "Also bind this tcp endpoint (tcp://HOST:PORT). Shared memory is refused there. A non-loopback address needs CURVE (--tcp-curve-key, --tcp-curve-allow) or --tcp-allow-insecure.")
     var tcp: String?
+
+    @Option(help: "The daemon's CURVE key file for --tcp (moe-routerctl keygen NAME writes NAME.key; mode 0600).")
+    var tcpCurveKey: String?
+
+    @Option(help: "The client public keys --tcp admits, one Z85 key per line.")
+    var tcpCurveAllow: String?
+
+    @Flag(help: "Serve a non-loopback --tcp address without CURVE: any peer that reaches it may route, list layers and read stats.")
+    var tcpAllowInsecure = false
 
     @Option(help: "Routing backend: \(BackendKind.names.joined(separator: ", ")) (auto: ROCm when a device is present, else cpu).")
     var backend: String?

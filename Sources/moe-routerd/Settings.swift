@@ -24,9 +24,11 @@ extension RouterDaemon {
                 throw .checkpoint(error.description)
             }
         }
+        var fileBase = "."
         if let config {
             file = try ConfigFile.load(path: config)
             let base = URL(fileURLWithPath: config).deletingLastPathComponent().path
+            fileBase = base
             specs = try file.layerSpecs(baseDirectory: base)
             for (i, m) in (file.models ?? []).enumerated() {
                 let key = "models[\(i)].gate_dtype"
@@ -52,6 +54,14 @@ extension RouterDaemon {
         }
         var c = ServerConfig(endpoint: endpoint ?? file.endpoint ?? ServerConfig.defaultEndpoint())
         c.tcpEndpoint = tcp ?? file.tcp
+        c.tcpAllowInsecure = tcpAllowInsecure || file.tcp_allow_insecure == true
+        let keyFile = tcpCurveKey ?? file.tcp_curve_key.map { $0.hasPrefix("/") ? $0 : fileBase + "/" + $0 }
+        let allowFile = tcpCurveAllow ?? file.tcp_curve_allow.map { $0.hasPrefix("/") ? $0 : fileBase + "/" + $0 }
+        switch (keyFile, allowFile) {
+        case let (key?, allow?): c.tcpCurve = try CurveKeys.load(keyFile: key, allowFile: allow)
+        case (nil, nil): break
+        default: throw .missing(key: keyFile == nil ? "tcp_curve_key (--tcp-curve-key)" : "tcp_curve_allow (--tcp-curve-allow)")
+        }
         if let name = backend ?? file.backend {
             guard let kind = BackendKind(rawValue: name) else {
                 throw .invalid(key: backend != nil ? "--backend" : "backend", value: name,

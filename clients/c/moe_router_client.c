@@ -25,6 +25,8 @@ struct moe_client {
     void *ctx;
     void *sock;
     char endpoint[512];
+    /* CURVE keys (Z85, 40 characters each; empty: plain connection). */
+    char curve_server[41], curve_public[41], curve_secret[41];
     /* Zero-copy inputs libzmq has not released yet (its I/O thread may still read them). */
     atomic_int inputs_held;
     int timeout_ms;
@@ -98,6 +100,13 @@ static void open_socket(moe_client *c) {
     c->ctx = zmq_ctx_new();
     c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
     int zero = 0;
+    if (c->sock && c->curve_server[0] &&
+        (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, c->curve_server, 40) != 0 ||
+         zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, c->curve_public, 40) != 0 ||
+         zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, c->curve_secret, 40) != 0)) {
+        zmq_close(c->sock);
+        c->sock = NULL;
+    }
     if (c->sock && (zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
                     zmq_connect(c->sock, c->endpoint) != 0)) {
         zmq_close(c->sock);
@@ -208,9 +217,21 @@ int moe_default_endpoint(char *out, size_t cap) {
     return n < 0 || (size_t)n >= cap ? MOE_ERR_CLIENT_ARG : MOE_OK;
 }
 
+static int z85_key(const char *key) {
+    uint8_t raw[32];
+    return key && strlen(key) == 40 && zmq_z85_decode(raw, key) != NULL;
+}
+
 int moe_connect(const char *endpoint, int timeout_ms, moe_client **out) {
+    return moe_connect_curve(endpoint, timeout_ms, NULL, NULL, NULL, out);
+}
+
+int moe_connect_curve(const char *endpoint, int timeout_ms, const char *server_public, const char *client_public,
+                      const char *client_secret, moe_client **out) {
     if (!out) return MOE_ERR_CLIENT_ARG;
     *out = NULL;
+    int curve = server_public || client_public || client_secret;
+    if (curve && (!z85_key(server_public) || !z85_key(client_public) || !z85_key(client_secret))) return MOE_ERR_CLIENT_ARG;
     char def[512];
     if (!endpoint) {
         if (moe_default_endpoint(def, sizeof def) != MOE_OK) return MOE_ERR_CLIENT_ARG;
@@ -223,6 +244,11 @@ int moe_connect(const char *endpoint, int timeout_ms, moe_client **out) {
     if ((size_t)snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint) >= sizeof c->endpoint) {
         free(c);
         return MOE_ERR_CLIENT_ARG;
+    }
+    if (curve) {
+        memcpy(c->curve_server, server_public, 41);
+        memcpy(c->curve_public, client_public, 41);
+        memcpy(c->curve_secret, client_secret, 41);
     }
     open_socket(c);
     if (!c->sock) {

@@ -6,7 +6,7 @@
 
 See python/README.md. The wire protocol is Include/moe_router.h.
 """
-from .client import DEFAULT_TIMEOUT_MS, Client, default_endpoint
+from .client import DEFAULT_TIMEOUT_MS, Client, curve_keys, default_endpoint
 from .errors import *  # noqa: F401,F403 - one exception class per moe_status code
 from .errors import ERRORS, MoERouterError, Status, error_for
 from .shm import Session, SharedBuffer
@@ -15,6 +15,6 @@ from .types import DType, Layer, Method, Nonfinite, RouteResult, Scoring, Server
 __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
 
-__all__ = ["Client", "default_endpoint", "DEFAULT_TIMEOUT_MS", "Session", "SharedBuffer", "DType", "Layer",
+__all__ = ["Client", "curve_keys", "default_endpoint", "DEFAULT_TIMEOUT_MS", "Session", "SharedBuffer", "DType", "Layer",
            "Method", "Nonfinite", "RouteResult", "Scoring", "ServerInfo", "Stats", "MoERouterError", "Status",
            "ERRORS", "error_for"] + [c.__name__ for c in ERRORS.values()]

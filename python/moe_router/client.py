@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import zmq
+import zmq.utils.z85
 
 from . import _wire as w
 from ._arrays import as_logits
@@ -53,9 +54,14 @@ class Client:
 
     ``close()`` (or leaving a ``with`` block) unregisters every SharedBuffer/Session made through
     this Client and closes the socket.
+
+    ``curve=(server_public, client_public, client_secret)`` (Z85 strings; ``curve_keys()`` reads
+    them from the files ``moe-routerctl keygen`` writes) connects to a tcp endpoint that requires
+    ZeroMQ CURVE. A daemon that does not admit the key never completes the handshake: the HELLO
+    times out (ClientTimeoutError).
     """
 
-    def __init__(self, endpoint=None, timeout_ms=DEFAULT_TIMEOUT_MS, client_name=None):
+    def __init__(self, endpoint=None, timeout_ms=DEFAULT_TIMEOUT_MS, client_name=None, curve=None):
         self.endpoint = endpoint or default_endpoint()
         self.timeout_ms = int(timeout_ms) if timeout_ms and timeout_ms > 0 else DEFAULT_TIMEOUT_MS
         self._client_name = (client_name or f"moe_router-py pid {os.getpid()}").encode()[:w.NAME_BYTES - 1]
@@ -67,6 +73,16 @@ class Client:
         self._closed = False
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.linger = 0
+        if curve is not None:
+            try:
+                server, public, secret = (k.encode() if isinstance(k, str) else bytes(k) for k in curve)
+                if not all(len(k) == 40 for k in (server, public, secret)):
+                    raise ValueError("each key must be 40 Z85 characters")
+                zmq.utils.z85.decode(server), zmq.utils.z85.decode(public), zmq.utils.z85.decode(secret)
+                self._sock.curve_serverkey, self._sock.curve_publickey, self._sock.curve_secretkey = server, public, secret
+            except (ValueError, TypeError, zmq.ZMQError) as e:
+                self._sock.close()
+                raise ClientArgumentError(f"curve must be (server public, client public, client secret) Z85 keys: {e}") from e
         try:
             self._sock.connect(self.endpoint)
         except zmq.ZMQError as e:
@@ -362,3 +378,27 @@ class Client:
 
     def __repr__(self):
         return f"Client({self.endpoint!r}, timeout_ms={self.timeout_ms}, closed={self._closed})"
+
+
+def curve_keys(server_public_file, client_key_file):
+    """(server public, client public, client secret) for ``Client(curve=...)``, read from the
+    daemon's ``NAME.pub`` and this client's ``NAME.key`` (``moe-routerctl keygen NAME``)."""
+    def read(path):
+        keys = {}
+        with open(path) as f:
+            for raw in f:
+                line = raw.strip()
+                if not line or line.startswith("#"):  # Z85 uses "#" and "=": whole-line comments only
+                    continue
+                name, value = "public-key", line
+                for key in ("public-key", "secret-key"):
+                    rest = line[len(key):].lstrip()
+                    if line.startswith(key) and rest.startswith("="):
+                        name, value = key, rest[1:].strip()
+                keys[name] = value
+        return keys
+    server, mine = read(server_public_file), read(client_key_file)
+    if "public-key" not in server or "public-key" not in mine or "secret-key" not in mine:
+        raise ClientArgumentError(f"{server_public_file} needs a public key and {client_key_file} both keys")
+    return server["public-key"], mine["public-key"], mine["secret-key"]
+

@@ -16,6 +16,9 @@ public struct ConfigFile: Decodable, Sendable {
     public var deadline_ms: UInt32?
     public var max_registrations: Int?
     public var max_queued_reply_bytes: Int?
+    public var tcp_curve_key: String?
+    public var tcp_curve_allow: String?
+    public var tcp_allow_insecure: Bool?
     public var max_registrations_per_uid: Int?
     public var max_mapped_bytes_per_uid: Int?
     public var max_queued_reply_bytes_total: Int?
@@ -30,7 +33,8 @@ public struct ConfigFile: Decodable, Sendable {
     private enum CodingKeys: String, CodingKey {
         case endpoint, tcp, backend, workers, queue_depth, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
              max_registrations, max_queued_reply_bytes, max_queued_reply_bytes_total,
-             max_registrations_per_uid, max_mapped_bytes_per_uid, layers, models
+             max_registrations_per_uid, max_mapped_bytes_per_uid, tcp_curve_key, tcp_curve_allow, tcp_allow_insecure,
+             layers, models
     }
 
     /// A checkpoint directory (relative to the config file's directory), with an optional name

@@ -7,6 +7,9 @@ public struct ServerConfig: Sendable {
     public var endpoint: String
     /// A tcp endpoint, bound only when set. Shared memory is refused to its peers.
     public var tcpEndpoint: String?
+    /// CURVE on the tcp endpoint (nil: plain, allowed only on loopback unless tcpAllowInsecure).
+    public var tcpCurve: CurveKeys?
+    public var tcpAllowInsecure = false
     /// The kernel backend (`--backend`).
     public var backend: BackendKind = .cpu
     /// The ROCm device ordinal for the "rocm" and "auto" backends.

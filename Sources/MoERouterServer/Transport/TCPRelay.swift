@@ -37,10 +37,14 @@ final class TCPRelay: @unchecked Sendable {
 
     /// Binds `endpoint` on the calling thread (so a bad address fails start-up), then hands
     /// both sockets to the relay thread, which owns them until the context shuts down.
-    init(context: ZMQContext, endpoint: String, front: String, logger: Logger,
+    init(context: ZMQContext, endpoint: String, front: String, curve: CurveKeys?, logger: Logger,
          configure: (ZMQSocket) throws(ZMQError) -> Void) throws(ZMQError) {
         let tcp = try ZMQSocket(context, type: ZMQ_ROUTER)
         try tcp.set(ZMQ_ZAP_DOMAIN, ZAPHandler.tcpDomain)
+        if let curve {  // the ZAP handler admits only the allow-list's public keys
+            try tcp.set(ZMQ_CURVE_SERVER, Int32(1))
+            try tcp.set(ZMQ_CURVE_SECRETKEY, curve.secretKey)
+        }
         try configure(tcp)
         try tcp.set(ZMQ_ROUTER_MANDATORY, Int32(1))  // a full or vanished peer is an error, not a silent drop
         try tcp.bind(endpoint)

@@ -16,13 +16,16 @@ final class ZAPHandler: @unchecked Sendable {
 
     private let socket: ZMQSocket
     private let logger: Logger
+    /// With CURVE on tcp: the client public keys admitted (raw 32 bytes).
+    private let allowedCurveKeys: Set<[UInt8]>?
     private var nextConnection = UInt64.random(in: 1...(UInt64.max >> 1))
 
     /// Binds on the calling thread (before any socket with a ZAP domain binds).
-    init(context: ZMQContext, logger: Logger) throws(ZMQError) {
+    init(context: ZMQContext, allowedCurveKeys: Set<[UInt8]>?, logger: Logger) throws(ZMQError) {
         socket = try ZMQSocket(context, type: ZMQ_REP)
         try socket.bind(Self.endpoint)
         self.logger = logger
+        self.allowedCurveKeys = allowedCurveKeys
     }
 
     /// Answers requests until the context shuts down. Run on its own thread.
@@ -46,6 +49,18 @@ final class ZAPHandler: @unchecked Sendable {
                     user = "ipc:\(nextConnection):\(creds.uid):\(creds.gid):\(creds.pid)"
                 } else {
                     user = "ipc:"
+                }
+            } else if let allowed = allowedCurveKeys {
+                // CURVE: frame 6 is the client's long-term public key, proven by the handshake.
+                let key = frames.count > 6 ? frames[6].array : []
+                if text[5] == "CURVE", key.count == 32, allowed.contains(key) {
+                    var z85 = [CChar](repeating: 0, count: 41)
+                    _ = zmq_z85_encode(&z85, key, 32)
+                    user = "tcp:curve:\(String(cString: z85))"
+                } else {
+                    status = "400"
+                    reason = "client key not on the allow-list"
+                    logger.warning("tcp: refused a \(text[5]) peer from \(text[3]): its public key is not on the allow-list")
                 }
             } else {
                 user = "tcp:\(text[3])"
