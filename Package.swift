@@ -37,6 +37,10 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
         .executableTarget(
+            name: "moe-router-fuzz",
+            dependencies: ["MoERouterServer", "MoERouterModels"],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        .executableTarget(
             name: "moe-route-eval",
             dependencies: ["MoERouting", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(

@@ -10,3 +10,4 @@ scripts/build-rocm.sh   # the HIP library, and its host-emulation build the ROCm
 swift build --build-tests
 swift test --skip-build --disable-xctest
 MOE_ROUTER_REQUIRE_TORCH=1 python3 -m pytest -q IntegrationTests/python
+scripts/fuzz.sh --seconds 30   # libFuzzer + ASan on the decoder, config and checkpoint readers (docs/RELIABILITY.md)

@@ -11,6 +11,9 @@ public struct ModelConfig: Sendable, Equatable {
         "mixtral", "gpt_oss", "llama4",
     ]
 
+    /// The most decoder layers a config may declare.
+    public static let maxLayers = 10_000
+
     public let modelType: String
     /// The decoder layers that route to experts, in order.
     public let moeLayers: [Int]
@@ -37,6 +40,11 @@ public struct ModelConfig: Sendable, Equatable {
         let dtypeName = ["torch_dtype", "dtype"].lazy.compactMap { c.values[$0] as? String ?? root[$0] as? String }.first
         torchDType = dtypeName.flatMap(Self.dtype)
         let layers = try c.int("num_hidden_layers")
+        // Real models have at most a few hundred; a hostile count must not make the loader loop
+        // for hours or allocate without bound (found by fuzzing: 10^12 layers hung the start).
+        guard (1...Self.maxLayers).contains(layers) else {
+            throw .badConfig(path: path, reason: "num_hidden_layers = \(layers) is outside 1...\(Self.maxLayers)")
+        }
         func spec(_ method: RoutingMethod, experts: Int, topK: Int, groups: Int = 1, topKGroups: Int = 1,
                   scoring: ScoringFunction = .softmax, renormalize: Bool, rsf: Float = 1) -> LayerSpec {
             LayerSpec(name: type, method: method, numExperts: experts, topK: topK, numExpertGroup: groups, topKGroup: topKGroups,

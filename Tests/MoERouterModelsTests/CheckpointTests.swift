@@ -135,6 +135,9 @@ struct CheckpointFixture {
         v3["n_group"] = 7
         #expect(try error(v3).contains("config.json"), "7 groups do not divide 256 experts")
         v3 = CheckpointFixture.deepseekV3(layers: 4)
+        v3["num_hidden_layers"] = 484_444_444_444  // found by the fuzzer: it hung the start
+        #expect(try error(v3).contains("num_hidden_layers = 484444444444 is outside 1...10000"))
+        v3 = CheckpointFixture.deepseekV3(layers: 4)
         v3.removeValue(forKey: "n_routed_experts")
         #expect(try error(v3).contains("n_routed_experts is missing"))
         v3 = CheckpointFixture.deepseekV3(layers: 4)

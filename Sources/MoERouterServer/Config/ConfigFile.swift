@@ -70,6 +70,11 @@ public struct ConfigFile: Decodable, Sendable {
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw .file(path: path, reason: error.localizedDescription)
         }
+        return try parse(text, path: path)
+    }
+
+    /// Parses a configuration's text; `path` names it in errors.
+    public static func parse(_ text: String, path: String) throws(ConfigError) -> ConfigFile {
         var file: ConfigFile
         do {
             file = try YAMLDecoder().decode(ConfigFile.self, from: text)
