@@ -1,4 +1,7 @@
 #define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <sys/resource.h>
 #include "moe_routerd_os.h"
 
 #include <malloc.h>
@@ -158,3 +161,79 @@ uint64_t mro_now_ns(void) {
 }
 
 int mro_release_free_memory(void) { return malloc_trim(0); }
+
+long mro_raise_fd_limit(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0) return -1;
+    if (r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &r);
+        (void)getrlimit(RLIMIT_NOFILE, &r);
+    }
+    return r.rlim_cur == RLIM_INFINITY ? -1 : (long)r.rlim_cur;
+}
+
+long mro_fd_limit(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return -1;
+    return (long)r.rlim_cur;
+}
+
+long mro_open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.') n++;
+    }
+    closedir(d);
+    return n - 1; /* the directory's own fd */
+}
+
+/* ---- Out of file descriptors: shed connections instead of aborting ----------------------
+ * libzmq 4.3.5 asserts (aborts the process) when accept() on an ipc listener fails with EMFILE
+ * (src/ipc_listener.cpp), so a local peer opening connections faster than the daemon's fd limit
+ * could kill it. This executable defines accept4/accept: the dynamic linker binds libzmq's calls
+ * to them (an executable's definition comes first). When the process is out of descriptors,
+ * the pending connection is taken with a reserved descriptor and closed at once (the peer sees
+ * its connection closed; the listener does not stay readable, so nothing spins), and the call
+ * reports ECONNABORTED, which libzmq ignores. This is the reserve-descriptor technique of
+ * libuv and nginx. */
+
+static int reserve_fd = -1;
+static pthread_mutex_t reserve_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_ulong shed_connections;
+static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
+
+void mro_fd_reserve_init(void) {
+    pthread_mutex_lock(&reserve_lock);
+    if (reserve_fd < 0) reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    pthread_mutex_unlock(&reserve_lock);
+}
+
+unsigned long mro_shed_connections(void) { return atomic_load(&shed_connections); }
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    if (!real_accept4) real_accept4 = (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
+    if (!real_accept4) {
+        errno = ENOSYS;
+        return -1;
+    }
+    int s = real_accept4(fd, addr, len, flags);
+    if (s >= 0 || (errno != EMFILE && errno != ENFILE)) return s;
+    pthread_mutex_lock(&reserve_lock);
+    if (reserve_fd >= 0) {
+        close(reserve_fd);
+        reserve_fd = -1;
+        int shed = real_accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+        if (shed >= 0) close(shed);
+        reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    pthread_mutex_unlock(&reserve_lock);
+    atomic_fetch_add(&shed_connections, 1);
+    errno = ECONNABORTED;
+    return -1;
+}
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len) { return accept4(fd, addr, len, 0); }

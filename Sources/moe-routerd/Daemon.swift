@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMoERouterdOS
 import Dispatch
 import Foundation
 import Logging
@@ -34,6 +35,11 @@ struct Daemon {
             return h
         }
         let logger = Logger(label: "moe-routerd")
+        // Every connection is an fd, and libzmq aborts when accept() meets EMFILE: take the
+        // whole hard limit (LimitNOFILE= under systemd), and the ZAP handler sheds new
+        // connections past 75 % of it.
+        let fdLimit = mro_raise_fd_limit()
+        mro_fd_reserve_init()
         let notifier = SystemdNotifier()
         // A configuration the daemon cannot serve with exits 2, whichever stage found it.
         var settings: ServerConfig
@@ -70,6 +76,7 @@ struct Daemon {
             throw ExitCode(2)
         }
         logger.info("\(server.backendReason)")
+        logger.info("file descriptor limit \(fdLimit < 0 ? "unlimited" : String(fdLimit)); new connections are refused past 75 % of it, and shed unaccepted if it runs out")
         if settings.listenFD != nil { logger.info("socket activation: serving \(settings.endpoint) on the socket systemd passed") }
         let pid = try command.pidfile.map { path in
             do { return try PidFile(path: path) } catch {

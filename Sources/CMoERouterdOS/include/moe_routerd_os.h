@@ -56,6 +56,18 @@ int mro_unix_socket_alive(const char *path);
  * a burst of large messages glibc otherwise keeps them mapped. 1 when memory was released. */
 int mro_release_free_memory(void);
 
+/* Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force. */
+long mro_raise_fd_limit(void);
+/* The soft RLIMIT_NOFILE now (it can be lowered from outside: prlimit). */
+long mro_fd_limit(void);
+/* Opens the descriptor kept in reserve for shedding connections when the process runs out
+ * (os.c: accept4/accept). Call once at start-up. */
+void mro_fd_reserve_init(void);
+/* Connections closed unaccepted because the process was out of descriptors. */
+unsigned long mro_shed_connections(void);
+/* File descriptors open in this process (counts /proc/self/fd; -1 if unreadable). */
+long mro_open_fds(void);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t mro_now_ns(void);
 

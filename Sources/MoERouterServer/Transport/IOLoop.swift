@@ -44,6 +44,7 @@ struct IOLoop {
     private let relayID: [UInt8]?
     private var inFlight = 0
     private var lastSweepNs: UInt64 = 0
+    private var shedLogged: UInt = 0
     private var lastTrimNs: UInt64 = 0
     private var messagesSinceTrim = 0
     private var draining = false
@@ -225,6 +226,11 @@ struct IOLoop {
         drainMonitor()
         let n = daemon.connections.releaseDeadProcesses()
         if n > 0 { logger.info("released \(n) registration(s) of exited processes") }
+        let shed = mro_shed_connections()
+        if shed != shedLogged {
+            logger.warning("out of file descriptors: \(shed - shedLogged) connection(s) closed unaccepted (\(shed) in all)")
+            shedLogged = shed
+        }
     }
 }
 

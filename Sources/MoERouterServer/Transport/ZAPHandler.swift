@@ -1,3 +1,4 @@
+import CMoERouterdOS
 import MoERouterZMQ
 import CZMQ
 import Logging
@@ -19,6 +20,24 @@ final class ZAPHandler: @unchecked Sendable {
     /// With CURVE on tcp: the client public keys admitted (raw 32 bytes).
     private let allowedCurveKeys: Set<[UInt8]>?
     private var nextConnection = UInt64.random(in: 1...(UInt64.max >> 1))
+
+    /// New connections are refused while more than this share of the fd limit is in use.
+    static let fdHighWater = 0.75
+    private var shedCount = 0
+
+    /// Why a new connection must be refused now, or nil: more than `fdHighWater` of the fd limit
+    /// in use (the limit is read each time: it can be lowered from outside).
+    private func shedding() -> String? {
+        let limit = mro_fd_limit()
+        guard limit > 0 else { return nil }
+        let open = mro_open_fds()
+        guard open >= 0, Double(open) > Double(limit) * Self.fdHighWater else { return nil }
+        shedCount += 1
+        if shedCount.nonzeroBitCount == 1 {  // 1, 2, 4, ...: logged, never a flood of lines
+            logger.warning("refused \(shedCount) new connection(s) so far: \(open) of \(limit) file descriptors in use")
+        }
+        return "the daemon is short of file descriptors"
+    }
 
     /// Binds on the calling thread (before any socket with a ZAP domain binds).
     init(context: ZMQContext, allowedCurveKeys: Set<[UInt8]>?, logger: Logger) throws(ZMQError) {
@@ -43,6 +62,12 @@ final class ZAPHandler: @unchecked Sendable {
             if frames.count < 6 || text[0] != "1.0" {
                 status = "400"
                 reason = "malformed ZAP request"
+            } else if let shed = shedding() {
+                // libzmq 4.3.5 aborts when accept() meets EMFILE (ipc_listener.cpp): while the
+                // fds left are few, new connections are refused (closed at once), never accepted
+                // into a crash. Existing connections are served as before.
+                status = "300"
+                reason = shed
             } else if text[2] == Self.ipcDomain {
                 if let creds = PeerCredentials(text[3]) {
                     nextConnection &+= 1
