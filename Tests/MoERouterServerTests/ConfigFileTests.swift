@@ -32,6 +32,21 @@ import Testing
         #expect(text == "\(path):5:17: layers[1].gate_dtype = 'fp8' is not valid; expected fp32, bf16 or fp16")
     }
 
+    /// Found by fuzzing: Yams reads `1:2:3...` as a base-60 integer and traps on overflow,
+    /// which would kill the daemon at start or at a SIGHUP reload. Refused before decoding.
+    @Test func baseSixtyNumbersAreRefusedNotCrashedOn() throws {
+        let long = Array(repeating: "59", count: 14).joined(separator: ":")
+        do {
+            _ = try ConfigFile.parse("workers: 2\nmax_tokens: \(long)\n", path: "x.yaml")
+            Issue.record("parsed")
+        } catch {
+            #expect(error.description.contains("x.yaml:2:13") && error.description.contains("base-60"), "\(error)")
+        }
+        let fine = try ConfigFile.parse("endpoint: ipc:///tmp/a.sock\ntcp: tcp://127.0.0.1:5555\nbackend: \"1:2\"\n",
+                                        path: "y.yaml")
+        #expect(fine.tcp == "tcp://127.0.0.1:5555" && fine.backend == "1:2", "colons in strings, and quoted scalars, are untouched")
+    }
+
     @Test func aMissingShapeIsNamed() throws {
         let path = try write("""
             layers:

@@ -77,8 +77,12 @@ public struct ConfigFile: Decodable, Sendable {
     public static func parse(_ text: String, path: String) throws(ConfigError) -> ConfigFile {
         var file: ConfigFile
         do {
+            let root = try Yams.compose(yaml: text)
+            try refuseSexagesimal(root, file: path)
             file = try YAMLDecoder().decode(ConfigFile.self, from: text)
-            file.positions = positions(of: try Yams.compose(yaml: text), file: path)
+            file.positions = positions(of: root, file: path)
+        } catch let error as ConfigError {
+            throw error
         } catch let error as DecodingError {
             throw describe(error, path: path, text: text)
         } catch let error as YamlError {
@@ -100,6 +104,32 @@ public struct ConfigFile: Decodable, Sendable {
     }
 
     /// Every mapping key's dotted path with the position of its value.
+    /// YAML 1.1 reads a plain scalar like `1:30:00` as a base-60 number, and Yams multiplies
+    /// its digits without overflow checks: a long one traps, which would kill the daemon at start
+    /// or at a SIGHUP reload (found by fuzzing). No setting is written that way, so any plain
+    /// scalar that holds a colon and starts like a number is refused before decoding.
+    private static func refuseSexagesimal(_ root: Node?, file: String) throws(ConfigError) {
+        func walk(_ node: Node) throws(ConfigError) {
+            if let scalar = node.scalar {
+                let s = scalar.string
+                if scalar.style == .plain, s.contains(":"), let first = s.unicodeScalars.first,
+                   "0123456789+-_.".unicodeScalars.contains(first) {
+                    let at = node.mark.map { SourcePosition(file: file, line: $0.line, column: $0.column) }
+                    throw .invalid(key: "value", value: String(s.prefix(40)), expected: "a plain number (YAML 1.1 base-60 numbers like 1:30 are not accepted)",
+                                   at: at)
+                }
+            } else if let mapping = node.mapping {
+                for (key, value) in mapping {
+                    try walk(key)
+                    try walk(value)
+                }
+            } else if let sequence = node.sequence {
+                for value in sequence { try walk(value) }
+            }
+        }
+        if let root { try walk(root) }
+    }
+
     private static func positions(of root: Node?, file: String) -> [String: SourcePosition] {
         var out: [String: SourcePosition] = [:]
         func walk(_ node: Node, _ path: String) {
