@@ -104,23 +104,28 @@ public struct ConfigFile: Decodable, Sendable {
     }
 
     /// Every mapping key's dotted path with the position of its value.
-    /// YAML 1.1 reads a plain scalar like `1:30:00` as a base-60 number, and Yams multiplies
-    /// its digits without overflow checks: a long one traps, which would kill the daemon at start
-    /// or at a SIGHUP reload (found by fuzzing). No setting is written that way, so any plain
-    /// scalar that holds a colon and starts like a number is refused before decoding.
+    /// The keys decoded as integers (top level and layer entries).
+    static let integerKeys: Set<String> = [
+        "workers", "queue_depth", "inline_tokens", "max_message_bytes", "max_tokens", "deadline_ms", "max_registrations",
+        "max_queued_reply_bytes", "max_queued_reply_bytes_total", "max_registrations_per_uid", "max_mapped_bytes_per_uid",
+        "num_experts", "top_k", "num_expert_group", "topk_group",
+    ]
+
+    /// YAML 1.1 reads an integer written with colons (`1:30:00`) as base 60, and Yams (5.x)
+    /// multiplies its parts without overflow checks — skipping parts that are not numbers —,
+    /// so a long one traps: a crash at start or at a SIGHUP reload (found by fuzzing). No
+    /// integer setting is written that way: a colon in the value of any integer key is refused
+    /// before decoding, naming the position.
     private static func refuseSexagesimal(_ root: Node?, file: String) throws(ConfigError) {
         func walk(_ node: Node) throws(ConfigError) {
-            if let scalar = node.scalar {
-                let s = scalar.string
-                if scalar.style == .plain, s.contains(":"), let first = s.unicodeScalars.first,
-                   "0123456789+-_.".unicodeScalars.contains(first) {
-                    let at = node.mark.map { SourcePosition(file: file, line: $0.line, column: $0.column) }
-                    throw .invalid(key: "value", value: String(s.prefix(40)), expected: "a plain number (YAML 1.1 base-60 numbers like 1:30 are not accepted)",
-                                   at: at)
-                }
-            } else if let mapping = node.mapping {
+            if let mapping = node.mapping {
                 for (key, value) in mapping {
-                    try walk(key)
+                    if let k = key.string, Self.integerKeys.contains(k), let v = value.scalar,
+                       v.string.replacingOccurrences(of: "_", with: "").contains(":") {
+                        let at = value.mark.map { SourcePosition(file: file, line: $0.line, column: $0.column) }
+                        throw .invalid(key: k, value: String(v.string.prefix(40)),
+                                       expected: "an integer (YAML 1.1 base-60 numbers like 1:30 are not accepted)", at: at)
+                    }
                     try walk(value)
                 }
             } else if let sequence = node.sequence {

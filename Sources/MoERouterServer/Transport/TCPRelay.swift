@@ -14,9 +14,12 @@ import Synchronization
 /// first, and hands requests on without blocking — when the I/O thread's pipe is full, it keeps
 /// the one request in hand and stops reading tcp peers (their own pipes and sockets then push
 /// back on them) until the pipe has room. So the pipe the I/O thread answers into always drains,
-/// and a flood from one peer delays others' requests but loses no answer. An answer to a peer
-/// that does not read (its pipe full: `ZMQ_ROUTER_MANDATORY`) or that left is dropped and
-/// counted (`droppedAnswers`, logged): it could only be kept by letting one peer pin memory.
+/// and a flood from one peer delays others' requests but loses no answer. An answer for a peer
+/// whose own pipe is full (it reads slowly: `ZMQ_ROUTER_MANDATORY` says so) waits in that peer's
+/// backlog, in order, and is retried every few milliseconds, without holding up anyone else;
+/// past `maxBacklogPerPeer` (or `maxBacklog` in all) answers are dropped and counted, as are
+/// answers to a peer that left (`droppedAnswers`, logged). Large inline answers stay counted by
+/// the reply budget while they wait, so a peer that never reads gets BUSY, not memory.
 final class TCPRelay: @unchecked Sendable {
     private let thread: ServiceThread
     private let dropped = DropCounter()
@@ -60,22 +63,75 @@ final class TCPRelay: @unchecked Sendable {
         }
     }
 
+    static let maxBacklogPerPeer = 10_000
+    static let maxBacklog = 100_000
+
+    /// Answers waiting for peers whose pipes are full, per peer (routing id), in order.
+    private struct Backlog {
+        var byPeer: [[UInt8]: [[ZMQMessage]]] = [:]
+        var count = 0
+
+        /// Sends `answer` now, or queues it behind the peer's earlier ones.
+        mutating func deliver(_ answer: [ZMQMessage], on tcp: ZMQSocket, _ dropped: DropCounter, _ logger: Logger) throws(ZMQError) {
+            let peer = answer[0].array
+            if byPeer[peer] == nil {
+                switch try Self.send(answer, on: tcp) {
+                case .sent: return
+                case .gone(let why): return dropped.note(why, logger)
+                case .full: break
+                }
+            }
+            guard byPeer[peer, default: []].count < TCPRelay.maxBacklogPerPeer, count < TCPRelay.maxBacklog else {
+                return dropped.note("\(byPeer[peer]?.count ?? 0) answers already wait for it", logger)
+            }
+            byPeer[peer, default: []].append(answer)
+            count += 1
+        }
+
+        /// Sends what each waiting peer's pipe takes now.
+        mutating func flush(on tcp: ZMQSocket, _ dropped: DropCounter, _ logger: Logger) throws(ZMQError) {
+            for peer in Array(byPeer.keys) {
+                while let next = byPeer[peer]?.first {
+                    let outcome = try Self.send(next, on: tcp)
+                    if case .full = outcome { break }
+                    if case .gone(let why) = outcome {
+                        let lost = byPeer[peer]?.count ?? 0
+                        for _ in 0..<lost { dropped.note(why, logger) }
+                        count -= lost
+                        byPeer[peer] = nil
+                        break
+                    }
+                    byPeer[peer]!.removeFirst()
+                    count -= 1
+                    if byPeer[peer]!.isEmpty { byPeer[peer] = nil }
+                }
+            }
+        }
+
+        enum Outcome { case sent, full, gone(String) }
+
+        static func send(_ answer: [ZMQMessage], on tcp: ZMQSocket) throws(ZMQError) -> Outcome {
+            do { return try tcp.trySendMultipart(answer) ? .sent : .full } catch {
+                if error.isTerminated { throw error }
+                return .gone("\(error)")  // EHOSTUNREACH: the peer left
+            }
+        }
+    }
+
     /// Runs until the context shuts down (ETERM).
     private static func relay(_ s: SocketPair, dropped: DropCounter, logger: Logger) {
         var held: [ZMQMessage]?  // a request the I/O thread's pipe had no room for yet
+        var backlog = Backlog()
         do throws(ZMQError) {
             while true {
                 let events = try ZMQSocket.poll([(s.inner, Int16(ZMQ_POLLIN) | (held == nil ? 0 : Int16(ZMQ_POLLOUT))),
-                                                 (s.tcp, held == nil ? Int16(ZMQ_POLLIN) : 0)], timeoutMs: -1)
-                // Answers first, all that are there.
+                                                 (s.tcp, held == nil ? Int16(ZMQ_POLLIN) : 0)],
+                                                timeoutMs: backlog.count > 0 ? 5 : -1)
+                // Answers first: those that waited, then all that are there.
+                if backlog.count > 0 { try backlog.flush(on: s.tcp, dropped, logger) }
                 if events[0] & Int16(ZMQ_POLLIN) != 0 {
                     while let answer = try? s.inner.receiveMultipart(dontWait: true) {
-                        do {
-                            if try !s.tcp.trySendMultipart(answer) { dropped.note("its pipe is full", logger) }
-                        } catch {
-                            if error.isTerminated { throw error }
-                            dropped.note("\(error)", logger)
-                        }
+                        try backlog.deliver(answer, on: s.tcp, dropped, logger)
                     }
                 }
                 if let request = held {
