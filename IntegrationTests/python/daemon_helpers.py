@@ -1,6 +1,7 @@
 """Shared helpers of the moe-routerd pytest suites: shm objects and ROUTE request builders."""
 import mmap
 import os
+import socket
 import time
 import uuid
 
@@ -75,3 +76,11 @@ def wait_until(predicate, timeout=5.0, step=0.05):
             return True
         time.sleep(step)
     return predicate()
+
+def free_port():
+    """A tcp port on 127.0.0.1 nobody listens on right now."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

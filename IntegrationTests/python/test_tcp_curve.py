@@ -1,25 +1,17 @@
 """tcp with ZeroMQ CURVE: the daemon's key pair, an allow-list of client keys, both clients and
 moe-routerctl; a non-loopback tcp endpoint without CURVE is refused unless --tcp-allow-insecure."""
 import os
-import socket
 import subprocess
 
 import numpy as np
 import pytest
 
 from conftest import find_binary
-from daemon_helpers import wait_until
+from daemon_helpers import free_port, wait_until
 from moe_router import Client, ClientTimeoutError, curve_keys
 
 DS = "deepseek-v3"
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

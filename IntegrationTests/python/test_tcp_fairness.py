@@ -1,29 +1,19 @@
 """Probe hole 9: under a flood from one tcp client, another tcp client's answers must all
 arrive (the relay once dropped them when its pipe to the I/O thread was full)."""
-import os
-import socket
-import time
 
 import numpy as np
 import zmq
 
 import moe_wire as w
-from daemon_helpers import dealer
+from daemon_helpers import dealer, free_port
 
 DS = "deepseek-v3"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def test_a_flooding_tcp_client_costs_another_no_answer(start_daemon):
     port = free_port()
-    d = start_daemon("--preset", DS, "--tcp", f"tcp://127.0.0.1:{port}")
+    start_daemon("--preset", DS, "--tcp", f"tcp://127.0.0.1:{port}")
     ctx = zmq.Context()
     ep = f"tcp://127.0.0.1:{port}"
     flood = ctx.socket(zmq.DEALER)
