@@ -48,14 +48,17 @@ size_t align_up(size_t n) { return (n + 255) & ~(size_t)255; }
 struct mrh_layer {
     int32_t device;
     LayerParams params;
-    float *bias; /* device */
+    float *bias;      /* device */
+    int32_t *tid2eid; /* device, [vocab, top_k]; null for a scored layer */
+    int64_t vocab;
 };
 
 struct mrh_stream {
     int32_t device;
     hipStream_t stream;
     Buffer stage_in, stage_out;    /* pinned host */
-    Buffer dev_in, dev_out;        /* device: [logits | fallback bias], [count | weights | ids] */
+    Buffer dev_in, dev_out;        /* device: [logits | fallback bias | mask | token ids],
+                                      [count | weights | ids] */
 };
 
 extern "C" {
@@ -86,24 +89,40 @@ int32_t mrh_layer_create(int32_t device, int32_t method, int32_t scoring, int32_
                          int32_t top_k, int32_t num_groups, int32_t topk_group,
                          int32_t renormalize, float routed_scaling_factor, const float *bias,
                          mrh_layer **out) {
+    return mrh_layer_create_ex(device, method, scoring, num_experts, top_k, num_groups, topk_group, renormalize,
+                               routed_scaling_factor, 0.0f, bias, nullptr, 0, out);
+}
+
+int32_t mrh_layer_create_ex(int32_t device, int32_t method, int32_t scoring, int32_t num_experts,
+                            int32_t top_k, int32_t num_groups, int32_t topk_group,
+                            int32_t renormalize, float routed_scaling_factor, float renorm_epsilon,
+                            const float *bias, const int32_t *tid2eid, int64_t vocab, mrh_layer **out) {
     *out = nullptr;
     if (num_experts < 1 || num_experts > MRK_MAX_EXPERTS || top_k < 1 || top_k > MRK_MAX_TOPK ||
-        top_k > num_experts || num_groups < 1 || num_experts % num_groups != 0)
+        top_k > num_experts || num_groups < 1 || num_experts % num_groups != 0 || scoring < MRK_SCORING_SOFTMAX ||
+        scoring > MRK_SCORING_NONE || !(renorm_epsilon >= 0.0f) || (tid2eid && vocab < 1))
         return hipErrorInvalidValue;
+    const size_t table_bytes = tid2eid ? sizeof(int32_t) * (size_t)vocab * (size_t)top_k : 0;
+    for (size_t i = 0; i < table_bytes / sizeof(int32_t); i++)
+        if (tid2eid[i] < 0 || tid2eid[i] >= num_experts) return hipErrorInvalidValue;
     hipError_t e = hipSetDevice(device);
     if (e != hipSuccess) return e;
     mrh_layer *L = new mrh_layer{device,
                                  {method, scoring, num_experts, top_k, num_groups, topk_group,
-                                  renormalize, routed_scaling_factor},
-                                 nullptr};
+                                  renormalize, routed_scaling_factor, renorm_epsilon},
+                                 nullptr, nullptr, tid2eid ? vocab : 0};
     if (bias) {
         e = hipMalloc((void **)&L->bias, sizeof(float) * (size_t)num_experts);
         if (e == hipSuccess)
             e = hipMemcpy(L->bias, bias, sizeof(float) * (size_t)num_experts, hipMemcpyHostToDevice);
-        if (e != hipSuccess) {
-            mrh_layer_destroy(L);
-            return e;
-        }
+    }
+    if (e == hipSuccess && tid2eid) {
+        e = hipMalloc((void **)&L->tid2eid, table_bytes);
+        if (e == hipSuccess) e = hipMemcpy(L->tid2eid, tid2eid, table_bytes, hipMemcpyHostToDevice);
+    }
+    if (e != hipSuccess) {
+        mrh_layer_destroy(L);
+        return e;
     }
     *out = L;
     return hipSuccess;
@@ -111,10 +130,9 @@ int32_t mrh_layer_create(int32_t device, int32_t method, int32_t scoring, int32_
 
 void mrh_layer_destroy(mrh_layer *layer) {
     if (!layer) return;
-    if (layer->bias) {
-        (void)hipSetDevice(layer->device);
-        (void)hipFree(layer->bias);
-    }
+    if (layer->bias || layer->tid2eid) (void)hipSetDevice(layer->device);
+    if (layer->bias) (void)hipFree(layer->bias);
+    if (layer->tid2eid) (void)hipFree(layer->tid2eid);
     delete layer;
 }
 
@@ -149,15 +167,34 @@ void mrh_stream_destroy(mrh_stream *s) {
 int32_t mrh_route(const mrh_layer *L, mrh_stream *s, const float *fallback_bias,
                   const void *logits, int32_t dtype, int64_t tokens, float *weights,
                   int32_t *ids, int64_t *nonfinite) {
+    return mrh_route_ex(L, s, fallback_bias, logits, dtype, tokens, nullptr, nullptr, 4, weights, ids, nonfinite);
+}
+
+int32_t mrh_route_ex(const mrh_layer *L, mrh_stream *s, const float *fallback_bias,
+                     const void *logits, int32_t dtype, int64_t tokens, const uint8_t *mask,
+                     const void *token_ids, int32_t token_id_bytes, float *weights, int32_t *ids,
+                     int64_t *nonfinite) {
     *nonfinite = 0;
     if (!L || !s || tokens < 0 || dtype < MRK_DTYPE_FP32 || dtype > MRK_DTYPE_FP16 ||
-        L->device != s->device)
+        L->device != s->device || (token_id_bytes != 4 && token_id_bytes != 8))
         return hipErrorInvalidValue;
     if (tokens == 0) return hipSuccess;
+    const bool hash = L->tid2eid != nullptr;
+    if (hash) {
+        /* a token id outside the table would be a device read out of bounds: refused here */
+        if (!token_ids) return hipErrorInvalidValue;
+        for (int64_t t = 0; t < tokens; t++) {
+            if (mask && mask[t]) continue;
+            const int64_t id = token_id_bytes == 8 ? ((const int64_t *)token_ids)[t] : ((const int32_t *)token_ids)[t];
+            if (id < 0 || id >= L->vocab) return hipErrorInvalidValue;
+        }
+    }
     const LayerParams &p = L->params;
     const size_t in_bytes = (size_t)tokens * (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
     const size_t bias_off = align_up(in_bytes);
-    const size_t in_total = bias_off + (fallback_bias ? sizeof(float) * (size_t)p.num_experts : 0);
+    const size_t mask_off = align_up(bias_off + (fallback_bias ? sizeof(float) * (size_t)p.num_experts : 0));
+    const size_t ids_in_off = align_up(mask_off + (mask ? (size_t)tokens : 0));
+    const size_t in_total = ids_in_off + (hash ? (size_t)tokens * (size_t)token_id_bytes : 0);
     const size_t w_bytes = sizeof(float) * (size_t)tokens * (size_t)p.top_k;
     const size_t ids_bytes = sizeof(int32_t) * (size_t)tokens * (size_t)p.top_k;
     const size_t w_off = 256, ids_off = w_off + align_up(w_bytes), out_total = ids_off + ids_bytes;
@@ -173,14 +210,22 @@ int32_t mrh_route(const mrh_layer *L, mrh_stream *s, const float *fallback_bias,
     char *dev_in = (char *)s->dev_in.ptr, *dev_out = (char *)s->dev_out.ptr;
     std::memcpy(stage_in, logits, in_bytes);
     if (fallback_bias) std::memcpy(stage_in + bias_off, fallback_bias, sizeof(float) * (size_t)p.num_experts);
+    if (mask) std::memcpy(stage_in + mask_off, mask, (size_t)tokens);
+    if (hash) std::memcpy(stage_in + ids_in_off, token_ids, (size_t)tokens * (size_t)token_id_bytes);
     const float *bias = fallback_bias ? (const float *)(dev_in + bias_off) : L->bias;
 
     e = hipMemcpyAsync(dev_in, stage_in, in_total, hipMemcpyHostToDevice, s->stream);
     if (e == hipSuccess) e = hipMemsetAsync(dev_out, 0, sizeof(unsigned long long), s->stream);
     if (e != hipSuccess) return e;
-    const mrh::RouteArgs args = {bias, dev_in, dtype, tokens, (float *)(dev_out + w_off),
-                                 (int32_t *)(dev_out + ids_off), (unsigned long long *)dev_out};
-    mrh::launch_route(mrh::kernel_for(p), p, args, s->stream);
+    mrh::RouteArgs args = {bias, dev_in, dtype, tokens, (float *)(dev_out + w_off),
+                           (int32_t *)(dev_out + ids_off), (unsigned long long *)dev_out};
+    if (mask) args.mask = (const uint8_t *)(dev_in + mask_off);
+    if (hash) {
+        args.tid2eid = L->tid2eid;
+        args.token_ids = dev_in + ids_in_off;
+        args.token_id_bytes = token_id_bytes;
+    }
+    mrh::launch_route(mrh::kernel_for(p, hash), p, args, s->stream);
     e = hipGetLastError();
     if (e == hipSuccess)
         e = hipMemcpyAsync(stage_out, dev_out, out_total, hipMemcpyDeviceToHost, s->stream);

@@ -20,14 +20,15 @@
 extern "C" {
 #endif
 
-#define MRH_ABI_VERSION 1
+#define MRH_ABI_VERSION 2 /* 2: mrh_layer_create_ex, mrh_route_ex */
 
 /* Only the functions below are exported (the library builds with -fvisibility=hidden), so two
  * builds of it (device and host emulation) can be loaded into one process side by side. */
 #define MRH_API __attribute__((visibility("default")))
 
-/* A layer resident on one device: its parameters and its bias (fp32 widening of the bias as
- * stored in the gate dtype), uploaded once at creation. Immutable afterwards; shareable. */
+/* A layer resident on one device: its parameters, its bias (fp32 widening of the bias as stored
+ * in the gate dtype) and, for a hash-routed layer, its tid2eid table, uploaded once at creation.
+ * Immutable afterwards; shareable. */
 typedef struct mrh_layer mrh_layer;
 
 /* One worker's queue: a device stream, pinned host staging buffers and device I/O buffers,
@@ -55,6 +56,17 @@ MRH_API int32_t mrh_layer_create(int32_t device, int32_t method, int32_t scoring
                          int32_t top_k, int32_t num_groups, int32_t topk_group,
                          int32_t renormalize, float routed_scaling_factor, const float *bias,
                          mrh_layer **out);
+
+/* mrh_layer_create with the added schemes (shared/ROUTING.md, "Added schemes"): scoring may be
+ * 2 (sqrtsoftplus) or 3 (none); renorm_epsilon > 0 renormalises by sum + eps, never skipped (0:
+ * the contract's renormalisation); tid2eid, when not NULL, makes a hash-routed layer: [vocab,
+ * top_k] expert ids in [0, num_experts), uploaded with the layer (requests must then carry token
+ * ids). */
+MRH_API int32_t mrh_layer_create_ex(int32_t device, int32_t method, int32_t scoring, int32_t num_experts,
+                                    int32_t top_k, int32_t num_groups, int32_t topk_group,
+                                    int32_t renormalize, float routed_scaling_factor, float renorm_epsilon,
+                                    const float *bias, const int32_t *tid2eid, int64_t vocab,
+                                    mrh_layer **out);
 MRH_API void mrh_layer_destroy(mrh_layer *layer);
 
 MRH_API int32_t mrh_stream_create(int32_t device, mrh_stream **out);
@@ -71,6 +83,19 @@ MRH_API void mrh_stream_destroy(mrh_stream *stream);
 MRH_API int32_t mrh_route(const mrh_layer *layer, mrh_stream *stream, const float *fallback_bias,
                   const void *logits, int32_t dtype, int64_t tokens, float *weights,
                   int32_t *ids, int64_t *nonfinite);
+
+/*
+ * mrh_route with protocol version 2's extras, uploaded with the logits:
+ *  - mask ([tokens] bytes, or NULL): a nonzero byte marks a padding row: its ids are -1 and its
+ *    weights 0, its logits and token id are not read, its non-finite values not counted;
+ *  - token_ids ([tokens] int32 or int64, token_id_bytes 4 or 8): required by a hash-routed layer
+ *    (ignored otherwise); every unmasked one must be in [0, vocab) (checked here on the host:
+ *    hipErrorInvalidValue otherwise, nothing written).
+ */
+MRH_API int32_t mrh_route_ex(const mrh_layer *layer, mrh_stream *stream, const float *fallback_bias,
+                             const void *logits, int32_t dtype, int64_t tokens, const uint8_t *mask,
+                             const void *token_ids, int32_t token_id_bytes, float *weights, int32_t *ids,
+                             int64_t *nonfinite);
 
 #ifdef __cplusplus
 }

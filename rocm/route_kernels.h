@@ -15,6 +15,14 @@
  * The thread-per-token kernel runs mrk_route_token itself, scratch in private memory. It serves
  * the layers the team kernel does not (more than kMaxTeamGroups groups) and is the baseline that
  * rocm/check/kernel_timing.cpp measures the team kernel against.
+ *
+ * The hash kernel routes hash-routed layers (DeepSeek-V4's tid2eid) with the same teams: the
+ * row's non-finite count and, for softmax scoring, the softmax as the team kernel computes them;
+ * the ids from the table; the weights as mrk_hash_token computes them.
+ *
+ * Padding masks (mask byte 1): the token's ids are -1 and its weights 0, its logits and token id
+ * are never read and its non-finite values are not counted. In the team kernels a masked team
+ * still meets its warp's collectives, with no live slots (every value it holds is a constant).
  */
 #ifndef MRH_ROUTE_KERNELS_H
 #define MRH_ROUTE_KERNELS_H
@@ -30,6 +38,7 @@ namespace mrh {
 struct LayerParams {
     int32_t method, scoring, num_experts, top_k, num_groups, topk_group, renormalize;
     float rsf;
+    float eps; /* renorm_epsilon: 0, the contract's renormalisation; > 0, w / (sum + eps) */
 };
 
 constexpr int kTeamLanes = 16;    /* lanes per token: the contract's softmax summation lanes */
@@ -228,7 +237,7 @@ __device__ inline void team_weights(const LayerParams &p, const float *chosen, c
         for (int32_t j = 0; j < p.top_k; j++) w[j] = mrk_sigmoid_f(chosen[j]) * p.rsf;
     } else {
         for (int32_t j = 0; j < p.top_k; j++) w[j] = picked[j];
-        mrk_finish_weights(w, p.top_k, p.renormalize, p.rsf);
+        mrk_finish_weights(w, p.top_k, p.renormalize, p.eps, p.rsf);
     }
 }
 
@@ -245,7 +254,7 @@ __device__ inline int32_t score_row(const LayerParams &p, const float *bias, con
         } else {
 #pragma unroll
             for (int s = 0; s < SLOTS; s++)
-                if (live >> s & 1) score[s] = mrk_sigmoid_f(score[s]);
+                if (live >> s & 1) score[s] = mrk_score_elementwise(p.scoring, score[s]);
         }
     }
 #pragma unroll
@@ -282,20 +291,29 @@ __device__ inline void select_top_k(int k, const float (&key)[SLOTS], const floa
     }
 }
 
+/* The ids -1 and weights 0 of a masked token, by a team's lanes. */
+__device__ inline void write_masked(int32_t k, int lane, int64_t t, float *weights, int32_t *ids) {
+    for (int j = lane; j < k; j += kTeamLanes) {
+        weights[t * k + j] = 0.0f;
+        ids[t * k + j] = -1;
+    }
+}
+
 template <int SLOTS>
 __global__ void __launch_bounds__(kTeamBlockThreads)
 route_team_kernel(LayerParams p, const float *bias, const void *logits, int32_t dtype, int64_t tokens,
-                  float *weights, int32_t *ids, unsigned long long *nonfinite) {
+                  const uint8_t *mask, float *weights, int32_t *ids, unsigned long long *nonfinite) {
     const int lane = (int)(threadIdx.x % kTeamLanes);
     const int64_t token = (int64_t)blockIdx.x * (blockDim.x / kTeamLanes) + threadIdx.x / kTeamLanes;
     /* A spare team (past the last token) routes the last token again and writes nothing, so
      * every lane of a warp reaches every shuffle. */
     const bool writes = token < tokens;
     const int64_t t = writes ? token : tokens - 1;
+    const bool masked = mask && mask[t];
     const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
     const void *row = (const char *)logits + (size_t)t * row_bytes;
 
-    uint64_t live = slots_in_range<SLOTS>(lane, 0, p.num_experts);
+    uint64_t live = masked ? 0 : slots_in_range<SLOTS>(lane, 0, p.num_experts);
     float score[SLOTS], key[SLOTS];
     const int32_t lane_nonfinite = score_row(p, bias, row, dtype, lane, live, score, key);
     if ((p.method == MRK_GROUPED_TOPK || p.method == MRK_BIASED_GROUPED_TOPK) && p.num_groups > 1)
@@ -310,6 +328,7 @@ route_team_kernel(LayerParams p, const float *bias, const void *logits, int32_t 
     const int32_t token_nonfinite = team_sum(lane_nonfinite);
 
     if (!writes) return;
+    if (masked) return write_masked(p.top_k, lane, t, weights, ids);
     for (int j = lane; j < p.top_k; j += kTeamLanes) {
         weights[t * p.top_k + j] = w[j];
         ids[t * p.top_k + j] = chosen_id[j];
@@ -317,25 +336,96 @@ route_team_kernel(LayerParams p, const float *bias, const void *logits, int32_t 
     if (lane == 0 && token_nonfinite) atomicAdd(nonfinite, (unsigned long long)token_nonfinite);
 }
 
+/* ---- Hash-routed layers (a team per token) ------------------------------------------------- */
+
+__device__ inline int64_t token_id_at(const void *token_ids, int32_t bytes, int64_t t) {
+    return bytes == 8 ? ((const int64_t *)token_ids)[t] : (int64_t)((const int32_t *)token_ids)[t];
+}
+
+/* mrk_hash_token across a team: ids = the token's tid2eid row (in [0, E), checked by the host);
+ * the scores of those experts (element-wise scorings: lane c scores column c, c + 16; softmax:
+ * the team's softmax, each column's score from the lane holding it), clamped; then
+ * mrk_finish_weights on every lane. */
+template <int SLOTS>
+__global__ void __launch_bounds__(kTeamBlockThreads)
+route_hash_team_kernel(LayerParams p, const int32_t *tid2eid, const void *logits, int32_t dtype, int64_t tokens,
+                       const uint8_t *mask, const void *token_ids, int32_t token_id_bytes, float *weights,
+                       int32_t *ids, unsigned long long *nonfinite) {
+    const int lane = (int)(threadIdx.x % kTeamLanes);
+    const int64_t token = (int64_t)blockIdx.x * (blockDim.x / kTeamLanes) + threadIdx.x / kTeamLanes;
+    const bool writes = token < tokens; /* spare teams: as in route_team_kernel */
+    const int64_t t = writes ? token : tokens - 1;
+    const bool masked = mask && mask[t];
+    const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
+    const void *row = (const char *)logits + (size_t)t * row_bytes;
+    const int32_t k = p.top_k;
+    const int32_t *table_row = masked ? nullptr : tid2eid + token_id_at(token_ids, token_id_bytes, t) * k;
+
+    const uint64_t live = masked ? 0 : slots_in_range<SLOTS>(lane, 0, p.num_experts);
+    float x[SLOTS];
+    const int32_t lane_nonfinite = load_row(row, dtype, lane, live, x);
+    const bool softmax = p.scoring == MRK_SCORING_SOFTMAX;
+    if (softmax) team_softmax(x, live);
+    float mine[MRK_MAX_TOPK / kTeamLanes] = {};
+    if (!softmax && !masked)
+        for (int r = 0; r < MRK_MAX_TOPK / kTeamLanes; r++) {
+            const int c = r * kTeamLanes + lane;
+            if (c < k) mine[r] = mrk_score_elementwise(p.scoring, mrk_widen(row, dtype, table_row[c]));
+        }
+    float w[MRK_MAX_TOPK];
+    for (int32_t j = 0; j < k; j++) {
+        const int32_t e = masked ? 0 : table_row[j];
+        float s;
+        if (softmax) {
+            float held = 0.0f;
+#pragma unroll
+            for (int q = 0; q < SLOTS; q++)
+                if (q == e / kTeamLanes) held = x[q];
+            s = mrh_shfl(held, e % kTeamLanes, kTeamLanes);
+        } else {
+            s = mrh_shfl(j < kTeamLanes ? mine[0] : mine[1], j % kTeamLanes, kTeamLanes);
+        }
+        w[j] = mrk_is_finite(s) ? s : 0.0f;
+    }
+    mrk_finish_weights(w, k, p.renormalize, p.eps, p.rsf);
+    const int32_t token_nonfinite = team_sum(lane_nonfinite);
+
+    if (!writes) return;
+    if (masked) return write_masked(k, lane, t, weights, ids);
+    for (int j = lane; j < k; j += kTeamLanes) {
+        weights[t * k + j] = w[j];
+        ids[t * k + j] = table_row[j];
+    }
+    if (lane == 0 && token_nonfinite) atomicAdd(nonfinite, (unsigned long long)token_nonfinite);
+}
+
 /* ---- One token per thread ----------------------------------------------------------------- */
 
 __global__ void route_thread_kernel(LayerParams p, const float *bias, const void *logits, int32_t dtype,
-                                    int64_t tokens, float *weights, int32_t *ids,
+                                    int64_t tokens, const uint8_t *mask, float *weights, int32_t *ids,
                                     unsigned long long *nonfinite) {
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= tokens) return;
+    if (mask && mask[t]) {
+        for (int32_t j = 0; j < p.top_k; j++) {
+            weights[t * p.top_k + j] = 0.0f;
+            ids[t * p.top_k + j] = -1;
+        }
+        return;
+    }
     float score[MRK_MAX_EXPERTS], key[MRK_MAX_EXPERTS];
     const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
     const void *row = (const char *)logits + (size_t)t * row_bytes;
     int32_t n = mrk_route_token(p.method, p.scoring, p.num_experts, p.top_k, p.num_groups, p.topk_group,
-                                p.renormalize, p.rsf, bias, row, dtype, score, key, weights + t * p.top_k,
+                                p.renormalize, p.eps, p.rsf, bias, row, dtype, score, key, weights + t * p.top_k,
                                 ids + t * p.top_k);
     if (n) atomicAdd(nonfinite, (unsigned long long)n);
 }
 
 /* ---- Launch ------------------------------------------------------------------------------- */
 
-/* Device pointers; *nonfinite must be zeroed before the launch. */
+/* Device pointers (mask, token_ids and tid2eid may be null: no mask; a scored layer);
+ * *nonfinite must be zeroed before the launch. */
 struct RouteArgs {
     const float *bias;
     const void *logits;
@@ -344,44 +434,57 @@ struct RouteArgs {
     float *weights;
     int32_t *ids;
     unsigned long long *nonfinite;
+    const uint8_t *mask = nullptr;
+    const int32_t *tid2eid = nullptr;
+    const void *token_ids = nullptr;
+    int32_t token_id_bytes = 4;
 };
 
-enum class Kernel { team, thread_per_token };
+enum class Kernel { team, thread_per_token, hash_team };
 
-inline const char *kernel_name(Kernel k) { return k == Kernel::team ? "team16" : "thread-per-token"; }
+inline const char *kernel_name(Kernel k) {
+    return k == Kernel::team ? "team16" : k == Kernel::hash_team ? "hash-team16" : "thread-per-token";
+}
 
-/* The team kernel, unless the layer has more groups than a team keeps scores for. */
-inline Kernel kernel_for(const LayerParams &p) {
+/* The hash kernel for a hash-routed layer; else the team kernel, unless the layer has more groups
+ * than a team keeps scores for. */
+inline Kernel kernel_for(const LayerParams &p, bool hash = false) {
+    if (hash) return Kernel::hash_team;
     const bool grouped = (p.method == MRK_GROUPED_TOPK || p.method == MRK_BIASED_GROUPED_TOPK) && p.num_groups > 1;
     return grouped && p.num_groups > kMaxTeamGroups ? Kernel::thread_per_token : Kernel::team;
 }
 
 template <int SLOTS>
-inline void launch_team(const LayerParams &p, const RouteArgs &a, hipStream_t stream) {
+inline void launch_team(Kernel kernel, const LayerParams &p, const RouteArgs &a, hipStream_t stream) {
     const int64_t teams = a.tokens < kTeamsPerBlock ? a.tokens : kTeamsPerBlock;
     const unsigned blocks = (unsigned)((a.tokens + teams - 1) / teams);
-    MRH_LAUNCH(route_team_kernel<SLOTS>, blocks, (unsigned)(teams * kTeamLanes), stream, p, a.bias, a.logits,
-               a.dtype, a.tokens, a.weights, a.ids, a.nonfinite);
+    if (kernel == Kernel::hash_team)
+        MRH_LAUNCH(route_hash_team_kernel<SLOTS>, blocks, (unsigned)(teams * kTeamLanes), stream, p, a.tid2eid,
+                   a.logits, a.dtype, a.tokens, a.mask, a.token_ids, a.token_id_bytes, a.weights, a.ids,
+                   a.nonfinite);
+    else
+        MRH_LAUNCH(route_team_kernel<SLOTS>, blocks, (unsigned)(teams * kTeamLanes), stream, p, a.bias, a.logits,
+                   a.dtype, a.tokens, a.mask, a.weights, a.ids, a.nonfinite);
 }
 
 /* Launches `kernel` for a.tokens > 0 tokens on `stream`; the caller checks hipGetLastError. The
- * team kernel is instantiated for a few slot counts: a lane's experts rounded up to the next. */
+ * team kernels are instantiated for a few slot counts: a lane's experts rounded up to the next. */
 inline void launch_route(Kernel kernel, const LayerParams &p, const RouteArgs &a, hipStream_t stream) {
     if (kernel == Kernel::thread_per_token) {
         const unsigned blocks = (unsigned)((a.tokens + kThreadBlockThreads - 1) / kThreadBlockThreads);
         MRH_LAUNCH(route_thread_kernel, blocks, kThreadBlockThreads, stream, p, a.bias, a.logits, a.dtype,
-                   a.tokens, a.weights, a.ids, a.nonfinite);
+                   a.tokens, a.mask, a.weights, a.ids, a.nonfinite);
         return;
     }
     const int per_lane = (p.num_experts + kTeamLanes - 1) / kTeamLanes;
-    if (per_lane <= 1) launch_team<1>(p, a, stream);
-    else if (per_lane <= 2) launch_team<2>(p, a, stream);
-    else if (per_lane <= 4) launch_team<4>(p, a, stream);
-    else if (per_lane <= 8) launch_team<8>(p, a, stream);
-    else if (per_lane <= 16) launch_team<16>(p, a, stream);
-    else if (per_lane <= 24) launch_team<24>(p, a, stream);
-    else if (per_lane <= 32) launch_team<32>(p, a, stream);
-    else launch_team<64>(p, a, stream);
+    if (per_lane <= 1) launch_team<1>(kernel, p, a, stream);
+    else if (per_lane <= 2) launch_team<2>(kernel, p, a, stream);
+    else if (per_lane <= 4) launch_team<4>(kernel, p, a, stream);
+    else if (per_lane <= 8) launch_team<8>(kernel, p, a, stream);
+    else if (per_lane <= 16) launch_team<16>(kernel, p, a, stream);
+    else if (per_lane <= 24) launch_team<24>(kernel, p, a, stream);
+    else if (per_lane <= 32) launch_team<32>(kernel, p, a, stream);
+    else launch_team<64>(kernel, p, a, stream);
 }
 
 } // namespace mrh

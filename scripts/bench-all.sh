@@ -26,6 +26,8 @@ steal_mark; $bin/moe-router-kernel-bench | tee "$OUT/kernel.txt"; steal_report k
 # issue 2's relative target in back-to-back pairs with deepseek-v3 (the VM's two speeds make rows
 # of the table above, measured seconds apart, unreliable for ratios)
 steal_mark; $bin/moe-router-kernel-bench --allowance --dtypes fp32,bf16 --batches 4096,16384 --rounds 15 --min-time 0.6 | tee "$OUT/kernel-allowance.txt"; steal_report kernel-allowance
+# issue 17's same-run ratios: deepseek-v4 vs v3, the hash layer vs v4, load counting on vs off
+steal_mark; $bin/moe-router-kernel-bench --issue17 --batches 4096 --rounds 10 --min-time 3 | tee "$OUT/kernel-issue17.txt"; steal_report kernel-issue17
 # bf16 vs fp32 input in one process, alternating (the kernel table above measures them minutes apart)
 steal_mark; scripts/kernel-ab.sh HEAD - deepseek-v3,kimi-k2 fp32/bf16 64,4096,16384 40 | tee "$OUT/kernel-ab.txt"; steal_report kernel-ab
 # the 2-thread ceiling of this machine: the kernel on two bare POSIX threads, one half each

@@ -25,7 +25,7 @@ def test_routing_allocates_nothing_per_token_or_small_request(shim):
                        timeout=300, env={"LD_PRELOAD": str(shim), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr
     rows = [l.split() for l in p.stdout.splitlines()[2:] if l.strip()]
-    assert len(rows) == 11 * 3 * 3, p.stdout
+    assert len(rows) == 14 * 3 * 3, p.stdout  # every preset (deepseek-v4-hash with token ids) x 3 dtypes x 3 batches
     for preset, dtype, tokens, one, cores, fallback in rows:
         where = f"{preset} {dtype} {tokens} tokens"
         assert float(one) == 0 and float(fallback) == 0, where

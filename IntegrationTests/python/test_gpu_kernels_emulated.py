@@ -53,25 +53,44 @@ def check(checker, library, *args):
     return r.returncode, int(m.group(1)), int(m.group(2)), r.stdout
 
 
+LAYERS = 37
+
+
 @pytest.mark.parametrize("warp_size,tokens", [(32, "1,64,257"), (64, "1,67")])
 def test_every_layer_dtype_and_family_is_bit_identical(checker, tmp_path, warp_size, tokens):
     # every preset and extra shape (E = 1, 8, 17, 60, 160, 384, 1000, 1024; k up to 32; G up to
     # 128) x fp32/bf16/fp16 (bf16 resident bias, fp32/fp16 fallback bias) x 9 input families
     # (ties, all-equal rows, groups that tie, huge, tiny, NaN/Inf); 257 and 67 tokens leave
-    # spare teams in the last block
+    # spare teams in the last block. The added schemes too: deepseek-v4 (sqrtsoftplus), scoring
+    # none, renorm_epsilon (team, small-softmax and thread-per-token kernels), hash-routed layers
+    # (softmax, none and sqrtsoftplus scoring; k = 32; int32 and int64 token ids), and padding
+    # masks on the odd-numbered families.
     lib = build_library(tmp_path / "lib.so", warp_size=warp_size)
     rc, passed, failed, out = check(checker, lib, "--layers", "all", "--tokens", tokens)
     assert (rc, failed) == (0, 0), out
-    assert passed == 26 * 3 * len(tokens.split(",")) * 9
+    assert passed == LAYERS * 3 * len(tokens.split(",")) * 9
+    for name in ("deepseek-v4", "deepseek-v4-hash", "hash-ssp-e1024-k32", "ssp-e512-g128-eps", "none-biased-e64-g8"):
+        assert re.search(rf"^{name} .* bit-identical$", out, re.M), out
 
 
-@pytest.mark.parametrize("old,new", [
+@pytest.mark.parametrize("old,new,layers", [
     # ties: the higher index wins instead of the lower
-    ("(uint32_t)~index", "(uint32_t)index"),
+    ("(uint32_t)~index", "(uint32_t)index", "deepseek-v3,qwen3-moe,mixtral-8x7b"),
     # the softmax denominator's lanes folded in the wrong order (1, 2, 4, 8)
-    ("for (int m = kTeamLanes / 2; m >= 1; m >>= 1)\n        lane_sum", "for (int m = 1; m < kTeamLanes; m <<= 1)\n        lane_sum"),
+    ("for (int m = kTeamLanes / 2; m >= 1; m >>= 1)\n        lane_sum", "for (int m = 1; m < kTeamLanes; m <<= 1)\n        lane_sum",
+     "deepseek-v3,qwen3-moe,mixtral-8x7b"),
+    # a hash layer's non-finite scores not clamped
+    ("w[j] = mrk_is_finite(s) ? s : 0.0f;", "w[j] = s;", "deepseek-v4-hash,hash-softmax-e60-k4"),
+    # a hash layer's column scored from the neighbouring lane
+    ("s = mrh_shfl(j < kTeamLanes ? mine[0] : mine[1], j % kTeamLanes, kTeamLanes);",
+     "s = mrh_shfl(j < kTeamLanes ? mine[0] : mine[1], (j + 1) % kTeamLanes, kTeamLanes);", "deepseek-v4-hash"),
+    # the epsilon dropped from the weights
+    ("mrk_finish_weights(w, p.top_k, p.renormalize, p.eps, p.rsf);",
+     "mrk_finish_weights(w, p.top_k, p.renormalize, 0.0f, p.rsf);", "sigmoid-eps-e256-k8,ssp-grouped-eps"),
+    # masked tokens' outputs left unwritten by the team kernel
+    ("    if (masked) return write_masked(p.top_k, lane, t, weights, ids);\n", "    if (masked) return;\n", "deepseek-v4"),
 ])
-def test_a_wrong_kernel_is_caught(checker, tmp_path, old, new):
+def test_a_wrong_kernel_is_caught(checker, tmp_path, old, new, layers):
     rocm = tmp_path / "rocm"
     rocm.mkdir()
     for f in ("moe_router_hip.cpp", "moe_router_hip.h", "hip_compat.h", "host_emulation.cpp", "route_kernels.h"):
@@ -81,8 +100,8 @@ def test_a_wrong_kernel_is_caught(checker, tmp_path, old, new):
             text = text.replace(old, new)
         (rocm / f).write_text(text)
     lib = build_library(tmp_path / "lib.so", rocm_dir=rocm)
-    rc, passed, failed, out = check(checker, lib, "--layers", "deepseek-v3,qwen3-moe,mixtral-8x7b", "--tokens", "64",
-                                    "--families", "gaussian,exact-ties")
+    rc, passed, failed, out = check(checker, lib, "--layers", layers, "--tokens", "64",
+                                    "--families", "gaussian,wide,exact-ties,non-finite")
     assert rc == 1 and failed > 0 and "MISMATCH" in out
 
 

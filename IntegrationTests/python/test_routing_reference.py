@@ -6,6 +6,8 @@ inputs. Against float64 mathematics, ids must be equal and weights within 2e-6 r
 on random gaussian inputs (the contract's fp32 arithmetic is the only difference).
 """
 import json
+import pathlib
+import shutil
 import subprocess
 
 import numpy as np
@@ -77,12 +79,23 @@ def extra_specs():
         dict(name="topk-softmax-e100", method="topk_softmax", num_experts=100, top_k=7,
              routed_scaling_factor=2.0),
         dict(name="llama4-e33-k3", method="llama4_top1", num_experts=33, top_k=3, scoring="sigmoid"),
+        # The added scorings on other methods (shared/ROUTING.md, "Added schemes").
+        dict(name="sqrtsoftplus-grouped", method="biased_grouped_topk", num_experts=64, top_k=6,
+             num_expert_group=8, topk_group=3, scoring="sqrtsoftplus", renormalize=True,
+             routed_scaling_factor=2.5, bias=b(64)),
+        dict(name="sqrtsoftplus-softmax-topk", method="softmax_topk", num_experts=40, top_k=5,
+             scoring="sqrtsoftplus", renormalize=False),
+        dict(name="none-biased-topk", method="biased_topk", num_experts=48, top_k=4, scoring="none",
+             renormalize=True, routed_scaling_factor=1.5, bias=b(48)),
+        dict(name="none-softmax-topk", method="softmax_topk", num_experts=32, top_k=3, scoring="none"),
     ]
     return [{**base, **s} for s in specs]
 
 
 def all_specs():
-    return [ref.preset_spec(n, gate) for n in ref.PRESETS for gate in ("bf16", "fp32")] + extra_specs()
+    # Every preset but the hash-routed one (moe-route-eval sends no token ids).
+    presets = [n for n in ref.ALL_PRESETS if n not in ref.HASH_PRESETS]
+    return [ref.preset_spec(n, gate) for n in presets for gate in ("bf16", "fp32")] + extra_specs()
 
 
 def request_bias(spec, dtype):
@@ -96,10 +109,10 @@ def request_bias(spec, dtype):
 def write_case(tmp, cases, cid, spec, dtype, x, kernel):
     (tmp / f"{cid}.in").write_bytes(ref.encode(x, dtype))
     case = dict(id=cid, dtype=dtype, tokens=x.shape[0], input=f"{cid}.in", kernel=kernel)
-    if spec["name"] in ref.PRESETS:
+    if spec["name"] in ref.ALL_PRESETS:
         case.update(preset=spec["name"], gate_dtype=spec["gate_dtype"])
     else:
-        s = {k: v for k, v in spec.items() if k != "bias"}
+        s = {k: v for k, v in spec.items() if k not in ("bias", "renorm_epsilon", "hash_vocab")}
         if spec["bias"] is not None:
             (tmp / f"{spec['name']}.bias").write_bytes(np.asarray(spec["bias"], np.float32).tobytes())
             s["bias_file"] = f"{spec['name']}.bias"
@@ -251,3 +264,236 @@ def test_synthetic_bias_matches_swift_presets(route_eval, tmp_path):
     _, ids = outputs(tmp_path, "bias", 8)
     expected = np.argsort(-spec["bias"], kind="stable")[:8]
     assert ids[0].tolist() == expected.tolist()
+
+
+
+# ---- the added schemes, without any daemon -----------------------------------------------------
+def float32_sample():
+    """A dense sample of float32 inputs for sqrtsoftplus: every 97th bit pattern of the finite
+    range's both signs (all magnitudes), a fine grid over [-40, 40] (where the branches are),
+    the branch boundaries' neighbours and the specials."""
+    pos = np.arange(0, 0x7F800000, 97, dtype=np.uint32).view(np.float32)
+    grid = np.linspace(-40, 40, 2_000_001, dtype=np.float64).astype(np.float32)
+    edges = []
+    for b in (-208.0, -104.0, -17.5, -1.0, 0.0, 0.34657359, 1.0, 20.0):
+        v = np.float32(b)
+        for _ in range(64):
+            edges += [v]
+            v = np.nextafter(v, np.float32(np.inf))
+        v = np.float32(b)
+        for _ in range(64):
+            v = np.nextafter(v, np.float32(-np.inf))
+            edges += [v]
+    return np.concatenate([pos, -pos, grid, np.array(edges, np.float32),
+                           np.array([np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max],
+                                    np.float32)])
+
+
+def ulps(got32, want64):
+    """|got - want| in units of the float32 spacing at want (float64)."""
+    spacing = np.spacing(np.abs(want64).astype(np.float32)).astype(np.float64)
+    return np.abs(got32.astype(np.float64) - want64) / spacing
+
+
+def test_sqrtsoftplus_float32_within_2ulp_of_float64():
+    x = float32_sample()
+    got = ref.sqrtsoftplus32(x)
+    want = ref.sqrtsoftplus64(x)
+    finite = np.isfinite(want)
+    err = ulps(got[finite], want[finite])
+    worst = int(np.argmax(err))
+    assert err.max() <= 2.0, f"sqrtsoftplus({x[finite][worst]!r}) = {got[finite][worst]!r}, float64 {want[finite][worst]!r}"
+    assert got[x == np.inf][0] == np.inf and got[x == -np.inf][0] == 0
+    assert np.isnan(ref.sqrtsoftplus32(np.float32(np.nan)))
+    assert (got[~np.isnan(x)] >= 0).all()
+
+
+def test_scoring_none_and_renorm_epsilon():
+    x = np.array([[3.0, -1.0, 2.0, 0.5], [-1.0, -2.0, -3.0, -4.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    spec = dict(method="biased_topk", num_experts=4, top_k=2, num_expert_group=1, topk_group=1, scoring="none",
+                renormalize=True, routed_scaling_factor=2.0, renorm_epsilon=0.0)
+    w, ids, _ = ref.route(spec, None, x)
+    assert ids.tolist() == [[0, 2], [0, 1], [0, 1]]
+    assert w[0].tolist() == [np.float32(3 / 5 * 2), np.float32(2 / 5 * 2)]
+    assert w[1].tolist() == [-2.0, -4.0], "sum <= 0: renormalisation skipped"
+    eps = dict(spec, renorm_epsilon=1e-3)
+    w, _, _ = ref.route(eps, None, x)
+    d = np.float32(5) + np.float32(1e-3)
+    assert w[0].tolist() == [np.float32(3) / d * np.float32(2), np.float32(2) / d * np.float32(2)]
+    assert w[1].tolist() == [np.float32(-1) / (np.float32(-3) + np.float32(1e-3)) * 2,
+                             np.float32(-2) / (np.float32(-3) + np.float32(1e-3)) * 2], "with eps: never skipped"
+    assert w[2].tolist() == [0.0, 0.0]
+
+
+def test_synthetic_table_rows_are_k_distinct_experts_in_range():
+    table = ref.preset_table("deepseek-v4-hash")
+    assert table.shape == (129280, 6) and table.dtype == np.int32
+    assert table.min() >= 0 and table.max() < 384
+    s = np.sort(table, axis=1)
+    assert (s[:, 1:] != s[:, :-1]).all(), "every row holds k distinct experts"
+    # The vectorised uint64 arithmetic against Python integers, on a few rows.
+    m = (1 << 64) - 1
+
+    def sm(i):
+        z = ((i + 1) * 0x9E3779B97F4A7C15) & m
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+    for t in (0, 1, 2, 4095, 65536, 129279):
+        base, step = sm(t) % 384, 1 + sm(t + (1 << 32)) % 64
+        assert table[t].tolist() == [(base + j * step) % 384 for j in range(6)], t
+    assert [int(v) for v in ref.splitmix64(np.arange(3))] == [sm(0), sm(1), sm(2)]
+    assert ref.synthetic_table(10, 6, 256).max() < 256
+
+
+def test_hash_mask_placement_and_load_reference():
+    rng = np.random.default_rng(5)
+    spec = ref.preset_spec("deepseek-v4-hash", None)
+    assert spec["gate_dtype"] == "fp32" and spec["hash_vocab"] == 129280 and spec["bias"] is None
+    table = ref.preset_table("deepseek-v4-hash")
+    x = rng.standard_normal((6, 384)).astype(np.float32)
+    tid = np.array([0, 5, 129279, 77, 5, 1000], np.int64)
+    mask = np.array([0, 0, 0, 1, 0, 0], np.uint8)
+    x[3] = np.nan  # padding: not read, not counted
+    w, ids, nonfinite = ref.route(spec, None, x, token_ids=tid, table=table, mask=mask)
+    assert nonfinite == 0
+    assert ids[3].tolist() == [-1] * 6 and w[3].tolist() == [0.0] * 6
+    for t in (0, 1, 2, 4, 5):
+        assert ids[t].tolist() == table[tid[t]].tolist()
+        s = ref.sqrtsoftplus32(x[t, table[tid[t]]])
+        total = np.float32(0)
+        for v in s:
+            total = np.float32(total + v)
+        assert w[t].tolist() == [np.float32(v / total) * np.float32(2.5) for v in s]
+    np.testing.assert_array_equal(ids[1], ids[4])
+    # Token ids outside the table are named, unless the row is padding.
+    bad = tid.copy()
+    bad[3] = -7
+    ref.route(spec, None, x, token_ids=bad, table=table, mask=mask)
+    bad[5] = 129280
+    with pytest.raises(ValueError, match=r"token_ids\[5\] = 129280"):
+        ref.route(spec, None, x, token_ids=bad, table=table, mask=mask)
+    # Placement maps logical to physical by token index; load counts logical experts.
+    replicas = [[e] for e in range(384)]
+    replicas[int(ids[0, 0])] = [400, 401, 402]
+    phys = ref.place(ids, replicas)
+    assert phys[0, 0] == 400 and phys[3].tolist() == [-1] * 6
+    others = (ids >= 0) & (ids != ids[0, 0])
+    np.testing.assert_array_equal(phys[others], ids[others])
+    same = np.argwhere(ids == ids[0, 0])
+    assert [int(phys[t, j]) for t, j in same] == [[400, 401, 402][t % 3] for t, _ in same]
+    load = ref.expert_load(ids, 384)
+    assert load.dtype == np.uint64 and int(load.sum()) == 5 * 6
+
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "moe_token.h"
+
+static void *slurp(const char *path, long *n) {
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    *n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *p = malloc(*n ? *n : 1);
+    if (fread(p, 1, *n, f) != (size_t)*n) exit(3);
+    fclose(f);
+    return p;
+}
+
+int main(int argc, char **argv) {
+    long n;
+    if (!strcmp(argv[1], "sqrtsoftplus")) {
+        float *x = slurp(argv[2], &n);
+        FILE *o = fopen(argv[3], "wb");
+        for (long i = 0; i < n / 4; i++) {
+            float r = mrk_sqrtsoftplus_f(x[i]);
+            fwrite(&r, 4, 1, o);
+        }
+        fclose(o);
+        return 0;
+    }
+    /* route SCORING E K RENORM EPS RSF METHOD logits [table-rows] out */
+    int scoring = atoi(argv[2]), E = atoi(argv[3]), k = atoi(argv[4]), renorm = atoi(argv[5]);
+    float eps = strtof(argv[6], NULL), rsf = strtof(argv[7], NULL);
+    int method = atoi(argv[8]);
+    float *x = slurp(argv[9], &n);
+    long T = n / 4 / E;
+    int32_t *rows = NULL;
+    if (strcmp(argv[10], "-")) rows = slurp(argv[10], &n);
+    FILE *o = fopen(argv[11], "wb");
+    float score[1024], key[1024], w[32];
+    int32_t ids[32];
+    for (long t = 0; t < T; t++) {
+        if (rows)
+            mrk_hash_token(scoring, E, k, renorm, eps, rsf, rows + t * k, x + t * E, 0, score, w, ids);
+        else
+            mrk_route_token(method, scoring, E, k, 1, 1, renorm, eps, rsf, NULL, x + t * E, 0, score, key, w, ids);
+        fwrite(w, 4, k, o);
+        fwrite(ids, 4, k, o);
+    }
+    fclose(o);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def token_harness(tmp_path_factory):
+    """moe_token.h itself, compiled as the kernels are (-O2 -ffp-contract=off)."""
+    cc = shutil.which("clang") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("needs a C compiler")
+    tmp = tmp_path_factory.mktemp("token")
+    (tmp / "harness.c").write_text(HARNESS)
+    kernels = pathlib.Path(__file__).resolve().parents[2] / "Sources" / "CMoEKernels"
+    subprocess.run([cc, "-O2", "-ffp-contract=off", f"-I{kernels}", f"-I{kernels}/include", str(tmp / "harness.c"),
+                    "-o", str(tmp / "harness"), "-lm"], check=True, capture_output=True)
+    return tmp
+
+
+def test_sqrtsoftplus_reference_is_moe_token_h_bit_for_bit(token_harness):
+    x = float32_sample()
+    x = np.concatenate([x, np.array([np.nan], np.float32)])
+    (token_harness / "x.f32").write_bytes(x.tobytes())
+    subprocess.run([str(token_harness / "harness"), "sqrtsoftplus", str(token_harness / "x.f32"),
+                    str(token_harness / "y.f32")], check=True)
+    c = np.fromfile(token_harness / "y.f32", np.float32)
+    mine = ref.sqrtsoftplus32(x)
+    differ = np.flatnonzero((c.view(np.uint32) != mine.view(np.uint32)) & ~(np.isnan(c) & np.isnan(mine)))
+    assert differ.size == 0, f"{differ.size} differ, e.g. x = {x[differ[:5]]}: C {c[differ[:5]]}, numpy {mine[differ[:5]]}"
+
+
+@pytest.mark.parametrize("scoring,method,eps,hashed", [
+    ("sqrtsoftplus", "biased_topk", 0.0, False), ("none", "biased_topk", 0.0, False),
+    ("none", "biased_topk", 1e-3, False), ("sigmoid", "biased_topk", 1e-20, False),
+    ("sqrtsoftplus", "biased_topk", 0.0, True), ("softmax", "biased_topk", 0.0, True),
+    ("none", "biased_topk", 1e-4, True)])
+def test_route_reference_is_moe_token_h_bit_for_bit(token_harness, scoring, method, eps, hashed):
+    scorings = {"softmax": 0, "sigmoid": 1, "sqrtsoftplus": 2, "none": 3}
+    E, k, T = 48, 6, 64
+    x = np.random.default_rng(11).standard_normal((T, E)).astype(np.float32) * 4
+    x[0] = 0.0
+    x[1] = -30.0
+    x[2, :10] = np.nan
+    x[3, 5] = np.inf
+    spec = dict(method=method, num_experts=E, top_k=k, num_expert_group=1, topk_group=1, scoring=scoring,
+                renormalize=True, routed_scaling_factor=2.5, renorm_epsilon=eps)
+    (token_harness / "x.f32").write_bytes(x.tobytes())
+    table_arg = "-"
+    table = tid = None
+    if hashed:
+        table = ref.synthetic_table(T, k, E)
+        tid = np.arange(T)
+        (token_harness / "rows.i32").write_bytes(table.tobytes())
+        table_arg = str(token_harness / "rows.i32")
+    subprocess.run([str(token_harness / "harness"), "route", str(scorings[scoring]), str(E), str(k), "1",
+                    repr(float(np.float32(eps))), "2.5", "4", str(token_harness / "x.f32"), table_arg,
+                    str(token_harness / "out.bin")], check=True)
+    out = np.fromfile(token_harness / "out.bin", np.uint32).reshape(T, 2, k)
+    w_c, ids_c = out[:, 0].view(np.float32), out[:, 1].view(np.int32)
+    w, ids, _ = ref.route(spec, None, x, token_ids=tid, table=table)
+    np.testing.assert_array_equal(ids, ids_c)
+    np.testing.assert_array_equal(w.view(np.uint32), w_c.view(np.uint32))

@@ -1,7 +1,8 @@
 /*
  * Internal to the AVX-512 path (kernels_avx512.c, avx512_sigmoid.c, avx512_softmax.c,
- * avx512_gsoft.c): the vector helpers, the sigmoid approximation's tables, the sorting networks,
- * and the block entry points. The candidate ranking every fast path ends with: avx512_rank.h.
+ * avx512_gsoft.c, avx512_hash.c): the vector helpers (the contract's exp, sigmoid and
+ * sqrt(softplus), 16 lanes), the sigmoid and sqrt(softplus) approximations' tables, the sorting
+ * networks, and the block entry points. The candidate ranking every fast path ends with: avx512_rank.h.
  * Not part of the module's interface.
  */
 #ifndef MRK_AVX512_INTERNAL_H
@@ -145,6 +146,58 @@ AVX512 static inline __m512 sigmoid_small_v(__m512 x) {
     return _mm512_add_ps(s0, _mm512_mul_ps(cnum, inv));
 }
 
+/* mrk_log_reduced, 16 lanes; e is 0.0f or 1.0f in each lane (the products e * LN2_LO and
+ * e * LN2_HI are then exact, and are added as the scalar code adds them, signed zeros included). */
+AVX512 static inline __m512 log_reduced_v(__m512 m, __m512 e) {
+    const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+    const __m512 z = _mm512_mul_ps(f, f);
+    __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+    y = _mm512_sub_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(1.1514610310e-1f));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(1.1676998740e-1f));
+    y = _mm512_sub_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(1.2420140846e-1f));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(1.4249322787e-1f));
+    y = _mm512_sub_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(1.6668057665e-1f));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(2.0000714765e-1f));
+    y = _mm512_sub_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(2.4999993993e-1f));
+    y = _mm512_add_ps(_mm512_mul_ps(y, f), _mm512_set1_ps(3.3333331174e-1f));
+    y = _mm512_mul_ps(y, f);
+    y = _mm512_mul_ps(y, z);
+    y = _mm512_add_ps(y, _mm512_mul_ps(e, _mm512_set1_ps(MRK_LN2_LO)));
+    y = _mm512_sub_ps(y, _mm512_mul_ps(_mm512_set1_ps(0.5f), z));
+    return _mm512_add_ps(_mm512_add_ps(f, y), _mm512_mul_ps(e, _mm512_set1_ps(MRK_LN2_HI)));
+}
+
+/* mrk_sqrtsoftplus_f, 16 lanes: the three branches of the scalar code by masks. The large-x
+ * branch shares the square root with the main one (sqrt(x) instead of sqrt(softplus)); the
+ * small-x branch (e^(x/2)) costs an exp only when some lane needs it. NaN lanes stay NaN (the
+ * main branch carries them through), as in the scalar code. */
+AVX512 static inline __m512 sqrtsoftplus_v(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __mmask16 large = _mm512_cmp_ps_mask(x, _mm512_set1_ps(20.0f), _CMP_GT_OQ);
+    const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-17.5f), _CMP_LT_OQ);
+    const __m512 neg_abs = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)));
+    __m512 tl;
+    const __m512 t = exp_parts_v(neg_abs, &tl);
+    const __m512 u = _mm512_add_ps(one, t);
+    const __m512 c = _mm512_add_ps(_mm512_sub_ps(t, _mm512_sub_ps(u, one)), tl);
+    const __mmask16 big = _mm512_cmp_ps_mask(u, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+    const __m512 m = _mm512_mask_mul_ps(u, big, u, _mm512_set1_ps(0.5f));
+    const __m512 l = _mm512_add_ps(log_reduced_v(m, _mm512_maskz_mov_ps(big, one)), _mm512_div_ps(c, u));
+    const __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
+    __m512 sp = _mm512_mask_add_ps(l, pos, x, l);
+    sp = _mm512_mask_mov_ps(sp, large, x);
+    __m512 r = _mm512_sqrt_ps(sp);
+    if (small) r = _mm512_mask_mov_ps(r, small, exp_only_v(_mm512_mul_ps(_mm512_set1_ps(0.5f), x)));
+    return r;
+}
+
+/* mrk_score_elementwise, 16 lanes (scoring 1 sigmoid, 2 sqrtsoftplus, 3 none). */
+AVX512 static inline __m512 score_elementwise_v(int32_t scoring, __m512 x) {
+    if (scoring == MRK_SCORING_SIGMOID) return sigmoid_v(x);
+    if (scoring == MRK_SCORING_SQRTSOFTPLUS) return sqrtsoftplus_v(x);
+    return x;
+}
+
 /* RN(a / b) in every lane without a division, from y = RN(1 / b): where many quotients share
  * one divisor (the small-softmax block's E scores over one sum per token), one division instead of
  * E. q = RN(a y) is within about an ulp of a / b, the remainder a - b q is then exact (one FMA),
@@ -192,6 +245,31 @@ AVX512 static inline int32_t widen_row(const void *row, int32_t dtype, int32_t E
         _mm512_mask_storeu_ps(score + i, m, x);
     }
     return nonfinite;
+}
+
+
+/* mrk_softmax_row over score[0..E) in place, non-finite results clamped to 0. */
+AVX512 static inline void softmax_scores(float *score, int32_t E) {
+    __m512 mx = _mm512_set1_ps(-__builtin_inff());
+    for (int32_t i = 0; i < E; i += 16)
+        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()),
+                                                     tail_mask(E - i), score + i));
+    /* A NaN or +inf anywhere makes the sum NaN on every path, so how max() treats NaN is moot. */
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 acc = _mm512_setzero_ps();
+    for (int32_t i = 0; i < E; i += 16) {
+        __mmask16 tm = tail_mask(E - i);
+        __m512 e = _mm512_maskz_mov_ps(tm, exp_nonpos_v(_mm512_sub_ps(
+                                               _mm512_maskz_loadu_ps(tm, score + i), m)));
+        acc = _mm512_add_ps(acc, e);
+        _mm512_mask_storeu_ps(score + i, tm, e);
+    }
+    const __m512 sum = _mm512_set1_ps(fold_lanes(acc));
+    for (int32_t i = 0; i < E; i += 16) {
+        __mmask16 tm = tail_mask(E - i);
+        __m512 s = _mm512_div_ps(_mm512_maskz_loadu_ps(tm, score + i), sum);
+        _mm512_mask_storeu_ps(score + i, tm, zero_nonfinite(s));
+    }
 }
 
 
@@ -263,6 +341,79 @@ AVX512 static inline __m512 sig_approx_v(__m512 x, __m512 t0a, __m512 t0b, __m51
     return _mm512_fmadd_ps(p, xc, _mm512_permutex2var_ps(t0a, j, t0b));
 }
 
+/* ------------------------------------------------------------------------------------------
+ * The same fast path for sqrtsoftplus scoring with a bias (DeepSeek-V4's biased_topk). The
+ * contract's sqrt(softplus(x)) costs an exp, a log, a division and a square root per expert;
+ * the approximation A(x) used for the keys:
+ *  - x > SSP_SQRT_FROM: sqrt(x) (vsqrtps, correctly rounded). Above 20 the contract computes
+ *    exactly this; between, sqrt(softplus(x)) - sqrt(x) < e^-x / (2 sqrt(x)) < 2e-6.
+ *  - else a cubic in d = xc - j on the unit interval around j = round(xc), xc = x clamped to
+ *    [-20.5, 11.25]: j in -20..11, 32 intervals, entry j mod 32 of the tables below, looked up
+ *    with vpermt2ps as the sigmoid's are (d is exact, |d| <= 1/2; coefficients: per interval, a
+ *    least-squares cubic reweighted towards equal ripple, in double, rounded to fp32; fit error
+ *    <= 1.25e-5). Below -20.5 the contract's value lies in [0, e^-10.25] = [0, 3.54e-5] and A
+ *    is A(-20.5) = 3.54e-5: that cutoff is the largest error.
+ * |A(x) - mrk_sqrtsoftplus_f(x)| <= SSP_APPROX_ERR for every finite fp32 x: checked over all of
+ * them by IntegrationTests/c/verify_vector_math.c full (a sample in its quick form, which the
+ * tests run); max error found 3.5357e-5 (x <= -20.5). The rest of the argument is the
+ * sigmoid's (above), with the key rounding term for |s| <= 4.5 (A = s exactly, so no rounding
+ * difference, where s can be larger: x > 20).
+ * ------------------------------------------------------------------------------------------ */
+static const float SSP_C0[32] __attribute__((aligned(64))) = {
+    8.325595856e-01f, 1.145968080e+00f, 1.458392382e+00f, 1.746018291e+00f,
+    2.004532099e+00f, 2.237569332e+00f, 2.449995279e+00f, 2.645923853e+00f,
+    2.828486681e+00f, 3.000020742e+00f, 3.162284851e+00f, 3.316627264e+00f,
+    4.539900692e-05f, 7.485030801e-05f, 1.234072843e-04f, 2.034642239e-04f,
+    3.354557848e-04f, 5.530730705e-04f, 9.118632297e-04f, 1.503407722e-03f,
+    2.478697803e-03f, 4.086671397e-03f, 6.737733260e-03f, 1.110842824e-02f,
+    1.831373200e-02f, 3.018989973e-02f, 4.975529388e-02f, 8.194578439e-02f,
+    1.347198784e-01f, 2.204246670e-01f, 3.562741876e-01f, 5.597102046e-01f};
+static const float SSP_C1[32] __attribute__((aligned(64))) = {
+    3.002676964e-01f, 3.189631701e-01f, 3.019781411e-01f, 2.727870047e-01f,
+    2.449491173e-01f, 2.219613492e-01f, 2.035773844e-01f, 1.887977123e-01f,
+    1.767136604e-01f, 1.666449159e-01f, 1.581063271e-01f, 1.507530212e-01f,
+    2.269959441e-05f, 3.742530316e-05f, 6.170389679e-05f, 1.017325194e-04f,
+    1.677285618e-04f, 2.765376121e-04f, 4.559332738e-04f, 7.517060731e-04f,
+    1.239350182e-03f, 2.043326851e-03f, 3.368803998e-03f, 5.553894211e-03f,
+    9.155370295e-03f, 1.508814190e-02f, 2.484701388e-02f, 4.083594307e-02f,
+    6.675320864e-02f, 1.075801104e-01f, 1.672997624e-01f, 2.402586341e-01f};
+static const float SSP_C2[32] __attribute__((aligned(64))) = {
+    2.075439878e-02f, -1.234024181e-03f, -1.304767653e-02f, -1.477148850e-02f,
+    -1.275803894e-02f, -1.027633343e-02f, -8.216917515e-03f, -6.658012047e-03f,
+    -5.496510305e-03f, -4.622301087e-03f, -3.951868042e-03f, -3.427064745e-03f,
+    5.704585419e-06f, 9.405271157e-06f, 1.550667002e-05f, 2.556617437e-05f,
+    4.215148874e-05f, 6.949602539e-05f, 1.145794376e-04f, 1.889089181e-04f,
+    3.114553110e-04f, 5.134902894e-04f, 8.465453866e-04f, 1.395462081e-03f,
+    2.299584448e-03f, 3.786255373e-03f, 6.219619419e-03f, 1.015293319e-02f,
+    1.629598439e-02f, 2.501078509e-02f, 3.425022960e-02f, 3.585565835e-02f};
+static const float SSP_C3[32] __attribute__((aligned(64))) = {
+    -7.387116551e-03f, -6.136842072e-03f, -1.873157686e-03f, 3.352638741e-04f,
+    8.424037951e-04f, 7.727072807e-04f, 5.989570636e-04f, 4.466443206e-04f,
+    3.337750677e-04f, 2.535314998e-04f, 1.965319243e-04f, 1.554551854e-04f,
+    9.502728062e-07f, 1.566734909e-06f, 2.583109108e-06f, 4.258825811e-06f,
+    7.021613328e-06f, 1.157666793e-05f, 1.908662853e-05f, 3.146821473e-05f,
+    5.188090290e-05f, 8.553082444e-05f, 1.409881370e-04f, 2.323231020e-04f,
+    3.824671730e-04f, 6.280376110e-04f, 1.024122816e-03f, 1.638477435e-03f,
+    2.486527199e-03f, 3.239822807e-03f, 2.471926389e-03f, -2.068227855e-03f};
+
+#define SSP_APPROX_ERR 4.0e-5f /* verified max |A(x) - mrk_sqrtsoftplus_f(x)| is below this */
+#define SSP_SQRT_FROM 11.25f
+
+/* A(x) above; t holds SSP_C0..SSP_C3 as sig_approx_v's tables are held (two vectors each). */
+AVX512 static inline __m512 ssp_approx_v(__m512 x, const __m512 *t) {
+    const __m512 magic = _mm512_set1_ps(MRK_ROUND_MAGIC);
+    const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-20.5f)), _mm512_set1_ps(SSP_SQRT_FROM));
+    const __m512 jm = _mm512_add_ps(xc, magic);
+    const __m512 d = _mm512_sub_ps(xc, _mm512_sub_ps(jm, magic)); /* exact: |d| <= 0.5 */
+    const __m512i j = _mm512_castps_si512(jm);                    /* low 5 bits: j mod 32 */
+    __m512 p = _mm512_permutex2var_ps(t[6], j, t[7]);
+    p = _mm512_fmadd_ps(p, d, _mm512_permutex2var_ps(t[4], j, t[5]));
+    p = _mm512_fmadd_ps(p, d, _mm512_permutex2var_ps(t[2], j, t[3]));
+    p = _mm512_fmadd_ps(p, d, _mm512_permutex2var_ps(t[0], j, t[1]));
+    const __mmask16 large = _mm512_cmp_ps_mask(x, _mm512_set1_ps(SSP_SQRT_FROM), _CMP_GT_OQ);
+    return large ? _mm512_mask_sqrt_ps(p, large, x) : p;
+}
+
 /* Lane c of the result = max over the 16 lanes of v[c]. */
 static const int32_t TREE16_PERM[16] __attribute__((aligned(64))) = {
     0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15}; /* chunk c sits in lane TREE16_PERM[c] */
@@ -313,7 +464,8 @@ AVX512 static inline __m512 tree_max16(const __m512 *v) {
 
 typedef struct {
     const mrk_layer *L;
-    int32_t E, k, method, logit_key, sigmoid, grouped;
+    int32_t E, k, method, logit_key, grouped;
+    int32_t elementwise; /* the scoring when scores are element-wise (sigmoid, sqrtsoftplus, none), else 0 */
 } route_ctx;
 
 /* A bitonic sorting network over the lanes of v. max_size 16: all 16 lanes, descending.
@@ -375,6 +527,7 @@ typedef struct {
     int32_t G, Gk, nch, cpg; /* groups (0: ungrouped), kept groups, chunks, chunks per group */
     float dp;                /* bound on |exact key - approx key|, rounding included */
     int32_t eo;              /* even/odd key layout (bf16; see fast_phase1 in avx512_sigmoid.c) */
+    int32_t ssp;             /* 1: sqrtsoftplus scoring (ssp_approx_v), 0: sigmoid (sig_approx_v) */
     __m512 t[8];             /* the approximation's tables */
     float bias_eo[MRK_MAX_EXPERTS] __attribute__((aligned(64))); /* the bias in that layout */
 } fast_ctx;

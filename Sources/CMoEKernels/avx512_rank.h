@@ -158,7 +158,10 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
         if (L->renormalize) {
             float sum = 0.0f;
             for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
-            if (sum > 0.0f) w = _mm256_div_ps(w, _mm256_set1_ps(sum));
+            if (L->renorm_epsilon > 0.0f) /* never skipped (mrk_finish_weights) */
+                w = _mm256_div_ps(w, _mm256_set1_ps(sum + L->renorm_epsilon));
+            else if (sum > 0.0f)
+                w = _mm256_div_ps(w, _mm256_set1_ps(sum));
         }
         _mm256_mask_storeu_ps(w_out, m8, _mm256_mul_ps(w, _mm256_set1_ps(rsf)));
         return;
@@ -166,8 +169,8 @@ fast_rank_weights(const mrk_layer *L, const float *sarr, const float *carr, cons
     if (L->renormalize) {
         float sum = 0.0f;
         for (int32_t j = 0; j < k; j++) sum = sum + wtmp[j];
-        if (sum > 0.0f) {
-            const __m512 vs = _mm512_set1_ps(sum);
+        if (L->renorm_epsilon > 0.0f || sum > 0.0f) {
+            const __m512 vs = _mm512_set1_ps(L->renorm_epsilon > 0.0f ? sum + L->renorm_epsilon : sum);
             for (int32_t j = 0; j < k; j += 16) {
                 const __mmask16 m = tail_mask(k - j);
                 _mm512_mask_storeu_ps(wtmp + j, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, wtmp + j), vs));

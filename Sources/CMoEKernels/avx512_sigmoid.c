@@ -1,9 +1,17 @@
 /*
- * The AVX-512 fast path for sigmoid scoring with a bias (biased_grouped_topk, biased_topk):
- * approximate keys, candidates, the exact sigmoid of the candidates only. The argument is in
- * avx512_internal.h, above the approximation's tables.
+ * The AVX-512 fast path for sigmoid or sqrtsoftplus scoring with a bias (biased_grouped_topk,
+ * biased_topk): approximate keys, candidates, the exact score of the candidates only. The
+ * argument is in avx512_internal.h, above the approximations' tables. Every function here takes
+ * `ssp` (a compile-time constant in each instantiation): 1 for sqrtsoftplus, 0 for sigmoid.
  */
 #include "avx512_rank.h"
+
+/* The approximate score A(x) of the layer's scoring. */
+AVX512 static inline __attribute__((always_inline)) __m512 approx_score(const fast_ctx *F, __m512 x,
+                                                                       const int ssp) {
+    if (ssp) return ssp_approx_v(x, F->t);
+    return sig_approx_v(x, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6], F->t[7]);
+}
 
 /* The fast path runs in three phases over a block of tokens (so that one token's long chain of
  * dependent operations overlaps the next token's work). Each phase returns 0 when it cannot
@@ -20,7 +28,7 @@
  * computed from the layout (chunk_experts) and ranked by index on ties (fast_rank_weights). */
 AVX512 static inline __attribute__((always_inline)) int
 fast_phase1(const fast_ctx *F, const float *bias, const void *row, int32_t dtype, float *xw,
-            float *akey, const int32_t E, const int eo) {
+            float *akey, const int32_t E, const int eo, const int ssp) {
     const int32_t nch = (E + 15) / 16;
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
     if (eo) {
@@ -33,8 +41,8 @@ fast_phase1(const fast_ctx *F, const float *bias, const void *row, int32_t dtype
             nfacc = _mm512_max_epu16(nfacc, _mm512_and_si512(v, expmask));
             const __m512 xe = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
             const __m512 xo = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
-            __m512 ae = sig_approx_v(xe, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6], F->t[7]);
-            __m512 ao = sig_approx_v(xo, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6], F->t[7]);
+            __m512 ae = approx_score(F, xe, ssp);
+            __m512 ao = approx_score(F, xo, ssp);
             _mm512_store_ps(akey + 32 * c2, _mm512_add_ps(ae, _mm512_load_ps(F->bias_eo + 32 * c2)));
             _mm512_store_ps(akey + 32 * c2 + 16, _mm512_add_ps(ao, _mm512_load_ps(F->bias_eo + 32 * c2 + 16)));
         }
@@ -55,8 +63,7 @@ fast_phase1(const fast_ctx *F, const float *bias, const void *row, int32_t dtype
         /* the widened row, for phase 3 (bf16 with E even reads the row itself) */
         if (dtype == MRK_DTYPE_FP16 || (dtype == MRK_DTYPE_BF16 && (E & 1)))
             _mm512_store_ps(xw + i, x);
-        __m512 a = sig_approx_v(x, F->t[0], F->t[1], F->t[2], F->t[3], F->t[4], F->t[5], F->t[6],
-                                F->t[7]);
+        __m512 a = approx_score(F, x, ssp);
         a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, bias + i));
         _mm512_store_ps(akey + i, _mm512_mask_mov_ps(ninf, m, a));
     }
@@ -277,11 +284,11 @@ fast_phase2_pair(const fast_ctx *F, const float *ak0, const float *ak1, int32_t 
 }
 
 /* Phase 3a: exact scores and keys of the candidates (sarr, carr; lanes >= n of carr hold -inf).
- * Separate from the ranking so that the long dependent chain of the sigmoid of one token overlaps
+ * Separate from the ranking so that the long dependent chain of the score of one token overlaps
  * that of the next. */
 AVX512 static inline __attribute__((always_inline)) void
 fast_scores(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
-            const int32_t *cidx, int32_t n, float *sarr, float *carr, const int32_t E) {
+            const int32_t *cidx, int32_t n, float *sarr, float *carr, const int32_t E, const int ssp) {
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
     const int32_t nv = (n + 15) / 16;
     for (int32_t q = 0; q < nv; q++) {
@@ -302,11 +309,12 @@ fast_scores(const mrk_layer *L, const void *row, int32_t dtype, const float *xw,
             x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, xw, 4);
         }
         __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, iv, L->bias, 4);
-        /* the row is finite (phase 1), so the sigmoid is too: no clamp needed */
+        /* the row is finite (phase 1), so the score is too: no clamp needed */
         const __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32((int)0x80000000u),
                                                                   _mm512_castps_si512(x)));
-        const __m512 s = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(SIG_SMALL_MAX), _CMP_GT_OQ)
-                             ? sigmoid_v(x) : sigmoid_small_v(x);
+        const __m512 s = ssp ? sqrtsoftplus_v(x)
+                         : _mm512_cmp_ps_mask(ax, _mm512_set1_ps(SIG_SMALL_MAX), _CMP_GT_OQ) ? sigmoid_v(x)
+                                                                                            : sigmoid_small_v(x);
         _mm512_store_ps(sarr + 16 * q, s);
         _mm512_store_ps(carr + 16 * q, _mm512_mask_mov_ps(ninf, m, _mm512_add_ps(s, b)));
     }
@@ -322,7 +330,7 @@ AVX512 static inline __attribute__((always_inline)) void
 fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row_bytes,
              int32_t dtype, int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
              const int32_t E, const int32_t k, const int32_t G_, const int32_t cpg_,
-             const int32_t Gk_, const int eo) {
+             const int32_t Gk_, const int eo, const int ssp) {
     float akey[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
     float xw[FAST_BLOCK_FLOATS] __attribute__((aligned(64)));
     int32_t cidx[16][FAST_MAX_CAND + 16] __attribute__((aligned(64)));
@@ -332,7 +340,7 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     const int32_t stride = (E + 15) & ~15;
     for (int32_t b = 0; b < nb; b++)
         need_exact[b] = !fast_phase1(F, C->L->bias, rows + (size_t)b * row_bytes, dtype,
-                                     xw + b * stride, akey + b * stride, E, eo);
+                                     xw + b * stride, akey + b * stride, E, eo, ssp);
     if (Gk_) {
         for (int32_t b = 0; b < nb; b += 2) {
             const int32_t b1 = b + 1 < nb ? b + 1 : b;
@@ -355,33 +363,44 @@ fast_block_t(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_scores(C->L, rows + (size_t)b * row_bytes, dtype, xw + b * stride, cidx[b],
-                        ncand[b], sarr[b], carr[b], E);
+                        ncand[b], sarr[b], carr[b], E, ssp);
     for (int32_t b = 0; b < nb; b++)
         if (ncand[b])
             fast_phase3(C->L, sarr[b], carr[b], cidx[b], ncand[b], weights + (size_t)b * k,
                         ids + (size_t)b * k, k, !eo);
 }
 
-/* The shapes worth their own compiled copy (deepseek-v3, ungrouped 256 experts), for one key
- * layout: constant arguments let the compiler unroll and keep everything in registers. */
+/* The shapes worth their own compiled copy (sigmoid: deepseek-v3, ungrouped 256 experts;
+ * sqrtsoftplus: deepseek-v4 and v4-flash), for one key layout: constant arguments let the
+ * compiler unroll and keep everything in registers. */
 AVX512 static inline __attribute__((always_inline)) void
 fast_block_shapes(const route_ctx *C, const fast_ctx *F, const char *rows, size_t row_bytes,
                   int32_t dtype, int32_t nb, float *weights, int32_t *ids, uint8_t *need_exact,
-                  const int eo) {
-    if (C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2 && F->Gk == 4)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4, eo);
-    else if (C->E == 256 && C->k == 8 && F->G == 0)
-        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0, eo);
+                  const int eo, const int ssp) {
+    if (!ssp && C->E == 256 && C->k == 8 && F->G == 8 && F->cpg == 2 && F->Gk == 4)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 8, 2, 4, eo, ssp);
+    else if (!ssp && C->E == 256 && C->k == 8 && F->G == 0)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 8, 0, 0, 0, eo, ssp);
+    else if (ssp && C->E == 384 && C->k == 6 && F->G == 0)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 384, 6, 0, 0, 0, eo, ssp);
+    else if (ssp && C->E == 256 && C->k == 6 && F->G == 0)
+        fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 256, 6, 0, 0, 0, eo, ssp);
     else
         fast_block_t(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, C->E, C->k, F->G,
-                     F->cpg, 0, eo);
+                     F->cpg, 0, eo, ssp);
 }
 
 AVX512 void mrk_avx512_fast_block(const route_ctx *C, const fast_ctx *F, const char *rows,
                               size_t row_bytes, int32_t dtype, int32_t nb, float *weights,
                               int32_t *ids, uint8_t *need_exact) {
-    if (F->eo)
-        fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 1);
-    else
-        fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 0);
+    if (F->ssp) {
+        if (F->eo)
+            fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 1, 1);
+        else
+            fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 0, 1);
+    } else if (F->eo) {
+        fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 1, 0);
+    } else {
+        fast_block_shapes(C, F, rows, row_bytes, dtype, nb, weights, ids, need_exact, 0, 0);
+    }
 }

@@ -328,7 +328,13 @@ small_softmax_block_t(const route_ctx *C, const char *rows, size_t row_bytes, in
                                           ninf);
     }
     const mrk_layer *L = C->L;
-    if (L->renormalize) {
+    if (L->renormalize && L->renorm_epsilon > 0.0f) {
+        /* w / (sum + eps), never skipped (mrk_finish_weights); a rare setting: plain divisions */
+        __m512 s = W[0];
+        for (int32_t j = 1; j < k; j++) s = _mm512_add_ps(s, W[j]);
+        const __m512 d = _mm512_add_ps(s, _mm512_set1_ps(L->renorm_epsilon));
+        for (int32_t j = 0; j < k; j++) W[j] = _mm512_div_ps(W[j], d);
+    } else if (L->renormalize) {
         __m512 s = W[0];
         for (int32_t j = 1; j < k; j++) s = _mm512_add_ps(s, W[j]);
         const __mmask16 pos = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ);

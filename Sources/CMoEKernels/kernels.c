@@ -11,6 +11,9 @@
 
 int64_t mrk_route_avx512(const mrk_layer *layer, const void *logits, int32_t dtype,
                          int64_t tokens, float *weights, int32_t *ids);
+int64_t mrk_hash_avx512(const mrk_layer *layer, const void *logits, int32_t dtype, int64_t tokens,
+                        const uint8_t *mask, const void *token_ids, int32_t token_id_bytes,
+                        float *weights, int32_t *ids);
 
 static size_t dtype_size(int32_t dtype) { return dtype == MRK_DTYPE_FP32 ? 4 : 2; }
 
@@ -23,8 +26,9 @@ static int64_t route_generic(const mrk_layer *L, const void *logits, int32_t dty
         const void *row = (const char *)logits + (size_t)t * row_bytes;
         nonfinite += mrk_route_token(L->method, L->scoring, L->num_experts, L->top_k,
                                      L->num_groups, L->topk_group, L->renormalize,
-                                     L->routed_scaling_factor, L->bias, row, dtype, score, key,
-                                     weights + t * L->top_k, ids + t * L->top_k);
+                                     L->renorm_epsilon, L->routed_scaling_factor, L->bias, row,
+                                     dtype, score, key, weights + t * L->top_k,
+                                     ids + t * L->top_k);
     }
     return nonfinite;
 }
@@ -53,6 +57,7 @@ const char *mrk_impl_name(int32_t impl) {
     }
 }
 
+/* The AVX-512 path covers every layer (every method, scoring and renorm_epsilon). */
 int64_t mrk_route(const mrk_layer *layer, const void *logits, int32_t dtype, int64_t tokens,
                   float *weights, int32_t *ids, int32_t impl) {
     if (impl == MRK_IMPL_AVX512)
@@ -60,11 +65,156 @@ int64_t mrk_route(const mrk_layer *layer, const void *logits, int32_t dtype, int
     return route_generic(layer, logits, dtype, tokens, weights, ids);
 }
 
+static int64_t token_id_at(const void *token_ids, int32_t bytes, int64_t t) {
+    if (bytes == 8) return ((const int64_t *)token_ids)[t];
+    return ((const int32_t *)token_ids)[t];
+}
+
+/* The generic path of a hash-routed layer is mrk_hash_token per token (the definition); the
+ * AVX-512 one (avx512_hash.c) reproduces it. */
+static int64_t route_hash(const mrk_layer *L, const void *logits, int32_t dtype, int64_t tokens,
+                          const uint8_t *mask, const void *token_ids, int32_t token_id_bytes,
+                          float *weights, int32_t *ids, int32_t impl) {
+    if (impl == MRK_IMPL_AVX512)
+        return mrk_hash_avx512(L, logits, dtype, tokens, mask, token_ids, token_id_bytes, weights, ids);
+    float score[MRK_MAX_EXPERTS];
+    const int32_t E = L->num_experts, k = L->top_k;
+    const size_t row_bytes = (size_t)E * dtype_size(dtype);
+    int64_t nonfinite = 0;
+    for (int64_t t = 0; t < tokens; t++) {
+        if (mask && mask[t]) continue;
+        const int64_t tid = token_id_at(token_ids, token_id_bytes, t);
+        nonfinite += mrk_hash_token(L->scoring, E, k, L->renormalize, L->renorm_epsilon,
+                                    L->routed_scaling_factor, L->tid2eid + tid * k,
+                                    (const char *)logits + (size_t)t * row_bytes, dtype, score,
+                                    weights + t * k, ids + t * k);
+    }
+    return nonfinite;
+}
+
+int64_t mrk_route_ex(const mrk_layer *layer, const void *logits, int32_t dtype, int64_t tokens,
+                     const uint8_t *mask, const void *token_ids, int32_t token_id_bytes,
+                     float *weights, int32_t *ids, int32_t impl) {
+    const int32_t k = layer->top_k;
+    if (mask)
+        for (int64_t t = 0; t < tokens; t++)
+            if (mask[t])
+                for (int32_t j = 0; j < k; j++) {
+                    weights[t * k + j] = 0.0f;
+                    ids[t * k + j] = -1;
+                }
+    if (layer->tid2eid)
+        return route_hash(layer, logits, dtype, tokens, mask, token_ids, token_id_bytes, weights,
+                          ids, impl);
+    if (!mask) return mrk_route(layer, logits, dtype, tokens, weights, ids, impl);
+    /* runs of unmasked rows, each routed as one batch */
+    const size_t row_bytes = (size_t)layer->num_experts * dtype_size(dtype);
+    int64_t nonfinite = 0;
+    for (int64_t t = 0; t < tokens;) {
+        if (mask[t]) {
+            t++;
+            continue;
+        }
+        int64_t end = t + 1;
+        while (end < tokens && !mask[end]) end++;
+        nonfinite += mrk_route(layer, (const char *)logits + (size_t)t * row_bytes, dtype, end - t,
+                               weights + t * k, ids + t * k, impl);
+        t = end;
+    }
+    return nonfinite;
+}
+
+int64_t mrk_check_mask(const uint8_t *mask, int64_t tokens, int64_t *masked) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < tokens; t++) {
+        if (mask[t] > 1) {
+            *masked = n;
+            return t;
+        }
+        n += mask[t];
+    }
+    *masked = n;
+    return -1;
+}
+
+int64_t mrk_check_token_ids(const void *token_ids, int32_t token_id_bytes, int64_t tokens,
+                            int64_t vocab, const uint8_t *mask, int64_t *value) {
+    for (int64_t t = 0; t < tokens; t++) {
+        if (mask && mask[t]) continue;
+        const int64_t v = token_id_at(token_ids, token_id_bytes, t);
+        if (v < 0 || v >= vocab) {
+            *value = v;
+            return t;
+        }
+    }
+    *value = 0;
+    return -1;
+}
+
+void mrk_place_and_count(int32_t *ids, int64_t tokens, int32_t k, int64_t t0,
+                         const int32_t *offsets, const int32_t *replicas, uint64_t *counts,
+                         int32_t num_experts) {
+    const int64_t n = tokens * k;
+    if (counts) {
+        if (n * 4 < num_experts) {
+            for (int64_t i = 0; i < n; i++)
+                if (ids[i] >= 0) __atomic_fetch_add(&counts[ids[i]], 1, __ATOMIC_RELAXED);
+        } else {
+            /* Four local histograms, ids taken in turn: an increment then rarely waits for the
+             * previous one to the same counter (a store-to-load chain). Slot 0 of each takes the
+             * -1 of masked rows, so the loop has no branch. */
+            uint32_t local[4][MRK_MAX_EXPERTS + 1];
+            for (int32_t h = 0; h < 4; h++)
+                for (int32_t e = 0; e <= num_experts; e++) local[h][e] = 0;
+            for (int64_t base = 0; base < n;) {
+                /* at most 2^32 - 1 per pass, so a local counter cannot wrap */
+                const int64_t end = n - base > 0xffffffffLL ? base + 0xffffffffLL : n;
+                int64_t i = base;
+                for (; i + 4 <= end; i += 4) {
+                    local[0][ids[i] + 1]++;
+                    local[1][ids[i + 1] + 1]++;
+                    local[2][ids[i + 2] + 1]++;
+                    local[3][ids[i + 3] + 1]++;
+                }
+                for (; i < end; i++) local[0][ids[i] + 1]++;
+                for (int32_t e = 0; e < num_experts; e++) {
+                    const uint64_t sum = (uint64_t)local[0][e + 1] + local[1][e + 1] + local[2][e + 1] + local[3][e + 1];
+                    if (sum) __atomic_fetch_add(&counts[e], sum, __ATOMIC_RELAXED);
+                }
+                for (int32_t h = 0; h < 4; h++)
+                    for (int32_t e = 0; e <= num_experts; e++) local[h][e] = 0;
+                base = end;
+            }
+        }
+    }
+    if (!offsets) return;
+    for (int64_t t = 0; t < tokens; t++) {
+        int32_t *row = ids + t * k;
+        const uint64_t tok = (uint64_t)(t0 + t);
+        for (int32_t j = 0; j < k; j++) {
+            const int32_t e = row[j];
+            if (e < 0) continue;
+            const int32_t first = offsets[e], count = offsets[e + 1] - first;
+            row[j] = replicas[first + (int32_t)(tok % (uint64_t)count)];
+        }
+    }
+}
+
+void mrk_counts_load(const uint64_t *counts, uint64_t *out, int32_t n) {
+    for (int32_t i = 0; i < n; i++) out[i] = __atomic_load_n(&counts[i], __ATOMIC_RELAXED);
+}
+
 int64_t mrk_scan_nonfinite(const void *logits, int32_t dtype, int64_t experts, int64_t tokens,
                            int64_t *count) {
+    return mrk_scan_nonfinite_masked(logits, dtype, experts, tokens, NULL, count);
+}
+
+int64_t mrk_scan_nonfinite_masked(const void *logits, int32_t dtype, int64_t experts,
+                                  int64_t tokens, const uint8_t *mask, int64_t *count) {
     int64_t first = -1, n = 0;
     const size_t row_bytes = (size_t)experts * dtype_size(dtype);
     for (int64_t t = 0; t < tokens; t++) {
+        if (mask && mask[t]) continue;
         const void *row = (const char *)logits + (size_t)t * row_bytes;
         int64_t in_row = 0;
         if (dtype == MRK_DTYPE_FP32) {
@@ -118,3 +268,4 @@ uint16_t mrk_f32_to_f16(float value) {
 
 float mrk_exp_nonpositive(float t) { return mrk_exp_nonpos(t); }
 float mrk_sigmoid(float x) { return mrk_sigmoid_f(x); }
+float mrk_sqrtsoftplus(float x) { return mrk_sqrtsoftplus_f(x); }

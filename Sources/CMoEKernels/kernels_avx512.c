@@ -7,8 +7,9 @@
  * max over at most 64 chunk maxima plus one chunk rescan, instead of a pass over all experts.
  *
  * Fast paths (each proves its answer equals the contract's or sends the token to the exact path):
- *  - sigmoid + bias (biased_grouped_topk, biased_topk): approximate keys, candidates, exact
- *    sigmoid of the candidates only (avx512_sigmoid.c; the argument is in avx512_internal.h);
+ *  - sigmoid or sqrtsoftplus + bias (biased_grouped_topk, biased_topk; DeepSeek-V3 and V4):
+ *    approximate keys, candidates, exact score of the candidates only (avx512_sigmoid.c; the
+ *    argument and the approximations are in avx512_internal.h);
  *  - softmax_topk and grouped_topk with softmax scoring: every exp exactly (the sum needs them),
  *    the division only for candidates, with a strictness check against the best non-candidate;
  *  - topk_softmax and llama4_top1: candidates among the logits, exp/sigmoid only for the k chosen;
@@ -20,33 +21,13 @@
  * Candidates are ranked by a bitonic sort of order-preserving integer keys (the lane in the low
  * bits); truncation ties fall back to the tie-aware ranking loop.
  *
+ * The exact path covers every method and scoring (sqrtsoftplus and none included) and
+ * renorm_epsilon; hash-routed layers have their own path (avx512_hash.c).
+ *
  * This file: the exact path for one token and the dispatch; the fast paths' block functions are
  * in avx512_sigmoid.c and avx512_softmax.c, the helpers they share in avx512_internal.h.
  */
 #include "avx512_internal.h"
-
-AVX512 static void softmax_scores(float *score, int32_t E) {
-    __m512 mx = _mm512_set1_ps(-__builtin_inff());
-    for (int32_t i = 0; i < E; i += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()),
-                                                     tail_mask(E - i), score + i));
-    /* A NaN or +inf anywhere makes the sum NaN on every path, so how max() treats NaN is moot. */
-    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 acc = _mm512_setzero_ps();
-    for (int32_t i = 0; i < E; i += 16) {
-        __mmask16 tm = tail_mask(E - i);
-        __m512 e = _mm512_maskz_mov_ps(tm, exp_nonpos_v(_mm512_sub_ps(
-                                               _mm512_maskz_loadu_ps(tm, score + i), m)));
-        acc = _mm512_add_ps(acc, e);
-        _mm512_mask_storeu_ps(score + i, tm, e);
-    }
-    const __m512 sum = _mm512_set1_ps(fold_lanes(acc));
-    for (int32_t i = 0; i < E; i += 16) {
-        __mmask16 tm = tail_mask(E - i);
-        __m512 s = _mm512_div_ps(_mm512_maskz_loadu_ps(tm, score + i), sum);
-        _mm512_mask_storeu_ps(score + i, tm, zero_nonfinite(s));
-    }
-}
 
 /* Group score over key[0..P): the max, or the sum of the two largest (ties count twice). */
 AVX512 static float group_score_v(const float *key, int32_t P, int32_t top2) {
@@ -133,13 +114,13 @@ AVX512 static int32_t route_token_exact(const route_ctx *C, const void *row, int
     float gscore[MRK_MAX_GROUPS_INLINE];
     float chosen[MRK_MAX_TOPK];
     int32_t nonfinite = 0;
-    if (C->sigmoid) {
-        /* fused: widen, count, sigmoid, clamp, bias */
+    if (C->elementwise) {
+        /* fused: widen, count, score, clamp, bias */
         for (int32_t i = 0; i < E; i += 16) {
             __mmask16 m = tail_mask(E - i);
             __m512 x = load_widened(row, dtype, i, m);
             nonfinite += __builtin_popcount(nonfinite_mask(x) & m);
-            __m512 s = zero_nonfinite(sigmoid_v(x));
+            __m512 s = zero_nonfinite(score_elementwise_v(C->elementwise, x));
             _mm512_mask_storeu_ps(score + i, m, s);
             __m512 c = L->bias ? _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, L->bias + i)) : s;
             _mm512_mask_storeu_ps(key + i, m, c);
@@ -169,8 +150,8 @@ AVX512 static int32_t route_token_exact(const route_ctx *C, const void *row, int
         mrk_keep_groups(gscore, G, L->topk_group, P, key);
     }
     select_topk(key, E, k, chosen, id_out);
-    mrk_token_weights(method, k, L->renormalize, L->routed_scaling_factor, chosen, score, id_out,
-                      w_out);
+    mrk_token_weights(method, k, L->renormalize, L->renorm_epsilon, L->routed_scaling_factor,
+                      chosen, score, id_out, w_out);
     return nonfinite;
 }
 
@@ -188,7 +169,7 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
     C.k = L->top_k;
     C.method = L->method;
     C.logit_key = C.method == MRK_TOPK_SOFTMAX || C.method == MRK_LLAMA4_TOP1;
-    C.sigmoid = !C.logit_key && L->scoring == MRK_SCORING_SIGMOID;
+    C.elementwise = C.logit_key || L->scoring == MRK_SCORING_SOFTMAX ? 0 : L->scoring;
     C.grouped = (C.method == MRK_GROUPED_TOPK || C.method == MRK_BIASED_GROUPED_TOPK) &&
                 L->num_groups > 1;
     const int32_t E = C.E, k = C.k;
@@ -202,8 +183,9 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
     /* Is the fast path usable for this layer? */
     fast_ctx F;
     int fast = 0;
-    if (C.sigmoid && L->bias &&
+    if ((C.elementwise == MRK_SCORING_SIGMOID || C.elementwise == MRK_SCORING_SQRTSOFTPLUS) && L->bias &&
         (C.method == MRK_BIASED_GROUPED_TOPK || C.method == MRK_BIASED_TOPK)) {
+        F.ssp = C.elementwise == MRK_SCORING_SQRTSOFTPLUS;
         /* max |bias| in 16-wide steps; a NaN anywhere makes it +Inf (no fast path) */
         __m512 vmax = _mm512_setzero_ps();
         __mmask16 nan = 0;
@@ -228,8 +210,10 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
         } else if (F.nch < k) {
             fast = 0;
         }
-        /* D + 2^-21 (2 + bmax), rounded up generously */
-        F.dp = (SIG_APPROX_ERR + (2.0f + bmax) * 4.76837158e-7f) * 1.0001f;
+        /* D + 2^-21 (max |s| + 1 + bmax), rounded up generously: |s| <= 1 for the sigmoid, and for
+         * sqrtsoftplus <= 4.5 wherever A differs from s (x <= 20) */
+        F.dp = F.ssp ? (SSP_APPROX_ERR + (5.5f + bmax) * 4.76837158e-7f) * 1.0001f
+                     : (SIG_APPROX_ERR + (2.0f + bmax) * 4.76837158e-7f) * 1.0001f;
         /* bf16 rows, groups of whole 32-expert blocks, enough tokens to pay for the copy */
         F.eo = fast && dtype == MRK_DTYPE_BF16 && E % 32 == 0 && (F.G == 0 || F.cpg % 2 == 0) &&
                tokens >= 4;
@@ -241,14 +225,12 @@ AVX512 int64_t mrk_route_avx512(const mrk_layer *L, const void *logits, int32_t 
                 _mm512_store_ps(F.bias_eo + i, _mm512_permutex2var_ps(lo, ev, hi));
                 _mm512_store_ps(F.bias_eo + i + 16, _mm512_permutex2var_ps(lo, od, hi));
             }
-        F.t[0] = _mm512_load_ps(SIG_C0);
-        F.t[1] = _mm512_load_ps(SIG_C0 + 16);
-        F.t[2] = _mm512_load_ps(SIG_C1);
-        F.t[3] = _mm512_load_ps(SIG_C1 + 16);
-        F.t[4] = _mm512_load_ps(SIG_C2);
-        F.t[5] = _mm512_load_ps(SIG_C2 + 16);
-        F.t[6] = _mm512_load_ps(SIG_C3);
-        F.t[7] = _mm512_load_ps(SIG_C3 + 16);
+        const float *const tables[4] = {F.ssp ? SSP_C0 : SIG_C0, F.ssp ? SSP_C1 : SIG_C1,
+                                        F.ssp ? SSP_C2 : SIG_C2, F.ssp ? SSP_C3 : SIG_C3};
+        for (int32_t q = 0; q < 4; q++) {
+            F.t[2 * q] = _mm512_load_ps(tables[q]);
+            F.t[2 * q + 1] = _mm512_load_ps(tables[q] + 16);
+        }
     }
 
     const int softmax_fast =

@@ -117,6 +117,58 @@ MRK_HD float mrk_sigmoid_f(float x) {
     return s0 + cnum * inv;
 }
 
+/* log(m) for m in [sqrt(1/2), sqrt(2)] (Cephes' logf polynomial on f = m - 1, exact by
+ * Sterbenz), plus e * ln 2 for e in {0, 1}; about 1 ulp. */
+MRK_HD float mrk_log_reduced(float m, float e) {
+    float f = m - 1.0f;
+    float z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f;
+    y = y * z;
+    y = y + e * MRK_LN2_LO;
+    y = y - 0.5f * z;
+    return (f + y) + e * MRK_LN2_HI;
+}
+
+/* sqrt(softplus(x)), softplus(x) = x for x > 20, else log(1 + e^x) (DeepSeek-V4's
+ * "sqrtsoftplus"). Within 2 ulp of fp32 everywhere (tested against double precision):
+ *  - x > 20: sqrt(x);
+ *  - x < -17.5: e^x < 2^-25, so log(1 + e^x) = e^x (1 - e^x/2 ...) and the result is e^(x/2)
+ *    to well under an ulp (x/2 is exact), also where e^x itself would be subnormal;
+ *  - else with T + tl = e^-|x| (tl: T's rounding error, from mrk_exp_parts):
+ *    log1p(T + tl) = log(u) + c / u, u = 1 + T rounded, c = (T - (u - 1)) + tl exactly enough;
+ *    log(u) by range reduction to [sqrt(1/2), sqrt(2)]; softplus = max(x, 0) + log1p(...).
+ * NaN stays NaN; +inf gives +inf; -inf gives 0. */
+MRK_HD float mrk_sqrtsoftplus_f(float x) {
+    if (x > 20.0f) return __builtin_sqrtf(x);
+    if (x < -17.5f) return mrk_exp_nonpos(0.5f * x);
+    float a = x < 0.0f ? -x : x;
+    float tl;
+    float t = mrk_exp_parts(-a, &tl);
+    float u = 1.0f + t;
+    float c = (t - (u - 1.0f)) + tl;
+    int big = u > 1.41421356f;
+    float m = big ? u * 0.5f : u;
+    float l = mrk_log_reduced(m, big ? 1.0f : 0.0f) + c / u;
+    float sp = x > 0.0f ? x + l : l;
+    return __builtin_sqrtf(sp);
+}
+
+/* The scoring function of an element-wise scoring (1 sigmoid, 2 sqrtsoftplus, 3 none). */
+MRK_HD float mrk_score_elementwise(int32_t scoring, float x) {
+    if (scoring == 1) return mrk_sigmoid_f(x);
+    if (scoring == 2) return mrk_sqrtsoftplus_f(x);
+    return x;
+}
+
 /* softmax over n values; non-finite results are left for the caller's clamp. */
 MRK_HD void mrk_softmax_row(const float *x, int32_t n, float *out) {
     float m = x[0];
@@ -176,13 +228,18 @@ MRK_HD void mrk_keep_groups(float *gscore, int32_t G, int32_t Gk, int32_t P, flo
 }
 
 /* Weights from the unbiased scores of the chosen experts (methods other than topk_softmax and
- * llama4_top1): optional renormalisation (sum in column order; skipped when <= 0), then rsf. */
-MRK_HD void mrk_finish_weights(float *w, int32_t k, int32_t renormalize, float rsf) {
+ * llama4_top1): optional renormalisation (sum in column order; skipped when <= 0, or with
+ * eps > 0 always dividing by sum + eps), then rsf. */
+MRK_HD void mrk_finish_weights(float *w, int32_t k, int32_t renormalize, float eps, float rsf) {
     if (renormalize) {
         float sum = 0.0f;
         for (int32_t j = 0; j < k; j++) sum = sum + w[j];
-        if (sum > 0.0f)
+        if (eps > 0.0f) { /* MiniMax2: w / (sum + eps), never skipped */
+            float d = sum + eps;
+            for (int32_t j = 0; j < k; j++) w[j] = w[j] / d;
+        } else if (sum > 0.0f) {
             for (int32_t j = 0; j < k; j++) w[j] = w[j] / sum;
+        }
     }
     for (int32_t j = 0; j < k; j++) w[j] = w[j] * rsf;
 }
@@ -199,7 +256,7 @@ MRK_HD void mrk_selected_softmax(const float *key, int32_t k, float rsf, float *
 }
 
 /* The weights of the chosen experts, given their keys in output order and the scores. */
-MRK_HD void mrk_token_weights(int32_t method, int32_t k, int32_t renormalize, float rsf,
+MRK_HD void mrk_token_weights(int32_t method, int32_t k, int32_t renormalize, float eps, float rsf,
                               const float *chosen, const float *score, const int32_t *ids,
                               float *w) {
     if (method == 1) {
@@ -208,7 +265,7 @@ MRK_HD void mrk_token_weights(int32_t method, int32_t k, int32_t renormalize, fl
         for (int32_t j = 0; j < k; j++) w[j] = mrk_sigmoid_f(chosen[j]) * rsf;
     } else {
         for (int32_t j = 0; j < k; j++) w[j] = score[ids[j]];
-        mrk_finish_weights(w, k, renormalize, rsf);
+        mrk_finish_weights(w, k, renormalize, eps, rsf);
     }
 }
 
@@ -218,7 +275,7 @@ MRK_HD void mrk_token_weights(int32_t method, int32_t k, int32_t renormalize, fl
  * non-finite inputs in the row.
  */
 MRK_HD int32_t mrk_route_token(int32_t method, int32_t scoring, int32_t E, int32_t k, int32_t G,
-                               int32_t Gk, int32_t renormalize, float rsf, const float *bias,
+                               int32_t Gk, int32_t renormalize, float eps, float rsf, const float *bias,
                                const void *row, int32_t dtype, float *score, float *key,
                                float *w_out, int32_t *id_out) {
     int32_t nonfinite = 0;
@@ -232,7 +289,7 @@ MRK_HD int32_t mrk_route_token(int32_t method, int32_t scoring, int32_t E, int32
     } else if (scoring == 0) {
         mrk_softmax_row(score, E, score);
     } else {
-        for (int32_t i = 0; i < E; i++) score[i] = mrk_sigmoid_f(score[i]);
+        for (int32_t i = 0; i < E; i++) score[i] = mrk_score_elementwise(scoring, score[i]);
     }
     for (int32_t i = 0; i < E; i++) {
         if (!mrk_is_finite(score[i])) score[i] = 0.0f;
@@ -254,7 +311,43 @@ MRK_HD int32_t mrk_route_token(int32_t method, int32_t scoring, int32_t E, int32
         key[i] = -__builtin_inff();
     }
 
-    mrk_token_weights(method, k, renormalize, rsf, chosen, score, id_out, w_out);
+    mrk_token_weights(method, k, renormalize, eps, rsf, chosen, score, id_out, w_out);
+    return nonfinite;
+}
+
+/*
+ * One token of a hash-routed layer: ids = table_row (the token's tid2eid row, k expert ids in
+ * [0, E), in table order); weights = the layer's scores at those ids (softmax needs the whole
+ * row; element-wise scorings read only the k logits), clamped like every score, then
+ * renormalisation and rsf as for scored layers. Returns the number of non-finite values in the
+ * whole row (reported like every method's; the row is scanned for it). `score` is scratch of E
+ * floats (softmax only).
+ */
+MRK_HD int32_t mrk_hash_token(int32_t scoring, int32_t E, int32_t k, int32_t renormalize, float eps,
+                              float rsf, const int32_t *table_row, const void *row, int32_t dtype,
+                              float *score, float *w_out, int32_t *id_out) {
+    int32_t nonfinite = 0;
+    if (scoring == 0) {
+        for (int32_t i = 0; i < E; i++) {
+            score[i] = mrk_widen(row, dtype, i);
+            if (!mrk_is_finite(score[i])) nonfinite++;
+        }
+        mrk_softmax_row(score, E, score);
+        for (int32_t j = 0; j < k; j++) {
+            float s = score[table_row[j]];
+            w_out[j] = mrk_is_finite(s) ? s : 0.0f;
+            id_out[j] = table_row[j];
+        }
+    } else {
+        for (int32_t i = 0; i < E; i++)
+            if (!mrk_is_finite(mrk_widen(row, dtype, i))) nonfinite++;
+        for (int32_t j = 0; j < k; j++) {
+            float s = mrk_score_elementwise(scoring, mrk_widen(row, dtype, table_row[j]));
+            w_out[j] = mrk_is_finite(s) ? s : 0.0f;
+            id_out[j] = table_row[j];
+        }
+    }
+    mrk_finish_weights(w_out, k, renormalize, eps, rsf);
     return nonfinite;
 }
 

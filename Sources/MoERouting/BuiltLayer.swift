@@ -14,11 +14,25 @@ public final class BuiltLayer: Sendable {
     let kernelBias: [Float]?
     private let fallbackCastCount = Atomic<Int>(0)
     private let biasCopyCount = Atomic<Int>(0)
+    /// Tokens routed to each logical expert (shared with the layer this one replaced on a reload
+    /// when the expert count is the same).
+    public let expertLoad: ExpertLoad
+    /// The placement requests use now (EPLB), swapped atomically.
+    public let placements: PlacementSlot
 
-    /// Validates `spec` and pre-casts its bias to the gate dtype.
-    public init(_ spec: LayerSpec) throws(LayerSpecError) {
+    /// Validates `spec` and pre-casts its bias to the gate dtype. `previous` (the layer of that
+    /// name being replaced, if any) hands over its load counters and its run-time placement when
+    /// the expert count is unchanged and `spec` brings no placement of its own.
+    public init(_ spec: LayerSpec, replacing previous: BuiltLayer? = nil) throws(LayerSpecError) {
         try spec.validate()
         self.spec = spec
+        if let previous, previous.spec.numExperts == spec.numExperts {
+            expertLoad = previous.expertLoad
+            placements = spec.placement == nil ? previous.placements : PlacementSlot(spec.placement)
+        } else {
+            expertLoad = ExpertLoad(numExperts: spec.numExperts)
+            placements = PlacementSlot(spec.placement)
+        }
         if let bias = spec.bias {
             let stored = StoredBias(bias, as: spec.gateDType)
             storedBias = stored
@@ -106,3 +120,94 @@ public enum StoredBias: Sendable, Equatable {
         }
     }
 }
+
+/// Per-expert load counters of one layer: tokens routed to each logical expert since start, and
+/// since the last read that reset the window (for a rebalancer). Added to by relaxed atomic
+/// additions from every routing thread (mrk_place_and_count).
+public final class ExpertLoad: @unchecked Sendable {
+    public let numExperts: Int
+    /// numExperts counters, only ever touched through atomic operations.
+    let counts: UnsafeMutablePointer<UInt64>
+    private let window = Mutex<(base: [UInt64], startNs: UInt64)>(([], 0))
+    public let startNs: UInt64
+
+    public init(numExperts: Int) {
+        self.numExperts = numExperts
+        counts = .allocate(capacity: max(1, numExperts))
+        counts.initialize(repeating: 0, count: max(1, numExperts))
+        startNs = Self.now()
+        window.withLock { $0 = ([UInt64](repeating: 0, count: numExperts), startNs) }
+    }
+
+    deinit { counts.deallocate() }
+
+    /// Counters as they stand.
+    public func totals() -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: numExperts)
+        out.withUnsafeMutableBufferPointer { mrk_counts_load(counts, $0.baseAddress, Int32(numExperts)) }
+        return out
+    }
+
+    /// A reading: totals since start, counts since the window began, and when it began. With
+    /// `resetWindow` a new window starts now.
+    public func read(resetWindow: Bool) -> ExpertLoadReading {
+        let totals = totals()
+        let now = Self.now()
+        return window.withLock { w in
+            let since = zip(totals, w.base).map { $0 &- $1 }
+            let reading = ExpertLoadReading(totals: totals, window: since,
+                                            sinceStartNs: now &- startNs, windowNs: now &- w.startNs)
+            if resetWindow { w = (totals, now) }
+            return reading
+        }
+    }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}
+
+/// What `ExpertLoad.read` returns.
+public struct ExpertLoadReading: Sendable, Equatable {
+    public var totals: [UInt64]
+    public var window: [UInt64]
+    public var sinceStartNs: UInt64
+    public var windowNs: UInt64
+}
+
+/// A layer's current expert placement and its epoch. Every change (a placement set, or removed)
+/// takes the next epoch (the first placement is 1); a snapshot reports epoch 0 while there is no
+/// placement, so "epoch 0" always means logical ids. A request takes a snapshot once and uses it
+/// throughout, so a swap never mixes two placements in one answer.
+public final class PlacementSlot: Sendable {
+    private let state: Mutex<(placement: ExpertPlacement?, epoch: UInt64)>
+
+    public init(_ initial: ExpertPlacement?) {
+        state = Mutex((initial, initial == nil ? 0 : 1))
+    }
+
+    /// The placement in force and its epoch (0 when there is none).
+    public func snapshot() -> (placement: ExpertPlacement?, epoch: UInt64) {
+        state.withLock { ($0.placement, $0.placement == nil ? 0 : $0.epoch) }
+    }
+
+    /// How many changes the layer's placement has seen (the epoch the last one took).
+    public var changes: UInt64 { state.withLock { $0.epoch } }
+
+    /// Replaces the placement (nil: none) after `validate(numExperts:)`; returns the epoch this
+    /// change took (answers report it while this placement is in force; 0 after a removal).
+    public func set(_ p: ExpertPlacement?, numExperts: Int) throws(PlacementError) -> UInt64 {
+        try p?.validate(numExperts: numExperts)
+        return state.withLock { s in
+            s = (p, s.epoch + 1)
+            return s.epoch
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMoEKernels

@@ -26,6 +26,9 @@ public final class CPUBackend: RoutingBackend {
     public let kernel: Kernel
     public let threads: Int
     public let parallelThreshold: Int
+    /// Whether routes add to their layer's per-expert load counters (on by default; the kernel
+    /// bench turns it off to measure what counting costs).
+    public let countsLoad: Bool
     public var name: String { "cpu-\(kernel)" }
 
     /// - Parameters:
@@ -33,57 +36,84 @@ public final class CPUBackend: RoutingBackend {
     ///   - threads: worker count for large batches (default: all cores).
     ///   - parallelThreshold: smallest batch worth splitting, in tokens of a 256-expert layer
     ///     (a layer with E experts splits from `parallelThreshold * 256 / E` tokens).
-    public init(kernel: Kernel = .best, threads: Int? = nil, parallelThreshold: Int = 512) {
+    public init(kernel: Kernel = .best, threads: Int? = nil, parallelThreshold: Int = 512, countsLoad: Bool = true) {
         precondition(kernel.isSupported, "kernel \(kernel) is not supported on this CPU")
         self.kernel = kernel
         self.threads = max(1, threads ?? ProcessInfoCores.count)
         self.parallelThreshold = max(1, parallelThreshold)
+        self.countsLoad = countsLoad
     }
 
     public func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
-        try job.check(on: layer)
-        let spec = layer.spec  // the closure then holds no reference to retain
+        let masked = try job.check(on: layer)
+        let spec = layer.spec  // the closures then hold no reference to retain
+        let (placement, epoch) = layer.placements.snapshot()
+        let counts = countsLoad ? layer.expertLoad.counts : nil
+        if spec.hashTable != nil {  // the bias plays no part in hash routing: nothing to convert
+            let n = run(spec, nil, job, placement, counts)
+            return RouteOutcome(nonFiniteInputs: n, usedFallbackCast: false, maskedTokens: masked, placementEpoch: epoch)
+        }
         return layer.withRequestBias(job.dtype) { bias, fallback in
-            RouteOutcome(nonFiniteInputs: run(spec, bias, job.input, job.dtype, job.tokens, job.weights, job.ids),
-                         usedFallbackCast: fallback)
+            RouteOutcome(nonFiniteInputs: run(spec, bias, job, placement, counts), usedFallbackCast: fallback,
+                         maskedTokens: masked, placementEpoch: epoch)
         }
     }
 
     private func run(
-        _ spec: LayerSpec, _ bias: UnsafePointer<Float>?, _ input: UnsafeRawBufferPointer,
-        _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
-        _ ids: UnsafeMutableBufferPointer<Int32>
+        _ spec: LayerSpec, _ bias: UnsafePointer<Float>?, _ job: RouteJob, _ placement: ExpertPlacement?,
+        _ counts: UnsafeMutablePointer<UInt64>?
     ) -> Int {
-        var layer = spec.kernelLayer(bias: bias)
+        spec.withKernelLayer(bias: bias, placement: placement) { layer, offsets, replicas in
+            run(layer, spec.numExperts, job, offsets, replicas, counts)
+        }
+    }
+
+    private func run(
+        _ layer: mrk_layer, _ numExperts: Int, _ job: RouteJob, _ offsets: UnsafePointer<Int32>?,
+        _ replicas: UnsafePointer<Int32>?, _ counts: UnsafeMutablePointer<UInt64>?
+    ) -> Int {
+        var layer = layer
+        let tokens = job.tokens, dtype = job.dtype, k = Int(layer.top_k)
+        let input = job.input, weights = job.weights, ids = job.ids, extras = job.extras
+        let E = Int32(numExperts)
         // Work is about tokens x experts; fanning out costs tens of microseconds, so small
         // layers (mixtral: 8 ns/token) need many more tokens than large ones before it pays.
-        let work = tokens * spec.numExperts, unit = parallelThreshold * 256
+        let work = tokens * numExperts, unit = parallelThreshold * 256
         let workers = work >= unit ? min(threads, max(1, work / (unit / 2))) : 1
         if workers <= 1 {
-            return Int(mrk_route(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens),
-                                 weights.baseAddress, ids.baseAddress, kernel.rawValue))
+            let n = Int(mrk_route_ex(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens), extras.mask,
+                                     extras.tokenIds, extras.tokenIdBytes, weights.baseAddress, ids.baseAddress,
+                                     kernel.rawValue))
+            if counts != nil || offsets != nil, tokens > 0 {
+                mrk_place_and_count(ids.baseAddress, Int64(tokens), Int32(k), 0, offsets, replicas, counts, E)
+            }
+            return n
         }
         // More chunks than threads, each worker taking the next one until none is left: a helper
         // thread that wakes late, or a core another process takes for a while, then costs a
         // chunk's worth of imbalance instead of half the batch.
         let chunks = min(tokens, workers * 8, max(workers, work / (unit / 8)))
-        let rowBytes = spec.numExperts * dtype.byteSize
-        let k = spec.topK
+        let rowBytes = numExperts * dtype.byteSize
+        let idBytes = Int(extras.tokenIdBytes)
         let impl = kernel.rawValue
         let next = ChunkCounter()
-        return withUnsafeTemporaryAllocation(of: Int.self, capacity: chunks) { counts in
-            let shared = UnsafeSendable((layer, input, weights, ids, counts))
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: chunks) { nonfinite in
+            let shared = UnsafeSendable((layer, input, weights, ids, nonfinite, extras, offsets, replicas, counts))
             DispatchQueue.concurrentPerform(iterations: workers) { _ in
-                var (layer, input, weights, ids, counts) = shared.value
+                var (layer, input, weights, ids, nonfinite, extras, offsets, replicas, counts) = shared.value
                 while case let c = next.take(), c < chunks {
                     let begin = tokens * c / chunks, end = tokens * (c + 1) / chunks
-                    counts[c] = Int(mrk_route(
-                        &layer, input.baseAddress! + begin * rowBytes, Int32(dtype.rawValue),
-                        Int64(end - begin), weights.baseAddress! + begin * k, ids.baseAddress! + begin * k,
-                        impl))
+                    nonfinite[c] = Int(mrk_route_ex(
+                        &layer, input.baseAddress! + begin * rowBytes, Int32(dtype.rawValue), Int64(end - begin),
+                        extras.mask.map { $0 + begin }, extras.tokenIds.map { $0 + begin * idBytes },
+                        extras.tokenIdBytes, weights.baseAddress! + begin * k, ids.baseAddress! + begin * k, impl))
+                    if counts != nil || offsets != nil {
+                        mrk_place_and_count(ids.baseAddress! + begin * k, Int64(end - begin), Int32(k), Int64(begin),
+                                            offsets, replicas, counts, E)
+                    }
                 }
             }
-            return counts.reduce(0, +)
+            return nonfinite.reduce(0, +)
         }
     }
 }
@@ -95,14 +125,43 @@ private final class ChunkCounter: Sendable {
 }
 
 extension LayerSpec {
-    /// The layer as the C kernels see it, with `bias` the fp32 values the request computes with.
+    /// The layer as the C kernels see it, with `bias` the fp32 values the request computes with
+    /// (the hash table's pointer is valid only inside `body`; use `withKernelLayer` for those).
     func kernelLayer(bias: UnsafePointer<Float>?) -> mrk_layer {
         mrk_layer(
             method: Int32(method.rawValue), scoring: Int32(scoring.rawValue),
             num_experts: Int32(numExperts), top_k: Int32(topK),
             num_groups: Int32(numExpertGroup), topk_group: Int32(topKGroup),
             renormalize: renormalize ? 1 : 0, routed_scaling_factor: routedScalingFactor,
-            bias: bias)
+            bias: bias, renorm_epsilon: renormEpsilon, reserved: 0, tid2eid: nil,
+            vocab: Int64(hashTable?.vocab ?? 0))
+    }
+
+    /// Runs `body` with the kernel layer (its tid2eid pointer set for a hash-routed layer) and
+    /// `placement`'s offsets and replicas (nil without one), all valid for the call. (No closure
+    /// here captures a variable it changes: such a variable would be boxed on the heap, one
+    /// allocation per request in a debug build.)
+    func withKernelLayer<R>(
+        bias: UnsafePointer<Float>?, placement: ExpertPlacement?,
+        _ body: (mrk_layer, UnsafePointer<Int32>?, UnsafePointer<Int32>?) -> R
+    ) -> R {
+        let base = kernelLayer(bias: bias)
+        guard let table = hashTable else { return Self.withPlacement(base, placement, body) }
+        return table.ids.withUnsafeBufferPointer { t in
+            var layer = base
+            layer.tid2eid = t.baseAddress
+            return Self.withPlacement(layer, placement, body)
+        }
+    }
+
+    private static func withPlacement<R>(
+        _ layer: mrk_layer, _ placement: ExpertPlacement?,
+        _ body: (mrk_layer, UnsafePointer<Int32>?, UnsafePointer<Int32>?) -> R
+    ) -> R {
+        guard let placement else { return body(layer, nil, nil) }
+        return placement.offsets.withUnsafeBufferPointer { o in
+            placement.flat.withUnsafeBufferPointer { f in body(layer, o.baseAddress, f.baseAddress) }
+        }
     }
 }
 

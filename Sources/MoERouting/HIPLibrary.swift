@@ -48,17 +48,19 @@ final class HIPLibrary: @unchecked Sendable {
     typealias NameFn = @convention(c) (Int32, UnsafeMutablePointer<CChar>?, Int32) -> Int32
     typealias StatusTextFn = @convention(c) (Int32) -> UnsafePointer<CChar>?
     typealias LayerCreateFn = @convention(c) (
-        Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?,
-        UnsafeMutablePointer<OpaquePointer?>?
+        Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32, Float, Float, UnsafePointer<Float>?,
+        UnsafePointer<Int32>?, Int64, UnsafeMutablePointer<OpaquePointer?>?
     ) -> Int32
     typealias StreamCreateFn = @convention(c) (Int32, UnsafeMutablePointer<OpaquePointer?>?) -> Int32
     typealias DestroyFn = @convention(c) (OpaquePointer?) -> Void
     typealias RouteFn = @convention(c) (
         OpaquePointer?, OpaquePointer?, UnsafePointer<Float>?, UnsafeRawPointer?, Int32, Int64,
+        UnsafePointer<UInt8>?, UnsafeRawPointer?, Int32,
         UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<Int64>?
     ) -> Int32
 
-    static let abiVersion: Int32 = 1
+    /// 2: mrh_layer_create_ex and mrh_route_ex (renorm_epsilon, hash-routed layers, masks).
+    static let abiVersion: Int32 = 2
 
     let path: String
     let runtime: String
@@ -66,10 +68,12 @@ final class HIPLibrary: @unchecked Sendable {
     let deviceName: NameFn
     let errorName: StatusTextFn
     let errorString: StatusTextFn
+    /// mrh_layer_create_ex.
     let layerCreate: LayerCreateFn
     let layerDestroy: DestroyFn
     let streamCreate: StreamCreateFn
     let streamDestroy: DestroyFn
+    /// mrh_route_ex.
     let route: RouteFn
 
     init(path: String) throws(BackendError) {
@@ -95,11 +99,11 @@ final class HIPLibrary: @unchecked Sendable {
         deviceName = try symbol("mrh_device_name", as: NameFn.self)
         errorName = try symbol("mrh_error_name", as: StatusTextFn.self)
         errorString = try symbol("mrh_error_string", as: StatusTextFn.self)
-        layerCreate = try symbol("mrh_layer_create", as: LayerCreateFn.self)
+        layerCreate = try symbol("mrh_layer_create_ex", as: LayerCreateFn.self)
         layerDestroy = try symbol("mrh_layer_destroy", as: DestroyFn.self)
         streamCreate = try symbol("mrh_stream_create", as: StreamCreateFn.self)
         streamDestroy = try symbol("mrh_stream_destroy", as: DestroyFn.self)
-        route = try symbol("mrh_route", as: RouteFn.self)
+        route = try symbol("mrh_route_ex", as: RouteFn.self)
     }
 
     /// "hipErrorNoDevice: no ROCm-capable device is detected".

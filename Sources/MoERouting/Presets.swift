@@ -8,11 +8,16 @@ public enum Presets {
     public static let names: [String] = [
         "deepseek-v3", "kimi-k2", "glm-4.5", "glm-4.5-air", "minimax-m2", "deepseek-v2",
         "deepseek-v2-lite", "qwen3-moe", "mixtral-8x7b", "gpt-oss-120b", "llama-4-maverick",
+        "deepseek-v4", "deepseek-v4-flash", "deepseek-v4-hash",
     ]
 
-    /// The preset called `name`, with gate dtype `gateDType` (default bf16, the dtype these
-    /// models' gates emit when served in bf16).
-    public static func spec(named name: String, gateDType: DType = .bf16) -> LayerSpec? {
+    /// DeepSeek-V4's vocabulary (config.json `vocab_size`): the synthetic hash table's rows.
+    public static let deepSeekV4Vocab = 129_280
+
+    /// The preset called `name`, with gate dtype `gateDType` (default: `naturalGateDType(name)`,
+    /// bf16 — what these models' gates emit when served in bf16 — and fp32 for DeepSeek-V4).
+    public static func spec(named name: String, gateDType: DType? = nil) -> LayerSpec? {
+        let gateDType = gateDType ?? naturalGateDType(name)
         func biased(_ m: RoutingMethod, _ e: Int, _ k: Int, _ g: Int, _ gk: Int, _ rsf: Float) -> LayerSpec {
             LayerSpec(name: name, method: m, numExperts: e, topK: k, numExpertGroup: g, topKGroup: gk,
                       scoring: .sigmoid, renormalize: true, routedScalingFactor: rsf,
@@ -36,8 +41,36 @@ public enum Presets {
         case "mixtral-8x7b": return plain(.softmaxTopK, 8, 2, renormalize: true)
         case "gpt-oss-120b": return plain(.topKSoftmax, 128, 4, renormalize: false)
         case "llama-4-maverick": return plain(.llama4Top1, 128, 1, renormalize: false, scoring: .sigmoid)
+        case "deepseek-v4", "deepseek-v4-flash":
+            // V4-Pro (384 experts) and V4-Flash (256): biased top-6 on sqrt(softplus), rsf 2.5.
+            var s = biased(.biasedTopK, name == "deepseek-v4" ? 384 : 256, 6, 1, 1, 2.5)
+            s.scoring = .sqrtSoftplus
+            return s
+        case "deepseek-v4-hash":
+            // One of V4-Pro's first num_hash_layers layers: experts from a tid2eid table (here the
+            // synthetic one), weights from sqrt(softplus) of the logits there.
+            var s = plain(.biasedTopK, 384, 6, renormalize: true, scoring: .sqrtSoftplus, rsf: 2.5)
+            s.hashTable = syntheticTable
+            return s
         default: return nil
         }
+    }
+
+    /// The dtype a preset's gate emits when the operator does not say: fp32 for DeepSeek-V4
+    /// (its gate computes in fp32), bf16 for the others.
+    public static func naturalGateDType(_ name: String) -> DType {
+        name.hasPrefix("deepseek-v4") ? .fp32 : .bf16
+    }
+
+    /// The deepseek-v4-hash preset's table, built once per process and shared.
+    static let syntheticTable = TokenTable.synthetic(vocab: deepSeekV4Vocab, topK: 6, numExperts: 384)
+
+    /// splitmix64's output for input i (the generator state after i + 1 steps from 0).
+    public static func splitmix64(_ i: UInt64) -> UInt64 {
+        var z = (i &+ 1) &* 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 
     /// Deterministic stand-in for `e_score_correction_bias`: value i is
@@ -45,11 +78,7 @@ public enum Presets {
     /// uniform in [-0.1, 0.1). Reproducible from any language.
     public static func syntheticBias(count: Int) -> [Float] {
         (0..<count).map { i in
-            var z = UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            z ^= z >> 31
-            return Float((Double(z >> 40) / 16_777_216.0 - 0.5) * 0.2)
+            Float((Double(splitmix64(UInt64(i)) >> 40) / 16_777_216.0 - 0.5) * 0.2)
         }
     }
 }

@@ -2,14 +2,18 @@ import CMoEKernels
 import Synchronization
 
 /// The ROCm backend: the HIP kernels of rocm/ (the per-token code of the CPU backend, compiled
-/// as device code, one thread per token), loaded at run time from libmoe_router_hip.so so that
+/// as device code), loaded at run time from libmoe_router_hip.so so that
 /// the package builds and runs where ROCm is absent. Results are bit-identical to `CPUBackend`.
 ///
-/// Each layer is uploaded once (`prepare`, or on its first request): its parameters and its
-/// bias in the gate dtype's fp32 widening stay resident on the device. Each request copies its
-/// gating output through a pinned staging buffer of a stream, runs the kernel and copies the
+/// Each layer is uploaded once (`prepare`, or on its first request): its parameters, its bias in
+/// the gate dtype's fp32 widening and, for a hash-routed layer, its tid2eid table stay resident
+/// on the device. Each request copies its gating output (with its padding mask and token ids,
+/// when it has them) through a pinned staging buffer of a stream, runs the kernel and copies the
 /// outputs back the same way. Streams are pooled: every concurrent caller (worker thread)
 /// holds its own for the duration of a request, so the pool grows to the peak concurrency.
+///
+/// Once the outputs are in host memory, the backend-independent last step runs as on the CPU
+/// backend: per-expert load counting and the expert placement (`mrk_place_and_count`).
 ///
 /// A runtime failure during a request (which `RouteError` cannot express) is answered by the
 /// CPU backend instead, with the same bits; it is counted in `deviceFailures` and described in
@@ -102,46 +106,59 @@ public final class ROCmBackend: RoutingBackend {
     }
 
     public func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
-        try job.check(on: layer)
-        let (spec, input, dtype, tokens, weights, ids) = (layer.spec, job.input, job.dtype, job.tokens, job.weights, job.ids)
-        // The matched path (or no bias) passes no bias: the kernel reads the copy resident on the
-        // device. The fallback uploads the converted bias with the request.
-        return layer.withRequestBias(dtype) { bias, fallback in
+        let masked = try job.check(on: layer)
+        let spec = layer.spec
+        let (placement, epoch) = layer.placements.snapshot()
+        func routed(_ bias: UnsafePointer<Float>?, _ fallback: Bool) -> RouteOutcome {
             let nonFinite: Int
             do throws(BackendError) {
-                nonFinite = try run(layer, fallback ? bias : nil, input, dtype, tokens, weights, ids)
+                nonFinite = try run(layer, fallback ? bias : nil, job)
             } catch {
                 failures.withLock { $0 = ($0.count + 1, error) }
-                nonFinite = routeOnCPU(spec, bias, input, dtype, tokens, weights, ids)
+                nonFinite = routeOnCPU(spec, bias, job)
             }
-            return RouteOutcome(nonFiniteInputs: nonFinite, usedFallbackCast: fallback)
+            placeAndCount(spec, layer.expertLoad, placement, job)
+            return RouteOutcome(nonFiniteInputs: nonFinite, usedFallbackCast: fallback, maskedTokens: masked,
+                                placementEpoch: epoch)
         }
+        // As on the CPU backend, the bias plays no part in hash routing: nothing to convert.
+        if spec.hashTable != nil { return routed(nil, false) }
+        // The matched path (or no bias) passes no bias: the kernel reads the copy resident on the
+        // device. The fallback uploads the converted bias with the request.
+        return layer.withRequestBias(job.dtype) { bias, fallback in routed(bias, fallback) }
     }
 
     /// The same request on the CPU kernels (identical bits), for when the device failed.
-    private func routeOnCPU(
-        _ spec: LayerSpec, _ bias: UnsafePointer<Float>?, _ input: UnsafeRawBufferPointer,
-        _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
-        _ ids: UnsafeMutableBufferPointer<Int32>
-    ) -> Int {
-        var layer = spec.kernelLayer(bias: bias)
-        return Int(mrk_route(&layer, input.baseAddress, Int32(dtype.rawValue), Int64(tokens),
-                             weights.baseAddress, ids.baseAddress, mrk_best_impl()))
+    private func routeOnCPU(_ spec: LayerSpec, _ bias: UnsafePointer<Float>?, _ job: RouteJob) -> Int {
+        spec.withKernelLayer(bias: bias, placement: nil) { layer, _, _ in
+            var layer = layer
+            let extras = job.extras
+            return Int(mrk_route_ex(&layer, job.input.baseAddress, Int32(job.dtype.rawValue), Int64(job.tokens),
+                                    extras.mask, extras.tokenIds, extras.tokenIdBytes, job.weights.baseAddress,
+                                    job.ids.baseAddress, mrk_best_impl()))
+        }
     }
 
-    private func run(
-        _ layer: BuiltLayer, _ fallbackBias: UnsafePointer<Float>?, _ input: UnsafeRawBufferPointer,
-        _ dtype: DType, _ tokens: Int, _ weights: UnsafeMutableBufferPointer<Float>,
-        _ ids: UnsafeMutableBufferPointer<Int32>
-    ) throws(BackendError) -> Int {
-        if tokens == 0 { return 0 }
+    /// The backend-independent last step, on the outputs in host memory: the layer's load
+    /// counters, then the placement snapshot the request took (logical ids -> physical).
+    private func placeAndCount(_ spec: LayerSpec, _ load: ExpertLoad, _ placement: ExpertPlacement?, _ job: RouteJob) {
+        guard job.tokens > 0 else { return }
+        spec.withKernelLayer(bias: nil, placement: placement) { _, offsets, replicas in
+            mrk_place_and_count(job.ids.baseAddress, Int64(job.tokens), Int32(spec.topK), 0, offsets, replicas,
+                                load.counts, Int32(spec.numExperts))
+        }
+    }
+
+    private func run(_ layer: BuiltLayer, _ fallbackBias: UnsafePointer<Float>?, _ job: RouteJob) throws(BackendError) -> Int {
+        if job.tokens == 0 { return 0 }
         let deviceLayer = try deviceLayer(for: layer)
         let stream = try takeStream()
         defer { idleStreams.withLock { $0.append(stream) } }
         var nonFinite: Int64 = 0
-        let status = library.route(deviceLayer.handle, stream.handle, fallbackBias, input.baseAddress,
-                                   Int32(dtype.rawValue), Int64(tokens), weights.baseAddress,
-                                   ids.baseAddress, &nonFinite)
+        let extras = job.extras
+        let status = library.route(deviceLayer.handle, stream.handle, fallbackBias, job.input.baseAddress,
+                                   Int32(job.dtype.rawValue), Int64(job.tokens), extras.mask, extras.tokenIds,
+                                   extras.tokenIdBytes, job.weights.baseAddress, job.ids.baseAddress, &nonFinite)
         guard status == 0 else { throw library.failure("route", status) }
         return Int(nonFinite)
     }
@@ -152,12 +169,16 @@ public final class ROCmBackend: RoutingBackend {
         let spec = layer.spec
         var handle: OpaquePointer?
         let bias = layer.kernelBias ?? []
+        let table = spec.hashTable?.ids ?? []
         let status = bias.withUnsafeBufferPointer { bias in
-            library.layerCreate(
-                Int32(device), Int32(spec.method.rawValue), Int32(spec.scoring.rawValue),
-                Int32(spec.numExperts), Int32(spec.topK), Int32(spec.numExpertGroup),
-                Int32(spec.topKGroup), spec.renormalize ? 1 : 0, spec.routedScalingFactor,
-                layer.kernelBias == nil ? nil : bias.baseAddress, &handle)
+            table.withUnsafeBufferPointer { table in
+                library.layerCreate(
+                    Int32(device), Int32(spec.method.rawValue), Int32(spec.scoring.rawValue),
+                    Int32(spec.numExperts), Int32(spec.topK), Int32(spec.numExpertGroup),
+                    Int32(spec.topKGroup), spec.renormalize ? 1 : 0, spec.routedScalingFactor,
+                    spec.renormEpsilon, layer.kernelBias == nil ? nil : bias.baseAddress,
+                    spec.hashTable == nil ? nil : table.baseAddress, Int64(spec.hashTable?.vocab ?? 0), &handle)
+            }
         }
         guard status == 0, let handle else { throw library.failure("layer upload '\(spec.name)'", status) }
         let created = DeviceLayer(handle: handle, layer: layer)

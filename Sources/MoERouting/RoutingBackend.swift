@@ -11,6 +11,12 @@ public enum RouteError: Error, Equatable, CustomStringConvertible {
     case nonFiniteInput(firstToken: Int, count: Int)
     /// A negative token count, or one whose buffers would not fit in memory.
     case tokenCount(Int)
+    /// A padding-mask byte other than 0 (token) or 1 (padding).
+    case maskValue(token: Int, value: UInt8)
+    /// A hash-routed layer was asked to route without token ids.
+    case tokenIdsMissing
+    /// A token id outside the layer's tid2eid table.
+    case tokenIdOutOfRange(token: Int, value: Int64, vocab: Int)
 
     public var description: String {
         switch self {
@@ -22,6 +28,12 @@ public enum RouteError: Error, Equatable, CustomStringConvertible {
             "layer rejects non-finite input: \(c) non-finite value(s), first in token \(t)"
         case .tokenCount(let n):
             "token count \(n) is negative or too large"
+        case .maskValue(let t, let v):
+            "mask[\(t)] = \(v): a mask byte is 0 (token) or 1 (padding)"
+        case .tokenIdsMissing:
+            "this layer is hash-routed (tid2eid): the request must carry token ids"
+        case .tokenIdOutOfRange(let t, let v, let vocab):
+            "token_ids[\(t)] = \(v) is outside the layer's tid2eid table (vocab \(vocab))"
         }
     }
 }
@@ -32,10 +44,16 @@ public struct RouteOutcome: Sendable, Equatable {
     public var nonFiniteInputs: Int
     /// Whether the request's dtype differed from the gate dtype and the bias was converted.
     public var usedFallbackCast: Bool
+    /// Padding rows (mask byte 1): ids -1, weights 0.
+    public var maskedTokens: Int = 0
+    /// The placement epoch the ids were mapped with (0: none; logical ids).
+    public var placementEpoch: UInt64 = 0
 
-    public init(nonFiniteInputs: Int, usedFallbackCast: Bool) {
+    public init(nonFiniteInputs: Int, usedFallbackCast: Bool, maskedTokens: Int = 0, placementEpoch: UInt64 = 0) {
         self.nonFiniteInputs = nonFiniteInputs
         self.usedFallbackCast = usedFallbackCast
+        self.maskedTokens = maskedTokens
+        self.placementEpoch = placementEpoch
     }
 }
 
@@ -72,6 +90,24 @@ public struct RouteShape: Sendable, Equatable {
     public func fits(_ layer: BuiltLayer) -> Bool { layer.spec.numExperts == numExperts && layer.spec.topK == topK }
 }
 
+/// The optional per-request buffers of protocol version 2, `tokens` elements each.
+public struct RouteExtras {
+    /// 1 = padding row (ids -1, weights 0, logits never read), 0 = token.
+    public var mask: UnsafePointer<UInt8>?
+    /// Token ids for hash-routed layers: Int32 (`tokenIdBytes` 4) or Int64 (8).
+    public var tokenIds: UnsafeRawPointer?
+    public var tokenIdBytes: Int32
+
+    public init(mask: UnsafePointer<UInt8>? = nil, tokenIds: UnsafeRawPointer? = nil, tokenIdBytes: Int32 = 4) {
+        precondition(tokenIdBytes == 4 || tokenIdBytes == 8, "token ids are int32 or int64")
+        self.mask = mask
+        self.tokenIds = tokenIds
+        self.tokenIdBytes = tokenIdBytes
+    }
+
+    public static var none: RouteExtras { RouteExtras() }
+}
+
 /// One routing request whose buffers match its shape: the input holds `shape.inputBytes` bytes,
 /// each output `shape.outputCount` elements. A backend routes it without checking sizes again.
 public struct RouteJob {
@@ -79,6 +115,8 @@ public struct RouteJob {
     public let input: UnsafeRawBufferPointer
     public let weights: UnsafeMutableBufferPointer<Float>
     public let ids: UnsafeMutableBufferPointer<Int32>
+    /// Mask and token ids (sized `tokens` by whoever set them).
+    public var extras: RouteExtras = .none
 
     public var dtype: DType { shape.dtype }
     public var tokens: Int { shape.tokens }
@@ -113,13 +151,30 @@ public struct RouteJob {
     /// The job's checks against the layer it runs on, for backends to call first: its shape (a
     /// programmer error if not), and for a layer that rejects non-finite input, the scan naming
     /// the first offending token.
+    /// Also checks the extras: mask bytes, token ids present and inside the table for a
+    /// hash-routed layer. Returns the number of masked tokens.
     @inlinable
-    public func check(on layer: BuiltLayer) throws(RouteError) {
+    @discardableResult
+    public func check(on layer: BuiltLayer) throws(RouteError) -> Int {
         precondition(shape.fits(layer), "a job shaped for another layer")
-        guard layer.spec.nonFinite == .reject, tokens > 0 else { return }
+        guard tokens > 0 else { return 0 }
+        var masked: Int64 = 0
+        if let mask = extras.mask {
+            let bad = mrk_check_mask(mask, Int64(tokens), &masked)
+            if bad >= 0 { throw .maskValue(token: Int(bad), value: mask[Int(bad)]) }
+        }
+        if let table = layer.spec.hashTable {
+            guard let tokenIds = extras.tokenIds else { throw .tokenIdsMissing }
+            var value: Int64 = 0
+            let bad = mrk_check_token_ids(tokenIds, extras.tokenIdBytes, Int64(tokens), Int64(table.vocab), extras.mask, &value)
+            if bad >= 0 { throw .tokenIdOutOfRange(token: Int(bad), value: value, vocab: table.vocab) }
+        }
+        guard layer.spec.nonFinite == .reject else { return Int(masked) }
         var count: Int64 = 0
-        let first = mrk_scan_nonfinite(input.baseAddress, Int32(dtype.rawValue), Int64(shape.numExperts), Int64(tokens), &count)
+        let first = mrk_scan_nonfinite_masked(input.baseAddress, Int32(dtype.rawValue), Int64(shape.numExperts),
+                                              Int64(tokens), extras.mask, &count)
         if first >= 0 { throw .nonFiniteInput(firstToken: Int(first), count: Int(count)) }
+        return Int(masked)
     }
 }
 

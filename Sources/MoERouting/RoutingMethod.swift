@@ -43,20 +43,34 @@ public enum RoutingMethod: UInt8, Sendable, CaseIterable, Codable, CustomStringC
     public var usesScoring: Bool { self != .topKSoftmax && self != .llama4Top1 }
 }
 
-/// The function that turns logits into scores.
+/// The function that turns logits into scores (shared/ROUTING.md, "Added schemes").
 public enum ScoringFunction: UInt8, Sendable, CaseIterable, Codable, CustomStringConvertible {
     case softmax = 0
     case sigmoid = 1
+    /// DeepSeek-V4: sqrt(softplus(x)).
+    case sqrtSoftplus = 2
+    /// The logit itself (vLLM's "TopK": the weights are the chosen experts' raw logits).
+    case none = 3
 
-    public var description: String { self == .softmax ? "softmax" : "sigmoid" }
+    public var description: String { name }
 
-    public init?(name: String) {
-        switch name {
-        case "softmax": self = .softmax
-        case "sigmoid": self = .sigmoid
-        default: return nil
+    /// The name used in configs, the CLI and listings (and config.json's `scoring_func`).
+    public var name: String {
+        switch self {
+        case .softmax: "softmax"
+        case .sigmoid: "sigmoid"
+        case .sqrtSoftplus: "sqrtsoftplus"
+        case .none: "none"
         }
     }
+
+    public init?(name: String) {
+        guard let s = Self.allCases.first(where: { $0.name == name }) else { return nil }
+        self = s
+    }
+
+    /// Whether each expert's score depends on its own logit only (not softmax's whole row).
+    public var isElementwise: Bool { self != .softmax }
 }
 
 /// What a layer does with NaN and ±Inf inputs (shared/ROUTING.md, "Non-finite input").

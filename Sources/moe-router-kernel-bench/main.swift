@@ -40,6 +40,9 @@ struct KernelBench: ParsableCommand {
     @Flag(help: "Instead of timing, count heap allocations per request for every row (1 thread and all cores, matched path) and for the fallback path. Needs the counting shim preloaded: cc -shared -fPIC IntegrationTests/c/alloc_count.c -o alloc_count.so -ldl; LD_PRELOAD=$PWD/alloc_count.so.")
     var countAllocations = false
 
+    @Flag(help: "Instead of the throughput table, issue 17's same-run ratios (1 thread, fp32, the largest --batches size, --rounds alternating rounds): deepseek-v4 against 1.6 x deepseek-v3 x 384/256; the hash layer (deepseek-v4-hash, int32 token ids) against deepseek-v4 (target: 3x faster); per-expert load counting on against off, deepseek-v3 and deepseek-v4 (target: at most 3 % slower).")
+    var issue17 = false
+
     mutating func validate() throws {
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
         if allowance, !presets.split(separator: ",").contains(where: { $0 != "deepseek-v3" }) {
@@ -56,6 +59,7 @@ struct KernelBench: ParsableCommand {
         let kernel = try chosenKernel()
         if countAllocations { return try allocationSection(kernel) }
         if allowance { return try allowanceSection(CPUBackend(kernel: kernel, threads: 1)) }
+        if issue17 { return try issue17Section(kernel) }
         let cores = CPUBackend(kernel: kernel).threads
         let single = CPUBackend(kernel: kernel, threads: 1)
         let all = CPUBackend(kernel: kernel, threads: cores)
@@ -141,6 +145,41 @@ struct KernelBench: ParsableCommand {
         }
     }
 
+    /// Issue 17's targets, each a ratio of two rows measured in the same round (back to back, so
+    /// that a slow phase of the machine lands on both); a ratio is the median over the rounds.
+    func issue17Section(_ kernel: CPUBackend.Kernel) throws {
+        let tokens = batchList.max() ?? 4096
+        let counting = CPUBackend(kernel: kernel, threads: 1)
+        let silent = CPUBackend(kernel: kernel, threads: 1, countsLoad: false)
+        func workload(_ name: String) throws -> Workload {
+            guard let spec = Presets.spec(named: name, gateDType: .fp32) else { throw ValidationError("no preset \(name)") }
+            return Workload(layer: try BuiltLayer(spec), dtype: .fp32, tokens: tokens)
+        }
+        let v3 = try workload("deepseek-v3"), v4 = try workload("deepseek-v4"), hash = try workload("deepseek-v4-hash")
+        // every row of a round, in this order, then the next round
+        let rows: [(name: String, work: Workload, backend: CPUBackend)] = [
+            ("deepseek-v3", v3, counting), ("deepseek-v4", v4, counting), ("deepseek-v4-hash", hash, counting),
+            ("deepseek-v3 uncounted", v3, silent), ("deepseek-v4 uncounted", v4, silent),
+        ]
+        let slice = minTime / Double(rounds)
+        var ns = [[Double]](repeating: [], count: rows.count)
+        for r in 0..<rounds {
+            // alternate the order of the counted and uncounted rows between rounds
+            let order = r % 2 == 0 ? Array(rows.indices) : [3, 4, 0, 1, 2]
+            for i in order { ns[i].append(rows[i].work.nsPerToken(rows[i].backend, seconds: slice)) }
+        }
+        func ratio(_ a: Int, _ b: Int, _ scale: Double = 1) -> Double { median(zip(ns[a], ns[b]).map { $0 / ($1 * scale) }) }
+        print("issue 17 (kernel \(kernel), 1 thread, fp32, \(tokens) tokens, \(rounds) rounds of \(fmt(slice * 1e3, 1)) ms per row; "
+              + "ns/token median (min); ratios: median of the rounds' ratios)")
+        for (i, row) in rows.enumerated() {
+            print(pad(row.name, 24) + pad(fmt(median(ns[i]), 1), 9) + "(" + fmt(ns[i].min()!, 1) + ")")
+        }
+        let v4Share = ratio(1, 0, 1.6 * 384 / 256)
+        print("deepseek-v4 / (1.6 x deepseek-v3 x 384/256): \(fmt(v4Share, 3)) (target <= 1; v4/v3 = \(fmt(ratio(1, 0), 3)))")
+        print("deepseek-v4 / deepseek-v4-hash: \(fmt(ratio(1, 2), 2))x (target >= 3)")
+        print("load counting, counted / uncounted: deepseek-v3 \(fmt(ratio(0, 3), 4)), deepseek-v4 \(fmt(ratio(1, 4), 4)) (target <= 1.03)")
+    }
+
     /// Heap allocations per request, counted by the preloaded shim (IntegrationTests/c/alloc_count.c).
     func allocationSection(_ kernel: CPUBackend.Kernel) throws {
         typealias Count = @convention(c) () -> Int64
@@ -201,12 +240,14 @@ struct KernelBench: ParsableCommand {
     }
 }
 
-/// One batch of random gaussian logits with its output buffers.
+/// One batch of random gaussian logits with its output buffers (and, for a hash-routed layer,
+/// int32 token ids spread over its table).
 struct Workload {
     let layer: BuiltLayer
     let dtype: DType
     let tokens: Int
     let input: [UInt8]
+    let tokenIds: [Int32]?
 
     init(layer: BuiltLayer, dtype: DType, tokens: Int) {
         self.layer = layer
@@ -223,6 +264,9 @@ struct Workload {
         switch dtype {
         case .fp32: input = values.withUnsafeBytes { Array($0) }
         default: input = values.map { dtype.narrow($0) }.withUnsafeBytes { Array($0) }
+        }
+        tokenIds = layer.spec.hashTable.map { table in
+            (0..<tokens).map { Int32(Presets.splitmix64(UInt64($0)) % UInt64(table.vocab)) }
         }
     }
 
@@ -247,12 +291,17 @@ struct Workload {
         let n = tokens * layer.spec.topK
         var weights = [Float](repeating: 0, count: n)
         var ids = [Int32](repeating: 0, count: n)
+        let tokenIds = self.tokenIds ?? []
         return input.withUnsafeBytes { inp in
             weights.withUnsafeMutableBufferPointer { w in
                 ids.withUnsafeMutableBufferPointer { i in
-                    func once() { _ = try! backend.route(layer: layer, input: inp, dtype: dtype, tokens: tokens, weights: w, ids: i) }
-                    once()
-                    return body(once)
+                    tokenIds.withUnsafeBytes { t in
+                        var job = try! RouteJob(layer: layer, input: inp, dtype: dtype, tokens: tokens, weights: w, ids: i)
+                        if self.tokenIds != nil { job.extras = RouteExtras(tokenIds: t.baseAddress, tokenIdBytes: 4) }
+                        func once() { _ = try! backend.route(job, on: layer) }
+                        once()
+                        return body(once)
+                    }
                 }
             }
         }

@@ -40,8 +40,47 @@ struct Routed: Equatable {
     }
 }
 
+/// A request's protocol-version-2 extras, as arrays: padding mask, token ids (sent as int32
+/// or int64).
+struct TestExtras {
+    var mask: [UInt8]?
+    var tokenIds: [Int64]?
+    var idBytes: Int32 = 4
+
+    static let none = TestExtras()
+
+    /// Token ids for a hash-routed layer (deterministic, spread over the table; none for a
+    /// scored layer), with `mask` and the id width given.
+    static func defaults(_ layer: BuiltLayer, tokens: Int, mask: [UInt8]? = nil, idBytes: Int32 = 4) -> TestExtras {
+        let ids = layer.spec.hashTable.map { table in (0..<tokens).map { Int64(($0 * 7919 + 13) % table.vocab) } }
+        return TestExtras(mask: mask, tokenIds: ids, idBytes: idBytes)
+    }
+
+    /// Runs `body` with the extras as RouteExtras pointers.
+    func with<R>(_ body: (RouteExtras) throws -> R) rethrows -> R {
+        let ids32 = tokenIds?.map { Int32(truncatingIfNeeded: $0) }
+        return try mask.withOptionalBuffer { m in
+            try (idBytes == 8 ? tokenIds.map { $0.withUnsafeBytes { Array($0) } } : ids32.map { $0.withUnsafeBytes { Array($0) } })
+                .withOptionalBuffer { ids in
+                    try body(RouteExtras(mask: m, tokenIds: ids.map(UnsafeRawPointer.init), tokenIdBytes: idBytes))
+                }
+        }
+    }
+}
+
+extension Optional {
+    /// The base address of the array (nil when self is nil), valid inside `body`.
+    func withOptionalBuffer<E, R>(_ body: (UnsafePointer<E>?) throws -> R) rethrows -> R where Wrapped == [E] {
+        guard let array = self else { return try body(nil) }
+        return try array.withUnsafeBufferPointer { try body($0.baseAddress) }
+    }
+}
+
+/// Routes through `backend`; a hash-routed layer gets `TestExtras.defaults`' token ids unless
+/// `extras` says otherwise.
 func route(_ layer: BuiltLayer, _ backend: some RoutingBackend, _ values: [Float], tokens: Int,
-           dtype: DType) throws -> (Routed, RouteOutcome) {
+           dtype: DType, extras given: TestExtras? = nil) throws -> (Routed, RouteOutcome) {
+    let extras = given ?? TestExtras.defaults(layer, tokens: tokens)
     let bytes = encode(values, as: dtype)
     let n = tokens * layer.spec.topK
     var w = [Float](repeating: -7, count: n)
@@ -49,7 +88,11 @@ func route(_ layer: BuiltLayer, _ backend: some RoutingBackend, _ values: [Float
     let outcome = try bytes.withUnsafeBytes { input in
         try w.withUnsafeMutableBufferPointer { wp in
             try ids.withUnsafeMutableBufferPointer { ip in
-                try backend.route(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: wp, ids: ip)
+                try extras.with { ex in
+                    var job = try RouteJob(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: wp, ids: ip)
+                    job.extras = ex
+                    return try backend.route(job, on: layer)
+                }
             }
         }
     }
@@ -57,16 +100,29 @@ func route(_ layer: BuiltLayer, _ backend: some RoutingBackend, _ values: [Float
 }
 
 /// The reference result: bias as the request sees it (the stored bias, converted to the
-/// request dtype when they differ), inputs as the dtype holds them.
-func reference(_ layer: BuiltLayer, _ values: [Float], tokens: Int, dtype: DType) -> Routed {
-    let E = layer.spec.numExperts
+/// request dtype when they differ), inputs as the dtype holds them; masked tokens -1 and 0,
+/// hash-routed layers from their table at the token ids (`TestExtras.defaults` unless given).
+func reference(_ layer: BuiltLayer, _ values: [Float], tokens: Int, dtype: DType, extras given: TestExtras? = nil) -> Routed {
+    let extras = given ?? TestExtras.defaults(layer, tokens: tokens)
+    let E = layer.spec.numExperts, k = layer.spec.topK
     let bias = layer.storedBias.map { stored in
         stored.dtype == dtype ? stored.widened() : stored.widened().map { dtype.roundTrip($0) }
     }
     var out = Routed(weights: [], ids: [], nonFinite: 0)
     for t in 0..<tokens {
+        if let mask = extras.mask, mask[t] != 0 {
+            out.weights += [Float](repeating: 0, count: k)
+            out.ids += [Int32](repeating: -1, count: k)
+            continue
+        }
         let row = values[t * E..<(t + 1) * E].map { dtype.roundTrip($0) }
-        let r = ReferenceRouter.route(layer.spec, bias: bias, row: row)
+        let r: (weights: [Float], ids: [Int32], nonFinite: Int)
+        if let table = layer.spec.hashTable, let tokenIds = extras.tokenIds {
+            let id = Int(tokenIds[t])
+            r = ReferenceRouter.routeHashed(layer.spec, tableRow: Array(table.ids[id * k..<(id + 1) * k]), row: row)
+        } else {
+            r = ReferenceRouter.route(layer.spec, bias: bias, row: row)
+        }
         out.weights += r.weights
         out.ids += r.ids
         out.nonFinite += r.nonFinite

@@ -41,7 +41,7 @@ enum InputKind: String, CaseIterable, CustomTestStringConvertible {
 }
 
 /// Specs beyond the presets: shapes that are not powers of two, G = 1, k = E, k = 1, and the
-/// method/scoring combinations the presets do not use.
+/// method/scoring combinations the presets do not use. rocm/check/layers.h copies them.
 let extraSpecs: [LayerSpec] = {
     func bias(_ e: Int) -> [Float] { Presets.syntheticBias(count: e).map { $0 * 3 } }
     return [
@@ -58,6 +58,13 @@ let extraSpecs: [LayerSpec] = {
         LayerSpec(name: "topk-softmax-e100-k7", method: .topKSoftmax, numExperts: 100, topK: 7, routedScalingFactor: 2),
         LayerSpec(name: "llama4-e33-k3", method: .llama4Top1, numExperts: 33, topK: 3, scoring: .sigmoid),
         LayerSpec(name: "max-e1024-k32", method: .biasedGroupedTopK, numExperts: 1024, topK: 32, numExpertGroup: 16, topKGroup: 8, scoring: .sigmoid, renormalize: true, bias: bias(1024)),
+        // the added schemes (issue 17): scoring none, renorm_epsilon, hash-routed layers
+        LayerSpec(name: "none-biased-e64-g8", method: .biasedGroupedTopK, numExperts: 64, topK: 6, numExpertGroup: 8, topKGroup: 3, scoring: .none, renormalize: true, bias: bias(64)),
+        LayerSpec(name: "sigmoid-eps-e256-k8", method: .biasedTopK, numExperts: 256, topK: 8, scoring: .sigmoid, renormalize: true, bias: bias(256), renormEpsilon: 1e-20),
+        LayerSpec(name: "ssp-grouped-eps", method: .biasedGroupedTopK, numExperts: 256, topK: 8, numExpertGroup: 8, topKGroup: 4, scoring: .sqrtSoftplus, renormalize: true, routedScalingFactor: 2.5, bias: bias(256), renormEpsilon: 1e-6),
+        LayerSpec(name: "softmax-eps-e8-k2", method: .softmaxTopK, numExperts: 8, topK: 2, renormalize: true, renormEpsilon: 1e-3),
+        LayerSpec(name: "hash-softmax-e60-k4", method: .softmaxTopK, numExperts: 60, topK: 4, renormalize: true, hashTable: .synthetic(vocab: 1000, topK: 4, numExperts: 60)),
+        LayerSpec(name: "hash-none-e17-k3-eps", method: .biasedTopK, numExperts: 17, topK: 3, scoring: .none, renormalize: true, routedScalingFactor: 2, renormEpsilon: 1e-4, hashTable: .synthetic(vocab: 50, topK: 3, numExperts: 17)),
     ]
 }()
 

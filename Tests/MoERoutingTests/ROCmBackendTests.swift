@@ -71,6 +71,52 @@ struct ROCmHostLogicTests {
         }
     }
 
+    /// Issue 17's schemes (deepseek-v4 presets, hash-routed layers, scoring none, renorm_epsilon)
+    /// with padding masks and int32/int64 token ids: the team, hash and thread-per-token kernels
+    /// against the CPU backend, outcome included.
+    @Test(arguments: addedSchemeSpecs.map(\.name) + ["ssp-e512-g128-eps"])
+    func addedSchemesMatchCPUBackend(specName: String) throws {
+        let spec = specName == "ssp-e512-g128-eps"
+            // more groups than a team keeps: the thread-per-token kernel
+            ? LayerSpec(name: specName, method: .biasedGroupedTopK, numExperts: 512, topK: 8, numExpertGroup: 128,
+                        topKGroup: 8, scoring: .sqrtSoftplus, renormalize: true, routedScalingFactor: 2.5,
+                        bias: Presets.syntheticBias(count: 512), renormEpsilon: 1e-6)
+            : addedSchemeSpecs.first { $0.name == specName }!
+        let layer = try BuiltLayer(spec)
+        let tokens = 41
+        let values = sprinkledRows(tokens: tokens, experts: spec.numExperts, seed: UInt64(spec.numExperts) &* 31)
+        let mask = (0..<tokens).map { UInt8($0 % 6 == 4 ? 1 : 0) }
+        let cpu = CPUBackend(kernel: .generic, threads: 1)
+        for dtype in DType.allCases {
+            for extras in [TestExtras.defaults(layer, tokens: tokens), TestExtras.defaults(layer, tokens: tokens, mask: mask, idBytes: 8),
+                           TestExtras.defaults(layer, tokens: tokens, mask: mask, idBytes: 4)] {
+                let (expected, cpuOutcome) = try route(layer, cpu, values, tokens: tokens, dtype: dtype, extras: extras)
+                let (got, outcome) = try route(layer, backend, values, tokens: tokens, dtype: dtype, extras: extras)
+                #expect(got == expected, "\(specName) input=\(dtype) mask=\(extras.mask != nil) ids=\(extras.idBytes)")
+                #expect(outcome == cpuOutcome)
+            }
+        }
+        #expect(backend.deviceFailures == 0, "\(String(describing: backend.lastDeviceFailure))")
+    }
+
+    /// The post-pass after the device: the layer's load counters and its placement, as the CPU
+    /// backend applies them.
+    @Test func placementAndLoadCountingAfterTheDevice() throws {
+        for name in ["deepseek-v4", "deepseek-v4-hash"] {
+            var spec = Presets.spec(named: name, gateDType: .fp32)!
+            spec.placement = try PlaceAndCountTests.placement(numExperts: spec.numExperts)
+            let onDevice = try BuiltLayer(spec), onCPU = try BuiltLayer(spec)
+            let tokens = 70
+            let values = InputKind.gaussian.rows(tokens: tokens, experts: spec.numExperts, groups: 1, seed: 6)
+            let extras = TestExtras.defaults(onDevice, tokens: tokens, mask: (0..<tokens).map { UInt8($0 % 9 == 0 ? 1 : 0) })
+            let (got, outcome) = try route(onDevice, backend, values, tokens: tokens, dtype: .fp32, extras: extras)
+            let (expected, cpuOutcome) = try route(onCPU, CPUBackend(), values, tokens: tokens, dtype: .fp32, extras: extras)
+            #expect(got == expected && outcome == cpuOutcome && outcome.placementEpoch == 1 && outcome.maskedTokens == 8)
+            #expect(onDevice.expertLoad.totals() == onCPU.expertLoad.totals())
+            #expect(onDevice.expertLoad.totals().reduce(0, +) == UInt64((tokens - 8) * spec.topK))
+        }
+    }
+
     @Test func fallbackIsCountedAndMatchedPathCopiesNothing() throws {
         let layer = try BuiltLayer(Presets.spec(named: "deepseek-v3", gateDType: .bf16)!)
         let values = InputKind.wide.rows(tokens: 8, experts: 256, groups: 8, seed: 4)
@@ -132,6 +178,16 @@ struct ROCmHostLogicTests {
         #expect(text.contains("hipErrorOutOfMemory"))
         _ = try route(layer, backend, values, tokens: 6, dtype: .bf16)
         #expect(backend.deviceFailures == 1)
+
+        // the CPU answer of a failed request carries the extras too (mrk_route_ex)
+        let hash = try BuiltLayer(Presets.spec(named: "deepseek-v4-hash", gateDType: .fp32)!)
+        let rows = InputKind.gaussian.rows(tokens: 9, experts: 384, groups: 1, seed: 5)
+        let extras = TestExtras.defaults(hash, tokens: 9, mask: [0, 1, 0, 0, 0, 0, 0, 1, 0], idBytes: 8)
+        let (hashExpected, hashOutcome) = try route(hash, CPUBackend(kernel: .generic), rows, tokens: 9, dtype: .fp32, extras: extras)
+        unsafeBitCast(symbol, to: FailNext.self)(2)
+        let (hashGot, outcome2) = try route(hash, backend, rows, tokens: 9, dtype: .fp32, extras: extras)
+        #expect(hashGot == hashExpected && outcome2 == hashOutcome)
+        #expect(backend.deviceFailures == 2)
     }
 
     @Test func concurrentCallersEachGetAStream() throws {

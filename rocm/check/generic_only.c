@@ -13,3 +13,11 @@ int64_t mrk_route_avx512(const mrk_layer *layer, const void *logits, int32_t dty
     (void)layer, (void)logits, (void)dtype, (void)tokens, (void)weights, (void)ids;
     abort();
 }
+
+int64_t mrk_hash_avx512(const mrk_layer *layer, const void *logits, int32_t dtype, int64_t tokens,
+                        const uint8_t *mask, const void *token_ids, int32_t token_id_bytes, float *weights,
+                        int32_t *ids) {
+    (void)layer, (void)logits, (void)dtype, (void)tokens, (void)mask, (void)token_ids, (void)token_id_bytes;
+    (void)weights, (void)ids;
+    abort();
+}

@@ -5,10 +5,12 @@
  *   gpu_check LIBRARY check [--layers presets|all|NAME,...] [--tokens 1,64,4096]
  *                           [--families all|NAME,...]
  *       For every layer x dtype (fp32, bf16, fp16) x token count x input family: routes the same
- *       logits through mrh_route and through the CPU backend's generic path (Sources/CMoEKernels,
- *       mrk_route, MRK_IMPL_GENERIC: the contract's reference code) and compares weights (bits),
+ *       logits through mrh_route_ex and through the CPU backend's generic path (Sources/CMoEKernels,
+ *       mrk_route_ex, MRK_IMPL_GENERIC: the contract's reference code) and compares weights (bits),
  *       ids and the non-finite count. The layer's gate dtype is bf16, so bf16 requests use the
- *       resident bias and fp32/fp16 ones the fallback bias. Prints each mismatching case (first
+ *       resident bias and fp32/fp16 ones the fallback bias. The odd-numbered families carry a
+ *       padding mask (token t masked when (7t + family) % 5 == 0); hash-routed layers get random
+ *       token ids, int64 for bf16 requests and int32 otherwise. Prints each mismatching case (first
  *       differing entries) and a summary; exits 1 on any mismatch.
  *
  *   gpu_check LIBRARY time [--layers ...] [--tokens ...]
@@ -39,11 +41,11 @@ struct Library {
     decltype(&mrh_device_count) device_count;
     decltype(&mrh_device_name) device_name;
     decltype(&mrh_error_name) error_name;
-    decltype(&mrh_layer_create) layer_create;
+    decltype(&mrh_layer_create_ex) layer_create;
     decltype(&mrh_layer_destroy) layer_destroy;
     decltype(&mrh_stream_create) stream_create;
     decltype(&mrh_stream_destroy) stream_destroy;
-    decltype(&mrh_route) route;
+    decltype(&mrh_route_ex) route;
 };
 
 template <class F> void bind(void *so, const char *name, F &fn) {
@@ -65,11 +67,11 @@ Library open_library(const char *path) {
     bind(so, "mrh_device_count", L.device_count);
     bind(so, "mrh_device_name", L.device_name);
     bind(so, "mrh_error_name", L.error_name);
-    bind(so, "mrh_layer_create", L.layer_create);
+    bind(so, "mrh_layer_create_ex", L.layer_create);
     bind(so, "mrh_layer_destroy", L.layer_destroy);
     bind(so, "mrh_stream_create", L.stream_create);
     bind(so, "mrh_stream_destroy", L.stream_destroy);
-    bind(so, "mrh_route", L.route);
+    bind(so, "mrh_route_ex", L.route);
     return L;
 }
 
@@ -122,19 +124,48 @@ void require(const Library &L, int32_t status, const char *what) {
     std::exit(2);
 }
 
-/* A layer on device 0 with its bias stored in bf16 (the presets' gate dtype). */
+/* A layer on device 0 with its bias stored in bf16 (the presets' gate dtype), and its table. */
 struct DeviceLayer {
     const Library &L;
     mrh_layer *layer = nullptr;
-    std::vector<float> bias; /* fp32 before the gate dtype */
+    std::vector<float> bias;     /* fp32 before the gate dtype */
+    std::vector<int32_t> table; /* tid2eid (hash-routed layers) */
 
-    DeviceLayer(const Library &lib, const check::Layer &l) : L(lib), bias(check::layer_bias(l)) {
+    DeviceLayer(const Library &lib, const check::Layer &l)
+        : L(lib), bias(check::layer_bias(l)), table(check::synthetic_table(l)) {
         const std::vector<float> stored = check::bias_in(bias, MRK_DTYPE_BF16);
         require(L, L.layer_create(0, l.method, l.scoring, l.num_experts, l.top_k, l.num_groups, l.topk_group,
-                                  l.renormalize, l.rsf, bias.empty() ? nullptr : stored.data(), &layer),
-                "mrh_layer_create");
+                                  l.renormalize, l.rsf, l.eps, bias.empty() ? nullptr : stored.data(),
+                                  table.empty() ? nullptr : table.data(), l.vocab, &layer),
+                "mrh_layer_create_ex");
     }
     ~DeviceLayer() { L.layer_destroy(layer); }
+};
+
+/* A request's padding mask and token ids (see the usage above). */
+struct Extras {
+    std::vector<uint8_t> mask;
+    std::vector<int32_t> ids32;
+    std::vector<int64_t> ids64;
+    int32_t id_bytes = 4;
+
+    Extras(const check::Layer &l, int32_t dtype, int64_t tokens, int family, uint64_t seed) {
+        if (family % 2)
+            for (int64_t t = 0; t < tokens; t++) mask.push_back((t * 7 + family) % 5 == 0);
+        if (!l.vocab) return;
+        check::SplitMix64 rng{seed ^ 0x7091d5ull};
+        id_bytes = dtype == MRK_DTYPE_BF16 ? 8 : 4;
+        for (int64_t t = 0; t < tokens; t++) {
+            const int64_t id = (int64_t)(rng.next() % (uint64_t)l.vocab);
+            ids32.push_back((int32_t)id);
+            ids64.push_back(id);
+        }
+    }
+    const uint8_t *mask_ptr() const { return mask.empty() ? nullptr : mask.data(); }
+    const void *ids_ptr() const {
+        if (ids32.empty()) return nullptr;
+        return id_bytes == 8 ? (const void *)ids64.data() : (const void *)ids32.data();
+    }
 };
 
 struct Outputs {
@@ -174,22 +205,26 @@ int run_check(const Library &L, const Options &o) {
             const std::vector<float> request_bias = check::bias_in(check::bias_in(dl.bias, MRK_DTYPE_BF16), dtype);
             const bool fallback = !dl.bias.empty() && dtype != MRK_DTYPE_BF16;
             const mrk_layer ref = {l->method, l->scoring, l->num_experts, l->top_k, l->num_groups, l->topk_group,
-                                   l->renormalize, l->rsf, dl.bias.empty() ? nullptr : request_bias.data()};
+                                   l->renormalize, l->rsf, dl.bias.empty() ? nullptr : request_bias.data(), l->eps, 0,
+                                   dl.table.empty() ? nullptr : dl.table.data(), l->vocab};
             for (int64_t tokens : o.tokens)
                 for (int family : o.families) {
                     const uint64_t seed = (uint64_t)l->num_experts * 7919 + (uint64_t)tokens * 31 + family;
                     const std::vector<uint8_t> in = check::as_dtype(check::family_rows(family, tokens, *l, seed), dtype);
+                    const Extras ex(*l, dtype, tokens, family, seed);
                     const size_t n = (size_t)tokens * l->top_k;
                     Outputs got{std::vector<float>(n), std::vector<int32_t>(n)}, want = got;
                     require(L, L.route(dl.layer, stream, fallback ? request_bias.data() : nullptr, in.data(), dtype,
-                                       tokens, got.w.data(), got.ids.data(), &got.nonfinite),
-                            "mrh_route");
-                    want.nonfinite = mrk_route(&ref, in.data(), dtype, tokens, want.w.data(), want.ids.data(),
-                                               MRK_IMPL_GENERIC);
+                                       tokens, ex.mask_ptr(), ex.ids_ptr(), ex.id_bytes, got.w.data(), got.ids.data(),
+                                       &got.nonfinite),
+                            "mrh_route_ex");
+                    want.nonfinite = mrk_route_ex(&ref, in.data(), dtype, tokens, ex.mask_ptr(), ex.ids_ptr(), ex.id_bytes,
+                                                  want.w.data(), want.ids.data(), MRK_IMPL_GENERIC);
                     char case_name[160];
-                    std::snprintf(case_name, sizeof case_name, "%s %s %" PRId64 " tokens %s%s", l->name,
+                    std::snprintf(case_name, sizeof case_name, "%s %s %" PRId64 " tokens %s%s%s%s", l->name,
                                   check::dtype_name(dtype), tokens, check::kFamilies[family],
-                                  fallback ? " (fallback bias)" : "");
+                                  fallback ? " (fallback bias)" : "", ex.mask.empty() ? "" : " (masked)",
+                                  l->vocab ? (ex.id_bytes == 8 ? " (int64 ids)" : " (int32 ids)") : "");
                     if (same(*l, case_name, got, want)) passed++;
                     else failed++, layer_failed++;
                 }
@@ -212,6 +247,7 @@ int run_time(const Library &L, const Options &o) {
         DeviceLayer dl(L, *l);
         for (int64_t tokens : o.tokens) {
             const std::vector<float> in = check::family_rows(0, tokens, *l, 42);
+            const Extras ex(*l, MRK_DTYPE_FP32, tokens, 0, 42);
             const size_t n = (size_t)tokens * l->top_k;
             std::vector<float> w(n);
             std::vector<int32_t> ids(n);
@@ -221,9 +257,9 @@ int run_time(const Library &L, const Options &o) {
             std::vector<double> us;
             for (int r = -5; r < reps; r++) { /* 5 warm-up calls */
                 const auto t0 = std::chrono::steady_clock::now();
-                require(L, L.route(dl.layer, stream, nullptr, in.data(), MRK_DTYPE_FP32, tokens, w.data(), ids.data(),
-                                   &nonfinite),
-                        "mrh_route");
+                require(L, L.route(dl.layer, stream, nullptr, in.data(), MRK_DTYPE_FP32, tokens, nullptr, ex.ids_ptr(),
+                                   ex.id_bytes, w.data(), ids.data(), &nonfinite),
+                        "mrh_route_ex");
                 const auto t1 = std::chrono::steady_clock::now();
                 if (r >= 0) us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
             }

@@ -7,8 +7,9 @@
  *       biased (0/1) and the kernel mrh_route launches for it (tab-separated; for
  *       rocm/check/torch_baseline.py and the report).
  *   kernel_timing [--layers NAME,...] [--tokens 1,64,...] [--reps 200]
- *       Per layer and token count: fp32 gaussian logits and the bf16-stored bias uploaded once,
- *       then each kernel launched `reps` times back to back between two events; prints
+ *       Per scored layer (hash-routed ones are skipped) and token count: fp32 gaussian logits
+ *       and the bf16-stored bias uploaded once, then each kernel launched `reps` times back to
+ *       back between two events; prints
  *       "kernel<TAB>layer<TAB>tokens<TAB>mean_us_team<TAB>mean_us_thread<TAB>kernel<TAB>same" —
  *       `same` says whether the two kernels' outputs were bit-identical.
  *
@@ -33,14 +34,14 @@ void require(hipError_t e, const char *what) {
 }
 
 mrh::LayerParams params_of(const check::Layer &l) {
-    return {l.method, l.scoring, l.num_experts, l.top_k, l.num_groups, l.topk_group, l.renormalize, l.rsf};
+    return {l.method, l.scoring, l.num_experts, l.top_k, l.num_groups, l.topk_group, l.renormalize, l.rsf, l.eps};
 }
 
 void list_layers() {
     for (const check::Layer &l : check::all_layers())
         std::printf("%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%g\t%d\t%s\n", l.name, check::method_name(l.method), l.num_experts,
-                    l.top_k, l.num_groups, l.topk_group, l.scoring == MRK_SCORING_SOFTMAX ? "softmax" : "sigmoid",
-                    l.renormalize, l.rsf, l.bias_scale != 0, mrh::kernel_name(mrh::kernel_for(params_of(l))));
+                    l.top_k, l.num_groups, l.topk_group, check::scoring_name(l.scoring), l.renormalize, l.rsf,
+                    l.bias_scale != 0, mrh::kernel_name(mrh::kernel_for(params_of(l), l.vocab != 0)));
 }
 
 template <class T> T *device_copy(const std::vector<T> &v) {
@@ -90,6 +91,10 @@ double time_kernel(mrh::Kernel kernel, const mrh::LayerParams &p, const mrh::Rou
 }
 
 void time_layer(const check::Layer &l, const std::vector<int64_t> &token_counts, int reps) {
+    if (l.vocab) { /* the hash kernel has no thread-per-token counterpart */
+        std::fprintf(stderr, "kernel_timing: %s is hash-routed: not timed here (gpu_check time times it)\n", l.name);
+        return;
+    }
     int64_t most = 0;
     for (int64_t t : token_counts) most = t > most ? t : most;
     const mrh::LayerParams p = params_of(l);

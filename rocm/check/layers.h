@@ -7,6 +7,7 @@
  * 16, k = E, k = 32, E = 1024, G = 16, softmax-scored biased groups, ...) plus qwen1.5-moe's
  * E = 60 and a layer with more groups than a team keeps (the thread-per-token kernel's case).
  * The input families copy InputKinds.swift's. Keep them in step with those files.
+ * Hash-routed layers (vocab > 0) use TokenTable.synthetic's table (LayerSpec.swift).
  */
 #ifndef MRH_CHECK_LAYERS_H
 #define MRH_CHECK_LAYERS_H
@@ -27,10 +28,17 @@ struct Layer {
     float rsf;
     float bias_scale; /* 0: no bias; else bias = synthetic bias x bias_scale */
     bool preset;
+    float eps = 0;     /* renorm_epsilon */
+    int64_t vocab = 0; /* > 0: hash-routed, synthetic_table(vocab, top_k, num_experts) */
 };
 
 inline const std::vector<Layer> &all_layers() {
-    enum { SOFTMAX = MRK_SCORING_SOFTMAX, SIGMOID = MRK_SCORING_SIGMOID };
+    enum {
+        SOFTMAX = MRK_SCORING_SOFTMAX,
+        SIGMOID = MRK_SCORING_SIGMOID,
+        SSP = MRK_SCORING_SQRTSOFTPLUS,
+        NONE = MRK_SCORING_NONE,
+    };
     static const std::vector<Layer> layers = {
         /* Presets.swift, in its order */
         {"deepseek-v3", MRK_BIASED_GROUPED_TOPK, 256, 8, 8, 4, SIGMOID, 1, 2.5f, 1, true},
@@ -44,6 +52,9 @@ inline const std::vector<Layer> &all_layers() {
         {"mixtral-8x7b", MRK_SOFTMAX_TOPK, 8, 2, 1, 1, SOFTMAX, 1, 1.0f, 0, true},
         {"gpt-oss-120b", MRK_TOPK_SOFTMAX, 128, 4, 1, 1, SOFTMAX, 0, 1.0f, 0, true},
         {"llama-4-maverick", MRK_LLAMA4_TOP1, 128, 1, 1, 1, SIGMOID, 0, 1.0f, 0, true},
+        {"deepseek-v4", MRK_BIASED_TOPK, 384, 6, 1, 1, SSP, 1, 2.5f, 1, true},
+        {"deepseek-v4-flash", MRK_BIASED_TOPK, 256, 6, 1, 1, SSP, 1, 2.5f, 1, true},
+        {"deepseek-v4-hash", MRK_BIASED_TOPK, 384, 6, 1, 1, SSP, 1, 2.5f, 0, true, 0.0f, 129280},
         /* InputKinds.swift extraSpecs (bias: synthetic x 3) */
         {"softmax-e24-k5", MRK_SOFTMAX_TOPK, 24, 5, 1, 1, SOFTMAX, 1, 1.0f, 0, false},
         {"softmax-k-eq-e", MRK_SOFTMAX_TOPK, 12, 12, 1, 1, SOFTMAX, 1, 1.5f, 0, false},
@@ -58,9 +69,17 @@ inline const std::vector<Layer> &all_layers() {
         {"topk-softmax-e100-k7", MRK_TOPK_SOFTMAX, 100, 7, 1, 1, SOFTMAX, 0, 2.0f, 0, false},
         {"llama4-e33-k3", MRK_LLAMA4_TOP1, 33, 3, 1, 1, SIGMOID, 0, 1.0f, 0, false},
         {"max-e1024-k32", MRK_BIASED_GROUPED_TOPK, 1024, 32, 16, 8, SIGMOID, 1, 1.0f, 3, false},
+        {"none-biased-e64-g8", MRK_BIASED_GROUPED_TOPK, 64, 6, 8, 3, NONE, 1, 1.0f, 3, false},
+        {"sigmoid-eps-e256-k8", MRK_BIASED_TOPK, 256, 8, 1, 1, SIGMOID, 1, 1.0f, 3, false, 1e-20f},
+        {"ssp-grouped-eps", MRK_BIASED_GROUPED_TOPK, 256, 8, 8, 4, SSP, 1, 2.5f, 3, false, 1e-6f},
+        {"softmax-eps-e8-k2", MRK_SOFTMAX_TOPK, 8, 2, 1, 1, SOFTMAX, 1, 1.0f, 0, false, 1e-3f},
+        {"hash-softmax-e60-k4", MRK_SOFTMAX_TOPK, 60, 4, 1, 1, SOFTMAX, 1, 1.0f, 0, false, 0.0f, 1000},
+        {"hash-none-e17-k3-eps", MRK_BIASED_TOPK, 17, 3, 1, 1, NONE, 1, 2.0f, 0, false, 1e-4f, 50},
         /* here only */
         {"qwen1.5-moe-e60-k4", MRK_SOFTMAX_TOPK, 60, 4, 1, 1, SOFTMAX, 0, 1.0f, 0, false},
         {"grouped-e512-g128", MRK_BIASED_GROUPED_TOPK, 512, 8, 128, 8, SIGMOID, 1, 2.5f, 3, false},
+        {"ssp-e512-g128-eps", MRK_BIASED_GROUPED_TOPK, 512, 8, 128, 8, SSP, 1, 2.5f, 3, false, 1e-6f},
+        {"hash-ssp-e1024-k32", MRK_BIASED_TOPK, 1024, 32, 1, 1, SSP, 1, 1.0f, 0, false, 0.0f, 4096},
     };
     return layers;
 }
@@ -87,13 +106,34 @@ inline const char *method_name(int32_t m) {
     return m >= 0 && m < 6 ? names[m] : "?";
 }
 
-/* Presets.syntheticBias. */
-inline float synthetic_bias(int i) {
-    uint64_t z = (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull;
+inline const char *scoring_name(int32_t s) {
+    static const char *names[] = {"softmax", "sigmoid", "sqrtsoftplus", "none"};
+    return s >= 0 && s < 4 ? names[s] : "?";
+}
+
+/* Presets.splitmix64: splitmix64's output for input i. */
+inline uint64_t splitmix64_at(uint64_t i) {
+    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(((double)(z >> 40) / 16777216.0 - 0.5) * 0.2);
+    return z ^ (z >> 31);
+}
+
+/* Presets.syntheticBias. */
+inline float synthetic_bias(int i) {
+    return (float)(((double)(splitmix64_at((uint64_t)i) >> 40) / 16777216.0 - 0.5) * 0.2);
+}
+
+/* TokenTable.synthetic: row t holds (base + j * step) mod E, base = splitmix64(t) mod E, step =
+ * 1 + splitmix64(t + 2^32) mod (E / k). Empty for a scored layer. */
+inline std::vector<int32_t> synthetic_table(const Layer &l) {
+    std::vector<int32_t> ids((size_t)l.vocab * l.top_k);
+    const uint64_t E = (uint64_t)l.num_experts, span = (uint64_t)(l.num_experts / l.top_k);
+    for (int64_t t = 0; t < l.vocab; t++) {
+        const uint64_t base = splitmix64_at((uint64_t)t) % E, step = 1 + splitmix64_at((uint64_t)t + (1ull << 32)) % span;
+        for (int32_t j = 0; j < l.top_k; j++) ids[(size_t)t * l.top_k + j] = (int32_t)((base + (uint64_t)j * step) % E);
+    }
+    return ids;
 }
 
 /* The layer's fp32 bias before it is stored in a gate dtype (empty without bias). */

@@ -30,7 +30,9 @@ class Layer:
 
 def grouped_topk(x, layer, bias):
     """vLLM's grouped_topk (eager), biased ("noaux_tc") or not."""
-    scores = torch.softmax(x, dim=-1) if layer.scoring == "softmax" else x.sigmoid()
+    scores = {"softmax": lambda: torch.softmax(x, dim=-1), "sigmoid": x.sigmoid,
+              "sqrtsoftplus": lambda: torch.nn.functional.softplus(x, threshold=20).sqrt(),
+              "none": lambda: x}[layer.scoring]()
     tokens = x.shape[0]
     if bias is not None:
         original = scores

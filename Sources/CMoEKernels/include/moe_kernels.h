@@ -29,7 +29,12 @@ typedef enum {
     MRK_LLAMA4_TOP1 = 5,
 } mrk_method;
 
-typedef enum { MRK_SCORING_SOFTMAX = 0, MRK_SCORING_SIGMOID = 1 } mrk_scoring;
+typedef enum {
+    MRK_SCORING_SOFTMAX = 0,
+    MRK_SCORING_SIGMOID = 1,
+    MRK_SCORING_SQRTSOFTPLUS = 2, /* DeepSeek-V4: sqrt(softplus(x)) */
+    MRK_SCORING_NONE = 3,         /* the logit itself (vLLM "TopK") */
+} mrk_scoring;
 
 typedef enum { MRK_IMPL_GENERIC = 0, MRK_IMPL_AVX512 = 1 } mrk_impl;
 
@@ -45,6 +50,15 @@ typedef struct mrk_layer {
     int32_t renormalize;
     float routed_scaling_factor;
     const float *bias;
+    /* 0: the contract's renormalisation (skipped when the sum is <= 0); > 0: w / (sum + eps),
+     * never skipped (MiniMax2's 1e-20). */
+    float renorm_epsilon;
+    int32_t reserved;
+    /* Hash-routed layer: tid2eid, [vocab, top_k] expert ids in [0, num_experts); NULL for
+     * scored layers. A request's token ids must be checked against vocab first
+     * (mrk_check_token_ids). */
+    const int32_t *tid2eid;
+    int64_t vocab;
 } mrk_layer;
 
 /* Routes `tokens` rows of `logits` (row-major [tokens, num_experts] in `dtype`) into
@@ -53,10 +67,50 @@ typedef struct mrk_layer {
 int64_t mrk_route(const mrk_layer *layer, const void *logits, int32_t dtype, int64_t tokens,
                   float *weights, int32_t *ids, int32_t impl);
 
+/* mrk_route with the per-request extras of protocol version 2, all optional:
+ *  - mask: [tokens] bytes, 1 = padding row: ids -1, weights 0, its logits (and token id) are
+ *    never read; 0 = a token (only 0 and 1 allowed: mrk_check_mask first);
+ *  - token_ids: [tokens] int32 (token_id_bytes 4) or int64 (8), required for a hash-routed
+ *    layer (layer->tid2eid != NULL), each checked with mrk_check_token_ids first; ignored for
+ *    scored layers.
+ * Returns the number of non-finite input values in the rows that were not masked. */
+int64_t mrk_route_ex(const mrk_layer *layer, const void *logits, int32_t dtype, int64_t tokens,
+                     const uint8_t *mask, const void *token_ids, int32_t token_id_bytes,
+                     float *weights, int32_t *ids, int32_t impl);
+
 /* Counts the non-finite values in `tokens` rows of `experts` values; returns the index of the
  * first row holding one, or -1. */
 int64_t mrk_scan_nonfinite(const void *logits, int32_t dtype, int64_t experts, int64_t tokens,
                            int64_t *count);
+
+/* The same, skipping rows whose mask byte is not 0 (mask may be NULL). */
+int64_t mrk_scan_nonfinite_masked(const void *logits, int32_t dtype, int64_t experts,
+                                  int64_t tokens, const uint8_t *mask, int64_t *count);
+
+/* The first token whose mask byte is neither 0 nor 1, or -1; *masked gets the number of 1s. */
+int64_t mrk_check_mask(const uint8_t *mask, int64_t tokens, int64_t *masked);
+
+/* The first unmasked token whose id is outside [0, vocab), or -1; *value gets that id. */
+int64_t mrk_check_token_ids(const void *token_ids, int32_t token_id_bytes, int64_t tokens,
+                            int64_t vocab, const uint8_t *mask, int64_t *value);
+
+/* The backend-independent last step of every route, on `tokens` rows of `k` ids whose first row
+ * is token `t0` of the request:
+ *  - counts (NULL: none; num_experts counters shared by every thread): counts[e] += 1 for every
+ *    logical id e >= 0 (masked rows hold -1), by relaxed atomic additions (a batch counts into
+ *    a local array first and adds each expert's total once);
+ *  - placement (offsets NULL: none): logical e -> physical replicas
+ *    replicas[offsets[e] .. offsets[e+1]); token t takes replica (t mod count) (shared/ROUTING.md).
+ * Counting happens before the ids are rewritten, so it counts logical experts. */
+void mrk_place_and_count(int32_t *ids, int64_t tokens, int32_t k, int64_t t0,
+                         const int32_t *offsets, const int32_t *replicas, uint64_t *counts,
+                         int32_t num_experts);
+
+/* Relaxed atomic loads of n counters (the ones mrk_place_and_count adds to) into out. */
+void mrk_counts_load(const uint64_t *counts, uint64_t *out, int32_t n);
+
+/* The contract's sqrt(softplus(x)), exposed for accuracy tests. */
+float mrk_sqrtsoftplus(float x);
 
 /* The fastest implementation this CPU runs, and a name for each. */
 int32_t mrk_best_impl(void);
