@@ -65,7 +65,7 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("zmq")]),
         .target(
             name: "MoERouterServer",
-            dependencies: ["MoERouting", "CMoERouterWire", "CMoERouterdOS", "CZMQ", "MoERouterZMQ",
+            dependencies: ["MoERouting", "MoERouterModels", "CMoERouterWire", "CMoERouterdOS", "CZMQ", "MoERouterZMQ",
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "Metrics", package: "swift-metrics"),
                            .product(name: "Yams", package: "Yams")]),

@@ -97,6 +97,78 @@ int moe_route_refs(moe_client *client, uint32_t layer_id, moe_dtype dtype, uint6
                    const moe_buffer_ref refs[3], const void *input, float *weights, int32_t *ids,
                    moe_route_result *result);
 
+/* ---- Protocol version 2 -------------------------------------------------------------------
+ * moe_connect negotiates the protocol with HELLO (this library speaks versions 1 and 2) and sends
+ * every later request with the negotiated version; every function above works with either. The
+ * functions below need version 2: against a daemon that speaks only version 1 they return
+ * MOE_ERR_BAD_VERSION (moe_last_error() says so) without sending anything, except where noted. */
+
+/* The negotiated protocol version (1 or 2); 0 for NULL. */
+int moe_protocol_version(const moe_client *client);
+
+/* The limits the daemon reported in the connect-time HELLO (no request is sent). */
+int moe_limits(moe_client *client, moe_hello_ext *out);
+
+/* One layer's version-2 description from LIST_LAYERS: moe_layer_info and moe_layer_ext (hash
+ * routing, the current placement and its epoch). (Not named moe_layer_ext: that is the type.) */
+int moe_layer_v2(moe_client *client, uint32_t layer_id, moe_layer_info_v2 *out);
+
+/* What a ROUTE reported besides its outputs (all of moe_route_resp_v2). On an error answer the
+ * fields its status defines are set: first_nonfinite_token for MOE_ERR_NONFINITE,
+ * first_bad_token for MOE_ERR_TOKEN_ID and MOE_ERR_BAD_MASK. */
+typedef struct moe_route_info {
+    uint64_t tokens;
+    uint64_t nonfinite_count;
+    uint64_t first_nonfinite_token;
+    uint64_t compute_ns;
+    uint64_t masked_tokens;   /* padding rows (ids -1, weights 0) */
+    uint64_t placement_epoch; /* the placement the ids were mapped with; 0: logical ids */
+    uint64_t first_bad_token;
+    uint32_t top_k;
+    int32_t fallback_cast;
+    int32_t hash_routed;      /* 1: the experts came from the layer's tid2eid table */
+    uint32_t reserved;
+    uint64_t reserved2[4];    /* zero; room for later fields at the same size */
+} moe_route_info;
+
+/* moe_route with the version-2 inputs, every buffer inline. `token_ids` (may be NULL) holds
+ * `tokens` int32 or int64 values (token_id_bytes 4 or 8; hash-routed layers need them);
+ * `mask` (may be NULL) holds `tokens` bytes, 1 = padding row (its ids come back -1, its
+ * weights 0). `info` may be NULL. Without token ids and mask this also works against a
+ * version-1 daemon (the version-2 fields of info are then 0). */
+int moe_route_ex(moe_client *client, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
+                 const void *input, size_t input_bytes, const void *token_ids, uint32_t token_id_bytes,
+                 const uint8_t *mask, float *weights, int32_t *ids, size_t out_count, moe_route_info *info);
+
+/* The general form of moe_route_ex: refs = input, weights, ids, token ids, mask; each inline
+ * (its bytes from/to the pointer argument, refs[i].length bytes), in a registered segment, or
+ * (token ids, mask only) MOE_BUF_NONE when absent. token_id_bytes goes to the wire as given
+ * (0 without token ids). Nothing is checked here that the daemon checks. */
+int moe_route_refs_ex(moe_client *client, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
+                      const moe_buffer_ref refs[5], const void *input, const void *token_ids,
+                      uint32_t token_id_bytes, const uint8_t *mask, float *weights, int32_t *ids,
+                      moe_route_info *info);
+
+/* Sets a layer's expert placement (a control op: MOE_ERR_NOT_PERMITTED unless this process runs
+ * as the daemon's uid, root or a --control-uid): logical expert e gets the counts[e] physical ids
+ * that follow those of experts 0..e-1 in `physical` (total_replicas values, each < num_physical).
+ * num_logical must be the layer's num_experts. *epoch (may be NULL): the new placement epoch. */
+int moe_set_placement(moe_client *client, uint32_t layer_id, uint32_t num_physical, uint32_t num_logical,
+                      const int32_t *counts, const int32_t *physical, uint32_t total_replicas, uint64_t *epoch);
+/* Removes a layer's placement: its ids are logical expert ids again. */
+int moe_clear_placement(moe_client *client, uint32_t layer_id, uint64_t *epoch);
+
+/* Tokens routed to each logical expert of a layer: since the daemon built it (`totals`) and in
+ * the current window (`window`); each array (may be NULL) takes up to `cap` values. reset_window
+ * != 0 starts a new window after this read (a control op). `out` (may be NULL) gets the counts'
+ * summary. When cap < the layer's num_experts: the first cap values are copied, *out is set and
+ * MOE_ERR_CLIENT_ARG is returned (a requested window reset has happened). */
+int moe_expert_load(moe_client *client, uint32_t layer_id, int reset_window, uint64_t *totals, uint64_t *window,
+                    uint32_t cap, moe_load_resp *out);
+
+/* STATS with the version-2 counters (per-uid quotas, masked tokens, hash routes, placements). */
+int moe_stats_v2(moe_client *client, moe_stats_resp_v2 *out);
+
 #ifdef __cplusplus
 }
 #endif

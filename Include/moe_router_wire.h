@@ -1,5 +1,5 @@
 /*
- * moe_router_wire.h — moe-routerd's wire protocol (version 1): every byte that crosses the
+ * moe_router_wire.h — moe-routerd's wire protocol (versions 1 and 2): every byte that crosses the
  * socket, as fixed-width, little-endian structs whose sizes and offsets are static-asserted
  * below. The daemon and every client (the C library, the Python client's tables) share these
  * very definitions; docs/PROTOCOL.md is the prose.
@@ -9,7 +9,14 @@
  *             frame 1 = inline ROUTE input (only when the input buffer is MOE_BUF_INLINE)
  *   response: frame 0 = moe_resp_header + op body (body_size) + UTF-8 message (message_len)
  *             frames 1.. = inline ROUTE outputs (weights, then ids; only those MOE_BUF_INLINE),
- *             or LIST_LAYERS' bias values.
+ *             or LIST_LAYERS' bias values, or EXPERT_LOAD's counters.
+ *
+ * Versions: every request header names its version (1 or 2) and the op bodies of that request
+ * and of its answer are that version's (the answer's header echoes it). Version 2 adds fields at
+ * the end of some bodies (the *_v2 structs embed the version-1 struct first) and new ops; a
+ * version-1 request is served exactly as before. HELLO is sent with header version 1 so that
+ * any daemon reads it; its answer appends moe_hello_ext when the negotiated protocol_version
+ * (the highest both sides speak) is 2 or more.
  */
 #ifndef MOE_ROUTER_WIRE_H
 #define MOE_ROUTER_WIRE_H
@@ -22,7 +29,8 @@ extern "C" {
 #endif
 
 #define MOE_PROTOCOL_MAGIC 0x52454F4Du /* bytes "MOER" on the wire */
-#define MOE_PROTOCOL_VERSION 1u
+#define MOE_PROTOCOL_VERSION 2u     /* the newest version; this header's structs */
+#define MOE_PROTOCOL_MIN_VERSION 1u /* the oldest version a daemon still serves */
 #define MOE_NAME_BYTES 64u        /* layer names, NUL-padded */
 #define MOE_SHM_NAME_BYTES 256u   /* POSIX shm names ("/name"), NUL-padded */
 #define MOE_TAG_BYTES 32u         /* daemon version, backend name */
@@ -37,6 +45,8 @@ typedef enum moe_op {
     MOE_OP_ROUTE = 5,
     MOE_OP_STATS = 6,
     MOE_OP_PING = 7,
+    MOE_OP_SET_PLACEMENT = 8, /* version 2 */
+    MOE_OP_EXPERT_LOAD = 9,   /* version 2 */
 } moe_op;
 
 /* Status codes: every response carries one. 0..99 come from the daemon, 100.. from the client
@@ -70,6 +80,12 @@ typedef enum moe_status {
     MOE_ERR_SHUTTING_DOWN = 25,
     MOE_ERR_BAD_FIELD = 26,       /* reserved field not zero, unknown buffer kind, bad flag */
     MOE_ERR_INTERNAL = 27,
+    MOE_ERR_NOT_PERMITTED = 28,   /* a control op (SET_PLACEMENT, resetting a load window) from a
+                                     peer that is not the daemon's uid, root or a --control-uid */
+    MOE_ERR_BAD_PLACEMENT = 29,   /* placement invalid: an expert unplaced, a physical id out of
+                                     range or given twice; the layer keeps its placement */
+    MOE_ERR_TOKEN_ID = 30,        /* hash-routed layer: token ids missing, or one outside tid2eid */
+    MOE_ERR_BAD_MASK = 31,        /* a padding-mask byte other than 0 and 1 */
     MOE_ERR_CLIENT_IO = 100,      /* client library: socket error */
     MOE_ERR_CLIENT_TIMEOUT = 101, /* client library: no answer within the timeout */
     MOE_ERR_CLIENT_PROTOCOL = 102,/* client library: the answer was malformed */
@@ -90,11 +106,28 @@ typedef enum moe_method {
     MOE_METHOD_LLAMA4_TOP1 = 5,
 } moe_method;
 
-typedef enum moe_scoring { MOE_SCORING_SOFTMAX = 0, MOE_SCORING_SIGMOID = 1 } moe_scoring;
+typedef enum moe_scoring {
+    MOE_SCORING_SOFTMAX = 0,
+    MOE_SCORING_SIGMOID = 1,
+    MOE_SCORING_SQRTSOFTPLUS = 2, /* DeepSeek-V4 */
+    MOE_SCORING_NONE = 3,         /* the logits themselves (vLLM TopK) */
+} moe_scoring;
 typedef enum moe_nonfinite { MOE_NONFINITE_CLAMP = 0, MOE_NONFINITE_REJECT = 1 } moe_nonfinite;
 
 /* Where a ROUTE buffer lives. */
-typedef enum moe_buffer_kind { MOE_BUF_INLINE = 0, MOE_BUF_SHM = 1 } moe_buffer_kind;
+typedef enum moe_buffer_kind {
+    MOE_BUF_INLINE = 0,
+    MOE_BUF_SHM = 1,
+    MOE_BUF_NONE = 2, /* version 2, optional buffers only: absent (handle, offset, length 0) */
+} moe_buffer_kind;
+
+/* Feature bits of moe_hello_ext.features. */
+enum {
+    MOE_FEATURE_MASK = 1u,        /* ROUTE v2 padding masks */
+    MOE_FEATURE_TOKEN_IDS = 2u,   /* ROUTE v2 token ids (hash-routed layers) */
+    MOE_FEATURE_PLACEMENT = 4u,   /* SET_PLACEMENT */
+    MOE_FEATURE_EXPERT_LOAD = 8u, /* EXPERT_LOAD */
+};
 
 typedef struct moe_req_header {
     uint32_t magic;       /* MOE_PROTOCOL_MAGIC */
@@ -144,6 +177,20 @@ typedef struct moe_hello_resp {
     uint32_t reserved;
 } moe_hello_resp;
 
+/* Version 2: appended to moe_hello_resp. Limits a client meets without asking. */
+typedef struct moe_hello_ext {
+    uint64_t max_segment_bytes;            /* largest shm segment REGISTER_SHM accepts */
+    uint64_t max_mapped_bytes_per_uid;     /* over all connections of one uid */
+    uint32_t max_registrations_per_uid;
+    uint32_t heartbeat_ivl_ms;             /* ZeroMQ heartbeats on every connection */
+    uint32_t heartbeat_timeout_ms;         /* a silent peer is dropped (and its shm released) */
+    uint32_t features;                     /* MOE_FEATURE_* */
+    uint64_t max_queued_reply_bytes;       /* unread inline answers per connection */
+    uint64_t max_queued_reply_bytes_total; /* ... and over all connections */
+    uint32_t max_physical_experts;         /* largest placement */
+    uint32_t control_allowed;              /* 1: this connection may run control ops */
+} moe_hello_ext;
+
 /* LIST_LAYERS: empty request body. Response body = moe_list_resp + count * moe_layer_info;
  * frame 1 holds the biases as fp32 (each value the exact widening of the stored bias). */
 typedef struct moe_list_resp {
@@ -169,6 +216,20 @@ typedef struct moe_layer_info {
     uint32_t reserved2;
     char name[MOE_NAME_BYTES];
 } moe_layer_info;
+
+/* Version 2: LIST_LAYERS entries are moe_layer_info_v2. */
+typedef struct moe_layer_ext {
+    uint64_t hash_vocab;       /* hash-routed layer: rows of its tid2eid table; 0: scored */
+    uint64_t placement_epoch;  /* 0: no placement (ids are logical expert ids) */
+    uint32_t num_physical;     /* the placement's physical experts; 0: none */
+    float renorm_epsilon;      /* 0, or MiniMax2's epsilon (weights / (sum + eps)) */
+    uint64_t reserved;
+} moe_layer_ext;
+
+typedef struct moe_layer_info_v2 {
+    moe_layer_info info;
+    moe_layer_ext ext;
+} moe_layer_info_v2;
 
 /* REGISTER_SHM: the daemon opens `name` once, checks owner/mode/size, maps it, and answers a
  * handle valid for this connection only. The client may shm_unlink the name afterwards. */
@@ -210,6 +271,18 @@ typedef struct moe_route_req {
     moe_buffer_ref ids;     /* [tokens, top_k] int32 */
 } moe_route_req;
 
+/* Version 2 ROUTE: the version-1 fields, then two optional buffers (kind MOE_BUF_NONE when
+ * absent). Inline ones follow the input in frames 1.. in this order: input (if inline), token
+ * ids (if inline), mask (if inline). */
+typedef struct moe_route_req_v2 {
+    moe_route_req base;
+    moe_buffer_ref token_ids; /* [tokens] int32 or int64 (token_id_bytes); hash-routed layers */
+    moe_buffer_ref mask;      /* [tokens] uint8: 1 = padding row (ids -1, weights 0), 0 = token */
+    uint32_t token_id_bytes;  /* 4 or 8 with token_ids; 0 without */
+    uint32_t reserved;
+    uint64_t reserved2;
+} moe_route_req_v2;
+
 /* Every ROUTE response carries this body (zero but for the fields its status defines). */
 typedef struct moe_route_resp {
     uint64_t tokens;
@@ -219,6 +292,53 @@ typedef struct moe_route_resp {
     uint32_t top_k;
     uint64_t compute_ns;            /* time in the backend */
 } moe_route_resp;
+
+typedef struct moe_route_resp_v2 {
+    moe_route_resp base;
+    uint64_t masked_tokens;   /* padding rows in the request */
+    uint64_t placement_epoch; /* the placement the ids were mapped with; 0: logical ids */
+    uint64_t first_bad_token; /* MOE_ERR_TOKEN_ID / MOE_ERR_BAD_MASK: the offending token */
+    uint32_t hash_routed;     /* 1: the experts came from the layer's tid2eid table */
+    uint32_t reserved;
+} moe_route_resp_v2;
+
+/* SET_PLACEMENT (version 2): frame 1 = int32 replica counts [num_logical], then int32 physical
+ * ids [total_replicas] in order (logical expert 0's replicas first). num_logical = 0 (and no
+ * frame 1) removes the placement. The swap is atomic: requests already running finish on the
+ * old placement. Control op (MOE_ERR_NOT_PERMITTED otherwise). */
+typedef struct moe_placement_req {
+    uint32_t layer_id;
+    uint32_t num_physical;
+    uint32_t num_logical;    /* = the layer's num_experts, or 0 to remove */
+    uint32_t total_replicas;
+} moe_placement_req;
+
+typedef struct moe_placement_resp {
+    uint64_t epoch;          /* the epoch this change took (each set or removal takes the next one);
+                                answers carry it while this placement is in force, 0 when none */
+    uint32_t num_physical;
+    uint32_t total_replicas;
+} moe_placement_resp;
+
+/* EXPERT_LOAD (version 2): tokens routed to each logical expert of a layer (padding rows not
+ * counted), since the daemon built the layer (kept across reloads that keep num_experts) and
+ * since the window began. Frame 1 = uint64 totals [num_experts], then uint64 window
+ * [num_experts]. MOE_LOAD_RESET_WINDOW (a control op) starts a new window after reading. */
+enum { MOE_LOAD_RESET_WINDOW = 1u };
+
+typedef struct moe_load_req {
+    uint32_t layer_id;
+    uint32_t flags;
+} moe_load_req;
+
+typedef struct moe_load_resp {
+    uint32_t num_experts;
+    uint32_t window_reset;    /* 1: a new window began with this read */
+    uint64_t since_start_ns;
+    uint64_t window_ns;       /* how long the window read here lasted */
+    uint64_t total_assignments;  /* sum of totals */
+    uint64_t window_assignments; /* sum of window */
+} moe_load_resp;
 
 /* STATS: empty request body. */
 typedef struct moe_stats_resp {
@@ -240,6 +360,23 @@ typedef struct moe_stats_resp {
     uint64_t compute_ns;
     char backend[MOE_TAG_BYTES];
 } moe_stats_resp;
+
+/* Version 2: appended to moe_stats_resp. */
+typedef struct moe_stats_ext {
+    uint64_t uid_registrations;      /* the asking peer's uid: live registrations, all its connections */
+    uint64_t uid_mapped_bytes;       /* ... and their bytes */
+    uint64_t max_registrations_per_uid;
+    uint64_t max_mapped_bytes_per_uid;
+    uint64_t masked_tokens;          /* padding rows routed (not computed) since start */
+    uint64_t hash_routes;            /* ROUTEs answered from a tid2eid table */
+    uint64_t placement_sets;         /* successful SET_PLACEMENTs */
+    uint64_t reserved;
+} moe_stats_ext;
+
+typedef struct moe_stats_resp_v2 {
+    moe_stats_resp base;
+    moe_stats_ext ext;
+} moe_stats_resp_v2;
 
 /* PING: empty bodies both ways. */
 
@@ -279,6 +416,20 @@ MOE_STATIC_ASSERT(offsetof(moe_route_req, weights) == 48, "weights");
 MOE_STATIC_ASSERT(offsetof(moe_route_req, ids) == 80, "ids");
 MOE_STATIC_ASSERT(sizeof(moe_route_resp) == 40, "moe_route_resp");
 MOE_STATIC_ASSERT(sizeof(moe_stats_resp) == 160, "moe_stats_resp");
+MOE_STATIC_ASSERT(sizeof(moe_hello_ext) == 56, "moe_hello_ext");
+MOE_STATIC_ASSERT(sizeof(moe_layer_ext) == 32, "moe_layer_ext");
+MOE_STATIC_ASSERT(sizeof(moe_layer_info_v2) == 136, "moe_layer_info_v2");
+MOE_STATIC_ASSERT(sizeof(moe_route_req_v2) == 192, "moe_route_req_v2");
+MOE_STATIC_ASSERT(offsetof(moe_route_req_v2, token_ids) == 112, "token_ids");
+MOE_STATIC_ASSERT(offsetof(moe_route_req_v2, mask) == 144, "mask");
+MOE_STATIC_ASSERT(offsetof(moe_route_req_v2, token_id_bytes) == 176, "token_id_bytes");
+MOE_STATIC_ASSERT(sizeof(moe_route_resp_v2) == 72, "moe_route_resp_v2");
+MOE_STATIC_ASSERT(sizeof(moe_placement_req) == 16, "moe_placement_req");
+MOE_STATIC_ASSERT(sizeof(moe_placement_resp) == 16, "moe_placement_resp");
+MOE_STATIC_ASSERT(sizeof(moe_load_req) == 8, "moe_load_req");
+MOE_STATIC_ASSERT(sizeof(moe_load_resp) == 40, "moe_load_resp");
+MOE_STATIC_ASSERT(sizeof(moe_stats_ext) == 64, "moe_stats_ext");
+MOE_STATIC_ASSERT(sizeof(moe_stats_resp_v2) == 224, "moe_stats_resp_v2");
 
 /* The name and a one-line explanation of a status (Sources/CMoERouterWire/moe_router_status.c). */
 const char *moe_status_name(int status);    /* "MOE_ERR_BUSY" */

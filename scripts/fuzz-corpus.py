@@ -47,6 +47,41 @@ def decoder():
                                  deadline_ms=5)]
 
 
+def v2_frame0(op, body=b"", deadline_ms=0):
+    """A version-2 request header (moe_req_header) and its body."""
+    return struct.pack("<IHHQIIQ", 0x52454F4D, 2, op, 7, len(body), deadline_ms, 0) + body
+
+
+def v2_route(layer, tokens, experts, k, token_id_bytes=0, mask=False):
+    """moe_route_req_v2 with inline input/outputs; token ids and mask inline when asked."""
+    base = w.route_body(layer, w.FP32, tokens, w.buffer_ref(length=tokens * experts * 4),
+                        w.buffer_ref(length=tokens * k * 4), w.buffer_ref(length=tokens * k * 4))
+    none = w.buffer_ref(kind=2)
+    ids = w.buffer_ref(length=tokens * token_id_bytes) if token_id_bytes else none
+    m = w.buffer_ref(length=tokens) if mask else none
+    return base + ids + m + struct.pack("<IIQ", token_id_bytes, 0, 0)
+
+
+def decoder_v2():
+    rng = np.random.default_rng(2)
+    hello = struct.pack("<HHI", 1, 2, 0) + b"fuzz".ljust(64, b"\0")
+    yield "v2-hello", [w.frame0(w.OP["HELLO"], hello)]
+    yield "v2-list", [v2_frame0(2)]
+    yield "v2-stats", [v2_frame0(6)]
+    x = rng.standard_normal(3 * 256).astype(np.float32).tobytes()
+    yield "v2-route-mask", [v2_frame0(5, v2_route(0, 3, 256, 8, mask=True)), x, bytes([0, 1, 0])]
+    xh = rng.standard_normal(2 * 384).astype(np.float32).tobytes()
+    yield "v2-route-hash32", [v2_frame0(5, v2_route(2, 2, 384, 6, token_id_bytes=4)), xh,
+                              np.array([5, 129279], "<i4").tobytes()]
+    yield "v2-route-hash64-mask", [v2_frame0(5, v2_route(2, 2, 384, 6, token_id_bytes=8, mask=True)), xh,
+                                   np.array([17, -1], "<i8").tobytes(), bytes([0, 1])]
+    counts = np.array([2, 1, 1, 1, 1, 1, 1, 1], "<i4")
+    physical = np.array([0, 8, 1, 2, 3, 4, 5, 6, 7], "<i4")
+    yield "v2-placement", [v2_frame0(8, struct.pack("<IIII", 1, 9, 8, 9)), counts.tobytes() + physical.tobytes()]
+    yield "v2-placement-clear", [v2_frame0(8, struct.pack("<IIII", 1, 0, 0, 0))]
+    yield "v2-load", [v2_frame0(9, struct.pack("<II", 1, 1))]
+
+
 def configs():
     yield "presets", "endpoint: ipc:///tmp/x.sock\nworkers: 2\nqueue_depth: 8\nmax_tokens: 4096\n"
     yield "layer-bias", ("layers:\n  - name: tiny\n    method: biased_grouped_topk\n    num_experts: 8\n    top_k: 2\n"
@@ -55,6 +90,11 @@ def configs():
                          "    bias: [0.1, -0.2, 0.3, 0.0, 0.05, -0.05, 0.2, -0.1]\n")
     yield "layer-softmax", ("layers:\n  - {name: s, method: softmax_topk, num_experts: 16, top_k: 4, scoring: softmax,"
                             " renormalize: false, gate_dtype: fp16, nonfinite: reject}\n")
+    yield "layer-v2", ("control_uids: [1000, 1001]\nexpert_load_metrics: false\nlayers:\n"
+                       "  - {name: e, method: biased_topk, num_experts: 8, top_k: 2, scoring: sqrtsoftplus, renormalize: true,"
+                       " renorm_epsilon: 1.0e-20, bias: [0, 0, 0, 0, 0, 0, 0, 0],"
+                       " placement: [[0, 8], [1], [2], [3], [4], [5], [6], [7]], num_physical_experts: 9}\n"
+                       "  - {name: n, method: softmax_topk, num_experts: 4, top_k: 1, scoring: none}\n")
     yield "models", "models:\n  - {path: /nonexistent, name: m, gate_dtype: auto}\ntcp: tcp://127.0.0.1:5555\n"
 
 
@@ -78,7 +118,8 @@ def checkpoints():
 
 
 def main():
-    for target, items in (("decoder", ((n, decoder_input(f)) for n, f in decoder())),
+    both = lambda: list(decoder()) + list(decoder_v2())  # noqa: E731
+    for target, items in (("decoder", ((n, decoder_input(f)) for n, f in both())),
                           ("config", ((n, t.encode()) for n, t in configs())),
                           ("checkpoint", checkpoints())):
         d = OUT / target

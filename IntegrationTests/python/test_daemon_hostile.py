@@ -93,7 +93,7 @@ FRAMING = [
     ("empty frame", [b""], "MALFORMED"),
     ("truncated header", [w.frame0(w.OP["PING"])[:10]], "MALFORMED"),
     ("bad magic", [w.frame0(w.OP["PING"], magic=0xDEADBEEF)], "BAD_MAGIC"),
-    ("future version", [w.frame0(w.OP["PING"], version=2)], "BAD_VERSION"),
+    ("future version", [w.frame0(w.OP["PING"], version=3)], "BAD_VERSION"),
     ("version zero", [w.frame0(w.OP["PING"], version=0)], "BAD_VERSION"),
     ("unknown op", [w.frame0(99)], "UNKNOWN_OP"),
     ("op zero", [w.frame0(0)], "UNKNOWN_OP"),
@@ -104,7 +104,7 @@ FRAMING = [
     ("truncated route body", [route_hdr()[:60]], "MALFORMED"),
     ("route without input frame", [route_hdr()], "MALFORMED"),
     ("route with two input frames", [route_hdr(), ONE_TOKEN, ONE_TOKEN], "MALFORMED"),
-    ("hello bad version range", [w.frame0(w.OP["HELLO"], w.hello_body(2, 3))], "BAD_VERSION"),
+    ("hello bad version range", [w.frame0(w.OP["HELLO"], w.hello_body(3, 4))], "BAD_VERSION"),
     ("hello name without NUL", [w.frame0(w.OP["HELLO"], w.hello_body(name=b"x" * 64))], "BAD_FIELD"),
     ("oversized request", [w.frame0(w.OP["PING"]), b"\0" * ((1 << 20) + 1)], "TOO_LARGE"),
 ]

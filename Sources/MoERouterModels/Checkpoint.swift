@@ -29,7 +29,9 @@ public struct Checkpoint: Sendable {
     public let bytesRead: Int
     /// Bias values the pre-cast to the gate dtype changes (0: the cast is exact), of `biasValues`.
     public let roundedBiasValues: Int
-    public var biasValues: Int { biasDType == nil ? 0 : layers.count * config.layer.numExperts }
+    public var biasValues: Int { layers.reduce(0) { $0 + ($1.bias?.count ?? 0) } }
+    /// Hash-routed layers (tid2eid tables read).
+    public var hashLayerCount: Int { layers.count { $0.hashTable != nil } }
 
     /// Reads `directory`. `name`: the model's name (default: the directory's base name).
     public init(directory: String, name: String? = nil, gate: GateDTypeChoice = .auto) throws(CheckpointError) {
@@ -41,6 +43,8 @@ public struct Checkpoint: Sendable {
         var bytes = configBytes.count
         switch gate {
         case .fixed(let d): gateDType = d
+        case .auto where config.gateDTypeOverride != nil:
+            gateDType = config.gateDTypeOverride!
         case .auto:
             guard let d = config.torchDType else {
                 throw .badConfig(path: configPath, reason: "torch_dtype is missing or not float32/bfloat16/float16; pass a gate dtype")
@@ -51,21 +55,44 @@ public struct Checkpoint: Sendable {
         var storedDTypes = Set<DType>()
         var rounded = 0
         if let biasTensor = config.biasTensor {
-            let names = config.moeLayers.map(biasTensor)
             let index = try ShardIndex(directory: dir)
             bytes += index.bytesRead
             var files: [String: SafetensorsFile] = [:]
-            for (layerIndex, tensor) in zip(config.moeLayers, names) {
-                let path = try index.file(holding: tensor)
-                let file: SafetensorsFile
-                if let open = files[path] { file = open } else {
-                    file = try SafetensorsFile(path: path)
-                    files[path] = file
+            /// The file holding the first of `names` the checkpoint has, and that name.
+            func open(_ names: [String]) throws(CheckpointError) -> (SafetensorsFile, String) {
+                var firstError: CheckpointError?
+                for tensor in names {
+                    do {
+                        let path = try index.file(holding: tensor)
+                        let file: SafetensorsFile
+                        if let open = files[path] { file = open } else {
+                            file = try SafetensorsFile(path: path)
+                            files[path] = file
+                        }
+                        if file.tensors[tensor] != nil || names.count == 1 { return (file, tensor) }
+                        if firstError == nil { firstError = .badTensor(path: path, tensor: tensor, reason: "not in the file") }
+                    } catch {
+                        if firstError == nil { firstError = error }
+                    }
                 }
+                throw firstError ?? .badConfig(path: dir, reason: "no tensor named")
+            }
+            for layerIndex in config.moeLayers {
+                let name = "\(self.name)/\(layerIndex)"
+                if config.hashLayers.contains(layerIndex), let hashTensors = config.hashTensors, let vocab = config.vocabSize {
+                    let (file, tensor) = try open(hashTensors(layerIndex))
+                    let ids = try file.readIndexMatrix(tensor, rows: vocab, columns: config.layer.topK)
+                    var s = Self.spec(config.layer, name, gateDType, bias: nil)
+                    s.hashTable = TokenTable(vocab: vocab, topK: config.layer.topK, ids: ids)
+                    specs.append(s)
+                    continue
+                }
+                let names = [biasTensor(layerIndex)] + (config.biasTensorAlternative.map { [$0(layerIndex)] } ?? [])
+                let (file, tensor) = try open(names)
                 let (values, stored) = try file.readVector(tensor, count: config.layer.numExperts)
                 storedDTypes.insert(stored)
                 rounded += values.count { [gateDType] in gateDType.roundTrip($0) != $0 }
-                specs.append(Self.spec(config.layer, "\(self.name)/\(layerIndex)", gateDType, bias: values))
+                specs.append(Self.spec(config.layer, name, gateDType, bias: values))
             }
             bytes += files.values.reduce(0) { $0 + $1.bytesRead }
         } else {
@@ -91,7 +118,8 @@ public struct Checkpoint: Sendable {
         } else {
             cast = "no bias"
         }
-        return "model \(name): \(config.modelType), \(layers.count) MoE layers, gate \(gateDType), \(cast), read \(bytesRead) bytes"
+        let hash = hashLayerCount > 0 ? " (\(hashLayerCount) hash-routed, tid2eid [\(config.vocabSize ?? 0), \(config.layer.topK)])" : ""
+        return "model \(name): \(config.modelType), \(layers.count) MoE layers\(hash), gate \(gateDType), \(cast), read \(bytesRead) bytes"
     }
 
     private static func spec(_ shared: LayerSpec, _ name: String, _ gate: DType, bias: [Float]?) -> LayerSpec {

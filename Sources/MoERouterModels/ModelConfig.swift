@@ -7,9 +7,12 @@ import MoERouting
 public struct ModelConfig: Sendable, Equatable {
     /// The model types this loader knows, with the family each belongs to.
     public static let supportedTypes = [
-        "deepseek_v2", "deepseek_v3", "kimi_k2", "glm4_moe", "minimax_m2", "qwen2_moe", "qwen3_moe",
+        "deepseek_v2", "deepseek_v3", "deepseek_v4", "kimi_k2", "glm4_moe", "minimax_m2", "qwen2_moe", "qwen3_moe",
         "mixtral", "gpt_oss", "llama4",
     ]
+
+    /// The largest tid2eid table a hash layer may have (rows): real vocabularies are ~130k-260k.
+    public static let maxVocab = 4 << 20
 
     /// The most decoder layers a config may declare.
     public static let maxLayers = 10_000
@@ -21,6 +24,19 @@ public struct ModelConfig: Sendable, Equatable {
     public let layer: LayerSpec
     /// The tensor holding layer `i`'s bias, for methods that use one.
     public let biasTensor: (@Sendable (Int) -> String)?
+    /// Other names the same tensors go by in some checkpoints (tried when `biasTensor`'s is
+    /// absent): DeepSeek-V4 ships the reference naming (`layers.N.ffn.gate.bias`), conversions
+    /// the Hugging Face one.
+    public let biasTensorAlternative: (@Sendable (Int) -> String)?
+    /// Hash-routed layers (DeepSeek-V4's first `num_hash_layers`), a subset of `moeLayers`, and
+    /// the names of their tid2eid tensor (first found wins).
+    public let hashLayers: Set<Int>
+    public let hashTensors: (@Sendable (Int) -> [String])?
+    /// The rows a tid2eid table has (`vocab_size`).
+    public let vocabSize: Int?
+    /// The gate dtype `auto` means when it is not `torchDType` (DeepSeek-V4 computes its gate in
+    /// fp32 whatever the checkpoint's dtype).
+    public let gateDTypeOverride: DType?
     /// The checkpoint's own dtype (`torch_dtype`), the dtype its gate emits by default.
     public let torchDType: DType?
 
@@ -45,6 +61,9 @@ public struct ModelConfig: Sendable, Equatable {
         guard (1...Self.maxLayers).contains(layers) else {
             throw .badConfig(path: path, reason: "num_hidden_layers = \(layers) is outside 1...\(Self.maxLayers)")
         }
+        var biasAlternative: (@Sendable (Int) -> String)? = nil
+        var hash: Set<Int> = [], hashNames: (@Sendable (Int) -> [String])? = nil, vocab: Int? = nil
+        var gateOverride: DType? = nil
         func spec(_ method: RoutingMethod, experts: Int, topK: Int, groups: Int = 1, topKGroups: Int = 1,
                   scoring: ScoringFunction = .softmax, renormalize: Bool, rsf: Float = 1) -> LayerSpec {
             LayerSpec(name: type, method: method, numExperts: experts, topK: topK, numExpertGroup: groups, topKGroup: topKGroups,
@@ -75,6 +94,37 @@ public struct ModelConfig: Sendable, Equatable {
             default:
                 throw .badConfig(path: path, reason: "topk_method = \(method) is not one of noaux_tc, group_limited_greedy, greedy")
             }
+        case "deepseek_v4":
+            // DeepSeek-V4 (Pro: 384 experts, Flash: 256; top-6): sqrt(softplus) + bias selection, no
+            // groups; the first num_hash_layers layers take their experts from tid2eid.
+            let experts = try c.int("n_routed_experts"), topK = try c.int("num_experts_per_tok")
+            let first = try c.int("first_k_dense_replace", default: 0)
+            moeLayers = (0..<layers).filter { $0 >= first }
+            let scoringName = try c.string("scoring_func", default: "sqrtsoftplus")
+            guard let scoring = ScoringFunction(name: scoringName), scoring != .none else {
+                throw .badConfig(path: path, reason: "scoring_func = \(scoringName) (expected sqrtsoftplus, sigmoid or softmax)")
+            }
+            let groups = try c.int("n_group", default: 1), topKGroups = try c.int("topk_group", default: 1)
+            let grouped = groups > 1
+            layer = spec(grouped ? .biasedGroupedTopK : .biasedTopK, experts: experts, topK: topK, groups: groups,
+                         topKGroups: grouped ? topKGroups : 1, scoring: scoring,
+                         renormalize: try c.bool("norm_topk_prob", default: true), rsf: try c.float("routed_scaling_factor", default: 1))
+            biasTensor = { "layers.\($0).ffn.gate.bias" }
+            biasAlternative = { "model.layers.\($0).mlp.gate.e_score_correction_bias" }
+            let hashCount = try c.int("num_hash_layers", default: 0)
+            guard (0...layers).contains(hashCount) else {
+                throw .badConfig(path: path, reason: "num_hash_layers = \(hashCount) is outside 0...num_hidden_layers (\(layers))")
+            }
+            hash = Set(moeLayers.filter { $0 < hashCount })
+            hashNames = { ["layers.\($0).ffn.gate.tid2eid", "model.layers.\($0).mlp.gate.tid2eid"] }
+            if hashCount > 0 {
+                let v = try c.int("vocab_size")
+                guard (1...Self.maxVocab).contains(v) else {
+                    throw .badConfig(path: path, reason: "vocab_size = \(v) is outside 1...\(Self.maxVocab)")
+                }
+                vocab = v
+            }
+            gateOverride = .fp32
         case "minimax_m2":
             let experts = try c.int("num_local_experts"), topK = try c.int("num_experts_per_tok")
             let scoring = try c.string("scoring_func", default: "sigmoid")
@@ -112,6 +162,11 @@ public struct ModelConfig: Sendable, Equatable {
         default:
             throw .badConfig(path: path, reason: "model_type \(type) is not supported (supported: \(Self.supportedTypes.joined(separator: ", ")))")
         }
+        biasTensorAlternative = biasAlternative
+        hashLayers = hash
+        hashTensors = hashNames
+        vocabSize = vocab
+        gateDTypeOverride = gateOverride
         guard !moeLayers.isEmpty else { throw .badConfig(path: path, reason: "no MoE layers in \(layers) decoder layers") }
         // The shared parameters alone (a biased method's bias is read per layer later).
         guard (1...RoutingLimits.maxExperts).contains(layer.numExperts) else {

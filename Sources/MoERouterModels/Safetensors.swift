@@ -109,6 +109,35 @@ public final class SafetensorsFile: @unchecked Sendable {
         return bytes
     }
 
+    /// Tensor `name` as a [rows, columns] matrix of expert ids (I32 or I64 — DeepSeek-V4's
+    /// tid2eid), row-major, each value checked to fit Int32 (ranges against the layer are checked
+    /// when it is built). Another dtype or shape is an error naming the tensor.
+    public func readIndexMatrix(_ name: String, rows: Int, columns: Int) throws(CheckpointError) -> [Int32] {
+        guard let t = tensors[name] else { throw .badTensor(path: path, tensor: name, reason: "not in the file") }
+        guard t.dtype == .I32 || t.dtype == .I64 else {
+            throw .badTensor(path: path, tensor: name, reason: "dtype \(t.dtype.rawValue) is not supported here (I32 or I64)")
+        }
+        guard t.shape == [rows, columns] else {
+            throw .badTensor(path: path, tensor: name, reason: "shape \(t.shape), expected [\(rows), \(columns)]")
+        }
+        let raw = try read(name)
+        let wide = t.dtype == .I64
+        var out = [Int32](repeating: 0, count: rows * columns)
+        var bad: (Int, Int64)?
+        raw.withUnsafeBytes { b in
+            for i in out.indices {
+                let v = wide ? Int64(littleEndian: b.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self))
+                    : Int64(Int32(littleEndian: b.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)))
+                guard let n = Int32(exactly: v) else { bad = bad ?? (i, v); continue }
+                out[i] = n
+            }
+        }
+        if let (i, v) = bad {
+            throw .badTensor(path: path, tensor: name, reason: "value [\(i / columns)][\(i % columns)] = \(v) is not an expert id")
+        }
+        return out
+    }
+
     /// Tensor `name` as a vector of `count` fp32 values, exactly (F32 as is; BF16 and F16 widen
     /// exactly) with the dtype it is stored in. Other dtypes, another length, or a NaN/Inf value
     /// are errors naming the tensor.

@@ -6,10 +6,11 @@ import MoERouting
 /// core and the configuration loader on arbitrary bytes, exactly as the daemon runs them. Not
 /// used by the daemon itself.
 public enum FuzzEntry {
-    /// A core over two presets on the CPU backend: no registrations, no sockets.
+    /// A core over three presets (the third hash-routed) on the CPU backend: no registrations,
+    /// no sockets.
     private static let core: RequestCore = {
         var config = ServerConfig(endpoint: "ipc:///nonexistent")
-        config.layers = ["deepseek-v3", "mixtral-8x7b"].map { Presets.spec(named: $0, gateDType: .bf16)! }
+        config.layers = ["deepseek-v3", "mixtral-8x7b", "deepseek-v4-hash"].map { Presets.spec(named: $0, gateDType: .bf16)! }
         config.maxTokens = 4096
         let state = DaemonState(config: config, catalog: try! LayerCatalog(config.layers), backend: CPUBackend(threads: 1),
                                 metrics: nil)
@@ -79,7 +80,12 @@ private final class FuzzRequest: RequestOrigin, RequestFrames, @unchecked Sendab
             return b
         }
         self.transport = transport
-        peer = nil  // REGISTER_SHM is refused (typed) instead of opening the fuzzer's names in /dev/shm
+        // REGISTER_SHM is refused (typed, no peer) instead of opening the fuzzer's names in
+        // /dev/shm; the control ops (SET_PLACEMENT, EXPERT_LOAD) come from the daemon's own uid
+        // so that their paths run.
+        let op = frames.first.flatMap { $0.count >= 8 ? UInt16($0[6]) | UInt16($0[7]) << 8 : nil }
+        let control = op == WireOp.setPlacement.rawValue || op == WireOp.expertLoad.rawValue
+        peer = control && transport == .ipc ? PeerCredentials(uid: geteuid(), gid: getegid(), pid: getpid()) : nil
     }
 
     deinit { frames.forEach { $0.deallocate() } }

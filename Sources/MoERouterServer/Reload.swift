@@ -42,7 +42,7 @@ extension RouterServer {
     /// current layers) when any layer is invalid or the backend cannot take it. Layer ids are
     /// positions in the new configuration: clients should LIST_LAYERS again after a reload.
     public func reload(_ new: ServerConfig) throws(ConfigError) -> ReloadOutcome {
-        let catalog = try LayerCatalog(new.layers)
+        let catalog = try LayerCatalog(new.layers, previous: state.layers.current)
         try catalog.prepare(on: state.backend)
         let old = state.layers.replace(with: catalog)
         let kept = Set(catalog.layers.map(ObjectIdentifier.init))

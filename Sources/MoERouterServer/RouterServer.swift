@@ -43,7 +43,7 @@ public final class RouterServer: Sendable {
         backendReason = selection.reason
         self.config = config
         state = DaemonState(config: config, catalog: catalog, backend: selection.backend, metrics: metrics)
-        core = RequestCore(state: state)
+        core = RequestCore(state: state, logger: logger)
         self.logger = logger
     }
 

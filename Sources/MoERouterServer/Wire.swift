@@ -34,6 +34,10 @@ public struct WireStatus: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let shuttingDown = WireStatus(MOE_ERR_SHUTTING_DOWN)
     public static let badField = WireStatus(MOE_ERR_BAD_FIELD)
     public static let internalError = WireStatus(MOE_ERR_INTERNAL)
+    public static let notPermitted = WireStatus(MOE_ERR_NOT_PERMITTED)
+    public static let badPlacement = WireStatus(MOE_ERR_BAD_PLACEMENT)
+    public static let tokenID = WireStatus(MOE_ERR_TOKEN_ID)
+    public static let badMask = WireStatus(MOE_ERR_BAD_MASK)
 
     public var description: String { "status \(rawValue)" }
 
@@ -58,8 +62,15 @@ public struct RequestFailure: Error, CustomStringConvertible {
 
 /// The wire's operations: `moe_op` in Include/moe_router.h. The codes come from the header
 /// (one definition of the protocol); the enum gives the daemon exhaustive switches over them.
+/// The protocol versions this daemon serves (Include/moe_router_wire.h).
+public enum WireVersion {
+    public static let newest = UInt16(MOE_PROTOCOL_VERSION)
+    public static let oldest = UInt16(MOE_PROTOCOL_MIN_VERSION)
+    public static let served = oldest...newest
+}
+
 public enum WireOp: Sendable, CaseIterable {
-    case hello, listLayers, registerShm, unregisterShm, route, stats, ping
+    case hello, listLayers, registerShm, unregisterShm, route, stats, ping, setPlacement, expertLoad
 
     /// The operation's code on the wire.
     public var rawValue: UInt16 {
@@ -71,6 +82,8 @@ public enum WireOp: Sendable, CaseIterable {
         case .route: MOE_OP_ROUTE
         case .stats: MOE_OP_STATS
         case .ping: MOE_OP_PING
+        case .setPlacement: MOE_OP_SET_PLACEMENT
+        case .expertLoad: MOE_OP_EXPERT_LOAD
         }
         return UInt16(op.rawValue)
     }
@@ -85,8 +98,13 @@ public enum WireOp: Sendable, CaseIterable {
         case .route: "route"
         case .stats: "stats"
         case .ping: "ping"
+        case .setPlacement: "set_placement"
+        case .expertLoad: "expert_load"
         }
     }
+
+    /// The first protocol version that has the operation.
+    public var sinceVersion: UInt16 { self == .setPlacement || self == .expertLoad ? 2 : 1 }
 
     /// The operation with code `rawValue`, nil for any other code.
     public init?(rawValue: UInt16) {

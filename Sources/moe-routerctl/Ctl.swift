@@ -3,6 +3,8 @@ import CMoERouterClient
 import CMoERouterWire
 import Foundation
 import Glibc
+import MoERouterModels
+import MoERouting
 
 /// moe-routerctl: operate a running moe-routerd.
 ///
@@ -15,7 +17,8 @@ struct Ctl: ParsableCommand {
         commandName: "moe-routerctl",
         abstract: "Operate a running moe-routerd.",
         discussion: "Exit status: 0 ok, 64 usage, 65 refused by the daemon, 66 bad input file, 69 daemon unreachable, 73 cannot write the output, 75 drain timed out.",
-        subcommands: [Status.self, Layers.self, Stats.self, Route.self, Drain.self, Inspect.self, Keygen.self])
+        subcommands: [Status.self, Layers.self, Stats.self, Route.self, Placement.self, Load.self, Drain.self, Inspect.self,
+                      Keygen.self])
 }
 
 struct Connection: ParsableArguments {
@@ -49,7 +52,8 @@ struct Connection: ParsableArguments {
         guard rc == 0, let client else {
             var ep = [CChar](repeating: 0, count: 512)
             _ = moe_default_endpoint(&ep, ep.count)
-            printError("cannot reach moe-routerd at \(endpoint ?? String(cString: ep)): \(String(cString: moe_status_message(rc)))")
+            let fallback = String(decoding: ep.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            printError("cannot reach moe-routerd at \(endpoint ?? fallback): \(String(cString: moe_status_message(rc)))")
             throw ExitCode(69)
         }
         return client
@@ -71,6 +75,25 @@ func text<T>(_ tuple: T) -> String {
 }
 
 let methodNames = ["softmax_topk", "topk_softmax", "grouped_topk", "biased_grouped_topk", "biased_topk", "llama4_top1"]
+
+/// The layer named `layer` (a name, or a layer id).
+func findLayer(_ c: OpaquePointer, _ layer: String) throws -> moe_layer_info {
+    var info = moe_layer_info()
+    if let id = UInt32(layer) {
+        var count: UInt32 = 0
+        try check(moe_list_layers(c, nil, 0, &count), c, "list layers")
+        var infos = [moe_layer_info](repeating: moe_layer_info(), count: Int(count))
+        try check(moe_list_layers(c, &infos, count, &count), c, "list layers")
+        guard let found = infos.first(where: { $0.layer_id == id }) else {
+            printError("no layer with id \(id)")
+            throw ExitCode(65)
+        }
+        info = found
+    } else {
+        try check(moe_find_layer(c, layer, &info), c, "layer '\(layer)'")
+    }
+    return info
+}
 let dtypeNames = ["fp32", "bf16", "fp16"]
 
 struct Status: ParsableCommand {
@@ -91,6 +114,13 @@ struct Status: ParsableCommand {
             layers \(h.layer_count); limits: \(h.max_tokens) tokens, \(h.max_message_bytes) bytes per message, \(h.max_registrations) segments per client, deadline \(h.default_deadline_ms) ms
             shared memory on this connection: \(h.shm_allowed != 0 ? "yes" : "no"); ping \(String(format: "%.0f", rtt)) µs
             """)
+        var e = moe_hello_ext()
+        guard moe_protocol_version(c) >= 2, moe_limits(c, &e) == 0 else { return }
+        print("""
+            per uid: \(e.max_registrations_per_uid) segments, \(e.max_mapped_bytes_per_uid) bytes mapped; segments up to \(e.max_segment_bytes) bytes
+            unread answers: \(e.max_queued_reply_bytes) bytes per connection, \(e.max_queued_reply_bytes_total) in all; heartbeat \(e.heartbeat_ivl_ms) ms, peers dropped after \(e.heartbeat_timeout_ms) ms
+            control operations on this connection: \(e.control_allowed != 0 ? "yes" : "no")
+            """)
     }
 }
 
@@ -106,19 +136,36 @@ struct Layers: ParsableCommand {
         try check(moe_list_layers(c, nil, 0, &count), c, "list layers")
         var infos = [moe_layer_info](repeating: moe_layer_info(), count: Int(count))
         try check(moe_list_layers(c, &infos, count, &count), c, "list layers")
-        let rows: [[String: Any]] = infos.map { l in
-            ["id": l.layer_id, "name": text(l.name), "method": methodNames[Int(l.method)], "num_experts": l.num_experts,
-             "top_k": l.top_k, "num_expert_group": l.num_expert_group, "topk_group": l.topk_group,
-             "scoring": l.scoring == 1 ? "sigmoid" : "softmax", "renormalize": l.renormalize != 0,
-             "routed_scaling_factor": Double(l.routed_scaling_factor), "gate_dtype": dtypeNames[Int(l.gate_dtype)],
-             "nonfinite": l.nonfinite == 1 ? "reject" : "clamp", "bias": l.has_bias != 0]
+        let scoringNames = ["softmax", "sigmoid", "sqrtsoftplus", "none"]
+        let rows: [[String: Any]] = try infos.map { l in
+            var row: [String: Any] = [
+                "id": l.layer_id, "name": text(l.name), "method": methodNames[Int(l.method)], "num_experts": l.num_experts,
+                "top_k": l.top_k, "num_expert_group": l.num_expert_group, "topk_group": l.topk_group,
+                "scoring": Int(l.scoring) < scoringNames.count ? scoringNames[Int(l.scoring)] : "\(l.scoring)",
+                "renormalize": l.renormalize != 0, "routed_scaling_factor": Double(l.routed_scaling_factor),
+                "gate_dtype": dtypeNames[Int(l.gate_dtype)], "nonfinite": l.nonfinite == 1 ? "reject" : "clamp",
+                "bias": l.has_bias != 0,
+            ]
+            if moe_protocol_version(c) >= 2 {
+                var v2 = moe_layer_info_v2()
+                try check(moe_layer_v2(c, l.layer_id, &v2), c, "layer \(l.layer_id)")
+                row["hash_vocab"] = v2.ext.hash_vocab
+                row["placement_epoch"] = v2.ext.placement_epoch
+                row["num_physical"] = v2.ext.num_physical
+                row["renorm_epsilon"] = Double(v2.ext.renorm_epsilon)
+            }
+            return row
         }
         if json {
             print(String(decoding: try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
             return
         }
         for r in rows {
-            print("\(r["id"]!)  \(r["name"]!)  \(r["method"]!)  E=\(r["num_experts"]!) k=\(r["top_k"]!) G=\(r["num_expert_group"]!) Gk=\(r["topk_group"]!) \(r["scoring"]!) renorm=\(r["renormalize"]!) rsf=\(r["routed_scaling_factor"]!) gate=\(r["gate_dtype"]!) nonfinite=\(r["nonfinite"]!) bias=\(r["bias"]!)")
+            var line = "\(r["id"]!)  \(r["name"]!)  \(r["method"]!)  E=\(r["num_experts"]!) k=\(r["top_k"]!) G=\(r["num_expert_group"]!) Gk=\(r["topk_group"]!) \(r["scoring"]!) renorm=\(r["renormalize"]!) rsf=\(r["routed_scaling_factor"]!) gate=\(r["gate_dtype"]!) nonfinite=\(r["nonfinite"]!) bias=\(r["bias"]!)"
+            if let v = r["hash_vocab"] as? UInt64, v > 0 { line += " hash=tid2eid[\(v)]" }
+            if let e = r["placement_epoch"] as? UInt64, e > 0 { line += " placement=\(r["num_physical"]!) physical (epoch \(e))" }
+            if let eps = r["renorm_epsilon"] as? Double, eps > 0 { line += " eps=\(eps)" }
+            print(line)
         }
     }
 }
@@ -181,20 +228,7 @@ struct Route: ParsableCommand {
         }
         let c = try connection.connect()
         defer { moe_close(c) }
-        var info = moe_layer_info()
-        if let id = UInt32(layer) {
-            var count: UInt32 = 0
-            try check(moe_list_layers(c, nil, 0, &count), c, "list layers")
-            var infos = [moe_layer_info](repeating: moe_layer_info(), count: Int(count))
-            try check(moe_list_layers(c, &infos, count, &count), c, "list layers")
-            guard let found = infos.first(where: { $0.layer_id == id }) else {
-                printError("no layer with id \(id)")
-                throw ExitCode(65)
-            }
-            info = found
-        } else {
-            try check(moe_find_layer(c, layer, &info), c, "layer '\(layer)'")
-        }
+        let info = try findLayer(c, layer)
         let tokens = array.shape[0], k = Int(info.top_k)
         var weights = [Float](repeating: 0, count: tokens * k)
         var ids = [Int32](repeating: 0, count: tokens * k)
@@ -260,4 +294,79 @@ func isRunning(_ pid: Int32) -> Bool {
           let close = stat.lastIndex(of: ")") else { return true }
     let state = stat[stat.index(close, offsetBy: 2)...].first
     return state != "Z" && state != "X"
+}
+
+struct Placement: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Set (or --clear) a layer's expert placement from a JSON file (EPLB).",
+        discussion: """
+            FILE: {"num_physical_experts": N, "replicas": [[physical ids of logical expert 0], ...]} or just the list \
+            of lists (N = the largest id + 1). Token t routed to logical expert e gets replicas[e][t mod len]. The swap \
+            is atomic; requests already running finish on the old placement. A control operation: run as the \
+            daemon's user, root or a --control-uid.
+            """)
+    @OptionGroup var connection: Connection
+    @Argument(help: "Layer name or id.") var layer: String
+    @Argument(help: "Placement JSON file.") var file: String?
+    @Flag(help: "Remove the placement: answers carry logical expert ids again.") var clear = false
+
+    func run() throws {
+        guard clear != (file != nil) else {
+            printError("give a placement FILE or --clear")
+            throw ExitCode(64)
+        }
+        var placement: ExpertPlacement?
+        if let file {
+            do { placement = try PlacementFile.load(path: file) } catch {
+                printError("\(file): expected \(error.description)")
+                throw ExitCode(66)
+            }
+        }
+        let c = try connection.connect()
+        defer { moe_close(c) }
+        let info = try findLayer(c, layer)
+        var epoch: UInt64 = 0
+        if let p = placement {
+            let counts = (0..<p.numLogical).map { p.offsets[$0 + 1] - p.offsets[$0] }
+            try check(moe_set_placement(c, info.layer_id, UInt32(p.numPhysical), UInt32(p.numLogical), counts, p.flat,
+                                        UInt32(p.flat.count), &epoch), c, "placement")
+            print("layer \(text(info.name)): \(p.summary), epoch \(epoch)")
+        } else {
+            try check(moe_clear_placement(c, info.layer_id, &epoch), c, "placement")
+            print("layer \(text(info.name)): placement removed, epoch \(epoch)")
+        }
+    }
+}
+
+struct Load: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Tokens routed to each logical expert of a layer, since start and in the current window.",
+        discussion: "--reset starts a new window after reading (a control operation, for a rebalancer).")
+    @OptionGroup var connection: Connection
+    @Argument(help: "Layer name or id.") var layer: String
+    @Flag(help: "Start a new window after this read.") var reset = false
+    @Flag(help: "JSON instead of lines.") var json = false
+
+    func run() throws {
+        let c = try connection.connect()
+        defer { moe_close(c) }
+        let info = try findLayer(c, layer)
+        let e = Int(info.num_experts)
+        var totals = [UInt64](repeating: 0, count: e), window = [UInt64](repeating: 0, count: e)
+        var out = moe_load_resp()
+        try check(moe_expert_load(c, info.layer_id, reset ? 1 : 0, &totals, &window, UInt32(e), &out), c, "expert load")
+        if json {
+            let d: [String: Any] = [
+                "layer": text(info.name), "num_experts": e, "totals": totals, "window": window,
+                "since_start_s": Double(out.since_start_ns) / 1e9, "window_s": Double(out.window_ns) / 1e9,
+                "window_reset": out.window_reset != 0,
+            ]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: d, options: [.sortedKeys]), as: UTF8.self))
+            return
+        }
+        print("layer \(text(info.name)): \(out.total_assignments) assignments in \(String(format: "%.1f", Double(out.since_start_ns) / 1e9)) s, "
+              + "\(out.window_assignments) in the window of \(String(format: "%.1f", Double(out.window_ns) / 1e9)) s\(reset ? " (window reset)" : "")")
+        print("expert  total  window")
+        for i in 0..<e { print("\(i)  \(totals[i])  \(window[i])") }
+    }
 }

@@ -58,8 +58,14 @@ struct RouterDaemon: ParsableCommand {
     @Option(help: "Log format: auto (journal when stderr is the journal), journal (<N> priority prefixes), plain.")
     var logFormat: String = "auto"
 
-    @Option(help: "Gate dtype of --preset layers: fp32, bf16, fp16.")
-    var gateDtype: String = "bf16"
+    @Option(help: "Gate dtype of --preset layers: fp32, bf16, fp16 (default: the model's, bf16; fp32 for deepseek-v4*).")
+    var gateDtype: String?
+
+    @Option(help: "A uid allowed control operations (SET_PLACEMENT, resetting expert-load windows) besides root and the daemon's own (repeatable).")
+    var controlUid: [UInt32] = []
+
+    @Flag(help: "Leave the per-expert load histograms out of /metrics (one series per expert and layer).")
+    var noExpertLoadMetrics = false
 
     @Option(help: "Non-finite policy of --preset layers: clamp or reject.")
     var nonfinite: String = "clamp"

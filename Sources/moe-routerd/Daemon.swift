@@ -90,7 +90,7 @@ struct Daemon {
             do {
                 endpoint = try MetricsEndpoint(host: host, port: port) { [server, registry, serverMetrics] in
                     serverMetrics?.update(server.serviceSnapshot)
-                    return registry?.emitToString() ?? ""
+                    return (registry?.emitToString() ?? "") + server.expertLoadExposition()
                 }
             } catch {
                 logger.critical("\(error)")

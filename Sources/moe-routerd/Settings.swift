@@ -39,20 +39,23 @@ extension RouterDaemon {
             }
         }
         for directory in models { try load(directory, gate: modelGate) }
-        guard let gate = DType(name: gateDtype) else {
-            throw .invalid(key: "--gate-dtype", value: gateDtype, expected: "fp32, bf16 or fp16")
+        let gate = try gateDtype.map { (name) throws(ConfigError) -> DType in
+            guard let d = DType(name: name) else { throw .invalid(key: "--gate-dtype", value: name, expected: "fp32, bf16 or fp16") }
+            return d
         }
         guard let policy = NonFinitePolicy(name: nonfinite) else {
             throw .invalid(key: "--nonfinite", value: nonfinite, expected: "clamp or reject")
         }
         for name in presets {
-            guard var spec = Presets.spec(named: name, gateDType: gate) else {
+            guard var spec = Presets.spec(named: name, gateDType: gate ?? Presets.naturalGateDType(name)) else {
                 throw .invalid(key: "--preset", value: name, expected: "one of \(Presets.names.joined(separator: ", "))")
             }
             spec.nonFinite = policy
             specs.append(spec)
         }
         var c = ServerConfig(endpoint: endpoint ?? file.endpoint ?? ServerConfig.defaultEndpoint())
+        c.controlUIDs = Set(controlUid + (file.control_uids ?? []))
+        c.expertLoadMetrics = !noExpertLoadMetrics && file.expert_load_metrics != false
         c.tcpEndpoint = tcp ?? file.tcp
         c.tcpAllowInsecure = tcpAllowInsecure || file.tcp_allow_insecure == true
         let keyFile = tcpCurveKey ?? file.tcp_curve_key.map { $0.hasPrefix("/") ? $0 : fileBase + "/" + $0 }
@@ -109,6 +112,7 @@ extension RouterDaemon {
                                limits.queuedReplyBytes) {
             c.maxQueuedReplyBytesTotal = v
         }
+        try file.applyPlacements(to: &specs, baseDirectory: fileBase)
         c.layers = specs
         return c
     }

@@ -98,14 +98,14 @@ import Testing
         hello.min_version = 1
         hello.max_version = 1
         let (h, _) = answer(core, [WireRequest.frame(.hello, hello)])
-        guard case .hello(let resp) = h.body else { Issue.record("no hello body"); return }
-        #expect(resp.layer_count == 2 && resp.shm_allowed == 1)
-        hello.min_version = 2
+        guard case .hello(let resp, let ext) = h.body else { Issue.record("no hello body"); return }
+        #expect(resp.layer_count == 2 && resp.shm_allowed == 1 && resp.protocol_version == 1 && ext == nil)
+        hello.min_version = 3
         hello.max_version = 4
         #expect(answer(core, [WireRequest.frame(.hello, hello)]).0.status == .badVersion)
         #expect(answer(core, [WireRequest.frame(.hello, hello)], transport: .tcp).0.status == .badVersion)
         let (list, _) = answer(core, [WireRequest.empty(.listLayers)])
-        guard case .layers(let head, let infos) = list.body else { Issue.record("no list body"); return }
+        guard case .layers(let head, let infos, nil) = list.body else { Issue.record("no version-1 list body"); return }
         #expect(head.count == 2 && infos.map(\.num_experts) == [256, 8])
         #expect(list.frames.count == 1 && list.frames[0].count == 256 * 4, "deepseek-v3's bias, mixtral has none")
         let (stats, _) = answer(core, [WireRequest.empty(.stats)])

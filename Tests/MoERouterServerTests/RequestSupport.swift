@@ -14,7 +14,7 @@ final class TestRequest: RequestOrigin, RequestFrames, @unchecked Sendable {
     /// Each frame in its own allocation (as libzmq hands them over), freed with the request.
     private let frames: [UnsafeMutableRawBufferPointer]
 
-    init(_ frames: [[UInt8]], transport: ClientKey.Transport = .ipc) {
+    init(_ frames: [[UInt8]], transport: ClientKey.Transport = .ipc, uid: UInt32 = getuid()) {
         self.frames = frames.map { bytes in
             let b = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
             b.copyBytes(from: bytes)
@@ -22,7 +22,7 @@ final class TestRequest: RequestOrigin, RequestFrames, @unchecked Sendable {
         }
         self.transport = transport
         client = ClientKey(transport: transport, routingID: [1, 2, 3])
-        peer = transport == .ipc ? PeerCredentials(uid: getuid(), gid: getgid(), pid: getpid()) : nil
+        peer = transport == .ipc ? PeerCredentials(uid: uid, gid: getgid(), pid: getpid()) : nil
     }
 
     deinit { frames.forEach { $0.deallocate() } }
@@ -33,10 +33,11 @@ final class TestRequest: RequestOrigin, RequestFrames, @unchecked Sendable {
 
 /// Wire bytes of requests.
 enum WireRequest {
-    static func header(_ op: UInt16, bodySize: Int, id: UInt64 = 42, deadlineMs: UInt32 = 0) -> moe_req_header {
+    /// A header of protocol `version` (default 1: the suites written for version 1 keep testing it).
+    static func header(_ op: UInt16, bodySize: Int, id: UInt64 = 42, deadlineMs: UInt32 = 0, version: UInt16 = 1) -> moe_req_header {
         var h = moe_req_header()
         h.magic = MOE_PROTOCOL_MAGIC
-        h.version = UInt16(MOE_PROTOCOL_VERSION)
+        h.version = version
         h.op = op
         h.request_id = id
         h.body_size = UInt32(bodySize)
@@ -44,12 +45,13 @@ enum WireRequest {
         return h
     }
 
-    static func frame<Body>(_ op: WireOp, _ body: Body, id: UInt64 = 42, deadlineMs: UInt32 = 0) -> [UInt8] {
-        WireBytes.bytes(of: header(op.rawValue, bodySize: MemoryLayout<Body>.size, id: id, deadlineMs: deadlineMs)) + WireBytes.bytes(of: body)
+    static func frame<Body>(_ op: WireOp, _ body: Body, id: UInt64 = 42, deadlineMs: UInt32 = 0, version: UInt16? = nil) -> [UInt8] {
+        WireBytes.bytes(of: header(op.rawValue, bodySize: MemoryLayout<Body>.size, id: id, deadlineMs: deadlineMs,
+                                   version: version ?? op.sinceVersion)) + WireBytes.bytes(of: body)
     }
 
-    static func empty(_ op: WireOp, id: UInt64 = 42) -> [UInt8] {
-        WireBytes.bytes(of: header(op.rawValue, bodySize: 0, id: id))
+    static func empty(_ op: WireOp, id: UInt64 = 42, version: UInt16 = 1) -> [UInt8] {
+        WireBytes.bytes(of: header(op.rawValue, bodySize: 0, id: id, version: version))
     }
 
     static func inlineRef(_ length: Int) -> moe_buffer_ref {

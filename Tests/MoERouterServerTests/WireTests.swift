@@ -13,17 +13,19 @@ import Testing
                                       MOE_METHOD_BIASED_GROUPED_TOPK, MOE_METHOD_BIASED_TOPK, MOE_METHOD_LLAMA4_TOP1]
             #expect(wire[Int(m.rawValue)].rawValue == UInt32(m.rawValue))
         }
-        #expect(MOE_SCORING_SIGMOID.rawValue == UInt32(ScoringFunction.sigmoid.rawValue))
+        let scorings: [moe_scoring] = [MOE_SCORING_SOFTMAX, MOE_SCORING_SIGMOID, MOE_SCORING_SQRTSOFTPLUS, MOE_SCORING_NONE]
+        for s in ScoringFunction.allCases { #expect(scorings[Int(s.rawValue)].rawValue == UInt32(s.rawValue)) }
         #expect(MOE_NONFINITE_REJECT.rawValue == UInt32(NonFinitePolicy.reject.rawValue))
     }
 
     @Test func everyHeaderOperationIsAnOperationAndNothingElseIs() {
         let header: [moe_op] = [MOE_OP_HELLO, MOE_OP_LIST_LAYERS, MOE_OP_REGISTER_SHM, MOE_OP_UNREGISTER_SHM,
-                                MOE_OP_ROUTE, MOE_OP_STATS, MOE_OP_PING]
+                                MOE_OP_ROUTE, MOE_OP_STATS, MOE_OP_PING, MOE_OP_SET_PLACEMENT, MOE_OP_EXPERT_LOAD]
         #expect(Set(header.map { UInt16($0.rawValue) }) == Set(WireOp.allCases.map(\.rawValue)))
         for op in WireOp.allCases { #expect(WireOp(rawValue: op.rawValue) == op) }
         #expect(WireOp(rawValue: 0) == nil)
-        #expect(WireOp(rawValue: 8) == nil)
+        #expect(WireOp(rawValue: 10) == nil)
+        #expect(WireOp.allCases.filter { $0.sinceVersion == 2 } == [.setPlacement, .expertLoad])
         #expect(WireOp.route.rawValue == UInt16(MOE_OP_ROUTE.rawValue))
     }
 
@@ -34,5 +36,10 @@ import Testing
         #expect(MemoryLayout<moe_route_resp>.size == 40)
         #expect(MemoryLayout<moe_layer_info>.size == 104)
         #expect(MemoryLayout<moe_stats_resp>.size == 160)
+        #expect(MemoryLayout<moe_route_req_v2>.size == 192)
+        #expect(MemoryLayout<moe_route_resp_v2>.size == 72)
+        #expect(MemoryLayout<moe_layer_info_v2>.size == 136)
+        #expect(MemoryLayout<moe_hello_ext>.size == 56)
+        #expect(MemoryLayout<moe_stats_resp_v2>.size == 224)
     }
 }

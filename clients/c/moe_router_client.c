@@ -2,6 +2,8 @@
  * moe_router_client.c — the C client of moe-routerd (API in Include/moe_router_client.h).
  * Plain C11 against libzmq; no Swift runtime. One DEALER socket per client, one request in
  * flight; answers to an earlier request that timed out are recognised by id and dropped.
+ * Protocol versions 1 and 2: HELLO (always sent as version 1) negotiates, and every other
+ * request is sent, and its answer read, in the negotiated version.
  */
 #define _GNU_SOURCE
 #include "moe_router_client.h"
@@ -20,6 +22,10 @@
 #include <zmq.h>
 
 #define MAX_REPLY_FRAMES 4
+/* The largest request body (REGISTER_SHM's). */
+#define MAX_REQUEST_BODY sizeof(moe_register_req)
+_Static_assert(sizeof(moe_route_req_v2) <= MAX_REQUEST_BODY, "request body buffer");
+_Static_assert(sizeof(moe_hello_req) <= MAX_REQUEST_BODY, "request body buffer");
 
 struct moe_client {
     void *ctx;
@@ -31,13 +37,16 @@ struct moe_client {
     atomic_int inputs_held;
     int timeout_ms;
     uint64_t next_id;
+    uint16_t version; /* negotiated by HELLO; 1 until then */
     moe_hello_resp hello;
+    moe_hello_ext limits; /* version 2: the connect-time HELLO's extension */
     char error[MOE_MAX_MESSAGE_TEXT + 128];
 };
 
 typedef struct reply {
     zmq_msg_t frames[MAX_REPLY_FRAMES];
     int count;
+    int dropped; /* frames beyond MAX_REPLY_FRAMES (none in a well-formed answer) */
     moe_resp_header header;
     const uint8_t *body;
 } reply;
@@ -70,6 +79,7 @@ static int64_t now_ms(void) {
  * once instead of three times, a few syscalls fewer per call. */
 static int recv_reply(moe_client *c, reply *r, int wait_ms) {
     r->count = 0;
+    r->dropped = 0;
     int more = 1;
     zmq_setsockopt(c->sock, ZMQ_RCVTIMEO, &wait_ms, sizeof wait_ms);
     while (more) {
@@ -83,8 +93,12 @@ static int recv_reply(moe_client *c, reply *r, int wait_ms) {
             return fail(c, MOE_ERR_CLIENT_IO, "receive: %s", zmq_strerror(e));
         }
         more = zmq_msg_more(&m);
-        if (r->count < MAX_REPLY_FRAMES) r->frames[r->count++] = m;
-        else zmq_msg_close(&m);
+        if (r->count < MAX_REPLY_FRAMES) {
+            r->frames[r->count++] = m;
+        } else {
+            zmq_msg_close(&m);
+            r->dropped++;
+        }
     }
     return MOE_OK;
 }
@@ -120,8 +134,7 @@ static void open_socket(moe_client *c) {
  * connection is torn down first: with linger 0, terminating the context discards the unsent
  * message and returns only once libzmq has let go of it. Then a fresh connection is opened; the
  * daemon treats it as a new client (the old one's registrations are released). */
-static int unanswered(moe_client *c, int status) {
-    if (atomic_load(&c->inputs_held) == 0) return status;
+static int reset_connection(moe_client *c, int status) {
     zmq_close(c->sock);
     zmq_ctx_term(c->ctx);
     open_socket(c);
@@ -130,38 +143,63 @@ static int unanswered(moe_client *c, int status) {
     return status;
 }
 
-/* Sends one request and waits for its answer. `input` (may be NULL) goes as frame 1. */
-static int call(moe_client *c, uint16_t op, const void *body, uint32_t body_size, const void *input,
-                size_t input_size, int has_input, reply *r) {
-    uint8_t frame0[sizeof(moe_req_header) + sizeof(moe_register_req)];
+static int unanswered(moe_client *c, int status) {
+    return atomic_load(&c->inputs_held) == 0 ? status : reset_connection(c, status);
+}
+
+/* A request frame after frame 0: `size` bytes at `data`, then (copied into the same frame)
+ * `tail_size` bytes at `tail`. */
+typedef struct part {
+    const void *data;
+    size_t size;
+    const void *tail;
+    size_t tail_size;
+} part;
+
+/* One frame of a request. Zero-copy for large single-piece frames: once the answer is here the
+ * daemon has received every byte. Without an answer libzmq may still be reading the caller's
+ * buffer: see unanswered(). */
+static int send_part(moe_client *c, const part *p, int more) {
+    zmq_msg_t m;
+    if (!p->tail_size && p->size >= 4096) {
+        atomic_fetch_add(&c->inputs_held, 1);
+        zmq_msg_init_data(&m, (void *)p->data, p->size, input_released, &c->inputs_held);
+    } else {
+        if (zmq_msg_init_size(&m, p->size + p->tail_size) != 0) return -1;
+        if (p->size) memcpy(zmq_msg_data(&m), p->data, p->size);
+        if (p->tail_size) memcpy((uint8_t *)zmq_msg_data(&m) + p->size, p->tail, p->tail_size);
+    }
+    if (zmq_msg_send(&m, c->sock, more ? ZMQ_SNDMORE : 0) < 0) {
+        int e = zmq_errno();
+        zmq_msg_close(&m);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends one request in protocol `version` and waits for its answer; `parts` follow frame 0. */
+static int call(moe_client *c, uint16_t version, uint16_t op, const void *body, uint32_t body_size,
+                const part *parts, int nparts, reply *r) {
+    uint8_t frame0[sizeof(moe_req_header) + MAX_REQUEST_BODY];
     moe_req_header h;
     memset(&h, 0, sizeof h);
     h.magic = MOE_PROTOCOL_MAGIC;
-    h.version = MOE_PROTOCOL_VERSION;
+    h.version = version;
     h.op = op;
     h.request_id = ++c->next_id;
     h.body_size = body_size;
     h.deadline_ms = (uint32_t)c->timeout_ms;
+    if (body_size > MAX_REQUEST_BODY) return fail(c, MOE_ERR_CLIENT_ARG, "request body of %u bytes", body_size);
     memcpy(frame0, &h, sizeof h);
     if (body_size) memcpy(frame0 + sizeof h, body, body_size);
     if (!c->sock) return fail(c, MOE_ERR_CLIENT_IO, "the connection could not be re-established after a timeout");
-    if (zmq_send(c->sock, frame0, sizeof h + body_size, has_input ? ZMQ_SNDMORE : 0) < 0)
+    if (zmq_send(c->sock, frame0, sizeof h + body_size, nparts ? ZMQ_SNDMORE : 0) < 0)
         return fail(c, MOE_ERR_CLIENT_IO, "send: %s", zmq_strerror(zmq_errno()));
-    if (has_input) {
-        /* Zero-copy for large inputs: once the answer is here the daemon has received every
-         * byte. Without an answer libzmq may still be reading the caller's buffer: see
-         * unanswered(). */
-        zmq_msg_t m;
-        if (input_size >= 4096) {
-            atomic_fetch_add(&c->inputs_held, 1);
-            zmq_msg_init_data(&m, (void *)input, input_size, input_released, &c->inputs_held);
-        } else {
-            zmq_msg_init_size(&m, input_size);
-            if (input_size) memcpy(zmq_msg_data(&m), input, input_size);
-        }
-        if (zmq_msg_send(&m, c->sock, 0) < 0) {
-            zmq_msg_close(&m);
-            return unanswered(c, fail(c, MOE_ERR_CLIENT_IO, "send: %s", zmq_strerror(zmq_errno())));
+    for (int i = 0; i < nparts; i++) {
+        if (send_part(c, &parts[i], i + 1 < nparts) != 0) {
+            /* A multipart message left half-sent would swallow the next request's frames. */
+            return reset_connection(c, fail(c, MOE_ERR_CLIENT_IO, "send: %s", zmq_strerror(errno)));
         }
     }
     int64_t deadline = now_ms() + c->timeout_ms;
@@ -186,6 +224,14 @@ static int call(moe_client *c, uint16_t op, const void *body, uint32_t body_size
             reply_close(r);
             return unanswered(c, fail(c, MOE_ERR_CLIENT_PROTOCOL, "malformed answer"));
         }
+        /* A successful answer is in the request's version (an error may come from a daemon that
+         * could not read the request's header). */
+        if (r->header.status == MOE_OK && r->header.version != version) {
+            unsigned got = r->header.version;
+            reply_close(r);
+            return unanswered(c, fail(c, MOE_ERR_CLIENT_PROTOCOL, "answer in protocol version %u to a version %u request",
+                                      got, (unsigned)version));
+        }
         r->body = (const uint8_t *)zmq_msg_data(&r->frames[0]) + sizeof r->header;
         snprintf(c->error, sizeof c->error, "%.*s", (int)r->header.message_len,
                  (const char *)r->body + r->header.body_size);
@@ -193,13 +239,30 @@ static int call(moe_client *c, uint16_t op, const void *body, uint32_t body_size
     }
 }
 
-/* Copies the op body out when the answer has one of the expected size. */
+/* The frame count of a successful answer is exactly `frames` (frame 0 included). */
+static int expect_frames(moe_client *c, reply *r, int frames, const char *what) {
+    int got = r->count + r->dropped;
+    if (got == frames) return MOE_OK;
+    reply_close(r);
+    return fail(c, MOE_ERR_CLIENT_PROTOCOL, "%s answer has %d frames, expected %d", what, got, frames);
+}
+
+/* Version-2-only calls against a version-1 daemon. */
+static int need_v2(moe_client *c, const char *what) {
+    if (c->version >= 2) return MOE_OK;
+    return fail(c, MOE_ERR_BAD_VERSION, "%s needs protocol version 2; the daemon speaks version %u only", what,
+                (unsigned)c->version);
+}
+
+/* Copies the op body out when the answer has one of the expected size; a successful answer
+ * must have it, and no frame besides frame 0. */
 static int take_body(moe_client *c, reply *r, int status, void *out, size_t size) {
     if (status == MOE_OK || r->header.body_size == size) {
         if (r->header.body_size != size) {
             reply_close(r);
             return fail(c, MOE_ERR_CLIENT_PROTOCOL, "answer body is %u bytes, expected %zu", r->header.body_size, size);
         }
+        if (status == MOE_OK && expect_frames(c, r, 1, "the") != MOE_OK) return MOE_ERR_CLIENT_PROTOCOL;
         if (out) memcpy(out, r->body, size);
     }
     return status;
@@ -240,6 +303,7 @@ int moe_connect_curve(const char *endpoint, int timeout_ms, const char *server_p
     moe_client *c = calloc(1, sizeof *c);
     if (!c) return MOE_ERR_CLIENT_SYS;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
+    c->version = 1;
     atomic_init(&c->inputs_held, 0);
     if ((size_t)snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint) >= sizeof c->endpoint) {
         free(c);
@@ -273,24 +337,63 @@ void moe_close(moe_client *c) {
 
 const char *moe_last_error(const moe_client *c) { return c ? c->error : "no client"; }
 
+/* HELLO goes out as version 1 (any daemon reads it) offering versions 1...2; the answer's
+ * protocol_version is the negotiated one, and from version 2 on moe_hello_ext follows. */
 int moe_hello(moe_client *c, moe_hello_resp *out) {
     if (!c) return MOE_ERR_CLIENT_ARG;
     moe_hello_req q;
     memset(&q, 0, sizeof q);
-    q.min_version = MOE_PROTOCOL_VERSION;
+    q.min_version = MOE_PROTOCOL_MIN_VERSION;
     q.max_version = MOE_PROTOCOL_VERSION;
     snprintf(q.client_name, sizeof q.client_name, "libmoerouter-c pid %d", (int)getpid());
     reply r = {0};
-    int st = call(c, MOE_OP_HELLO, &q, sizeof q, NULL, 0, 0, &r);
-    if (st < MOE_ERR_CLIENT_IO) st = take_body(c, &r, st, out, sizeof *out);
+    int st = call(c, 1, MOE_OP_HELLO, &q, sizeof q, NULL, 0, &r);
+    if (st >= MOE_ERR_CLIENT_IO) return st;
+    if (st != MOE_OK) {
+        st = take_body(c, &r, st, out, sizeof *out);
+        reply_close(&r);
+        return st;
+    }
+    moe_hello_resp h;
+    if (r.header.body_size < sizeof h) {
+        st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "HELLO answer body is %u bytes, expected at least %zu", r.header.body_size, sizeof h);
+    } else {
+        memcpy(&h, r.body, sizeof h);
+        size_t want = sizeof h + (h.protocol_version >= 2 ? sizeof(moe_hello_ext) : 0);
+        if (h.protocol_version < MOE_PROTOCOL_MIN_VERSION || h.protocol_version > MOE_PROTOCOL_VERSION)
+            st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "the daemon chose protocol version %u; this library offered %u...%u",
+                      (unsigned)h.protocol_version, MOE_PROTOCOL_MIN_VERSION, MOE_PROTOCOL_VERSION);
+        else if (r.header.body_size != want)
+            st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "HELLO answer body is %u bytes, expected %zu for protocol version %u",
+                      r.header.body_size, want, (unsigned)h.protocol_version);
+        else
+            st = expect_frames(c, &r, 1, "HELLO");
+        if (st == MOE_OK) {
+            c->version = h.protocol_version;
+            c->hello = h;
+            memset(&c->limits, 0, sizeof c->limits);
+            if (h.protocol_version >= 2) memcpy(&c->limits, r.body + sizeof h, sizeof c->limits);
+            if (out) *out = h;
+        }
+    }
     reply_close(&r);
+    return st;
+}
+
+int moe_protocol_version(const moe_client *c) { return c ? (int)c->version : 0; }
+
+int moe_limits(moe_client *c, moe_hello_ext *out) {
+    if (!c || !out) return MOE_ERR_CLIENT_ARG;
+    int st = need_v2(c, "moe_limits");
+    if (st == MOE_OK) *out = c->limits;
     return st;
 }
 
 int moe_ping(moe_client *c) {
     if (!c) return MOE_ERR_CLIENT_ARG;
     reply r = {0};
-    int st = call(c, MOE_OP_PING, NULL, 0, NULL, 0, 0, &r);
+    int st = call(c, c->version, MOE_OP_PING, NULL, 0, NULL, 0, &r);
+    if (st == MOE_OK) st = take_body(c, &r, st, NULL, 0);
     reply_close(&r);
     return st;
 }
@@ -298,25 +401,50 @@ int moe_ping(moe_client *c) {
 int moe_stats(moe_client *c, moe_stats_resp *out) {
     if (!c) return MOE_ERR_CLIENT_ARG;
     reply r = {0};
-    int st = call(c, MOE_OP_STATS, NULL, 0, NULL, 0, 0, &r);
+    int st = call(c, c->version, MOE_OP_STATS, NULL, 0, NULL, 0, &r);
+    if (st < MOE_ERR_CLIENT_IO) {
+        if (c->version >= 2) {
+            moe_stats_resp_v2 v2;
+            st = take_body(c, &r, st, &v2, sizeof v2);
+            if (st == MOE_OK && out) *out = v2.base;
+        } else {
+            st = take_body(c, &r, st, out, sizeof *out);
+        }
+    }
+    reply_close(&r);
+    return st;
+}
+
+int moe_stats_v2(moe_client *c, moe_stats_resp_v2 *out) {
+    if (!c) return MOE_ERR_CLIENT_ARG;
+    int st = need_v2(c, "moe_stats_v2");
+    if (st != MOE_OK) return st;
+    reply r = {0};
+    st = call(c, c->version, MOE_OP_STATS, NULL, 0, NULL, 0, &r);
     if (st < MOE_ERR_CLIENT_IO) st = take_body(c, &r, st, out, sizeof *out);
     reply_close(&r);
     return st;
 }
 
-/* LIST_LAYERS; hands out layer descriptions and/or one layer's bias. */
-static int list(moe_client *c, moe_layer_info *out, uint32_t cap, uint32_t *count, int bias_layer,
-                float *bias, uint32_t bias_cap) {
+/* LIST_LAYERS; hands out layer descriptions and/or one layer's bias or version-2 extension.
+ * Entries are moe_layer_info (version 1) or moe_layer_info_v2 (version 2). */
+static int list(moe_client *c, moe_layer_info *out, uint32_t cap, uint32_t *count, int64_t want_layer,
+                float *bias, uint32_t bias_cap, moe_layer_info_v2 *v2) {
     if (!c) return MOE_ERR_CLIENT_ARG;
     reply r = {0};
-    int st = call(c, MOE_OP_LIST_LAYERS, NULL, 0, NULL, 0, 0, &r);
+    int st = call(c, c->version, MOE_OP_LIST_LAYERS, NULL, 0, NULL, 0, &r);
     if (st != MOE_OK) {
         reply_close(&r);
         return st;
     }
+    size_t entry = c->version >= 2 ? sizeof(moe_layer_info_v2) : sizeof(moe_layer_info);
     moe_list_resp head;
+    if (r.header.body_size < sizeof head) {
+        reply_close(&r);
+        return fail(c, MOE_ERR_CLIENT_PROTOCOL, "malformed layer list: body of %u bytes", r.header.body_size);
+    }
     memcpy(&head, r.body, sizeof head);
-    if (r.header.body_size != sizeof head + head.count * sizeof(moe_layer_info) || r.count < 2) {
+    if (r.header.body_size != sizeof head + (size_t)head.count * entry || r.count != 2 || r.dropped) {
         reply_close(&r);
         return fail(c, MOE_ERR_CLIENT_PROTOCOL, "malformed layer list");
     }
@@ -324,29 +452,42 @@ static int list(moe_client *c, moe_layer_info *out, uint32_t cap, uint32_t *coun
     const uint8_t *infos = r.body + sizeof head;
     for (uint32_t i = 0; i < head.count; i++) {
         moe_layer_info info;
-        memcpy(&info, infos + i * sizeof info, sizeof info);
+        memcpy(&info, infos + i * entry, sizeof info);
         if (out && i < cap) out[i] = info;
-        if (bias_layer >= 0 && info.layer_id == (uint32_t)bias_layer) {
-            if (!info.has_bias) st = fail(c, MOE_ERR_CLIENT_ARG, "layer %u has no bias", info.layer_id);
-            else if (bias_cap < info.num_experts) st = fail(c, MOE_ERR_CLIENT_ARG, "bias buffer holds %u values, need %u", bias_cap, info.num_experts);
-            else if ((size_t)(info.bias_offset + info.num_experts) * 4 > zmq_msg_size(&r.frames[1])) st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "bias frame too short");
-            else memcpy(bias, (const uint8_t *)zmq_msg_data(&r.frames[1]) + (size_t)info.bias_offset * 4, (size_t)info.num_experts * 4);
+        if (want_layer >= 0 && info.layer_id == want_layer) {
+            if (v2) {
+                memcpy(v2, infos + i * entry, sizeof *v2);
+            } else if (!info.has_bias) {
+                st = fail(c, MOE_ERR_CLIENT_ARG, "layer %u has no bias", info.layer_id);
+            } else if (bias_cap < info.num_experts) {
+                st = fail(c, MOE_ERR_CLIENT_ARG, "bias buffer holds %u values, need %u", bias_cap, info.num_experts);
+            } else if (((size_t)info.bias_offset + info.num_experts) * 4 > zmq_msg_size(&r.frames[1])) {
+                st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "bias frame too short");
+            } else {
+                memcpy(bias, (const uint8_t *)zmq_msg_data(&r.frames[1]) + (size_t)info.bias_offset * 4, (size_t)info.num_experts * 4);
+            }
             reply_close(&r);
             return st;
         }
     }
     reply_close(&r);
-    if (bias_layer >= 0) return fail(c, MOE_ERR_UNKNOWN_LAYER, "layer %d does not exist", bias_layer);
+    if (want_layer >= 0) return fail(c, MOE_ERR_UNKNOWN_LAYER, "layer %lld does not exist", (long long)want_layer);
     return MOE_OK;
 }
 
 int moe_list_layers(moe_client *c, moe_layer_info *out, uint32_t cap, uint32_t *count) {
-    return list(c, out, cap, count, -1, NULL, 0);
+    return list(c, out, cap, count, -1, NULL, 0, NULL);
 }
 
 int moe_layer_bias(moe_client *c, uint32_t layer_id, float *out, uint32_t cap) {
     if (!out) return MOE_ERR_CLIENT_ARG;
-    return list(c, NULL, 0, NULL, (int)layer_id, out, cap);
+    return list(c, NULL, 0, NULL, layer_id, out, cap, NULL);
+}
+
+int moe_layer_v2(moe_client *c, uint32_t layer_id, moe_layer_info_v2 *out) {
+    if (!c || !out) return MOE_ERR_CLIENT_ARG;
+    int st = need_v2(c, "moe_layer_v2");
+    return st != MOE_OK ? st : list(c, NULL, 0, NULL, layer_id, NULL, 0, out);
 }
 
 int moe_find_layer(moe_client *c, const char *name, moe_layer_info *out) {
@@ -371,7 +512,7 @@ int moe_register_shm(moe_client *c, const char *name, uint64_t size, uint64_t *h
     strcpy(q.name, name);
     q.size = size;
     reply r = {0};
-    int st = call(c, MOE_OP_REGISTER_SHM, &q, sizeof q, NULL, 0, 0, &r);
+    int st = call(c, c->version, MOE_OP_REGISTER_SHM, &q, sizeof q, NULL, 0, &r);
     moe_register_resp resp;
     if (st == MOE_OK) st = take_body(c, &r, st, &resp, sizeof resp);
     if (st == MOE_OK && handle) *handle = resp.handle;
@@ -383,7 +524,7 @@ int moe_unregister_shm(moe_client *c, uint64_t handle, int *deferred) {
     if (!c) return MOE_ERR_CLIENT_ARG;
     moe_unregister_req q = {handle};
     reply r = {0};
-    int st = call(c, MOE_OP_UNREGISTER_SHM, &q, sizeof q, NULL, 0, 0, &r);
+    int st = call(c, c->version, MOE_OP_UNREGISTER_SHM, &q, sizeof q, NULL, 0, &r);
     moe_unregister_resp resp;
     if (st == MOE_OK) st = take_body(c, &r, st, &resp, sizeof resp);
     if (st == MOE_OK && deferred) *deferred = (int)resp.deferred;
@@ -438,46 +579,131 @@ int moe_segment_destroy(moe_client *c, moe_segment *s) {
 
 static size_t dtype_size(moe_dtype d) { return d == MOE_DTYPE_FP32 ? 4 : 2; }
 
-int moe_route_refs(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
-                   const moe_buffer_ref refs[3], const void *input, float *weights, int32_t *ids,
-                   moe_route_result *result) {
-    if (!c || !refs) return MOE_ERR_CLIENT_ARG;
-    moe_route_req q;
+/* ROUTE in the negotiated version. refs: input, weights, ids, token ids, mask (the last two
+ * MOE_BUF_NONE when absent; a version-1 request cannot carry them). */
+static int route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const moe_buffer_ref refs[5],
+                 const void *input, const void *token_ids, uint32_t token_id_bytes, const uint8_t *mask,
+                 float *weights, int32_t *ids, moe_route_info *info) {
+    if (info) memset(info, 0, sizeof *info);
+    moe_route_req_v2 q;
     memset(&q, 0, sizeof q);
-    q.layer_id = layer_id;
-    q.dtype = (uint8_t)dtype;
-    q.tokens = tokens;
-    q.input = refs[0];
-    q.weights = refs[1];
-    q.ids = refs[2];
-    int inline_in = refs[0].kind == MOE_BUF_INLINE;
+    q.base.layer_id = layer_id;
+    q.base.dtype = (uint8_t)dtype;
+    q.base.tokens = tokens;
+    q.base.input = refs[0];
+    q.base.weights = refs[1];
+    q.base.ids = refs[2];
+    q.token_ids = refs[3];
+    q.mask = refs[4];
+    q.token_id_bytes = token_id_bytes;
+    uint16_t version = c->version >= 2 ? 2 : 1;
+    if (version < 2 && (refs[3].kind != MOE_BUF_NONE || refs[4].kind != MOE_BUF_NONE || token_id_bytes))
+        return need_v2(c, "a ROUTE with token ids or a padding mask");
+    part parts[3];
+    int n = 0;
+    const void *src[3] = {input, token_ids, mask};
+    const int in_ref[3] = {0, 3, 4};
+    for (int i = 0; i < 3; i++) {
+        const moe_buffer_ref *b = &refs[in_ref[i]];
+        if (b->kind != MOE_BUF_INLINE) continue;
+        if (b->length && !src[i])
+            return fail(c, MOE_ERR_CLIENT_ARG, "inline buffer %d has no memory for %llu bytes", in_ref[i],
+                        (unsigned long long)b->length);
+        parts[n++] = (part){src[i], (size_t)b->length, NULL, 0};
+    }
     reply r = {0};
-    int st = call(c, MOE_OP_ROUTE, &q, sizeof q, input, inline_in ? refs[0].length : 0, inline_in, &r);
+    int st = version >= 2 ? call(c, 2, MOE_OP_ROUTE, &q, sizeof q, parts, n, &r)
+                          : call(c, 1, MOE_OP_ROUTE, &q.base, sizeof q.base, parts, n, &r);
     if (st >= MOE_ERR_CLIENT_IO) return st;
-    moe_route_resp resp;
+    /* Every ROUTE answer carries the route body of its version; an error answer without it (a
+     * header the daemon could not read) keeps its status. */
+    moe_route_resp_v2 resp;
     memset(&resp, 0, sizeof resp);
-    if (r.header.body_size == sizeof resp) memcpy(&resp, r.body, sizeof resp);
-    if (result) {
-        result->nonfinite_count = resp.nonfinite_count;
-        result->first_nonfinite_token = resp.first_nonfinite_token;
-        result->fallback_cast = (int)resp.fallback_cast;
-        result->compute_ns = resp.compute_ns;
+    size_t want = version >= 2 ? sizeof resp : sizeof resp.base;
+    if (r.header.body_size == want) {
+        memcpy(&resp, r.body, want);
+    } else if (st == MOE_OK) {
+        st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "ROUTE answer body is %u bytes, expected %zu", r.header.body_size, want);
+    }
+    if (info && r.header.body_size == want) {
+        info->tokens = resp.base.tokens;
+        info->nonfinite_count = resp.base.nonfinite_count;
+        info->first_nonfinite_token = resp.base.first_nonfinite_token;
+        info->compute_ns = resp.base.compute_ns;
+        info->top_k = resp.base.top_k;
+        info->fallback_cast = (int32_t)resp.base.fallback_cast;
+        info->masked_tokens = resp.masked_tokens;
+        info->placement_epoch = resp.placement_epoch;
+        info->first_bad_token = resp.first_bad_token;
+        info->hash_routed = (int32_t)resp.hash_routed;
     }
     if (st == MOE_OK) {
         int f = 1;
         void *dst[2] = {weights, ids};
         for (int i = 0; i < 2; i++) {
             if (refs[1 + i].kind != MOE_BUF_INLINE) continue;
-            if (f >= r.count || zmq_msg_size(&r.frames[f]) != refs[1 + i].length || !dst[i]) {
+            if (f >= r.count || zmq_msg_size(&r.frames[f]) != refs[1 + i].length || (refs[1 + i].length && !dst[i])) {
                 st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "output frame %d missing or of the wrong size", f);
                 break;
             }
-            memcpy(dst[i], zmq_msg_data(&r.frames[f]), refs[1 + i].length);
+            if (refs[1 + i].length) memcpy(dst[i], zmq_msg_data(&r.frames[f]), refs[1 + i].length);
             f++;
         }
+        if (st == MOE_OK && (f != r.count || r.dropped))
+            st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "ROUTE answer has %d frames, expected %d", r.count + r.dropped, f);
     }
     reply_close(&r);
     return st;
+}
+
+int moe_route_refs(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
+                   const moe_buffer_ref refs[3], const void *input, float *weights, int32_t *ids,
+                   moe_route_result *result) {
+    if (!c || !refs) return MOE_ERR_CLIENT_ARG;
+    moe_buffer_ref all[5];
+    memset(all, 0, sizeof all);
+    memcpy(all, refs, 3 * sizeof *refs);
+    all[3].kind = all[4].kind = MOE_BUF_NONE;
+    moe_route_info info;
+    int st = route(c, layer_id, dtype, tokens, all, input, NULL, 0, NULL, weights, ids, &info);
+    if (result && st < MOE_ERR_CLIENT_IO) {
+        result->nonfinite_count = info.nonfinite_count;
+        result->first_nonfinite_token = info.first_nonfinite_token;
+        result->fallback_cast = info.fallback_cast;
+        result->compute_ns = info.compute_ns;
+    }
+    return st;
+}
+
+int moe_route_refs_ex(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
+                      const moe_buffer_ref refs[5], const void *input, const void *token_ids,
+                      uint32_t token_id_bytes, const uint8_t *mask, float *weights, int32_t *ids,
+                      moe_route_info *info) {
+    if (!c || !refs) return MOE_ERR_CLIENT_ARG;
+    return route(c, layer_id, dtype, tokens, refs, input, token_ids, token_id_bytes, mask, weights, ids, info);
+}
+
+int moe_route_ex(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const void *input,
+                 size_t input_bytes, const void *token_ids, uint32_t token_id_bytes, const uint8_t *mask,
+                 float *weights, int32_t *ids, size_t out_count, moe_route_info *info) {
+    if (!c) return MOE_ERR_CLIENT_ARG;
+    moe_buffer_ref refs[5];
+    memset(refs, 0, sizeof refs);
+    refs[0].length = input_bytes;
+    refs[1].length = (uint64_t)out_count * 4;
+    refs[2].length = (uint64_t)out_count * 4;
+    refs[3].kind = token_ids ? MOE_BUF_INLINE : MOE_BUF_NONE;
+    refs[4].kind = mask ? MOE_BUF_INLINE : MOE_BUF_NONE;
+    if (token_ids) {
+        if (token_id_bytes && tokens > UINT64_MAX / token_id_bytes)
+            return fail(c, MOE_ERR_CLIENT_ARG, "tokens = %llu: token ids too large", (unsigned long long)tokens);
+        refs[3].length = tokens * token_id_bytes;
+    } else if (token_id_bytes) {
+        return fail(c, MOE_ERR_CLIENT_ARG, "token_id_bytes = %u without token ids", token_id_bytes);
+    }
+    if (mask) refs[4].length = tokens;
+    if (out_count > UINT64_MAX / 4) return fail(c, MOE_ERR_CLIENT_ARG, "out_count = %zu too large", out_count);
+    return route(c, layer_id, dtype, tokens, refs, input, token_ids, token_id_bytes, mask, weights, ids, info);
 }
 
 int moe_route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const void *input,
@@ -506,4 +732,69 @@ int moe_route_shm(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t to
         refs[i].length = lengths[i];
     }
     return moe_route_refs(c, layer_id, dtype, tokens, refs, NULL, NULL, NULL, result);
+}
+
+int moe_set_placement(moe_client *c, uint32_t layer_id, uint32_t num_physical, uint32_t num_logical,
+                      const int32_t *counts, const int32_t *physical, uint32_t total_replicas, uint64_t *epoch) {
+    if (!c || (num_logical && !counts) || (total_replicas && !physical) || (!num_logical && total_replicas))
+        return fail(c, MOE_ERR_CLIENT_ARG, "placement arrays missing (num_logical %u, total_replicas %u)", num_logical,
+                    total_replicas);
+    int st = need_v2(c, "moe_set_placement");
+    if (st != MOE_OK) return st;
+    moe_placement_req q = {layer_id, num_physical, num_logical, total_replicas};
+    /* counts then physical ids, one frame (copied); removal (num_logical 0) has none. */
+    part p = {counts, (size_t)num_logical * 4, physical, (size_t)total_replicas * 4};
+    reply r = {0};
+    st = num_logical ? call(c, c->version, MOE_OP_SET_PLACEMENT, &q, sizeof q, &p, 1, &r)
+                     : call(c, c->version, MOE_OP_SET_PLACEMENT, &q, sizeof q, NULL, 0, &r);
+    if (st >= MOE_ERR_CLIENT_IO) return st;
+    moe_placement_resp resp;
+    st = take_body(c, &r, st, &resp, sizeof resp);
+    if (st == MOE_OK && epoch) *epoch = resp.epoch;
+    reply_close(&r);
+    return st;
+}
+
+int moe_clear_placement(moe_client *c, uint32_t layer_id, uint64_t *epoch) {
+    return moe_set_placement(c, layer_id, 0, 0, NULL, NULL, 0, epoch);
+}
+
+int moe_expert_load(moe_client *c, uint32_t layer_id, int reset_window, uint64_t *totals, uint64_t *window,
+                    uint32_t cap, moe_load_resp *out) {
+    if (!c) return MOE_ERR_CLIENT_ARG;
+    int st = need_v2(c, "moe_expert_load");
+    if (st != MOE_OK) return st;
+    moe_load_req q = {layer_id, reset_window ? MOE_LOAD_RESET_WINDOW : 0u};
+    reply r = {0};
+    st = call(c, c->version, MOE_OP_EXPERT_LOAD, &q, sizeof q, NULL, 0, &r);
+    if (st >= MOE_ERR_CLIENT_IO) return st;
+    moe_load_resp resp;
+    if (st != MOE_OK) {
+        st = take_body(c, &r, st, out, sizeof *out);
+        reply_close(&r);
+        return st;
+    }
+    if (r.header.body_size != sizeof resp) {
+        st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "EXPERT_LOAD answer body is %u bytes, expected %zu", r.header.body_size, sizeof resp);
+    } else if (r.count != 2 || r.dropped) {
+        st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "EXPERT_LOAD answer has %d frames, expected 2", r.count + r.dropped);
+    } else {
+        memcpy(&resp, r.body, sizeof resp);
+        size_t e = resp.num_experts;
+        if (zmq_msg_size(&r.frames[1]) != e * 16) {
+            st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "EXPERT_LOAD counters frame is %zu bytes, expected %zu for %zu experts",
+                      zmq_msg_size(&r.frames[1]), e * 16, e);
+        } else {
+            const uint8_t *f = zmq_msg_data(&r.frames[1]);
+            size_t n = e < cap ? e : cap;
+            if (totals && n) memcpy(totals, f, n * 8);
+            if (window && n) memcpy(window, f + e * 8, n * 8);
+            if (out) *out = resp;
+            if ((totals || window) && cap < e)
+                st = fail(c, MOE_ERR_CLIENT_ARG, "counter buffers hold %u values, the layer has %zu experts (the first %u copied)",
+                          cap, e, cap);
+        }
+    }
+    reply_close(&r);
+    return st;
 }

@@ -42,6 +42,22 @@ int main(int argc, char **argv) {
     for (uint32_t j = 0; j < layer.top_k; j++) printf(" %d:%.4f", ids[j], w[j]);
     printf("\ninline and shm results %s; fallback_cast=%d nonfinite=%llu\n", same ? "identical" : "DIFFER",
            res.fallback_cast, (unsigned long long)res.nonfinite_count);
+
+    /* Protocol 2: the last row as padding (a batch filled up to a fixed size). Its ids come back
+     * -1 and its weights 0; the other rows are routed as before. */
+    if (moe_protocol_version(c) >= 2 && tokens > 1) {
+        uint8_t *mask = calloc(tokens, 1);
+        mask[tokens - 1] = 1;
+        moe_route_info info;
+        if (!check(c, moe_route_ex(c, layer.layer_id, MOE_DTYPE_FP32, tokens, logits, n_in * 4, NULL, 0, mask, w, ids,
+                                   n_out, &info), "route_ex"))
+            return 1;
+        int padded = ids[n_out - 1] == -1 && w[n_out - 1] == 0.0f;
+        printf("protocol 2: %llu padding row(s), last row %s\n", (unsigned long long)info.masked_tokens,
+               padded ? "ids -1" : "NOT PADDED");
+        same = same && padded;
+        free(mask);
+    }
     check(c, moe_segment_destroy(c, &seg), "destroy");
     moe_close(c);
     free(logits);

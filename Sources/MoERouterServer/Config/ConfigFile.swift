@@ -1,4 +1,5 @@
 import Foundation
+import MoERouterModels
 import MoERouting
 import Yams
 
@@ -22,6 +23,11 @@ public struct ConfigFile: Decodable, Sendable {
     public var max_registrations_per_uid: Int?
     public var max_mapped_bytes_per_uid: Int?
     public var max_queued_reply_bytes_total: Int?
+    /// uids allowed control operations besides root and the daemon's own.
+    public var control_uids: [UInt32]?
+    public var expert_load_metrics: Bool?
+    /// Expert placements by layer name, for any layer (config, preset or checkpoint).
+    public var placements: [String: PlacementEntry]?
     public var layers: [LayerEntry]?
     /// Checkpoint directories whose MoE layers to serve (docs/MODELS.md).
     public var models: [ModelEntry]?
@@ -34,7 +40,37 @@ public struct ConfigFile: Decodable, Sendable {
         case endpoint, tcp, backend, workers, queue_depth, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
              max_registrations, max_queued_reply_bytes, max_queued_reply_bytes_total,
              max_registrations_per_uid, max_mapped_bytes_per_uid, tcp_curve_key, tcp_curve_allow, tcp_allow_insecure,
-             layers, models
+             control_uids, expert_load_metrics, placements, layers, models
+    }
+
+    /// One layer's placement: a JSON file (relative to the config file) or the replica lists.
+    public struct PlacementEntry: Decodable, Sendable {
+        public var file: String?
+        public var replicas: [[Int]]?
+        public var num_physical_experts: Int?
+    }
+
+    /// Applies `placements` to the layers of `specs` they name (a name no layer has, or an entry
+    /// that is neither a file nor replicas, is an error naming the key).
+    public func applyPlacements(to specs: inout [LayerSpec], baseDirectory base: String) throws(ConfigError) {
+        for (name, entry) in (placements ?? [:]).sorted(by: { $0.key < $1.key }) {
+            let key = "placements.\(name)"
+            guard let i = specs.firstIndex(where: { $0.name == name }) else {
+                throw .invalid(key: key, value: name, expected: "the name of a served layer", at: positions[key])
+            }
+            do throws(PlacementFile.Failure) {
+                switch (entry.file, entry.replicas) {
+                case (let file?, nil):
+                    specs[i].placement = try PlacementFile.load(path: file.hasPrefix("/") ? file : base + "/" + file)
+                case (nil, let replicas?):
+                    specs[i].placement = try PlacementFile.placement(replicas: replicas, numPhysical: entry.num_physical_experts)
+                default:
+                    throw PlacementFile.Failure(description: "either file: or replicas:")
+                }
+            } catch {
+                throw .invalid(key: key, value: name, expected: error.description, at: positions[key])
+            }
+        }
     }
 
     /// A checkpoint directory (relative to the config file's directory), with an optional name
@@ -63,6 +99,16 @@ public struct ConfigFile: Decodable, Sendable {
         public var bias: [Float]?
         /// Raw little-endian fp32 file, relative to the config file's directory.
         public var bias_file: String?
+        /// MiniMax2's renormalisation: weights / (sum + renorm_epsilon).
+        public var renorm_epsilon: Float?
+        /// Hash routing: tid2eid as raw little-endian int32, [vocab, top_k] row-major (relative
+        /// to the config file's directory).
+        public var tid2eid_file: String?
+        /// Expert placement: per logical expert, its physical replicas; with the physical count
+        /// (default: the largest id + 1). Or placement_file: JSON of the same (docs/ROUTING-IMPLEMENTATION.md).
+        public var placement: [[Int]]?
+        public var num_physical_experts: Int?
+        public var placement_file: String?
     }
 
     public static func load(path: String) throws(ConfigError) -> ConfigFile {
@@ -108,7 +154,7 @@ public struct ConfigFile: Decodable, Sendable {
     static let integerKeys: Set<String> = [
         "workers", "queue_depth", "inline_tokens", "max_message_bytes", "max_tokens", "deadline_ms", "max_registrations",
         "max_queued_reply_bytes", "max_queued_reply_bytes_total", "max_registrations_per_uid", "max_mapped_bytes_per_uid",
-        "num_experts", "top_k", "num_expert_group", "topk_group",
+        "num_experts", "top_k", "num_expert_group", "topk_group", "num_physical_experts", "control_uids",
     ]
 
     /// YAML 1.1 reads an integer written with colons (`1:30:00`) as base 60, and Yams (5.x)
@@ -182,7 +228,7 @@ extension ConfigFile.LayerEntry {
         let policy = try parse("nonfinite", nonfinite, expected: "clamp or reject", NonFinitePolicy.init(name:))
         var spec: LayerSpec
         if let preset {
-            guard let p = Presets.spec(named: preset, gateDType: gate ?? .bf16) else {
+            guard let p = Presets.spec(named: preset, gateDType: gate ?? Presets.naturalGateDType(preset)) else {
                 throw .invalid(key: "\(at).preset", value: preset, expected: "one of \(Presets.names.joined(separator: ", "))",
                                at: positions["\(at).preset"])
             }
@@ -201,7 +247,7 @@ extension ConfigFile.LayerEntry {
         }
         if let v = num_expert_group { spec.numExpertGroup = v }
         if let v = topk_group { spec.topKGroup = v }
-        if let v = try parse("scoring", scoring, expected: "softmax or sigmoid", ScoringFunction.init(name:)) { spec.scoring = v }
+        if let v = try parse("scoring", scoring, expected: "softmax, sigmoid, sqrtsoftplus or none", ScoringFunction.init(name:)) { spec.scoring = v }
         if let v = renormalize { spec.renormalize = v }
         if let v = routed_scaling_factor { spec.routedScalingFactor = v }
         if let policy { spec.nonFinite = policy }
@@ -213,6 +259,34 @@ extension ConfigFile.LayerEntry {
                                at: positions["\(at).bias_file"])
             }
             spec.bias = data.withUnsafeBytes { raw in (0..<data.count / 4).map { raw.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) } }
+        }
+        if let v = renorm_epsilon { spec.renormEpsilon = v }
+        if let tid2eid_file {
+            let path = tid2eid_file.hasPrefix("/") ? tid2eid_file : base + "/" + tid2eid_file
+            let row = spec.topK * 4
+            guard let data = FileManager.default.contents(atPath: path), !data.isEmpty, data.count % row == 0 else {
+                throw .invalid(key: "\(at).tid2eid_file", value: path,
+                               expected: "a readable file of whole rows of top_k (\(spec.topK)) little-endian int32 expert ids",
+                               at: positions["\(at).tid2eid_file"])
+            }
+            let ids = data.withUnsafeBytes { raw in (0..<data.count / 4).map { raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self) } }
+            spec.hashTable = TokenTable(vocab: data.count / row, topK: spec.topK, ids: ids)
+        }
+        if placement != nil && placement_file != nil {
+            throw .invalid(key: "\(at).placement_file", value: placement_file!, expected: "placement or placement_file, not both",
+                           at: positions["\(at).placement_file"])
+        }
+        if let placement {
+            do { spec.placement = try PlacementFile.placement(replicas: placement, numPhysical: num_physical_experts) } catch {
+                throw .invalid(key: "\(at).placement", value: "\(placement.count) experts", expected: error.description,
+                               at: positions["\(at).placement"])
+            }
+        } else if let placement_file {
+            let path = placement_file.hasPrefix("/") ? placement_file : base + "/" + placement_file
+            do { spec.placement = try PlacementFile.load(path: path) } catch {
+                throw .invalid(key: "\(at).placement_file", value: path, expected: error.description,
+                               at: positions["\(at).placement_file"])
+            }
         }
         return spec
     }

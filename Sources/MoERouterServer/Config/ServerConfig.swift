@@ -55,6 +55,11 @@ public struct ServerConfig: Sendable {
     public var maxRegistrationsPerUID: Int = 1024
     public var maxMappedBytesPerUID: UInt64 = 1 << 40
     public var maxSegmentBytes: UInt64 = 1 << 34
+    /// Peers allowed control operations (SET_PLACEMENT, resetting a load window) besides the
+    /// daemon's own uid and root: ipc peers with one of these uids (`--control-uid`).
+    public var controlUIDs: Set<UInt32> = []
+    /// Whether /metrics carries the per-expert load histograms (one series per expert and layer).
+    public var expertLoadMetrics = true
     /// ZMQ_RCVHWM / ZMQ_SNDHWM of the client-facing sockets.
     public var highWaterMark: Int32 = 1000
     /// ZMQ heartbeat interval; a tcp peer silent for 3 intervals is dropped.
@@ -88,13 +93,16 @@ public struct ServerConfig: Sendable {
 public final class LayerCatalog: Sendable {
     public let layers: [BuiltLayer]
 
-    public init(_ specs: [LayerSpec]) throws(ConfigError) {
+    /// Builds `specs`. A layer of `previous` with the same name and expert count hands its load
+    /// counters (and its run-time placement, unless the spec sets one) to its successor.
+    public init(_ specs: [LayerSpec], previous: LayerCatalog? = nil) throws(ConfigError) {
         var seen = Set<String>()
         var built: [BuiltLayer] = []
+        let old = Dictionary((previous?.layers ?? []).map { ($0.spec.name, $0) }, uniquingKeysWith: { a, _ in a })
         for spec in specs {
             guard seen.insert(spec.name).inserted else { throw .layer(spec.name, reason: "the name appears twice") }
             guard spec.name.utf8.count < 64 else { throw .layer(spec.name, reason: "the name is longer than 63 bytes") }
-            do { built.append(try BuiltLayer(spec)) } catch { throw .layer(spec.name, reason: error.description) }
+            do { built.append(try BuiltLayer(spec, replacing: old[spec.name])) } catch { throw .layer(spec.name, reason: error.description) }
         }
         guard !built.isEmpty else { throw .noLayers }
         layers = built

@@ -10,6 +10,8 @@ enum Request: Sendable {
     case route(RouteRequest)
     case stats
     case ping
+    case setPlacement(PlacementRequest)
+    case expertLoad(layerID: UInt32, resetWindow: Bool)
 
     var op: WireOp {
         switch self {
@@ -20,8 +22,19 @@ enum Request: Sendable {
         case .route: .route
         case .stats: .stats
         case .ping: .ping
+        case .setPlacement: .setPlacement
+        case .expertLoad: .expertLoad
         }
     }
+}
+
+/// SET_PLACEMENT: the new placement of a layer as the client sent it (nil counts: remove).
+struct PlacementRequest: Sendable, Equatable {
+    let layerID: UInt32
+    let numPhysical: Int
+    /// Replica count per logical expert, then the physical ids in order; empty: remove.
+    let counts: [Int32]
+    let physical: [Int32]
 }
 
 struct HelloRequest: Sendable, Equatable {
@@ -35,7 +48,7 @@ struct RegisterRequest: Sendable, Equatable {
     let size: UInt64
 }
 
-/// ROUTE: which layer, the input's dtype and token count, and where the three buffers live.
+/// ROUTE: which layer, the input's dtype and token count, and where the buffers live.
 struct RouteRequest: Sendable, Equatable {
     let layerID: UInt32
     let dtype: DType
@@ -43,8 +56,14 @@ struct RouteRequest: Sendable, Equatable {
     let input: BufferRef
     let weights: BufferRef
     let ids: BufferRef
+    /// Version 2: token ids ([tokens] of `tokenIdBytes`) and the padding mask ([tokens] bytes).
+    var tokenIds: BufferRef? = nil
+    var tokenIdBytes = 0
+    var mask: BufferRef? = nil
     /// Whether any buffer lives in a registered segment.
-    var usesSharedMemory: Bool { input.segment != nil || weights.segment != nil || ids.segment != nil }
+    var usesSharedMemory: Bool {
+        input.segment != nil || weights.segment != nil || ids.segment != nil || tokenIds?.segment != nil || mask?.segment != nil
+    }
 }
 
 /// Where a ROUTE buffer lives, as the client claimed it (checked against the layer and the
@@ -88,19 +107,24 @@ protocol RequestFrames {
 /// where it came from. Handed from the I/O thread to at most one worker.
 struct InboundRequest: @unchecked Sendable {
     let request: Request
+    /// The protocol version of the request's header; its answer's bodies are this version's.
+    var version: UInt16 = 1
     let id: UInt64
     let deadlineNs: UInt64
     let origin: any RequestOrigin
     /// ROUTE's inline input bytes (empty otherwise); they belong to `origin`, which this value
     /// keeps alive.
     let inlineInput: UnsafeRawBufferPointer
+    /// Version 2 ROUTE: inline token ids and mask (empty when absent or in shared memory).
+    var inlineTokenIds = UnsafeRawBufferPointer(start: nil, count: 0)
+    var inlineMask = UnsafeRawBufferPointer(start: nil, count: 0)
 
     var op: WireOp { request.op }
 
     /// The reply that refuses this request with `failure` (a ROUTE's carries its response body).
     func refused(_ failure: RequestFailure) -> Reply {
         if case .route(let q) = request {
-            return Reply(refusing: self, failure, body: .route(RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID)))
+            return Reply(refusing: self, failure, body: .route(RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID, version: version)))
         }
         return Reply(refusing: self, failure)
     }

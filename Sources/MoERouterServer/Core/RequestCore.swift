@@ -1,4 +1,5 @@
 import CMoERouterdOS
+import Logging
 import MoERouting
 
 /// The daemon's state that requests read and change: the served layers, the backend, the
@@ -37,8 +38,9 @@ final class RequestCore: Sendable {
     private let registration: RegistrationHandler
     private let router: RouteHandler
     private let statistics: StatsHandler
+    private let placement: PlacementHandler
 
-    init(state: DaemonState) {
+    init(state: DaemonState, logger: Logger = Logger(label: "moe-routerd")) {
         let c = state.config
         self.state = state
         decoder = RequestDecoder(defaultDeadlineMs: c.defaultDeadlineMs, maxMessageBytes: c.maxMessageBytes, maxTokens: c.maxTokens)
@@ -47,6 +49,7 @@ final class RequestCore: Sendable {
         registration = RegistrationHandler(registry: state.registry)
         router = RouteHandler(layers: state.layers, backend: state.backend, registry: state.registry, replies: state.replyBudget)
         statistics = StatsHandler(stats: state.stats, registry: state.registry, backendName: state.backend.name)
+        placement = PlacementHandler(layers: state.layers, stats: state.stats, control: ControlAccess(config: c), logger: logger)
     }
 
     /// The decoded request, or the reply refusing it.
@@ -73,6 +76,8 @@ final class RequestCore: Sendable {
         case .route(let q): return router.answer(q, r)
         case .stats: return statistics.answer(r)
         case .ping: return Reply(answering: r, message: "pong")
+        case .setPlacement(let q): return placement.setPlacement(q, r)
+        case .expertLoad(let layer, let reset): return placement.expertLoad(layerID: layer, resetWindow: reset, r)
         }
     }
 

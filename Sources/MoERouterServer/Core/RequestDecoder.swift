@@ -11,13 +11,15 @@ struct RequestDecoder: Sendable {
     let maxMessageBytes: Int
     let maxTokens: Int
 
-    /// The body size each op requires.
-    static func bodySize(_ op: WireOp) -> Int {
+    /// The body size each op requires in protocol `version`.
+    static func bodySize(_ op: WireOp, version: UInt16) -> Int {
         switch op {
         case .hello: MemoryLayout<moe_hello_req>.size
         case .registerShm: MemoryLayout<moe_register_req>.size
         case .unregisterShm: MemoryLayout<moe_unregister_req>.size
-        case .route: MemoryLayout<moe_route_req>.size
+        case .route: version >= 2 ? MemoryLayout<moe_route_req_v2>.size : MemoryLayout<moe_route_req>.size
+        case .setPlacement: MemoryLayout<moe_placement_req>.size
+        case .expertLoad: MemoryLayout<moe_load_req>.size
         case .listLayers, .stats, .ping: 0
         }
     }
@@ -31,24 +33,39 @@ struct RequestDecoder: Sendable {
         }
         let first = frames.frame(0)
         let h = WireBytes.load(moe_req_header.self, from: first)
+        // Answer in the request's version when this daemon speaks it, else in the newest.
+        let version = WireVersion.served.contains(h.version) ? h.version : WireVersion.newest
         let body = UnsafeRawBufferPointer(rebasing: first[Self.headerSize...])
         let op: WireOp
         do throws(RequestFailure) { op = try framing(h, frames, body: body) } catch {
-            return .refused(Reply(op: h.op, requestID: h.request_id, failure: error))
+            return .refused(Reply(op: h.op, requestID: h.request_id, version: version, failure: error))
         }
         let request: Request
-        do throws(RequestFailure) { request = try fields(op, body, frames) } catch {
+        do throws(RequestFailure) { request = try fields(op, version, body, frames) } catch {
             // A ROUTE refused for its fields still answers with a ROUTE body (PROTOCOL.md).
-            guard op == .route else { return .refused(Reply(op: h.op, requestID: h.request_id, failure: error)) }
+            guard op == .route else { return .refused(Reply(op: h.op, requestID: h.request_id, version: version, failure: error)) }
             let q = WireBytes.load(moe_route_req.self, from: body)  // framing checked its size
-            return .refused(Reply(op: h.op, requestID: h.request_id, failure: error,
-                                  body: .route(RouteResult(tokens: q.tokens, layerID: q.layer_id))))
+            return .refused(Reply(op: h.op, requestID: h.request_id, version: version, failure: error,
+                                  body: .route(RouteResult(tokens: q.tokens, layerID: q.layer_id, version: version))))
         }
-        let inline = if case .route(let q) = request, case .inline = q.input { frames.frame(1) } else { UnsafeRawBufferPointer(start: nil, count: 0) }
         let ms = h.deadline_ms == 0 ? defaultDeadlineMs : h.deadline_ms
-        return .request(InboundRequest(request: request, id: h.request_id,
-                                       deadlineNs: origin.receivedNs + UInt64(ms) * 1_000_000,
-                                       origin: origin, inlineInput: inline))
+        var inbound = InboundRequest(request: request, version: version, id: h.request_id,
+                                     deadlineNs: origin.receivedNs + UInt64(ms) * 1_000_000,
+                                     origin: origin, inlineInput: UnsafeRawBufferPointer(start: nil, count: 0))
+        if case .route(let q) = request {
+            // Inline buffers follow frame 0 in the order input, token ids, mask.
+            var next = 1
+            func take(_ ref: BufferRef?) -> UnsafeRawBufferPointer {
+                guard case .inline = ref else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+                defer { next += 1 }
+                return frames.frame(next)
+            }
+            inbound = InboundRequest(request: request, version: version, id: h.request_id, deadlineNs: inbound.deadlineNs,
+                                     origin: origin, inlineInput: take(q.input))
+            inbound.inlineTokenIds = take(q.tokenIds)
+            inbound.inlineMask = take(q.mask)
+        }
+        return .request(inbound)
     }
 
     /// Header and frame checks; returns the op.
@@ -56,10 +73,13 @@ struct RequestDecoder: Sendable {
         guard h.magic == MOE_PROTOCOL_MAGIC else {
             throw RequestFailure(.badMagic, "magic = 0x\(String(h.magic, radix: 16)), expected 0x\(String(MOE_PROTOCOL_MAGIC, radix: 16)) (\"MOER\")")
         }
-        guard h.version == MOE_PROTOCOL_VERSION else {
-            throw RequestFailure(.badVersion, "version = \(h.version); this daemon speaks protocol \(MOE_PROTOCOL_VERSION)")
+        guard WireVersion.served.contains(h.version) else {
+            throw RequestFailure(.badVersion, "version = \(h.version); this daemon speaks protocol versions \(WireVersion.oldest)...\(WireVersion.newest)")
         }
         guard let op = WireOp(rawValue: h.op) else { throw RequestFailure(.unknownOp, "op = \(h.op) is not an operation") }
+        guard h.version >= op.sinceVersion else {
+            throw RequestFailure(.badVersion, "\(op.name) needs protocol version \(op.sinceVersion); the request's header says \(h.version)")
+        }
         guard h.reserved == 0 else { throw RequestFailure(.badField, "header.reserved = \(h.reserved), must be 0") }
         var total = 0
         for i in 0..<frames.frameCount { total += frames.frame(i).count }
@@ -69,16 +89,17 @@ struct RequestDecoder: Sendable {
         guard Int(h.body_size) == body.count else {
             throw RequestFailure(.malformed, "body_size = \(h.body_size) but frame 0 carries \(body.count) body bytes")
         }
-        guard body.count == Self.bodySize(op) else {
-            throw RequestFailure(.malformed, "body_size = \(h.body_size); \(op) takes a \(Self.bodySize(op))-byte body")
+        let size = Self.bodySize(op, version: h.version)
+        guard body.count == size else {
+            throw RequestFailure(.malformed, "body_size = \(h.body_size); \(op.name) in protocol \(h.version) takes a \(size)-byte body")
         }
-        if op != .route && frames.frameCount != 1 {
+        if op != .route && op != .setPlacement && frames.frameCount != 1 {
             throw RequestFailure(.malformed, "\(op) takes 1 frame, got \(frames.frameCount)")
         }
         return op
     }
 
-    private func fields(_ op: WireOp, _ body: UnsafeRawBufferPointer, _ frames: some RequestFrames) throws(RequestFailure) -> Request {
+    private func fields(_ op: WireOp, _ version: UInt16, _ body: UnsafeRawBufferPointer, _ frames: some RequestFrames) throws(RequestFailure) -> Request {
         switch op {
         case .hello:
             let q = WireBytes.load(moe_hello_req.self, from: body)
@@ -99,14 +120,26 @@ struct RequestDecoder: Sendable {
         case .unregisterShm:
             return .unregisterShm(handle: WireBytes.load(moe_unregister_req.self, from: body).handle)
         case .route:
-            return .route(try route(WireBytes.load(moe_route_req.self, from: body), frames))
+            if version >= 2 {
+                let q = WireBytes.load(moe_route_req_v2.self, from: body)
+                return .route(try route(q.base, frames, extended: q))
+            }
+            return .route(try route(WireBytes.load(moe_route_req.self, from: body), frames, extended: nil))
+        case .setPlacement:
+            return .setPlacement(try placement(WireBytes.load(moe_placement_req.self, from: body), frames))
+        case .expertLoad:
+            let q = WireBytes.load(moe_load_req.self, from: body)
+            guard q.flags & ~UInt32(MOE_LOAD_RESET_WINDOW) == 0 else {
+                throw RequestFailure(.badField, "expert_load.flags = \(q.flags); known: 1 (reset window)")
+            }
+            return .expertLoad(layerID: q.layer_id, resetWindow: q.flags & UInt32(MOE_LOAD_RESET_WINDOW) != 0)
         case .listLayers: return .listLayers
         case .stats: return .stats
         case .ping: return .ping
         }
     }
 
-    private func route(_ q: moe_route_req, _ frames: some RequestFrames) throws(RequestFailure) -> RouteRequest {
+    private func route(_ q: moe_route_req, _ frames: some RequestFrames, extended v2: moe_route_req_v2?) throws(RequestFailure) -> RouteRequest {
         guard q.reserved0 == (0, 0, 0) else { throw RequestFailure(.badField, "route.reserved0 must be 0") }
         guard let dtype = DType(rawValue: q.dtype) else {
             throw RequestFailure(.badDType, "dtype = \(q.dtype); known: 0 (fp32), 1 (bf16), 2 (fp16)")
@@ -115,14 +148,67 @@ struct RequestDecoder: Sendable {
             throw RequestFailure(.tooLarge, "tokens = \(q.tokens) exceeds max_tokens = \(maxTokens)")
         }
         let input = try buffer(q.input, "input"), weights = try buffer(q.weights, "weights"), ids = try buffer(q.ids, "ids")
-        let expectedFrames = input.segment == nil ? 2 : 1
-        guard frames.frameCount == expectedFrames else {
-            throw RequestFailure(.malformed, "ROUTE with \(input.segment == nil ? "inline" : "shm") input takes \(expectedFrames) frame(s), got \(frames.frameCount)")
+        var request = RouteRequest(layerID: q.layer_id, dtype: dtype, tokens: Int(q.tokens), input: input, weights: weights, ids: ids)
+        if let v2 {
+            guard v2.reserved == 0, v2.reserved2 == 0 else { throw RequestFailure(.badField, "route.reserved and route.reserved2 must be 0") }
+            request.tokenIds = try optionalBuffer(v2.token_ids, "token_ids")
+            request.mask = try optionalBuffer(v2.mask, "mask")
+            if request.tokenIds != nil {
+                guard v2.token_id_bytes == 4 || v2.token_id_bytes == 8 else {
+                    throw RequestFailure(.badField, "token_id_bytes = \(v2.token_id_bytes); token ids are int32 (4) or int64 (8)")
+                }
+                request.tokenIdBytes = Int(v2.token_id_bytes)
+            } else if v2.token_id_bytes != 0 {
+                throw RequestFailure(.badField, "token_id_bytes = \(v2.token_id_bytes) without token_ids; must be 0")
+            }
         }
-        if case .inline(let length) = input, frames.frame(1).count != length {
-            throw RequestFailure(.sizeMismatch, "input frame holds \(frames.frame(1).count) bytes, but input.length = \(length)")
+        let inline: [(String, UInt64)] = [("input", input), ("token_ids", request.tokenIds), ("mask", request.mask)].compactMap {
+            if case .inline(let length)? = $0.1 { ($0.0, length) } else { nil }
         }
-        return RouteRequest(layerID: q.layer_id, dtype: dtype, tokens: Int(q.tokens), input: input, weights: weights, ids: ids)
+        guard frames.frameCount == 1 + inline.count else {
+            let names = inline.isEmpty ? "no inline buffer" : "inline " + inline.map(\.0).joined(separator: ", ")
+            throw RequestFailure(.malformed, "ROUTE with \(names) takes \(1 + inline.count) frame(s), got \(frames.frameCount)")
+        }
+        for (i, (name, length)) in inline.enumerated() where frames.frame(i + 1).count != length {
+            throw RequestFailure(.sizeMismatch, "\(name) frame holds \(frames.frame(i + 1).count) bytes, but \(name).length = \(length)")
+        }
+        return request
+    }
+
+    /// A version-2 optional buffer: nil when its kind is MOE_BUF_NONE (every other field 0).
+    private func optionalBuffer(_ ref: moe_buffer_ref, _ name: String) throws(RequestFailure) -> BufferRef? {
+        guard ref.kind == MOE_BUF_NONE.rawValue else { return try buffer(ref, name) }
+        guard ref.reserved == 0, ref.handle == 0, ref.offset == 0, ref.length == 0 else {
+            throw RequestFailure(.badField, "\(name) is absent (kind 2): reserved, handle, offset and length must be 0 (got \(ref.reserved), \(ref.handle), \(ref.offset), \(ref.length))")
+        }
+        return nil
+    }
+
+    private func placement(_ q: moe_placement_req, _ frames: some RequestFrames) throws(RequestFailure) -> PlacementRequest {
+        if q.num_logical == 0 {
+            guard q.total_replicas == 0, frames.frameCount == 1 else {
+                throw RequestFailure(.malformed, "removing a placement (num_logical = 0) takes total_replicas = 0 and 1 frame (got \(q.total_replicas), \(frames.frameCount) frames)")
+            }
+            return PlacementRequest(layerID: q.layer_id, numPhysical: Int(q.num_physical), counts: [], physical: [])
+        }
+        guard q.num_logical <= UInt32(RoutingLimits.maxExperts) else {
+            throw RequestFailure(.badPlacement, "num_logical = \(q.num_logical) exceeds the \(RoutingLimits.maxExperts) experts a layer can have")
+        }
+        guard q.total_replicas <= UInt32(ExpertPlacement.maxPhysical), q.num_physical <= UInt32(ExpertPlacement.maxPhysical) else {
+            throw RequestFailure(.badPlacement, "num_physical = \(q.num_physical), total_replicas = \(q.total_replicas): at most \(ExpertPlacement.maxPhysical) each")
+        }
+        guard frames.frameCount == 2 else {
+            throw RequestFailure(.malformed, "SET_PLACEMENT takes 2 frames (the replica counts and ids in frame 1), got \(frames.frameCount)")
+        }
+        let expected = (Int(q.num_logical) + Int(q.total_replicas)) * 4
+        let data = frames.frame(1)
+        guard data.count == expected else {
+            throw RequestFailure(.sizeMismatch, "placement frame holds \(data.count) bytes; num_logical + total_replicas int32 values are \(expected) bytes")
+        }
+        let counts = (0..<Int(q.num_logical)).map { data.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self) }
+        let base = Int(q.num_logical) * 4
+        let physical = (0..<Int(q.total_replicas)).map { data.loadUnaligned(fromByteOffset: base + $0 * 4, as: Int32.self) }
+        return PlacementRequest(layerID: q.layer_id, numPhysical: Int(q.num_physical), counts: counts, physical: physical)
     }
 
     private func buffer(_ ref: moe_buffer_ref, _ name: String) throws(RequestFailure) -> BufferRef {
@@ -136,7 +222,7 @@ struct RequestDecoder: Sendable {
         case MOE_BUF_SHM.rawValue:
             return .shm(handle: ref.handle, offset: ref.offset, length: ref.length)
         default:
-            throw RequestFailure(.badField, "\(name).kind = \(ref.kind); known: 0 (inline), 1 (shm)")
+            throw RequestFailure(.badField, "\(name).kind = \(ref.kind); known: 0 (inline), 1 (shm)\(name == "token_ids" || name == "mask" ? ", 2 (none)" : "")")
         }
     }
 }

@@ -14,6 +14,9 @@ final class ServerStats: Sendable {
     let nonFiniteInputs = Atomic<UInt64>(0)
     let fallbackCasts = Atomic<UInt64>(0)
     let computeNs = Atomic<UInt64>(0)
+    let maskedTokens = Atomic<UInt64>(0)
+    let hashRoutes = Atomic<UInt64>(0)
+    let placementSets = Atomic<UInt64>(0)
     /// Requests handed to workers and not yet answered (written by the I/O thread).
     let queued = Atomic<UInt64>(0)
 
@@ -33,6 +36,8 @@ final class ServerStats: Sendable {
         computeNs.add(r.computeNs, ordering: .relaxed)
         if r.viaSharedMemory { shmRoutes.add(1, ordering: .relaxed) }
         if r.fallbackCast { fallbackCasts.add(1, ordering: .relaxed) }
+        if r.maskedTokens > 0 { maskedTokens.add(UInt64(r.maskedTokens), ordering: .relaxed) }
+        if r.hashRouted { hashRoutes.add(1, ordering: .relaxed) }
     }
 }
 

@@ -12,6 +12,7 @@ struct ListLayersHandler: Sendable {
         var head = moe_list_resp()
         head.count = UInt32(catalog.layers.count)
         var infos: [moe_layer_info] = []
+        var exts: [moe_layer_ext] = []
         var biases: [Float] = []
         for (id, layer) in catalog.layers.enumerated() {
             let s = layer.spec
@@ -34,8 +35,15 @@ struct ListLayersHandler: Sendable {
             }
             WireBytes.setFixed(&info.name, s.name)
             infos.append(info)
+            var ext = moe_layer_ext()
+            let placement = layer.placements.snapshot()
+            ext.hash_vocab = UInt64(s.hashTable?.vocab ?? 0)
+            ext.placement_epoch = placement.epoch
+            ext.num_physical = UInt32(placement.placement?.numPhysical ?? 0)
+            ext.renorm_epsilon = s.renormEpsilon
+            exts.append(ext)
         }
         let frame = biases.withUnsafeBytes { ZMQMessage.copying($0) }
-        return Reply(answering: r, message: "\(catalog.layers.count) layers", body: .layers(head, infos), frames: [frame])
+        return Reply(answering: r, message: "\(catalog.layers.count) layers", body: .layers(head, infos, ext: r.version >= 2 ? exts : nil), frames: [frame])
     }
 }

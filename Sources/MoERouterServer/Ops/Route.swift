@@ -13,7 +13,8 @@ struct RouteHandler: Sendable {
     let replies: ReplyBudget
 
     func answer(_ q: RouteRequest, _ r: InboundRequest) -> Reply {
-        var result = RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID, viaSharedMemory: q.usesSharedMemory)
+        var result = RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID, viaSharedMemory: q.usesSharedMemory,
+                                 version: r.version)
         var checkedOut: [SharedSegment] = []
         defer { for s in checkedOut { registry.checkin(s) } }
         do {
@@ -28,30 +29,53 @@ struct RouteHandler: Sendable {
             do { shape = try RouteShape(layer: layer, dtype: q.dtype, tokens: q.tokens) } catch {
                 throw RequestFailure(.tooLarge, error.description)
             }
+            if layer.spec.hashTable != nil && q.tokenIds == nil {
+                throw RequestFailure(.tokenID, r.version >= 2
+                    ? "layer '\(layer.spec.name)' is hash-routed (tid2eid): the request must carry token_ids"
+                    : "layer '\(layer.spec.name)' is hash-routed (tid2eid): it needs the token ids that only protocol version 2 carries")
+            }
             let outputBytes = shape.outputCount * 4
             let input = try resolve(q.input, "input", expected: shape.inputBytes, align: q.dtype.byteSize, r, &checkedOut)
             let weights = try resolve(q.weights, "weights", expected: outputBytes, align: 4, r, &checkedOut)
             let ids = try resolve(q.ids, "ids", expected: outputBytes, align: 4, r, &checkedOut)
-            if !checkedOut.isEmpty { try checkOverlap([input, weights, ids]) }
+            let tokenIds = try q.tokenIds.map { (ref) throws(RequestFailure) in
+                try resolve(ref, "token_ids", expected: q.tokens * q.tokenIdBytes, align: q.tokenIdBytes, r, &checkedOut)
+            }
+            let mask = try q.mask.map { (ref) throws(RequestFailure) in
+                try resolve(ref, "mask", expected: q.tokens, align: 1, r, &checkedOut)
+            }
+            let buffers = [input, weights, ids] + [tokenIds, mask].compactMap { $0 }
+            if !checkedOut.isEmpty { try checkOverlap(buffers) }
             // Every byte used must lie inside the object as it is now (fstat): a shrink to a size
             // inside a mapped page faults nowhere, and outputs written there would be lost. A
             // shrink during the run is caught by the SIGBUS guard (whole pages) and the second
             // check below (the rest).
-            let buffers = [input, weights, ids]
             try checkSizes(checkedOut, buffers)
             let weightsFrame = weights.segment == nil ? try outputFrame(outputBytes, for: r) : nil
             let idsFrame = ids.segment == nil ? try outputFrame(outputBytes, for: r) : nil
             let inputPtr = input.segment.map { UnsafeRawPointer($0.base + input.offset) } ?? r.inlineInput.baseAddress
             let wPtr = weights.segment.map { $0.base + weights.offset } ?? weightsFrame!.mutableBytes.baseAddress
             let iPtr = ids.segment.map { $0.base + ids.offset } ?? idsFrame!.mutableBytes.baseAddress
-            let job = RouteJob(shape, input: inputPtr, weights: wPtr?.assumingMemoryBound(to: Float.self),
+            var job = RouteJob(shape, input: inputPtr, weights: wPtr?.assumingMemoryBound(to: Float.self),
                                ids: iPtr?.assumingMemoryBound(to: Int32.self))
+            if let tokenIds {
+                let p = tokenIds.segment.map { UnsafeRawPointer($0.base + tokenIds.offset) } ?? r.inlineTokenIds.baseAddress
+                job.extras.tokenIds = q.tokens > 0 ? p : nil
+                job.extras.tokenIdBytes = Int32(q.tokenIdBytes)
+            }
+            if let mask {
+                let p = mask.segment.map { UnsafeRawPointer($0.base + mask.offset) } ?? r.inlineMask.baseAddress
+                job.extras.mask = q.tokens > 0 ? p?.assumingMemoryBound(to: UInt8.self) : nil
+            }
             let t0 = mro_now_ns()
             let outcome = try run(job, on: layer)
             result.computeNs = mro_now_ns() - t0
             try checkSizes(checkedOut, buffers)
             result.nonFiniteCount = outcome.nonFiniteInputs
             result.fallbackCast = outcome.usedFallbackCast
+            result.maskedTokens = outcome.maskedTokens
+            result.placementEpoch = outcome.placementEpoch
+            result.hashRouted = layer.spec.hashTable != nil
             let frames: [ZMQMessage] = switch (weightsFrame, idsFrame) {
             case let (w?, i?): [w, i]
             case let (w?, nil): [w]
@@ -62,12 +86,22 @@ struct RouteHandler: Sendable {
         } catch let f as RequestFailure {
             return Reply(refusing: r, f, body: .route(result))
         } catch let e as RouteError {
-            guard case .nonFiniteInput(let token, let count) = e else {
+            switch e {
+            case .nonFiniteInput(let token, let count):
+                result.nonFiniteCount = count
+                result.firstNonFiniteToken = token
+                return Reply(refusing: r, RequestFailure(.nonFinite, e.description), body: .route(result))
+            case .maskValue(let token, _):
+                result.firstBadToken = token
+                return Reply(refusing: r, RequestFailure(.badMask, e.description), body: .route(result))
+            case .tokenIdOutOfRange(let token, _, _):
+                result.firstBadToken = token
+                return Reply(refusing: r, RequestFailure(.tokenID, e.description), body: .route(result))
+            case .tokenIdsMissing:
+                return Reply(refusing: r, RequestFailure(.tokenID, e.description), body: .route(result))
+            case .inputSize, .outputSize, .tokenCount:
                 return Reply(refusing: r, RequestFailure(.sizeMismatch, e.description), body: .route(result))
             }
-            result.nonFiniteCount = count
-            result.firstNonFiniteToken = token
-            return Reply(refusing: r, RequestFailure(.nonFinite, e.description), body: .route(result))
         } catch {
             return Reply(refusing: r, RequestFailure(.internalError, "\(error)"), body: .route(result))
         }
@@ -122,10 +156,13 @@ struct RouteHandler: Sendable {
     }
 
     /// Two shm buffers overlap when they share bytes of the same object, even through two
-    /// registrations of it.
+    /// registrations of it. Buffers the daemon only reads (input, token ids, mask) may share
+    /// bytes with each other; an output may share bytes with nothing. `refs` starts with input,
+    /// weights, ids.
     private func checkOverlap(_ refs: [Resolved]) throws(RequestFailure) {
+        let written: Set<String> = ["weights", "ids"]
         for i in refs.indices {
-            for j in refs.indices where j > i {
+            for j in refs.indices where j > i && (written.contains(refs[i].name) || written.contains(refs[j].name)) {
                 guard let a = refs[i].segment, let b = refs[j].segment, refs[i].length > 0, refs[j].length > 0,
                       a.device == b.device, a.inode == b.inode else { continue }
                 let (x, y) = (refs[i], refs[j])
@@ -155,14 +192,25 @@ struct RouteHandler: Sendable {
 
     private func run(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
         // Inline frames may sit at any offset of libzmq's receive buffer (or inside zmq_msg_t):
-        // an input not aligned for its dtype is copied first (on the stack when small).
+        // an input or token ids not aligned for their type are copied first (on the stack when
+        // small).
+        if let ids = job.extras.tokenIds, Int(bitPattern: ids) % Int(job.extras.tokenIdBytes) != 0 {
+            let bytes = job.tokens * Int(job.extras.tokenIdBytes)
+            return try withUnsafeTemporaryAllocation(byteCount: bytes, alignment: 8) { (copy) throws(RouteError) in
+                copy.copyMemory(from: UnsafeRawBufferPointer(start: ids, count: bytes))
+                var aligned = job
+                aligned.extras.tokenIds = UnsafeRawPointer(copy.baseAddress)
+                return try run(aligned, on: layer)
+            }
+        }
         guard let base = job.input.baseAddress, Int(bitPattern: base) % job.dtype.byteSize != 0 else {
             return try backend.route(job, on: layer)
         }
         return try withUnsafeTemporaryAllocation(byteCount: job.input.count, alignment: 64) { (copy) throws(RouteError) in
             copy.copyMemory(from: job.input)
-            let aligned = RouteJob(job.shape, input: UnsafeRawPointer(copy.baseAddress), weights: job.weights.baseAddress,
+            var aligned = RouteJob(job.shape, input: UnsafeRawPointer(copy.baseAddress), weights: job.weights.baseAddress,
                                    ids: job.ids.baseAddress)
+            aligned.extras = job.extras
             return try backend.route(aligned, on: layer)
         }
     }

@@ -27,6 +27,18 @@ struct StatsHandler: Sendable {
         s.clients_released = snap.releasedClients
         s.compute_ns = stats.computeNs.load(ordering: .relaxed)
         WireBytes.setFixed(&s.backend, backendName)
-        return Reply(answering: r, message: "stats", body: .stats(s))
+        guard r.version >= 2 else { return Reply(answering: r, message: "stats", body: .stats(s, ext: nil)) }
+        var e = moe_stats_ext()
+        if let uid = r.origin.peer?.uid {
+            let used = registry.usage(uid: uid)
+            e.uid_registrations = UInt64(used.count)
+            e.uid_mapped_bytes = used.bytes
+        }
+        e.max_registrations_per_uid = UInt64(registry.limits.maxPerUID)
+        e.max_mapped_bytes_per_uid = registry.limits.maxBytesPerUID
+        e.masked_tokens = stats.maskedTokens.load(ordering: .relaxed)
+        e.hash_routes = stats.hashRoutes.load(ordering: .relaxed)
+        e.placement_sets = stats.placementSets.load(ordering: .relaxed)
+        return Reply(answering: r, message: "stats", body: .stats(s, ext: e))
     }
 }

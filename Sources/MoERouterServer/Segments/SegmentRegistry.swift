@@ -154,6 +154,11 @@ final class SegmentRegistry: ConnectionTracking {
         }
     }
 
+    /// Live registrations and mapped bytes of one uid, over all its connections.
+    func usage(uid: UInt32) -> (count: Int, bytes: UInt64) {
+        state.withLock { $0.byUID[uid] ?? (0, 0) }
+    }
+
     struct Snapshot {
         var registrations: Int
         var clients: Int
