@@ -8,13 +8,15 @@ from moe_router import _wire as w
 from moe_router.types import DType
 
 MAGIC = w.MAGIC
-VERSION = w.VERSION
+VERSION = w.MIN_VERSION  # the raw-frame suites speak version 1 unless they say version=V2
+V2 = 2
 OP = dict(HELLO=w.OP_HELLO, LIST_LAYERS=w.OP_LIST_LAYERS, REGISTER_SHM=w.OP_REGISTER_SHM,
-          UNREGISTER_SHM=w.OP_UNREGISTER_SHM, ROUTE=w.OP_ROUTE, STATS=w.OP_STATS, PING=w.OP_PING)
+          UNREGISTER_SHM=w.OP_UNREGISTER_SHM, ROUTE=w.OP_ROUTE, STATS=w.OP_STATS, PING=w.OP_PING,
+          SET_PLACEMENT=w.OP_SET_PLACEMENT, EXPERT_LOAD=w.OP_EXPERT_LOAD)
 STATUS = {s.name: int(s) for s in Status if s < 100}
 STATUS_NAME = {v: k for k, v in STATUS.items()}
 FP32, BF16, FP16 = int(DType.FP32), int(DType.BF16), int(DType.FP16)
-INLINE, SHM = w.BUF_INLINE, w.BUF_SHM
+INLINE, SHM, NONE = w.BUF_INLINE, w.BUF_SHM, w.BUF_NONE
 
 REQ_HEADER = w.REQ_HEADER.struct
 RESP_HEADER = w.RESP_HEADER.struct
@@ -27,6 +29,11 @@ LAYER_INFO = w.LAYER_INFO.struct
 REGISTER_REQ = w.REGISTER_REQ.struct
 REGISTER_RESP = w.REGISTER_RESP.struct
 STATS_RESP = w.STATS_RESP.struct
+ROUTE_RESP_V2 = w.ROUTE_RESP_V2
+PLACEMENT_REQ = w.PLACEMENT_REQ
+PLACEMENT_RESP = w.PLACEMENT_RESP
+LOAD_REQ = w.LOAD_REQ
+LOAD_RESP = w.LOAD_RESP
 
 
 def header(op, body_size, request_id=1, magic=MAGIC, version=VERSION, deadline_ms=0, reserved=0):
@@ -43,6 +50,20 @@ def buffer_ref(kind=INLINE, handle=0, offset=0, length=0, reserved=0):
 
 def route_body(layer_id, dtype, tokens, inp, weights, ids, reserved0=b"\0\0\0"):
     return ROUTE_REQ_HEAD.pack(layer_id, dtype, reserved0, tokens) + inp + weights + ids
+
+
+def route_body_v2(layer_id, dtype, tokens, inp, weights, ids, token_ids=None, mask=None, token_id_bytes=0,
+                  reserved=0, reserved2=0, reserved0=b"\0\0\0"):
+    """moe_route_req_v2 from five packed buffer refs (token_ids / mask None: MOE_BUF_NONE)."""
+    none = buffer_ref(NONE)
+    return (route_body(layer_id, dtype, tokens, inp, weights, ids, reserved0) + (token_ids or none) + (mask or none)
+            + struct.pack("<IIQ", token_id_bytes, reserved, reserved2))
+
+
+def route_resp_v2(reply):
+    """The moe_route_resp_v2 of a version-2 ROUTE answer, with short names (base. dropped)."""
+    d = ROUTE_RESP_V2.unpack(reply.body)
+    return {n[5:] if n.startswith("base.") else n: v for n, v in d.items()}
 
 
 def hello_body(min_version=1, max_version=1, name=b"pytest"):

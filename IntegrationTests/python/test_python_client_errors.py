@@ -201,10 +201,11 @@ def test_truncated_segment(client):
     try:
         h = client.register_shm(seg.name, 1 << 16)
         os.truncate(seg.path, 4096)
-        # Route through the handle with crafted refs (the public API never points past a buffer).
+        # Route through the handle with crafted refs (the public API never points past a buffer),
+        # as a version-1 request (its body is the version-1 one).
         body = mr._wire.route_body(client.layer("mixtral-8x7b").id, 0, 1,
                                    [(1, h, 0, 32), (1, h, 40000, 8), (1, h, 50000, 8)])
-        reply = client._call(mr._wire.OP_ROUTE, body)
+        reply = client._call(mr._wire.OP_ROUTE, body, version=1)
         assert reply.status in (mr.Status.SHM_TRUNCATED, mr.Status.OUT_OF_BOUNDS), reply.message
         assert type(mr.error_for(reply.status, reply.message)) in (mr.ShmTruncatedError, mr.OutOfBoundsError)
     finally:

@@ -121,15 +121,78 @@ def test_one_exception_class_per_error_status():
 def test_other_enums_and_constants_match_the_header():
     assert parse_enum("moe_op") == {f"MOE_OP_{n}": v for n, v in [
         ("HELLO", w.OP_HELLO), ("LIST_LAYERS", w.OP_LIST_LAYERS), ("REGISTER_SHM", w.OP_REGISTER_SHM),
-        ("UNREGISTER_SHM", w.OP_UNREGISTER_SHM), ("ROUTE", w.OP_ROUTE), ("STATS", w.OP_STATS), ("PING", w.OP_PING)]}
+        ("UNREGISTER_SHM", w.OP_UNREGISTER_SHM), ("ROUTE", w.OP_ROUTE), ("STATS", w.OP_STATS), ("PING", w.OP_PING),
+        ("SET_PLACEMENT", w.OP_SET_PLACEMENT), ("EXPERT_LOAD", w.OP_EXPERT_LOAD)]}
     assert parse_enum("moe_dtype") == {f"MOE_DTYPE_{d.name}": int(d) for d in DType}
     assert parse_enum("moe_method") == {f"MOE_METHOD_{m.name}": int(m) for m in Method}
     assert parse_enum("moe_scoring") == {f"MOE_SCORING_{s.name}": int(s) for s in Scoring}
     assert parse_enum("moe_nonfinite") == {f"MOE_NONFINITE_{n.name}": int(n) for n in Nonfinite}
-    assert parse_enum("moe_buffer_kind") == {"MOE_BUF_INLINE": w.BUF_INLINE, "MOE_BUF_SHM": w.BUF_SHM}
+    assert parse_enum("moe_buffer_kind") == {"MOE_BUF_INLINE": w.BUF_INLINE, "MOE_BUF_SHM": w.BUF_SHM,
+                                             "MOE_BUF_NONE": w.BUF_NONE}
     text = header_text()
     for macro, value in [("MOE_PROTOCOL_MAGIC", w.MAGIC), ("MOE_PROTOCOL_VERSION", w.VERSION),
+                         ("MOE_PROTOCOL_MIN_VERSION", w.MIN_VERSION),
                          ("MOE_NAME_BYTES", w.NAME_BYTES), ("MOE_SHM_NAME_BYTES", w.SHM_NAME_BYTES),
                          ("MOE_TAG_BYTES", w.TAG_BYTES), ("MOE_MAX_MESSAGE_TEXT", w.MAX_MESSAGE_TEXT)]:
         m = re.search(r"#define\s+" + macro + r"\s+(0x[0-9A-Fa-f]+|\d+)u?", text)
         assert m and int(m.group(1), 0) == value, macro
+
+
+def anonymous_enum_values():
+    """Every NAME = value of the header's anonymous enums (feature bits, load flags)."""
+    out = {}
+    for body in re.findall(r"enum\s*\{(.*?)\}", header_text(), re.S):
+        for item in body.split(","):
+            if "=" in item:
+                key, value = (p.strip() for p in item.split("="))
+                out[key] = int(value.rstrip("uU"), 0)
+    return out
+
+
+def test_v2_flags_match_the_header():
+    flags = anonymous_enum_values()
+    assert {k: v for k, v in flags.items() if k.startswith("MOE_FEATURE_")} == {
+        "MOE_FEATURE_MASK": w.FEATURE_MASK, "MOE_FEATURE_TOKEN_IDS": w.FEATURE_TOKEN_IDS,
+        "MOE_FEATURE_PLACEMENT": w.FEATURE_PLACEMENT, "MOE_FEATURE_EXPERT_LOAD": w.FEATURE_EXPERT_LOAD}
+    assert flags["MOE_LOAD_RESET_WINDOW"] == w.LOAD_RESET_WINDOW
+
+
+def test_v2_sizes_are_the_static_asserted_ones():
+    """The sizes and offsets Include/moe_router_wire.h static-asserts, read from the header itself
+    (so this holds without a C compiler too)."""
+    text = header_text()
+    by_name = {s.c_name: s for s in w.ALL_STRUCTS}
+    sizes = re.findall(r"MOE_STATIC_ASSERT\(sizeof\((\w+)\) == (\d+)", text)
+    offsets = re.findall(r"MOE_STATIC_ASSERT\(offsetof\((\w+), (\w+)\) == (\d+)", text)
+    assert len(sizes) >= 25 and offsets
+    for name, size in sizes:
+        if name in by_name:
+            assert by_name[name].size == int(size), name
+    for name, field_name, off in offsets:
+        st = by_name[name]
+        first = next(n for n in st.names if n == field_name or n.startswith(field_name + "."))
+        assert st.offsets[first] == int(off), (name, field_name)
+
+
+def test_v2_route_body_layout():
+    refs = [(w.BUF_INLINE, 0, 0, 16), (w.BUF_SHM, 7, 64, 8), (w.BUF_INLINE, 0, 0, 8), (w.BUF_SHM, 7, 128, 16),
+            (w.BUF_NONE, 0, 0, 0)]
+    body = w.route_body_v2(3, 1, 2, refs, 8)
+    assert len(body) == w.ROUTE_REQ_V2.size == 192
+    d = w.ROUTE_REQ_V2.unpack(body)
+    assert (d["base.layer_id"], d["base.dtype"], d["base.tokens"]) == (3, 1, 2)
+    assert (d["token_ids.kind"], d["token_ids.handle"], d["token_ids.offset"], d["token_ids.length"]) == (1, 7, 128, 16)
+    assert (d["mask.kind"], d["mask.handle"], d["mask.offset"], d["mask.length"]) == (2, 0, 0, 0)
+    assert d["token_id_bytes"] == 8 and d["reserved"] == 0 and d["reserved2"] == 0
+    # the version-1 body is the version-2 body's first 112 bytes
+    assert body[:w.ROUTE_REQ.size] == w.route_body(3, 1, 2, refs[:3])
+
+
+def test_v2_error_classes():
+    assert issubclass(moe_router.NotPermittedError, PermissionError)
+    assert issubclass(moe_router.BadPlacementError, ValueError)
+    err = moe_router.error_for(30, "token_ids[3] = 200000 is outside", token=3)
+    assert type(err) is moe_router.TokenIdError and err.token == 3 and isinstance(err, ValueError)
+    err = moe_router.error_for(31, "mask[1] = 2", token=1)
+    assert type(err) is moe_router.BadMaskError and err.token == 1
+    assert moe_router.Status(28).c_name == "MOE_ERR_NOT_PERMITTED"

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from .errors import BadDTypeError, ClientArgumentError
+from .errors import BadDTypeError, ClientArgumentError, SizeMismatchError
 from .types import DType
 
 _DTYPE_NAMES = {
@@ -96,3 +96,46 @@ def as_logits(logits, dtype=None):
 
 def address(arr):
     return arr.__array_interface__["data"][0]
+
+
+def as_token_ids(token_ids, tokens):
+    """A C-contiguous int32 or int64 array of ``tokens`` token ids (the two widths the wire
+    carries, kept as given). Other integer arrays and lists are widened to int64."""
+    if _is_torch_tensor(token_ids):
+        token_ids = token_ids.detach().cpu().contiguous().numpy()
+    arr = np.asarray(token_ids)
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
+            arr = arr.astype(np.int64)
+        else:
+            raise ClientArgumentError(f"token_ids must be integers (int32 or int64); got {arr.dtype}")
+    if arr.dtype not in (np.int32, np.int64) or arr.dtype.byteorder == ">":
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise ClientArgumentError("token_ids hold a value past int64")
+        arr = arr.astype(np.int64)
+    arr = arr.reshape(-1) if arr.ndim != 1 else arr
+    if arr.shape[0] != tokens:
+        raise SizeMismatchError(f"token_ids has {arr.shape[0]} entries for {tokens} tokens")
+    return np.ascontiguousarray(arr)
+
+
+def as_mask(mask, tokens):
+    """A C-contiguous uint8 array of ``tokens`` padding flags (1: padding row, 0: token); bool
+    arrays are viewed as their bytes, which are 0 and 1."""
+    if _is_torch_tensor(mask):
+        mask = mask.detach().cpu().contiguous().numpy()
+    arr = np.asarray(mask)
+    if arr.size == 0:  # np.asarray([]) is float64
+        arr = arr.astype(np.uint8)
+    if arr.dtype == np.bool_:
+        arr = np.ascontiguousarray(arr).view(np.uint8)
+    elif arr.dtype != np.uint8:
+        if arr.dtype.kind not in "iu":
+            raise ClientArgumentError(f"mask must be bool or uint8; got {arr.dtype}")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
+            raise ClientArgumentError("mask values must fit a byte (0: token, 1: padding)")
+        arr = arr.astype(np.uint8)
+    arr = arr.reshape(-1) if arr.ndim != 1 else arr
+    if arr.shape[0] != tokens:
+        raise SizeMismatchError(f"mask has {arr.shape[0]} entries for {tokens} tokens")
+    return np.ascontiguousarray(arr)

@@ -9,11 +9,12 @@ import zmq
 import zmq.utils.z85
 
 from . import _wire as w
-from ._arrays import as_logits
-from .errors import (ClientArgumentError, ClientIOError, ClientProtocolError, ClientTimeoutError, Status,
-                     UnknownHandleError, UnknownLayerError, error_for)
+from ._arrays import as_logits, as_mask, as_token_ids
+from .errors import (BadVersionError, ClientArgumentError, ClientIOError, ClientProtocolError, ClientTimeoutError,
+                     Status, UnknownHandleError, UnknownLayerError, error_for)
 from .shm import SharedBuffer, Session
-from .types import DType, Layer, Method, Nonfinite, RouteResult, Scoring, ServerInfo, Stats
+from .types import (DType, ExpertLoad, Layer, Method, Nonfinite, RouteResult, Scoring, ServerInfo, ServerLimits,
+                    Stats)
 
 DEFAULT_TIMEOUT_MS = 5000
 
@@ -55,14 +56,27 @@ class Client:
     ``close()`` (or leaving a ``with`` block) unregisters every SharedBuffer/Session made through
     this Client and closes the socket.
 
+    ``protocol``: None (default) negotiates the newest version both sides speak (2 with a current
+    daemon; ``client.protocol`` says which); 1 speaks version 1 only, byte for byte as clients
+    before version 2 did; 2 requires version 2 (BadVersionError from an older daemon). Version 2
+    brings token ids and padding masks on ROUTE, expert placement, expert load counters, the
+    HELLO limits in ``client.info`` (None on a version-1 connection) and more STATS fields;
+    asking for any of them on a version-1 connection raises BadVersionError.
+
     ``curve=(server_public, client_public, client_secret)`` (Z85 strings; ``curve_keys()`` reads
     them from the files ``moe-routerctl keygen`` writes) connects to a tcp endpoint that requires
     ZeroMQ CURVE. A daemon that does not admit the key never completes the handshake: the HELLO
     times out (ClientTimeoutError).
     """
 
-    def __init__(self, endpoint=None, timeout_ms=DEFAULT_TIMEOUT_MS, client_name=None, curve=None):
+    def __init__(self, endpoint=None, timeout_ms=DEFAULT_TIMEOUT_MS, client_name=None, curve=None, protocol=None):
+        if protocol not in (None, 1, 2):
+            raise ClientArgumentError(f"protocol must be None, 1 or 2; got {protocol!r}")
         self.endpoint = endpoint or default_endpoint()
+        self._wanted_protocol = protocol
+        self._max_version = 1 if protocol == 1 else w.VERSION
+        self.protocol = w.MIN_VERSION  # the negotiated version, once HELLO has answered
+        self.info = None
         self.timeout_ms = int(timeout_ms) if timeout_ms and timeout_ms > 0 else DEFAULT_TIMEOUT_MS
         self._client_name = (client_name or f"moe_router-py pid {os.getpid()}").encode()[:w.NAME_BYTES - 1]
         self._lock = threading.RLock()
@@ -96,17 +110,21 @@ class Client:
             raise
 
     # ---- the request/answer cycle ----------------------------------------------------------
-    def _call(self, op, body=b"", payload=None):
-        """Sends one request (``payload``: the inline ROUTE input frame) and returns its answer;
-        raises the status's exception unless it is OK (ROUTE bodies are returned either way)."""
+    def _call(self, op, body=b"", payload=None, version=None):
+        """Sends one request (``payload``: the frame after frame 0, or a list of such frames) with
+        header version ``version`` (default: the negotiated one) and returns its answer; raises
+        the status's exception unless it is OK (ROUTE bodies are returned either way)."""
         with self._lock:
             if self._closed:
                 raise ClientArgumentError("the client is closed")
             request_id = next(self._ids)
-            frame0 = w.REQ_HEADER.struct.pack(w.MAGIC, w.VERSION, op, request_id, len(body), self.timeout_ms, 0) + body
+            frame0 = w.REQ_HEADER.struct.pack(w.MAGIC, self.protocol if version is None else version, op, request_id,
+                                              len(body), self.timeout_ms, 0) + body
             try:
                 if payload is None:
                     self._sock.send(frame0)
+                elif isinstance(payload, list):
+                    self._sock.send_multipart([frame0, *payload], copy=False)
                 else:
                     self._sock.send_multipart([frame0, payload], copy=False)
             except zmq.ZMQError as e:
@@ -147,14 +165,42 @@ class Client:
 
     # ---- simple ops --------------------------------------------------------------------------
     def hello(self):
-        """HELLO: the daemon's version, backend and limits (also kept as ``self.server``)."""
-        body = w.HELLO_REQ.pack(min_version=w.VERSION, max_version=w.VERSION, client_name=self._client_name)
-        d = self._body(self._call(w.OP_HELLO, body), w.HELLO_RESP)
+        """HELLO: the daemon's version, backend and limits (also kept as ``self.server``). Sets
+        ``self.protocol`` to the negotiated version and, from version 2 on, ``self.info`` to the
+        further limits (ServerLimits). HELLO itself always travels as version 1."""
+        body = w.HELLO_REQ.pack(min_version=w.MIN_VERSION, max_version=self._max_version, client_name=self._client_name)
+        reply = self._call(w.OP_HELLO, body, version=w.MIN_VERSION)
+        if len(reply.body) < w.HELLO_RESP.size:
+            raise ClientProtocolError(f"moe_hello_resp answer is {len(reply.body)} bytes, expected {w.HELLO_RESP.size}")
+        d = w.HELLO_RESP.unpack(reply.body)
+        version = d["protocol_version"]
+        if not w.MIN_VERSION <= version <= self._max_version:
+            raise ClientProtocolError(f"the daemon chose protocol version {version}; this client asked for "
+                                      f"{w.MIN_VERSION}..{self._max_version}")
+        info = None
+        if version >= 2:
+            d2 = self._body(reply, w.HELLO_ANSWER_V2)
+            ext = {n: d2[n] for n in w.HELLO_EXT.names}
+            ext["control_allowed"] = bool(ext["control_allowed"])
+            info = ServerLimits(**ext)
+        elif len(reply.body) != w.HELLO_RESP.size:
+            raise ClientProtocolError(f"moe_hello_resp answer is {len(reply.body)} bytes, expected {w.HELLO_RESP.size}")
+        if self._wanted_protocol is not None and version != self._wanted_protocol:
+            raise BadVersionError(f"protocol version {self._wanted_protocol} was asked for; the daemon "
+                                  f"({w.cstr(d['daemon_version'])}) speaks {d['min_protocol_version']}..{version}")
+        self.protocol, self.info = version, info
         d["daemon_version"] = w.cstr(d["daemon_version"])
         d["backend"] = w.cstr(d["backend"])
         d["shm_allowed"] = bool(d["shm_allowed"])
         d.pop("reserved")
         return ServerInfo(**d)
+
+    def _need_v2(self, what):
+        if self.protocol < 2:
+            why = ("it was opened with protocol=1" if self._wanted_protocol == 1
+                   else "the daemon speaks version 1 only")
+            raise BadVersionError(f"{what} needs protocol version 2; this connection speaks version "
+                                  f"{self.protocol} ({why})")
 
     def ping(self):
         """PING: round-trip seconds."""
@@ -163,8 +209,13 @@ class Client:
         return time.perf_counter() - t
 
     def stats(self):
-        """STATS: the daemon's counters."""
-        d = self._body(self._call(w.OP_STATS), w.STATS_RESP)
+        """STATS: the daemon's counters (with version 2 also the asking uid's registrations and
+        quotas, padding rows, hash routes and placement changes)."""
+        if self.protocol >= 2:
+            raw = self._body(self._call(w.OP_STATS), w.STATS_RESP_V2)
+            d = {n.split(".", 1)[1]: v for n, v in raw.items() if n != "ext.reserved"}
+        else:
+            d = self._body(self._call(w.OP_STATS), w.STATS_RESP)
         d["backend"] = w.cstr(d["backend"])
         return Stats(**d)
 
@@ -174,12 +225,18 @@ class Client:
         if len(reply.body) < w.LIST_RESP.size:
             raise ClientProtocolError("layer list shorter than its header")
         count = w.LIST_RESP.unpack(reply.body)["count"]
-        if len(reply.body) != w.LIST_RESP.size + count * w.LAYER_INFO.size or not reply.frames:
+        entry = w.LAYER_INFO_V2 if self.protocol >= 2 else w.LAYER_INFO
+        if len(reply.body) != w.LIST_RESP.size + count * entry.size or not reply.frames:
             raise ClientProtocolError("malformed layer list")
         biases = np.frombuffer(reply.frames[0].bytes, dtype="<f4")
         out = []
         for i in range(count):
-            d = w.LAYER_INFO.unpack(reply.body, w.LIST_RESP.size + i * w.LAYER_INFO.size)
+            d = entry.unpack(reply.body, w.LIST_RESP.size + i * entry.size)
+            ext = {}
+            if entry is w.LAYER_INFO_V2:
+                ext = dict(hash_vocab=d["ext.hash_vocab"], placement_epoch=d["ext.placement_epoch"],
+                           num_physical=d["ext.num_physical"], renorm_epsilon=float(d["ext.renorm_epsilon"]))
+                d = {n[5:]: v for n, v in d.items() if n.startswith("info.")}
             bias = None
             if d["has_bias"]:
                 lo, hi = d["bias_offset"], d["bias_offset"] + d["num_experts"]
@@ -193,7 +250,7 @@ class Client:
                               nonfinite=Nonfinite(d["nonfinite"]), num_experts=d["num_experts"], top_k=d["top_k"],
                               num_expert_group=d["num_expert_group"], topk_group=d["topk_group"],
                               renormalize=bool(d["renormalize"]),
-                              routed_scaling_factor=float(d["routed_scaling_factor"]), bias=bias)
+                              routed_scaling_factor=float(d["routed_scaling_factor"]), bias=bias, **ext)
             except ValueError as e:
                 raise ClientProtocolError(f"layer {d['layer_id']}: {e}") from e
             out.append(layer)
@@ -252,9 +309,10 @@ class Client:
         """A new SharedBuffer of ``size`` bytes registered on this connection."""
         return SharedBuffer(self, size)
 
-    def session(self, layer, max_tokens, dtype="fp32"):
-        """A new Session: shared input/weights/ids buffers for ``layer`` and up to ``max_tokens``."""
-        return Session(self, layer, max_tokens, dtype)
+    def session(self, layer, max_tokens, dtype="fp32", token_ids=None, mask=False):
+        """A new Session: shared input/weights/ids buffers for ``layer`` and up to ``max_tokens``
+        (version 2: also token ids and a padding mask; see Session)."""
+        return Session(self, layer, max_tokens, dtype, token_ids, mask)
 
     def _adopt(self, buffer):
         with self._lock:
@@ -278,7 +336,7 @@ class Client:
         return None
 
     # ---- ROUTE -------------------------------------------------------------------------------
-    def route(self, layer, logits, dtype=None, out=None):
+    def route(self, layer, logits, dtype=None, out=None, token_ids=None, mask=None):
         """Routes ``logits`` [tokens, num_experts] (1-D: one token) through ``layer`` (id, name
         or Layer). ``logits``: float32, float16, a torch float32/float16/bfloat16 tensor, or
         uint16 bf16 bit patterns with ``dtype="bf16"``.
@@ -287,13 +345,34 @@ class Client:
         reference and are read/written in place; others travel inline. ``out=(weights, ids)``:
         float32 and int32 C-contiguous [tokens, top_k] arrays to write into (in place when they
         are shared memory). Returns a RouteResult, which unpacks to ``(weights, ids)``.
+
+        Protocol version 2 only: ``token_ids`` [tokens] int32 or int64 (numpy, torch or a list;
+        other integer types are widened to int64), needed by hash-routed layers and ignored by
+        the others; ``mask`` [tokens] bool or uint8, 1/True = padding row (ids -1, weights 0,
+        its logits not read). Both go by reference when they lie in this client's shared memory.
         """
         arr, wire = as_logits(logits, dtype)
-        return self._route_rows(self.layer(layer), arr, wire, out)
+        tokens = arr.shape[0]
+        if token_ids is not None:
+            self._need_v2("route(token_ids=...)")
+            token_ids = as_token_ids(token_ids, tokens)
+        if mask is not None:
+            self._need_v2("route(mask=...)")
+            mask = as_mask(mask, tokens)
+        return self._route_rows(self.layer(layer), arr, wire, out, token_ids, mask)
 
-    def _route_rows(self, layer, arr, wire, out):
+    def _ref(self, arr, length=None):
+        """(kind, handle, offset, length) of a buffer: by reference in this client's shared
+        memory, else inline (``arr`` None: an inline output of ``length`` bytes)."""
+        loc = None if arr is None else self._locate(arr)
+        if loc is None:
+            return (w.BUF_INLINE, 0, 0, arr.nbytes if length is None else length)
+        return (w.BUF_SHM, loc[0], loc[1], arr.nbytes)
+
+    def _route_rows(self, layer, arr, wire, out, token_ids=None, mask=None):
         """ROUTE of ``arr``, already a C-contiguous [tokens, E] array of wire dtype ``wire``
-        (what ``as_logits`` returns, or a Session's own rows)."""
+        (what ``as_logits`` returns, or a Session's own rows); ``token_ids``/``mask`` checked
+        by as_token_ids/as_mask (or a Session's rows), or None."""
         tokens, k = arr.shape[0], layer.top_k
         out_len = tokens * k * 4
         payload = None
@@ -312,25 +391,42 @@ class Client:
                 if not isinstance(a, np.ndarray) or a.dtype != want or not a.flags.c_contiguous or not a.flags.writeable:
                     raise ClientArgumentError(f"out {name} must be a writable C-contiguous {np.dtype(want)} array")
         for a in outs:
-            loc = None if a is None else self._locate(a)
-            if loc is None:
-                refs.append((w.BUF_INLINE, 0, 0, out_len if a is None else a.nbytes))
-            else:
-                refs.append((w.BUF_SHM, loc[0], loc[1], a.nbytes))
-        body = w.route_body(layer.id, int(wire), tokens, refs)
-        reply = self._call(w.OP_ROUTE, body, payload)
-        resp = w.ROUTE_RESP.unpack(reply.body) if len(reply.body) == w.ROUTE_RESP.size else None
+            refs.append(self._ref(a, None if a is not None else out_len))
+        v2 = self.protocol >= 2
+        if v2:
+            frames = [] if payload is None else [payload]
+            for extra in (token_ids, mask):
+                if extra is None:
+                    refs.append((w.BUF_NONE, 0, 0, 0))
+                    continue
+                ref = self._ref(extra)
+                refs.append(ref)
+                if ref[0] == w.BUF_INLINE:
+                    frames.append(extra.view(np.uint8))
+            body = w.route_body_v2(layer.id, int(wire), tokens, refs,
+                                   0 if token_ids is None else token_ids.dtype.itemsize)
+            reply = self._call(w.OP_ROUTE, body, frames or None)
+            resp_struct = w.ROUTE_RESP_V2
+        else:
+            body = w.route_body(layer.id, int(wire), tokens, refs)
+            reply = self._call(w.OP_ROUTE, body, payload)
+            resp_struct = w.ROUTE_RESP
+        resp = resp_struct.unpack(reply.body) if len(reply.body) == resp_struct.size else None
+        if v2 and resp is not None:
+            resp = {n[5:] if n.startswith("base.") else n: v for n, v in resp.items()}
         if reply.status != Status.OK:
             extra = {}
             message = reply.message
             if reply.status == Status.NONFINITE and resp is not None:
                 extra = dict(token=resp["first_nonfinite_token"], count=resp["nonfinite_count"])
+            if reply.status in (Status.TOKEN_ID, Status.BAD_MASK) and resp is not None:
+                extra = dict(token=resp.get("first_bad_token"))
             if reply.status == Status.SIZE_MISMATCH:
                 message += (f" (logits shape {tuple(arr.shape)} {wire.label}; layer '{layer.name}' has "
                             f"num_experts={layer.num_experts}, top_k={k})")
             raise error_for(reply.status, message, **extra)
         if resp is None:
-            raise ClientProtocolError(f"ROUTE answer body is {len(reply.body)} bytes, expected {w.ROUTE_RESP.size}")
+            raise ClientProtocolError(f"ROUTE answer body is {len(reply.body)} bytes, expected {resp_struct.size}")
         results = []
         frame = 0
         for i, (a, dt) in enumerate(zip(outs, (np.float32, np.int32))):
@@ -346,8 +442,89 @@ class Client:
             else:
                 np.copyto(a.reshape(-1), got)
                 results.append(a)
+        if not v2:
+            return RouteResult(results[0], results[1], tokens=tokens, nonfinite_count=resp["nonfinite_count"],
+                               fallback_cast=bool(resp["fallback_cast"]), compute_ns=resp["compute_ns"])
         return RouteResult(results[0], results[1], tokens=tokens, nonfinite_count=resp["nonfinite_count"],
-                           fallback_cast=bool(resp["fallback_cast"]), compute_ns=resp["compute_ns"])
+                           fallback_cast=bool(resp["fallback_cast"]), compute_ns=resp["compute_ns"],
+                           masked_tokens=resp["masked_tokens"], placement_epoch=resp["placement_epoch"],
+                           hash_routed=bool(resp["hash_routed"]))
+
+    # ---- version 2: expert placement and load ------------------------------------------------
+    def set_placement(self, layer, replicas, num_physical=None):
+        """SET_PLACEMENT (EPLB): ``replicas[e]`` lists the physical expert ids of logical expert
+        e (one list per expert of the layer, each non-empty; a physical id serves one logical
+        expert). ``num_physical`` defaults to the largest id + 1. From the answer on, ROUTEs of
+        ``layer`` return physical ids: token t choosing logical e gets replicas[e][t mod len]
+        (columns keep the logical order). The swap is atomic. Returns the layer's new placement
+        epoch (RouteResult.placement_epoch names the placement an answer used).
+
+        A control op: NotPermittedError for a peer that is not the daemon's uid, root or a
+        --control-uid; BadPlacementError for an invalid placement (the layer keeps its old one).
+        The daemon judges the placement; the client only checks that it can be sent."""
+        self._need_v2("set_placement")
+        info = self.layer(layer)
+        try:
+            lists = [np.asarray(r).reshape(-1) for r in replicas]
+        except (TypeError, ValueError) as e:
+            raise ClientArgumentError(f"replicas must be a list of lists of physical ids: {e}") from e
+        if not lists:
+            raise ClientArgumentError("replicas is empty: call clear_placement() to remove a placement")
+        for e, r in enumerate(lists):
+            if r.size and r.dtype.kind not in "iu":
+                raise ClientArgumentError(f"replicas[{e}] holds {r.dtype} values; physical ids are integers")
+        counts = np.array([r.size for r in lists], dtype="<i4")
+        flat = np.concatenate([r.astype(np.int64) for r in lists]) if counts.sum() else np.zeros(0, np.int64)
+        if flat.size and (flat.min() < np.iinfo(np.int32).min or flat.max() > np.iinfo(np.int32).max):
+            raise ClientArgumentError("a physical id does not fit int32")
+        if num_physical is None:
+            num_physical = int(flat.max()) + 1 if flat.size else 0
+        if not 0 <= int(num_physical) <= 0xFFFFFFFF:
+            raise ClientArgumentError(f"num_physical = {num_physical} is not a uint32")
+        body = w.PLACEMENT_REQ.pack(layer_id=info.id, num_physical=int(num_physical), num_logical=len(lists),
+                                    total_replicas=int(flat.size))
+        frame = counts.tobytes() + flat.astype("<i4").tobytes()
+        d = self._body(self._call(w.OP_SET_PLACEMENT, body, frame), w.PLACEMENT_RESP)
+        self._refresh_layers()
+        return d["epoch"]
+
+    def clear_placement(self, layer):
+        """SET_PLACEMENT removing ``layer``'s placement: ROUTEs return logical ids again.
+        Returns the epoch the daemon answers. A control op, like set_placement."""
+        self._need_v2("clear_placement")
+        info = self.layer(layer)
+        body = w.PLACEMENT_REQ.pack(layer_id=info.id)
+        d = self._body(self._call(w.OP_SET_PLACEMENT, body), w.PLACEMENT_RESP)
+        self._refresh_layers()
+        return d["epoch"]
+
+    def _refresh_layers(self):
+        """Re-reads the layer list so cached Layers show the new placement (best effort: the
+        placement is set either way)."""
+        try:
+            self.layers()
+        except ClientTimeoutError:
+            pass
+
+    def expert_load(self, layer, reset_window=False):
+        """EXPERT_LOAD: how many tokens the daemon routed to each logical expert of ``layer``
+        (padding rows not counted) since the layer was built (``totals``) and since the current
+        window began (``window``), as uint64 arrays. ``reset_window=True`` starts a new window
+        after this read (a control op: NotPermittedError for other peers)."""
+        self._need_v2("expert_load")
+        info = self.layer(layer)
+        body = w.LOAD_REQ.pack(layer_id=info.id, flags=w.LOAD_RESET_WINDOW if reset_window else 0)
+        reply = self._call(w.OP_EXPERT_LOAD, body)
+        d = self._body(reply, w.LOAD_RESP)
+        e = d["num_experts"]
+        if not reply.frames or len(reply.frames[0]) != 16 * e:
+            got = len(reply.frames[0]) if reply.frames else 0
+            raise ClientProtocolError(f"EXPERT_LOAD counters frame is {got} bytes, expected {16 * e}")
+        counters = np.frombuffer(reply.frames[0].bytes, dtype="<u8").astype(np.uint64)
+        return ExpertLoad(layer=info.id, num_experts=e, totals=counters[:e], window=counters[e:],
+                          window_reset=bool(d["window_reset"]), since_start_ns=d["since_start_ns"],
+                          window_ns=d["window_ns"], total_assignments=d["total_assignments"],
+                          window_assignments=d["window_assignments"])
 
     # ---- lifetime ----------------------------------------------------------------------------
     def close(self):

@@ -40,6 +40,10 @@ class Status(enum.IntEnum):
     SHUTTING_DOWN = 25
     BAD_FIELD = 26
     INTERNAL = 27
+    NOT_PERMITTED = 28
+    BAD_PLACEMENT = 29
+    TOKEN_ID = 30
+    BAD_MASK = 31
     CLIENT_IO = 100
     CLIENT_TIMEOUT = 101
     CLIENT_PROTOCOL = 102
@@ -107,6 +111,12 @@ RegistrationLimitError = _error("RegistrationLimitError", Status.LIMIT, "Too man
 ShuttingDownError = _error("ShuttingDownError", Status.SHUTTING_DOWN, "The daemon is shutting down.")
 BadFieldError = _error("BadFieldError", Status.BAD_FIELD, "Reserved field not zero, unknown buffer kind, bad flag.")
 InternalError = _error("InternalError", Status.INTERNAL, "Internal daemon error.")
+NotPermittedError = _error("NotPermittedError", Status.NOT_PERMITTED,
+                           "A control op (SET_PLACEMENT, resetting a load window) from a peer that is not the "
+                           "daemon's uid, root or a --control-uid.", PermissionError)
+BadPlacementError = _error("BadPlacementError", Status.BAD_PLACEMENT,
+                           "Placement invalid (an expert unplaced, a physical id out of range or given twice); "
+                           "the layer keeps its placement.", ValueError)
 ClientIOError = _error("ClientIOError", Status.CLIENT_IO, "Socket error in the client.", ConnectionError)
 ClientTimeoutError = _error("ClientTimeoutError", Status.CLIENT_TIMEOUT, "No answer within the client's timeout.", TimeoutError)
 ClientProtocolError = _error("ClientProtocolError", Status.CLIENT_PROTOCOL, "The daemon's answer was malformed.")
@@ -125,12 +135,29 @@ class NonfiniteInputError(MoERouterError):
         self.count = count
 
 
+class _TokenError(MoERouterError):
+    def __init__(self, message, status=None, token=None):
+        super().__init__(message, status)
+        self.token = token
+
+
+class TokenIdError(_TokenError, ValueError):
+    """A hash-routed layer got no token ids, or one outside its tid2eid table. ``token`` is the
+    offending token's index in the request (None when the ids were missing altogether)."""
+    status = int(Status.TOKEN_ID)
+
+
+class BadMaskError(_TokenError, ValueError):
+    """A padding-mask byte other than 0 and 1; ``token`` is the first such token's index."""
+    status = int(Status.BAD_MASK)
+
+
 ERRORS = {cls.status: cls for cls in [
     MalformedRequestError, BadMagicError, BadVersionError, UnknownOpError, UnknownLayerError, BadDTypeError,
     SizeMismatchError, OutOfBoundsError, SizeOverflowError, MisalignedError, OverlapError, UnknownHandleError,
     ShmRefusedError, ShmOwnerError, ShmPermissionsError, ShmOpenError, ShmSizeError, ShmTruncatedError, ShmNameError,
     NonfiniteInputError, BusyError, DeadlineError, TooLargeError, RegistrationLimitError, ShuttingDownError,
-    BadFieldError, InternalError, ClientIOError, ClientTimeoutError, ClientProtocolError, ClientArgumentError,
+    BadFieldError, InternalError, NotPermittedError, BadPlacementError, TokenIdError, BadMaskError, ClientIOError, ClientTimeoutError, ClientProtocolError, ClientArgumentError,
     ClientSystemError]}
 
 

@@ -30,13 +30,14 @@ _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 def routing_function(client, layer):
     """A ``custom_routing_function`` for ``layer`` (name, id or Layer) of ``client``'s daemon:
     torch logits [T, E] (float32, bfloat16 or float16, on any device) in; ``topk_weights``
-    float32 and ``topk_ids`` int32 [T, top_k] out, on the logits' device. Errors are the
-    client's typed errors (moe_router.MoERouterError subclasses)."""
+    float32 and ``topk_ids`` int32 [T, top_k] out, on the logits' device. ``token_ids=`` (a
+    tensor of the T token ids) is passed on for hash-routed layers (protocol version 2). Errors
+    are the client's typed errors (moe_router.MoERouterError subclasses)."""
     import torch
 
     info = client.layer(layer)
 
-    def route(hidden_states=None, gating_output=None, topk=None, renormalize=None, **_engine_extras):
+    def route(hidden_states=None, gating_output=None, topk=None, renormalize=None, token_ids=None, **_engine_extras):
         if gating_output is None:
             raise ClientArgumentError(f"{info.name}: gating_output is required")
         if topk is not None and int(topk) != info.top_k:
@@ -46,7 +47,9 @@ def routing_function(client, layer):
         if logits.shape[0] == 0:
             return (torch.empty((0, info.top_k), dtype=torch.float32, device=device),
                     torch.empty((0, info.top_k), dtype=torch.int32, device=device))
-        weights, ids = client.route(info, logits)
+        # token_ids: the batch's token ids, which a hash-routed layer (DeepSeek-V4) needs;
+        # engines do not pass them to custom routing functions today.
+        weights, ids = client.route(info, logits, token_ids=token_ids)
         weights, ids = torch.from_numpy(weights), torch.from_numpy(ids)
         if device.type != "cpu":
             weights, ids = weights.to(device, non_blocking=True), ids.to(device, non_blocking=True)

@@ -12,7 +12,7 @@ import secrets
 
 import numpy as np
 
-from ._arrays import NUMPY_DTYPE, address, as_logits, parse_dtype
+from ._arrays import NUMPY_DTYPE, address, as_logits, as_mask, as_token_ids, parse_dtype
 from .errors import ClientArgumentError, ClientSystemError, SizeMismatchError
 from .types import DType
 
@@ -140,9 +140,16 @@ class Session:
     Fill ``session.input[:T]`` and call ``session.route(T)``: the daemon reads the logits and
     writes ``session.weights[:T]`` / ``session.ids[:T]`` in place; the returned RouteResult's
     arrays are those views (they are overwritten by the next route on this session).
+
+    Protocol version 2 adds two optional buffers in the same segment:
+    ``token_ids`` [max_tokens] (int32 or int64; the ``token_ids`` argument names the type,
+    None: int64 for a hash-routed layer on a version-2 connection, none otherwise; False: none)
+    and ``mask`` [max_tokens] uint8 (``mask=True``; 1 = padding row). When the session has
+    them, every ``route(T)`` sends their first T entries by reference; without them,
+    ``route(token_ids=..., mask=...)`` sends the given arrays inline.
     """
 
-    def __init__(self, client, layer, max_tokens, dtype="fp32"):
+    def __init__(self, client, layer, max_tokens, dtype="fp32", token_ids=None, mask=False):
         self.client = client
         self.layer = client.layer(layer)
         self.dtype = parse_dtype(dtype)
@@ -154,14 +161,42 @@ class Session:
         out_bytes = self.max_tokens * k * 4
         w_off = _align(in_bytes)
         i_off = w_off + _align(out_bytes)
-        self.buffer = SharedBuffer(client, i_off + out_bytes)
+        size = i_off + out_bytes
+        id_type = self._token_id_type(client, token_ids)
+        if (id_type is not None or mask) and client.protocol < 2:
+            client._need_v2("a Session with token ids or a mask")
+        t_off = m_off = None
+        if id_type is not None:
+            t_off = _align(size)
+            size = t_off + self.max_tokens * id_type.itemsize
+        if mask:
+            m_off = _align(size)
+            size = m_off + self.max_tokens
+        self.buffer = SharedBuffer(client, size)
         self.input = self.buffer.array(NUMPY_DTYPE[self.dtype], (self.max_tokens, E), 0)
         self.weights = self.buffer.array(np.float32, (self.max_tokens, k), w_off)
         self.ids = self.buffer.array(np.int32, (self.max_tokens, k), i_off)
+        self.token_ids = None if t_off is None else self.buffer.array(id_type, self.max_tokens, t_off)
+        self.mask = None if m_off is None else self.buffer.array(np.uint8, self.max_tokens, m_off)
 
-    def route(self, tokens=None, logits=None):
+    def _token_id_type(self, client, token_ids):
+        if token_ids is None:
+            return np.dtype(np.int64) if self.layer.hash_routed and client.protocol >= 2 else None
+        if token_ids is False:
+            return None
+        try:
+            dt = np.dtype("int64" if token_ids is True else token_ids)
+        except TypeError:
+            dt = None
+        if dt not in (np.dtype(np.int32), np.dtype(np.int64)):
+            raise ClientArgumentError(f"token_ids = {token_ids!r}: a session's token ids are int32 or int64")
+        return dt
+
+    def route(self, tokens=None, logits=None, token_ids=None, mask=None):
         """Routes the first ``tokens`` rows of ``input`` (default: all ``max_tokens``). With
-        ``logits``, first copies them into ``input`` (skipped when they already are its rows)."""
+        ``logits``, first copies them into ``input`` (skipped when they already are its rows).
+        ``token_ids`` / ``mask`` are copied into this session's buffers when it has them (and
+        then the buffers' rows are sent, given or not), else sent inline."""
         if logits is not None:
             arr, _ = as_logits(logits, self.dtype)  # checks the element size matches
             n = arr.shape[0]
@@ -177,8 +212,23 @@ class Session:
         t = self.max_tokens if tokens is None else int(tokens)
         if not 0 <= t <= self.max_tokens:
             raise ClientArgumentError(f"tokens = {t} outside 0..{self.max_tokens} of this session")
+        extras = []
+        for given, own, convert, what in ((token_ids, self.token_ids, as_token_ids, "token_ids"),
+                                          (mask, self.mask, as_mask, "mask")):
+            if given is not None:
+                self.client._need_v2(f"route({what}=...)")
+                given = convert(given, t)
+                if own is not None:
+                    if given.ctypes.data != own.ctypes.data:
+                        if own.dtype == np.int32 and given.dtype == np.int64 and given.size and (
+                                given.min() < -2**31 or given.max() >= 2**31):
+                            raise ClientArgumentError("token_ids do not fit this session's int32 buffer")
+                        own[:t] = given
+                    given = None
+            extras.append(own[:t] if own is not None else given)
         # The rows are already this session's contiguous array in its dtype: no second as_logits.
-        return self.client._route_rows(self.layer, self.input[:t], self.dtype, (self.weights[:t], self.ids[:t]))
+        return self.client._route_rows(self.layer, self.input[:t], self.dtype, (self.weights[:t], self.ids[:t]),
+                                       *extras)
 
     def input_tensor(self):
         """``input`` as a torch tensor sharing the memory (torch.bfloat16 for a bf16 session).
