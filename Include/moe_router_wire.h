@@ -47,6 +47,8 @@ typedef enum moe_op {
     MOE_OP_PING = 7,
     MOE_OP_SET_PLACEMENT = 8, /* version 2 */
     MOE_OP_EXPERT_LOAD = 9,   /* version 2 */
+    MOE_OP_OPEN_CHANNEL = 10, /* version 2: a shared-memory request channel (moe_channel_ctrl) */
+    MOE_OP_CLOSE_CHANNEL = 11,/* version 2 */
 } moe_op;
 
 /* Status codes: every response carries one. 0..99 come from the daemon, 100.. from the client
@@ -127,6 +129,7 @@ enum {
     MOE_FEATURE_TOKEN_IDS = 2u,   /* ROUTE v2 token ids (hash-routed layers) */
     MOE_FEATURE_PLACEMENT = 4u,   /* SET_PLACEMENT */
     MOE_FEATURE_EXPERT_LOAD = 8u, /* EXPERT_LOAD */
+    MOE_FEATURE_CHANNELS = 16u,   /* OPEN_CHANNEL / CLOSE_CHANNEL (ipc only) */
 };
 
 typedef struct moe_req_header {
@@ -361,6 +364,64 @@ typedef struct moe_stats_resp {
     char backend[MOE_TAG_BYTES];
 } moe_stats_resp;
 
+/* ---- Channels (version 2, ipc only): ROUTE through shared memory and a futex doorbell ----
+ *
+ * The client creates a segment of at least MOE_CHANNEL_CTRL_BYTES + its data area, registers it
+ * (REGISTER_SHM: the same ownership checks as any segment), writes ctrl.magic, and sends
+ * OPEN_CHANNEL with the handle. The daemon then serves ROUTEs placed in the control page at the
+ * segment's start, until CLOSE_CHANNEL, an UNREGISTER of the segment, or the connection closing.
+ *
+ * One request at a time: the client writes `request` (a moe_route_req_v2: every buffer kind
+ * MOE_BUF_SHM in a segment this connection registered — the channel's own data area past the
+ * control page included — or MOE_BUF_NONE), then stores req_seq + 1 (release) and, if
+ * daemon_sleeping, FUTEX_WAKEs req_seq. The daemon copies the request once, checks the copy
+ * exactly as a ROUTE over ZeroMQ (the same request core), routes, writes status, message and
+ * response, then stores resp_seq = req_seq (release) and, if client_sleeping, FUTEX_WAKEs
+ * resp_seq. Either side spins briefly before it sleeps (FUTEX_WAIT, not private: the words are
+ * shared between processes), setting *_sleeping first and checking the word again. A client
+ * waiting for an answer also watches `state` and `daemon_epoch`: a closed channel or another
+ * daemon (restart) is an error and the client reconnects. The daemon never trusts anything in
+ * the page but the copy it took. */
+#define MOE_CHANNEL_MAGIC 0x4E48434Du /* "MCHN" */
+#define MOE_CHANNEL_CTRL_BYTES 4096u  /* the control page; buffers may start after it */
+
+enum { MOE_CHANNEL_OPEN = 1u, MOE_CHANNEL_CLOSED = 2u };
+
+typedef struct moe_channel_ctrl {
+    uint32_t magic;            /* client: MOE_CHANNEL_MAGIC before OPEN_CHANNEL */
+    uint32_t state;            /* daemon: MOE_CHANNEL_OPEN, then MOE_CHANNEL_CLOSED */
+    uint64_t daemon_epoch;     /* daemon: its random start-up id, written at OPEN_CHANNEL */
+    uint32_t req_seq;          /* client: +1 per request; the daemon's futex word */
+    uint32_t daemon_sleeping;  /* daemon: 1 while it may sleep on req_seq */
+    uint32_t resp_seq;         /* daemon: = req_seq once the answer is complete; the client's futex word */
+    uint32_t client_sleeping;  /* client: 1 while it may sleep on resp_seq */
+    uint64_t request_id;       /* client: echoed in answer_request_id */
+    uint64_t answer_request_id;/* daemon */
+    uint32_t status;           /* daemon: moe_status of the answer */
+    uint32_t message_len;      /* daemon: bytes of `message` used */
+    uint64_t compute_path_ns;  /* daemon: time from seeing req_seq to storing resp_seq */
+    moe_route_req_v2 request;  /* client (offset 64) */
+    moe_route_resp_v2 response;/* daemon (offset 256) */
+    char message[256];         /* daemon (offset 328): UTF-8, not NUL-terminated */
+} moe_channel_ctrl;
+
+typedef struct moe_channel_open_req {
+    uint64_t handle;           /* a segment this connection registered, >= MOE_CHANNEL_CTRL_BYTES */
+    uint32_t spin_us;          /* how long the daemon spins after an answer before it sleeps (0: its default) */
+    uint32_t reserved;
+} moe_channel_open_req;
+
+typedef struct moe_channel_open_resp {
+    uint64_t channel_id;
+    uint64_t daemon_epoch;
+    uint32_t spin_us;          /* the daemon's spin budget for this channel */
+    uint32_t max_channels;     /* per connection */
+} moe_channel_open_resp;
+
+typedef struct moe_channel_close_req {
+    uint64_t channel_id;
+} moe_channel_close_req;
+
 /* Version 2: appended to moe_stats_resp. */
 typedef struct moe_stats_ext {
     uint64_t uid_registrations;      /* the asking peer's uid: live registrations, all its connections */
@@ -430,6 +491,15 @@ MOE_STATIC_ASSERT(sizeof(moe_load_req) == 8, "moe_load_req");
 MOE_STATIC_ASSERT(sizeof(moe_load_resp) == 40, "moe_load_resp");
 MOE_STATIC_ASSERT(sizeof(moe_stats_ext) == 64, "moe_stats_ext");
 MOE_STATIC_ASSERT(sizeof(moe_stats_resp_v2) == 224, "moe_stats_resp_v2");
+MOE_STATIC_ASSERT(offsetof(moe_channel_ctrl, req_seq) == 16, "req_seq");
+MOE_STATIC_ASSERT(offsetof(moe_channel_ctrl, resp_seq) == 24, "resp_seq");
+MOE_STATIC_ASSERT(offsetof(moe_channel_ctrl, request) == 64, "channel request");
+MOE_STATIC_ASSERT(offsetof(moe_channel_ctrl, response) == 256, "channel response");
+MOE_STATIC_ASSERT(offsetof(moe_channel_ctrl, message) == 328, "channel message");
+MOE_STATIC_ASSERT(sizeof(moe_channel_ctrl) == 584, "moe_channel_ctrl");
+MOE_STATIC_ASSERT(sizeof(moe_channel_ctrl) <= MOE_CHANNEL_CTRL_BYTES, "control page");
+MOE_STATIC_ASSERT(sizeof(moe_channel_open_req) == 16, "moe_channel_open_req");
+MOE_STATIC_ASSERT(sizeof(moe_channel_open_resp) == 24, "moe_channel_open_resp");
 
 /* The name and a one-line explanation of a status (Sources/CMoERouterWire/moe_router_status.c). */
 const char *moe_status_name(int status);    /* "MOE_ERR_BUSY" */

@@ -80,6 +80,8 @@ def decoder_v2():
     yield "v2-placement", [v2_frame0(8, struct.pack("<IIII", 1, 9, 8, 9)), counts.tobytes() + physical.tobytes()]
     yield "v2-placement-clear", [v2_frame0(8, struct.pack("<IIII", 1, 0, 0, 0))]
     yield "v2-load", [v2_frame0(9, struct.pack("<II", 1, 1))]
+    yield "v2-open-channel", [v2_frame0(10, struct.pack("<QII", 12345, 0, 0))]
+    yield "v2-close-channel", [v2_frame0(11, struct.pack("<Q", 99))]
 
 
 def configs():

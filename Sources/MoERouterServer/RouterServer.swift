@@ -42,7 +42,7 @@ public final class RouterServer: Sendable {
         try catalog.prepare(on: selection.backend)
         backendReason = selection.reason
         self.config = config
-        state = DaemonState(config: config, catalog: catalog, backend: selection.backend, metrics: metrics)
+        state = DaemonState(config: config, catalog: catalog, backend: selection.backend, metrics: metrics, logger: logger)
         core = RequestCore(state: state, logger: logger)
         self.logger = logger
     }
@@ -109,6 +109,9 @@ public final class RouterServer: Sendable {
         })
         // Stop accepting: the socket file goes first, then in-flight requests finish.
         if config.listenFD == nil { unlink(path) }
+        // Channels answer the request in hand and close (their clients see MOE_CHANNEL_CLOSED);
+        // their threads are gone before any segment is unmapped.
+        state.channels.closeAll(timeoutMs: config.drainTimeoutMs)
         loop.drain(timeoutMs: config.drainTimeoutMs)
         pool.stop()
         loop.flushResults(timeoutMs: 2000)

@@ -70,7 +70,7 @@ public enum WireVersion {
 }
 
 public enum WireOp: Sendable, CaseIterable {
-    case hello, listLayers, registerShm, unregisterShm, route, stats, ping, setPlacement, expertLoad
+    case hello, listLayers, registerShm, unregisterShm, route, stats, ping, setPlacement, expertLoad, openChannel, closeChannel
 
     /// The operation's code on the wire.
     public var rawValue: UInt16 {
@@ -84,6 +84,8 @@ public enum WireOp: Sendable, CaseIterable {
         case .ping: MOE_OP_PING
         case .setPlacement: MOE_OP_SET_PLACEMENT
         case .expertLoad: MOE_OP_EXPERT_LOAD
+        case .openChannel: MOE_OP_OPEN_CHANNEL
+        case .closeChannel: MOE_OP_CLOSE_CHANNEL
         }
         return UInt16(op.rawValue)
     }
@@ -100,11 +102,18 @@ public enum WireOp: Sendable, CaseIterable {
         case .ping: "ping"
         case .setPlacement: "set_placement"
         case .expertLoad: "expert_load"
+        case .openChannel: "open_channel"
+        case .closeChannel: "close_channel"
         }
     }
 
     /// The first protocol version that has the operation.
-    public var sinceVersion: UInt16 { self == .setPlacement || self == .expertLoad ? 2 : 1 }
+    public var sinceVersion: UInt16 {
+        switch self {
+        case .setPlacement, .expertLoad, .openChannel, .closeChannel: 2
+        default: 1
+        }
+    }
 
     /// The operation with code `rawValue`, nil for any other code.
     public init?(rawValue: UInt16) {

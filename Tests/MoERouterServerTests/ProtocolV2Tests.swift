@@ -67,7 +67,8 @@ import Testing
         #expect(resp.protocol_version == 2 && resp.min_protocol_version == 1)
         #expect(ext.max_registrations_per_uid == 77 && ext.max_segment_bytes == 1 << 34)
         #expect(ext.heartbeat_ivl_ms == 1000 && ext.heartbeat_timeout_ms == 3000 && ext.control_allowed == 1)
-        #expect(ext.features == UInt32(MOE_FEATURE_MASK | MOE_FEATURE_TOKEN_IDS | MOE_FEATURE_PLACEMENT | MOE_FEATURE_EXPERT_LOAD))
+        #expect(ext.features == UInt32(MOE_FEATURE_MASK | MOE_FEATURE_TOKEN_IDS | MOE_FEATURE_PLACEMENT | MOE_FEATURE_EXPERT_LOAD
+                                       | MOE_FEATURE_CHANNELS))
         h.body.withBytes { #expect($0.count == 120 + 56) }
         #expect(h.version == 1, "HELLO is answered in its header's version")
         let other = answer(core, [WireRequest.frame(.hello, hello)], uid: 54_321)

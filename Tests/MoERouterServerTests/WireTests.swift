@@ -20,12 +20,13 @@ import Testing
 
     @Test func everyHeaderOperationIsAnOperationAndNothingElseIs() {
         let header: [moe_op] = [MOE_OP_HELLO, MOE_OP_LIST_LAYERS, MOE_OP_REGISTER_SHM, MOE_OP_UNREGISTER_SHM,
-                                MOE_OP_ROUTE, MOE_OP_STATS, MOE_OP_PING, MOE_OP_SET_PLACEMENT, MOE_OP_EXPERT_LOAD]
+                                MOE_OP_ROUTE, MOE_OP_STATS, MOE_OP_PING, MOE_OP_SET_PLACEMENT, MOE_OP_EXPERT_LOAD,
+                                MOE_OP_OPEN_CHANNEL, MOE_OP_CLOSE_CHANNEL]
         #expect(Set(header.map { UInt16($0.rawValue) }) == Set(WireOp.allCases.map(\.rawValue)))
         for op in WireOp.allCases { #expect(WireOp(rawValue: op.rawValue) == op) }
         #expect(WireOp(rawValue: 0) == nil)
-        #expect(WireOp(rawValue: 10) == nil)
-        #expect(WireOp.allCases.filter { $0.sinceVersion == 2 } == [.setPlacement, .expertLoad])
+        #expect(WireOp(rawValue: 12) == nil)
+        #expect(WireOp.allCases.filter { $0.sinceVersion == 2 } == [.setPlacement, .expertLoad, .openChannel, .closeChannel])
         #expect(WireOp.route.rawValue == UInt16(MOE_OP_ROUTE.rawValue))
     }
 
@@ -41,5 +42,7 @@ import Testing
         #expect(MemoryLayout<moe_layer_info_v2>.size == 136)
         #expect(MemoryLayout<moe_hello_ext>.size == 56)
         #expect(MemoryLayout<moe_stats_resp_v2>.size == 224)
+        #expect(MemoryLayout<moe_channel_ctrl>.size == 584)
+        #expect(MemoryLayout<moe_channel_open_req>.size == 16)
     }
 }

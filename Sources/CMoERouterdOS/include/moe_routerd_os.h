@@ -71,6 +71,23 @@ long mro_open_fds(void);
 /* Monotonic clock in nanoseconds. */
 uint64_t mro_now_ns(void);
 
+/* Channels (issue 18): words in a segment shared with another process.
+ * mro_futex_wait sleeps while *word == expected, at most timeout_ns; returns 0 when woken or the
+ * word already differs, -1 on timeout or a signal. A shared (not FUTEX_PRIVATE) futex: the
+ * client sleeps on the same physical page. mro_futex_wake wakes up to `count` waiters. */
+int mro_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
+int mro_futex_wake(uint32_t *word, int count);
+/* Sequentially consistent load and store of a shared 32-bit word (the doorbell's Dekker pair:
+ * "store seq, then load the other side's sleeping flag" on both sides). */
+uint32_t mro_load_u32(const uint32_t *word);
+void mro_store_u32(uint32_t *word, uint32_t value);
+/* A spin-wait hint (x86 pause). */
+void mro_cpu_relax(void);
+/* A full fence (the copy of a request happens after its sequence number is seen). */
+void mro_fence(void);
+/* 64 random bits (getrandom), never 0. */
+uint64_t mro_random_u64(void);
+
 /* Sends `state` ("READY=1", "STATUS=...", "WATCHDOG=1", ...) to $NOTIFY_SOCKET.
  * Returns 1 when sent, 0 when NOTIFY_SOCKET is unset, -errno on failure. */
 int mro_sd_notify(const char *state);

@@ -84,6 +84,7 @@ enum ReplyBody {
     case stats(moe_stats_resp, ext: moe_stats_ext?)
     case placement(moe_placement_resp)
     case load(moe_load_resp)
+    case channel(moe_channel_open_resp)
 
     /// The wire bytes of the body.
     func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
@@ -106,6 +107,7 @@ enum ReplyBody {
             if let ext { withUnsafeBytes(of: moe_stats_resp_v2(base: v, ext: ext), body) } else { withUnsafeBytes(of: v, body) }
         case .placement(let v): withUnsafeBytes(of: v, body)
         case .load(let v): withUnsafeBytes(of: v, body)
+        case .channel(let v): withUnsafeBytes(of: v, body)
         }
     }
 }

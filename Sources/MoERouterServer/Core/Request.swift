@@ -1,3 +1,4 @@
+import CMoERouterWire
 import MoERouting
 
 /// One request, decoded once from the wire: the operation and its validated fields. Nothing
@@ -12,6 +13,8 @@ enum Request: Sendable {
     case ping
     case setPlacement(PlacementRequest)
     case expertLoad(layerID: UInt32, resetWindow: Bool)
+    case openChannel(moe_channel_open_req)
+    case closeChannel(id: UInt64)
 
     var op: WireOp {
         switch self {
@@ -24,6 +27,8 @@ enum Request: Sendable {
         case .ping: .ping
         case .setPlacement: .setPlacement
         case .expertLoad: .expertLoad
+        case .openChannel: .openChannel
+        case .closeChannel: .closeChannel
         }
     }
 }

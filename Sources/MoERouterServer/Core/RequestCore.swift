@@ -14,8 +14,10 @@ final class DaemonState: Sendable {
     let clients = ActiveClients()
     let metrics: ServerMetrics?
     let replyBudget: ReplyBudget
+    let channels: ChannelTable
 
-    init(config: ServerConfig, catalog: LayerCatalog, backend: any RoutingBackend, metrics: ServerMetrics?) {
+    init(config: ServerConfig, catalog: LayerCatalog, backend: any RoutingBackend, metrics: ServerMetrics?,
+         logger: Logger = Logger(label: "moe-routerd")) {
         self.config = config
         self.layers = LayerSlot(catalog)
         self.backend = backend
@@ -24,6 +26,7 @@ final class DaemonState: Sendable {
                                                  maxPerUID: config.maxRegistrationsPerUID,
                                                  maxBytesPerUID: config.maxMappedBytesPerUID))
         replyBudget = ReplyBudget(perConnection: config.maxQueuedReplyBytes, total: config.maxQueuedReplyBytesTotal)
+        channels = ChannelTable(registry: registry, logger: logger)
     }
 }
 
@@ -78,6 +81,8 @@ final class RequestCore: Sendable {
         case .ping: return Reply(answering: r, message: "pong")
         case .setPlacement(let q): return placement.setPlacement(q, r)
         case .expertLoad(let layer, let reset): return placement.expertLoad(layerID: layer, resetWindow: reset, r)
+        case .openChannel(let q): return state.channels.open(q, r, core: self)
+        case .closeChannel(let id): return state.channels.close(id, r)
         }
     }
 

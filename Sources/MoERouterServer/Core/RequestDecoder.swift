@@ -20,6 +20,8 @@ struct RequestDecoder: Sendable {
         case .route: version >= 2 ? MemoryLayout<moe_route_req_v2>.size : MemoryLayout<moe_route_req>.size
         case .setPlacement: MemoryLayout<moe_placement_req>.size
         case .expertLoad: MemoryLayout<moe_load_req>.size
+        case .openChannel: MemoryLayout<moe_channel_open_req>.size
+        case .closeChannel: MemoryLayout<moe_channel_close_req>.size
         case .listLayers, .stats, .ping: 0
         }
     }
@@ -133,6 +135,8 @@ struct RequestDecoder: Sendable {
                 throw RequestFailure(.badField, "expert_load.flags = \(q.flags); known: 1 (reset window)")
             }
             return .expertLoad(layerID: q.layer_id, resetWindow: q.flags & UInt32(MOE_LOAD_RESET_WINDOW) != 0)
+        case .openChannel: return .openChannel(WireBytes.load(moe_channel_open_req.self, from: body))
+        case .closeChannel: return .closeChannel(id: WireBytes.load(moe_channel_close_req.self, from: body).channel_id)
         case .listLayers: return .listLayers
         case .stats: return .stats
         case .ping: return .ping

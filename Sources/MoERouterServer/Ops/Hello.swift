@@ -38,6 +38,7 @@ struct HelloHandler: Sendable {
         e.heartbeat_ivl_ms = UInt32(config.heartbeatMs)
         e.heartbeat_timeout_ms = UInt32(config.heartbeatMs) * 3
         e.features = UInt32(MOE_FEATURE_MASK | MOE_FEATURE_TOKEN_IDS | MOE_FEATURE_PLACEMENT | MOE_FEATURE_EXPERT_LOAD)
+            | (h.shm_allowed != 0 ? UInt32(MOE_FEATURE_CHANNELS) : 0)
         e.max_queued_reply_bytes = UInt64(config.maxQueuedReplyBytes)
         e.max_queued_reply_bytes_total = UInt64(config.maxQueuedReplyBytesTotal)
         e.max_physical_experts = UInt32(ExpertPlacement.maxPhysical)

@@ -103,6 +103,12 @@ final class SegmentRegistry: ConnectionTracking {
         }
     }
 
+    /// Whether `segment` is still registered (not unregistered, released with its client, or
+    /// dropped after a truncation): a channel living on it stops when it is not.
+    func isLive(_ segment: SharedSegment) -> Bool {
+        state.withLock { s in !segment.releasePending && s.segments[segment.handle] === segment }
+    }
+
     /// Returns a reference; releases the segment if an unregister waited for it.
     func checkin(_ segment: SharedSegment) {
         state.withLock { s in
