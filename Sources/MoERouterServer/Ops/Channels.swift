@@ -73,7 +73,8 @@ final class ChannelTable: Sendable {
             }
             handedOver = true
             ctrl.pointee.daemon_epoch = epoch
-            mro_store_u32(&ctrl.pointee.state, UInt32(MOE_CHANNEL_OPEN))
+            let state = segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: \.state)!
+            mro_store_u32(state.assumingMemoryBound(to: UInt32.self), UInt32(MOE_CHANNEL_OPEN))
             let thread = Thread { [self] in
                 channel.serve(core: core, registry: registry)
                 channels.withLock { _ = $0.removeValue(forKey: channel.id) }
@@ -93,19 +94,21 @@ final class ChannelTable: Sendable {
         }
     }
 
+    /// (`stop` runs under the table's lock: a channel thread leaves the table before it returns
+    /// its segment, so a channel found here still has its page mapped.)
     func close(_ id: UInt64, _ r: InboundRequest) -> Reply {
-        let found = channels.withLock { $0[id].flatMap { $0.client == r.origin.client ? $0 : nil } }
-        guard let channel = found else {
-            return r.refused(RequestFailure(.badField, "channel \(id) is not open on this connection"))
+        let found = channels.withLock { table -> Bool in
+            guard let c = table[id], c.client == r.origin.client else { return false }
+            c.stop()
+            return true
         }
-        channel.stop()
+        guard found else { return r.refused(RequestFailure(.badField, "channel \(id) is not open on this connection")) }
         return Reply(answering: r, message: "channel \(id) closing")
     }
 
     /// Stops every channel (shutdown) and waits, at most `timeoutMs`, for their threads.
     func closeAll(timeoutMs: Int = 2000) {
-        let all = channels.withLock { Array($0.values) }
-        for c in all { c.stop() }
+        channels.withLock { table in for c in table.values { c.stop() } }
         let deadline = mro_now_ns() + UInt64(timeoutMs) * 1_000_000
         while count > 0 && mro_now_ns() < deadline { usleep(1000) }
     }
@@ -130,9 +133,14 @@ final class Channel: @unchecked Sendable {
 
     private var ctrl: UnsafeMutablePointer<moe_channel_ctrl> { segment.base.assumingMemoryBound(to: moe_channel_ctrl.self) }
 
+    /// A 32-bit word of the control page, by its offset (the header asserts them).
+    private func word(_ keyPath: KeyPath<moe_channel_ctrl, UInt32>) -> UnsafeMutablePointer<UInt32> {
+        (segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: keyPath)!).assumingMemoryBound(to: UInt32.self)
+    }
+
     func stop() {
         stopping.store(true, ordering: .relaxed)
-        _ = mro_futex_wake(&ctrl.pointee.req_seq, 1)
+        _ = mro_futex_wake(word(\.req_seq), 1)
     }
 
     /// The channel thread: wait for req_seq to move, answer, repeat — until stopped, or the
@@ -140,26 +148,28 @@ final class Channel: @unchecked Sendable {
     func serve(core: RequestCore, registry: SegmentRegistry) {
         mro_set_thread_name("moe-channel")
         let c = ctrl
+        let reqSeq = word(\.req_seq), respSeq = word(\.resp_seq), state = word(\.state)
+        let daemonSleeping = word(\.daemon_sleeping), clientSleeping = word(\.client_sleeping)
         let origin = ChannelOrigin(client: client, peer: peer)
-        var last = mro_load_u32(&c.pointee.req_seq)
+        var last = mro_load_u32(reqSeq)
         var lastAnswerNs = mro_now_ns()
         let headerSize = MemoryLayout<moe_req_header>.size
         var frame = [UInt8](repeating: 0, count: headerSize + MemoryLayout<moe_route_req_v2>.size)
         while !stopping.load(ordering: .relaxed) {
-            var seq = mro_load_u32(&c.pointee.req_seq)
+            var seq = mro_load_u32(reqSeq)
             if seq == last {
                 let spinUntil = lastAnswerNs + spinNs
                 while seq == last && mro_now_ns() < spinUntil && !stopping.load(ordering: .relaxed) {
                     mro_cpu_relax()
-                    seq = mro_load_u32(&c.pointee.req_seq)
+                    seq = mro_load_u32(reqSeq)
                 }
                 if seq == last {
                     guard !segment.faulted, registry.isLive(segment) else { break }
-                    mro_store_u32(&c.pointee.daemon_sleeping, 1)
-                    if mro_load_u32(&c.pointee.req_seq) == last && !stopping.load(ordering: .relaxed) {
-                        _ = mro_futex_wait(&c.pointee.req_seq, last, ChannelTable.idleCheckNs)
+                    mro_store_u32(daemonSleeping, 1)
+                    if mro_load_u32(reqSeq) == last && !stopping.load(ordering: .relaxed) {
+                        _ = mro_futex_wait(reqSeq, last, ChannelTable.idleCheckNs)
                     }
-                    mro_store_u32(&c.pointee.daemon_sleeping, 0)
+                    mro_store_u32(daemonSleeping, 0)
                     continue
                 }
             }
@@ -192,14 +202,14 @@ final class Channel: @unchecked Sendable {
             core.record(reply, from: origin)
             write(reply, requestID: requestID, into: c)
             c.pointee.compute_path_ns = mro_now_ns() &- t0
-            mro_store_u32(&c.pointee.resp_seq, seq)
-            if mro_load_u32(&c.pointee.client_sleeping) != 0 { _ = mro_futex_wake(&c.pointee.resp_seq, 1) }
+            mro_store_u32(respSeq, seq)
+            if mro_load_u32(clientSleeping) != 0 { _ = mro_futex_wake(respSeq, 1) }
             last = seq
             lastAnswerNs = mro_now_ns()
         }
         if !segment.faulted {
-            mro_store_u32(&c.pointee.state, UInt32(MOE_CHANNEL_CLOSED))
-            _ = mro_futex_wake(&c.pointee.resp_seq, Int32.max)
+            mro_store_u32(state, UInt32(MOE_CHANNEL_CLOSED))
+            _ = mro_futex_wake(respSeq, Int32.max)
         }
     }
 
