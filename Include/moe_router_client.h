@@ -169,6 +169,42 @@ int moe_expert_load(moe_client *client, uint32_t layer_id, int reset_window, uin
 /* STATS with the version-2 counters (per-uid quotas, masked tokens, hash routes, placements). */
 int moe_stats_v2(moe_client *client, moe_stats_resp_v2 *out);
 
+/* ---- Channels (protocol 2, ipc) ------------------------------------------------------------
+ * On an ipc connection to a daemon whose HELLO offers MOE_FEATURE_CHANNELS, ROUTE goes through a
+ * shared-memory channel (moe_channel_ctrl): a segment of this client's, registered like any
+ * other, and a futex doorbell instead of a ZeroMQ round trip. The library opens it on the first
+ * ROUTE that can use it and serves moe_route, moe_route_ex (inline buffers copied through the
+ * channel's data area, which grows by reopening when a request does not fit), moe_route_shm, and
+ * moe_route_refs / moe_route_refs_ex when none of their buffers is inline. Everything else, and
+ * every ROUTE a channel cannot carry (tcp, a version-1 or older daemon, OPEN_CHANNEL refused,
+ * inline inputs over max_message_bytes), goes over ZeroMQ. Both paths give the same statuses,
+ * the same moe_route_info and bit-identical outputs; an error message from a channel is cut at
+ * 256 bytes.
+ *
+ * The channel takes one of the connection's registrations: a moe_register_shm or
+ * moe_segment_create that meets MOE_ERR_LIMIT closes it and tries again (ROUTE then goes over
+ * ZeroMQ until a registration is released). A daemon's refusal to open one is tried again after
+ * a second. A call whose answer does not come in time returns MOE_ERR_CLIENT_TIMEOUT (the
+ * connection and the registrations stay; the next ROUTE reuses the channel if the late answer
+ * has come, else opens another); a channel the daemon closed, or a connection that ended (the
+ * daemon stopped or restarted), returns MOE_ERR_CLIENT_IO as soon as the waiting call notices
+ * (within 20 ms), and the next ROUTE opens a new channel, on the new daemon if one came. A
+ * REGISTER_SHM or OPEN_CHANNEL for a channel that gets no answer resets the connection as a
+ * timed-out zero-copy send does ("connection reset"). While it waits the caller spins up to
+ * 50 µs (yielding the CPU now and then, which matters when the daemon's thread shares it), then
+ * sleeps on a futex: an idle client uses no CPU. */
+
+enum { MOE_ROUTE_PATH_ZMQ = 0, MOE_ROUTE_PATH_CHANNEL = 1 };
+
+/* enabled = 0 closes the channel (if open) and sends ROUTEs over ZeroMQ; 1 (the default, unless
+ * the environment had MOE_ROUTER_CHANNEL=0 at moe_connect) allows one again and forgets earlier
+ * refusals. Returns a client-level status if closing the channel got no answer. */
+int moe_set_channel(moe_client *client, int enabled);
+
+/* Which path carried the last ROUTE call (its request, whatever its status):
+ * MOE_ROUTE_PATH_ZMQ or MOE_ROUTE_PATH_CHANNEL; -1 for NULL. */
+int moe_last_route_path(const moe_client *client);
+
 #ifdef __cplusplus
 }
 #endif

@@ -72,7 +72,8 @@ def test_threads_sharing_one_client(daemon, work):
                         assert shared.layer(layer.name) == layer
         run_threads(body)
         stats = shared.stats()
-        assert stats.registrations == 0
+        # every session's segment is gone; the client's own channel (inline routes) holds one
+        assert stats.registrations == (1 if shared.channel else 0)
 
 
 def test_threads_each_with_their_own_client(daemon, work):

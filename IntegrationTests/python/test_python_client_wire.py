@@ -122,7 +122,8 @@ def test_other_enums_and_constants_match_the_header():
     assert parse_enum("moe_op") == {f"MOE_OP_{n}": v for n, v in [
         ("HELLO", w.OP_HELLO), ("LIST_LAYERS", w.OP_LIST_LAYERS), ("REGISTER_SHM", w.OP_REGISTER_SHM),
         ("UNREGISTER_SHM", w.OP_UNREGISTER_SHM), ("ROUTE", w.OP_ROUTE), ("STATS", w.OP_STATS), ("PING", w.OP_PING),
-        ("SET_PLACEMENT", w.OP_SET_PLACEMENT), ("EXPERT_LOAD", w.OP_EXPERT_LOAD)]}
+        ("SET_PLACEMENT", w.OP_SET_PLACEMENT), ("EXPERT_LOAD", w.OP_EXPERT_LOAD),
+        ("OPEN_CHANNEL", w.OP_OPEN_CHANNEL), ("CLOSE_CHANNEL", w.OP_CLOSE_CHANNEL)]}
     assert parse_enum("moe_dtype") == {f"MOE_DTYPE_{d.name}": int(d) for d in DType}
     assert parse_enum("moe_method") == {f"MOE_METHOD_{m.name}": int(m) for m in Method}
     assert parse_enum("moe_scoring") == {f"MOE_SCORING_{s.name}": int(s) for s in Scoring}
@@ -153,7 +154,8 @@ def test_v2_flags_match_the_header():
     flags = anonymous_enum_values()
     assert {k: v for k, v in flags.items() if k.startswith("MOE_FEATURE_")} == {
         "MOE_FEATURE_MASK": w.FEATURE_MASK, "MOE_FEATURE_TOKEN_IDS": w.FEATURE_TOKEN_IDS,
-        "MOE_FEATURE_PLACEMENT": w.FEATURE_PLACEMENT, "MOE_FEATURE_EXPERT_LOAD": w.FEATURE_EXPERT_LOAD}
+        "MOE_FEATURE_PLACEMENT": w.FEATURE_PLACEMENT, "MOE_FEATURE_EXPERT_LOAD": w.FEATURE_EXPERT_LOAD,
+        "MOE_FEATURE_CHANNELS": w.FEATURE_CHANNELS}
     assert flags["MOE_LOAD_RESET_WINDOW"] == w.LOAD_RESET_WINDOW
 
 

@@ -8,10 +8,14 @@ import Foundation
 import MoERouting
 
 /// Round-trip latency of moe-routerd against a bare libzmq echo with the same socket types
-/// (DEALER client, ROUTER server, ipc, server in its own process), measured in the same run.
+/// (DEALER client, ROUTER server, ipc, server in its own process), measured in the same run; and
+/// of ROUTE over a shared-memory channel against a bare futex ping-pong between two processes
+/// that spin and sleep as the channel's two sides do.
 ///
 /// Targets (issue 3): 1-token deepseek-v3 ROUTE p50 <= 1.15 x echo p50; 4096-token ROUTE via
-/// shm p50 <= in-process kernel p50 + 1.3 x echo p50.
+/// shm p50 <= in-process kernel p50 + 1.3 x echo p50. Issue 18: 1-token ROUTE over a channel
+/// p50 <= 5 us and p99 <= 25 us in the worst placement, back to back; with a pause between
+/// calls (--pause-us 200), p50 <= 2 x the futex ping-pong's with the same pause.
 @main
 struct LatencyBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "moe-router-latency-bench")
@@ -28,8 +32,17 @@ struct LatencyBench: ParsableCommand {
     @Option(help: "Internal: run the echo server on this endpoint.")
     var echoServer: String?
 
+    @Option(help: "Internal: answer a futex ping-pong in the shm object of this name.")
+    var futexPeer: String?
+
     @Option(help: "CPU placements for the 1-token comparison: any of same-cpu (client and servers on CPU 0), split (servers on CPU 1, client on CPU 0), unpinned; comma-separated.")
     var placements = "same-cpu,split,unpinned"
+
+    @Option(help: "How ROUTE travels: zmq (the ZeroMQ round trip), channel (the shared-memory channel), or both.")
+    var transport = "both"
+
+    @Option(help: "Microseconds the host computes (a busy wait) before each measured call, as a model layer between two routes.")
+    var pauseUs = 0
 
     mutating func validate() throws {
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
@@ -39,15 +52,24 @@ struct LatencyBench: ParsableCommand {
         guard !asked.isEmpty, asked.allSatisfy(known.contains) else {
             throw ValidationError("--placements takes any of \(known.joined(separator: ", ")), comma-separated; got '\(placements)'")
         }
+        guard Transport.parse(transport) != nil else {
+            throw ValidationError("--transport takes zmq, channel or both; got '\(transport)'")
+        }
+        guard (0...1_000_000).contains(pauseUs) else {
+            throw ValidationError("--pause-us takes 0...1000000 microseconds; got \(pauseUs)")
+        }
     }
+
+    var transports: [Transport] { Transport.parse(transport) ?? Transport.allCases }
 
     mutating func run() throws {
         if let endpoint = echoServer { return try EchoServer(endpoint: endpoint, answer: .mirror).serve() }
+        if let name = futexPeer { return try FutexPingPong.serve(name) }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
         let daemonPath = daemon ?? here.appendingPathComponent("moe-routerd").path
         let cpus = ProcessInfo.processInfo.activeProcessorCount
         let f = { (x: Double) in String(format: "%.1f", x) }
-        print("machine: \(cpus) cores")
+        print("machine: \(cpus) cores; transports \(transports.map(\.rawValue).joined(separator: ", ")); host pause \(pauseUs) us before each call")
 
         // 1 token, bf16 (the gate dtype: the matched path), in each CPU placement. On a VM the
         // round trip depends mostly on whether the threads that hand a message on wake on the
@@ -55,6 +77,8 @@ struct LatencyBench: ParsableCommand {
         // unpinned run lands in either at random, and the echo and the daemon need not land in
         // the same one. Pinning makes both servers face the same case.
         var worst = 0.0
+        var worstChannel: (p50: Double, p99: Double)?
+        var worstChannelToFutex: Double?
         for placement in placements.split(separator: ",").map(String.init) {
             let (serverCPU, clientCPU): (Int32, Int32)
             switch placement {
@@ -64,11 +88,37 @@ struct LatencyBench: ParsableCommand {
             default: throw BenchError("unknown placement \(placement)")
             }
             let r = try smallRequests(daemonPath: daemonPath, serverCPU: serverCPU, clientCPU: clientCPU)
-            let ratio = r.route / r.echo
-            worst = max(worst, ratio)
-            print("[\(placement)] echo p50 \(f(r.echo)) us  ping p50 \(f(r.ping)) us  route 1 token p50 \(f(r.route)) us  (p99 \(f(r.routeP99)) us)  ratio route/echo \(String(format: "%.3f", ratio))")
+            if let zmq = r.route[.zmq] {
+                let ratio = zmq.p50 / r.echo.p50
+                worst = max(worst, ratio)
+                print("[\(placement)] echo p50 \(f(r.echo.p50)) us  ping p50 \(f(r.ping.p50)) us  route 1 token p50 \(f(zmq.p50)) us  (p99 \(f(zmq.p99)) us)  ratio route/echo \(String(format: "%.3f", ratio))")
+            } else {
+                print("[\(placement)] echo p50 \(f(r.echo.p50)) us  ping p50 \(f(r.ping.p50)) us")
+            }
+            for t in transports {
+                guard let q = r.route[t] else {
+                    print("[\(placement)]   route 1 token over \(t.rawValue): not measured (no channel opened: the calls went over ZeroMQ)")
+                    continue
+                }
+                print("[\(placement)]   route 1 token over \(t.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)): \(q.line)")
+            }
+            print("[\(placement)]   futex ping-pong (2 processes):  \(r.futex.line)")
+            if let ch = r.route[.channel] {
+                worstChannel = (max(worstChannel?.p50 ?? 0, ch.p50), max(worstChannel?.p99 ?? 0, ch.p99))
+                worstChannelToFutex = max(worstChannelToFutex ?? 0, ch.p50 / r.futex.p50)
+            }
         }
-        print(String(format: "ratio route/echo p50, worst placement: %.3f (target <= 1.15) %@", worst, worst <= 1.15 ? "PASS" : "MISS"))
+        if transports.contains(.zmq) {
+            print(String(format: "ratio route/echo p50, worst placement: %.3f (target <= 1.15) %@", worst, worst <= 1.15 ? "PASS" : "MISS"))
+        }
+        if let w = worstChannel, let ratio = worstChannelToFutex {
+            if pauseUs == 0 {
+                let pass = w.p50 <= 5 && w.p99 <= 25
+                print("channel route 1 token back to back, worst placement: p50 \(f(w.p50)) us (target <= 5)  p99 \(f(w.p99)) us (target <= 25) \(pass ? "PASS" : "MISS")")
+            }
+            print(String(format: "channel route / futex ping-pong p50, worst placement, pause %d us: %.2f%@", pauseUs, ratio,
+                         pauseUs > 0 ? (ratio <= 2 ? " (target <= 2) PASS" : " (target <= 2) MISS") : ""))
+        }
         _ = mro_pin_thread(-1)
 
         // 4096 tokens via shm vs the same kernel in this process (unpinned: the kernel uses
@@ -103,34 +153,50 @@ struct LatencyBench: ParsableCommand {
         guard moe_segment_create(client, UInt64(inBytes + 2 * outBytes), &seg) == 0 else { throw BenchError("segment") }
         input.withUnsafeBytes { seg.base.copyMemory(from: $0.baseAddress!, byteCount: inBytes) }
         let shmRequestBytes = 32 + MemoryLayout<moe_route_req>.size
-        var shmSamples: [Double] = [], heldSamples: [Double] = [], echoSamples: [Double] = []
+        var shmSamples: [Transport: [Double]] = [:], heldSamples: [Double] = [], echoSamples: [Double] = []
         for _ in 0..<blocks {
             echoSamples += measure(big) { echoClient.roundTrip(bytes: requestBytes) }
             heldSamples += measure(big) { echoClient.roundTrip(bytes: shmRequestBytes, holdNs: UInt64(kernelP50 * 1000)) }
-            shmSamples += measure(big) {
-                _ = moe_route_shm(client, info.layer_id, MOE_DTYPE_BF16, UInt64(T), &seg, &info, 0, UInt64(inBytes),
-                                  UInt64(inBytes + outBytes), nil)
+            for t in transports {
+                _ = moe_set_channel(client, t == .channel ? 1 : 0)
+                shmSamples[t, default: []] += measure(big) {
+                    _ = moe_route_shm(client, info.layer_id, MOE_DTYPE_BF16, UInt64(T), &seg, &info, 0, UInt64(inBytes),
+                                      UInt64(inBytes + outBytes), nil)
+                }
             }
         }
+        let lastPath = Int(moe_last_route_path(client))
         _ = moe_segment_destroy(client, &seg)
-        let shmP50 = percentile(shmSamples, 0.5), heldP50 = percentile(heldSamples, 0.5)
+        let heldP50 = percentile(heldSamples, 0.5)
         let echoP50 = percentile(echoSamples, 0.5)
         print("[4096 tokens, unpinned] echo (\(requestBytes) B) p50 \(f(echoP50)) us, backend \(backend.name)")
-        print("route 4096 tokens via shm: p50 \(f(shmP50)) us  p99 \(f(percentile(shmSamples, 0.99))) us  n=\(shmSamples.count)")
         print("in-process kernel 4096 tokens (\(backend.name), \(backend.threads) threads): p50 \(f(kernelP50)) us")
-        let budget = kernelP50 + 1.3 * echoP50
-        print(String(format: "shm route p50 vs kernel + 1.3 x echo = %.1f us: %@ (overhead %.1f us = %.2f x echo)",
-                     budget, shmP50 <= budget ? "PASS" : "MISS", shmP50 - kernelP50, (shmP50 - kernelP50) / echoP50))
-        // The same transport when the server is busy as long as the kernel before it answers:
-        // what waiting that long costs on this machine, with no routing code involved.
-        print(String(format: "held echo (%d B, server busy %.0f us before answering): p50 %.1f us = kernel + %.2f x echo; shm route / held echo = %.3f",
-                     shmRequestBytes, kernelP50, heldP50, (heldP50 - kernelP50) / echoP50, shmP50 / heldP50))
+        for t in transports {
+            let xs = shmSamples[t] ?? []
+            let served = t == .channel && lastPath != MOE_ROUTE_PATH_CHANNEL ? " (served over ZeroMQ: no channel)" : ""
+            print("route 4096 tokens via shm over \(t.rawValue): p50 \(f(percentile(xs, 0.5))) us  p99 \(f(percentile(xs, 0.99))) us  n=\(xs.count)\(served)")
+        }
+        if let xs = shmSamples[.zmq] {
+            let shmP50 = percentile(xs, 0.5)
+            let budget = kernelP50 + 1.3 * echoP50
+            print(String(format: "shm route (zmq) p50 vs kernel + 1.3 x echo = %.1f us: %@ (overhead %.1f us = %.2f x echo)",
+                         budget, shmP50 <= budget ? "PASS" : "MISS", shmP50 - kernelP50, (shmP50 - kernelP50) / echoP50))
+            // The same transport when the server is busy as long as the kernel before it answers:
+            // what waiting that long costs on this machine, with no routing code involved.
+            print(String(format: "held echo (%d B, server busy %.0f us before answering): p50 %.1f us = kernel + %.2f x echo; shm route / held echo = %.3f",
+                         shmRequestBytes, kernelP50, heldP50, (heldP50 - kernelP50) / echoP50, shmP50 / heldP50))
+        }
+        if let xs = shmSamples[.channel] {
+            print(String(format: "shm route over the channel: kernel + %.1f us p50", percentile(xs, 0.5) - kernelP50))
+        }
     }
 
-    /// Echo, ping and 1-token ROUTE round trips in interleaved blocks, with both servers started
-    /// on `serverCPU` and the clients on `clientCPU` (-1: unpinned).
+    /// Echo, ping, 1-token ROUTE round trips (over each transport) and the futex ping-pong in
+    /// interleaved blocks, with the servers started on `serverCPU` and the clients on
+    /// `clientCPU` (-1: unpinned). A transport missing from `route`: the client library could
+    /// not open a channel and served the calls over ZeroMQ.
     func smallRequests(daemonPath: String, serverCPU: Int32, clientCPU: Int32) throws
-        -> (echo: Double, ping: Double, route: Double, routeP99: Double) {
+        -> (echo: Percentiles, ping: Percentiles, route: [Transport: Percentiles], futex: Percentiles) {
         let dir = NSTemporaryDirectory() + "moe-latency-\(getpid())-\(serverCPU)-\(clientCPU)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -138,6 +204,8 @@ struct LatencyBench: ParsableCommand {
         _ = mro_pin_thread(serverCPU)  // the servers inherit this thread's CPU mask
         let servers = try spawnServers(daemonPath: daemonPath, dir: dir, echoEndpoint: echoEndpoint, routerEndpoint: routerEndpoint)
         defer { for p in servers { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
+        let pingPong = try FutexPingPong(helper: CommandLine.arguments[0])
+        defer { pingPong.stop() }
         _ = mro_pin_thread(clientCPU)  // and the clients' libzmq I/O threads inherit this one
         let (client, info) = try connect(routerEndpoint)
         defer { moe_close(client) }
@@ -145,16 +213,23 @@ struct LatencyBench: ParsableCommand {
         let logits1 = (0..<256).map { DType.bf16.narrow(Float(($0 * 37) % 101) / 25 - 2) }
         var w1 = [Float](repeating: 0, count: 8), i1 = [Int32](repeating: 0, count: 8)
         let requestBytes = 32 + MemoryLayout<moe_route_req>.size + 512
-        var echoSamples: [Double] = [], routeSamples: [Double] = [], pingSamples: [Double] = []
+        var echoSamples: [Double] = [], pingSamples: [Double] = [], futexSamples: [Double] = []
+        var routeSamples: [Transport: [Double]] = [:], served: [Transport: Bool] = [:]
         for _ in 0..<blocks {
             echoSamples += measure(iterations) { echoClient.roundTrip(bytes: requestBytes) }
             pingSamples += measure(iterations) { _ = moe_ping(client) }
-            routeSamples += measure(iterations) {
-                _ = logits1.withUnsafeBytes { moe_route(client, info.layer_id, MOE_DTYPE_BF16, 1, $0.baseAddress, 512, &w1, &i1, 8, nil) }
+            for t in transports {
+                _ = moe_set_channel(client, t == .channel ? 1 : 0)
+                routeSamples[t, default: []] += measure(iterations) {
+                    _ = logits1.withUnsafeBytes { moe_route(client, info.layer_id, MOE_DTYPE_BF16, 1, $0.baseAddress, 512, &w1, &i1, 8, nil) }
+                }
+                served[t] = Int(moe_last_route_path(client)) == (t == .channel ? MOE_ROUTE_PATH_CHANNEL : MOE_ROUTE_PATH_ZMQ)
             }
+            futexSamples += measure(iterations) { pingPong.roundTrip() }
         }
-        return (percentile(echoSamples, 0.5), percentile(pingSamples, 0.5), percentile(routeSamples, 0.5),
-                percentile(routeSamples, 0.99))
+        var route: [Transport: Percentiles] = [:]
+        for (t, xs) in routeSamples where served[t] == true { route[t] = Percentiles(xs) }
+        return (Percentiles(echoSamples), Percentiles(pingSamples), route, Percentiles(futexSamples))
     }
 
     /// The bare echo server and the daemon, each waited for until its socket exists.
@@ -186,9 +261,15 @@ struct LatencyBench: ParsableCommand {
         return p
     }
 
+    /// n timed calls of body (after a warm-up), each after --pause-us of busy host time.
     func measure(_ n: Int, _ body: () -> Void) -> [Double] {
+        let pauseNs = UInt64(pauseUs) * 1000
         for _ in 0..<min(100, n) { body() }
         return (0..<n).map { _ in
+            if pauseNs > 0 {
+                let until = mro_now_ns() + pauseNs
+                while mro_now_ns() < until {}
+            }
             let t0 = mro_now_ns()
             body()
             return Double(mro_now_ns() - t0) / 1000
@@ -199,6 +280,28 @@ struct LatencyBench: ParsableCommand {
         let s = xs.sorted()
         return s[min(s.count - 1, Int(Double(s.count) * q))]
     }
+}
+
+enum Transport: String, CaseIterable {
+    case zmq, channel
+
+    /// "zmq", "channel" or "both".
+    static func parse(_ s: String) -> [Transport]? {
+        s == "both" ? allCases : Transport(rawValue: s).map { [$0] }
+    }
+}
+
+struct Percentiles {
+    let p50, p90, p99: Double
+    let count: Int
+
+    init(_ xs: [Double]) {
+        let s = xs.sorted()
+        let at = { (q: Double) in s.isEmpty ? .nan : s[min(s.count - 1, Int(Double(s.count) * q))] }
+        (p50, p90, p99, count) = (at(0.5), at(0.9), at(0.99), s.count)
+    }
+
+    var line: String { String(format: "p50 %.2f us  p90 %.2f us  p99 %.2f us  n=%d", p50, p90, p99, count) }
 }
 
 struct BenchError: Error, CustomStringConvertible {
@@ -237,6 +340,133 @@ enum Echo {
         deinit {
             zmq_close(sock)
             zmq_ctx_term(ctx)
+        }
+    }
+}
+
+/// The baseline of a channel: two processes handing a sequence number back and forth through one
+/// shared page, laid out as a channel's control page (moe_channel_ctrl) and waited on as the
+/// channel's two sides wait: the server spins 50 us after each answer (yielding the CPU every 8
+/// rounds), then sleeps in FUTEX_WAIT on req_seq; the client spins 50 us, yielding as the C
+/// client does (until yields stop paying), then sleeps on resp_seq. No request, no routing:
+/// what the doorbell itself costs between two processes on this machine.
+final class FutexPingPong {
+    /// The daemon's default spin after an answer, and the C client's before it sleeps.
+    static let spinNs: UInt64 = 50_000
+    static let stateReady: UInt32 = 1, stateStop: UInt32 = 2
+
+    let page: UnsafeMutableRawPointer
+    let peer: Process
+    private var seq: UInt32 = 0
+    /// The C client's yield policy (clients/c/moe_router_client.c, channel_wait): yield every 8
+    /// spins until 16 answers in a row came without a yield that switched (>= 1.5 us), then
+    /// not, trying again after 1024 answers or when the spin saw no answer.
+    private var yielding = true, yieldCount = 0
+
+    /// Maps a new page and starts `helper --futex-peer NAME` as the server (it inherits this
+    /// thread's CPU mask).
+    init(helper: String) throws {
+        let name = "/moe-latency-futex-\(getpid())-\(mro_now_ns())"
+        let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0o600)
+        guard fd >= 0 else { throw BenchError("shm_open(\(name)): \(String(cString: strerror(errno)))") }
+        defer { close(fd); shm_unlink(name) }
+        guard ftruncate(fd, 4096) == 0, let p = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw BenchError("ftruncate/mmap of the futex page: \(String(cString: strerror(errno)))")
+        }
+        page = p
+        peer = Process()
+        peer.executableURL = URL(fileURLWithPath: helper)
+        peer.arguments = ["--futex-peer", name]
+        try peer.run()
+        let deadline = mro_now_ns() + 10_000_000_000
+        while mro_load_u32(Self.word(p, \.state)) != Self.stateReady {
+            guard mro_now_ns() < deadline, peer.isRunning else { throw BenchError("the futex ping-pong peer did not start") }
+            usleep(1000)
+        }
+    }
+
+    static func word(_ page: UnsafeMutableRawPointer, _ field: KeyPath<moe_channel_ctrl, UInt32>) -> UnsafeMutablePointer<UInt32> {
+        (page + MemoryLayout<moe_channel_ctrl>.offset(of: field)!).assumingMemoryBound(to: UInt32.self)
+    }
+
+    /// One round trip, waited for as the C client waits for a channel's answer.
+    func roundTrip() {
+        let req = Self.word(page, \.req_seq), resp = Self.word(page, \.resp_seq)
+        let serverSleeping = Self.word(page, \.daemon_sleeping), clientSleeping = Self.word(page, \.client_sleeping)
+        seq &+= 1
+        mro_store_u32(req, seq)
+        if mro_load_u32(serverSleeping) != 0 { _ = mro_futex_wake(req, 1) }
+        let start = mro_now_ns()
+        var i = 0, switched = false
+        while mro_load_u32(resp) != seq {
+            i += 1
+            if i % 8 == 0 {
+                let t = mro_now_ns()
+                if t - start >= Self.spinNs {
+                    (yielding, yieldCount) = (true, 0)
+                    while true {
+                        mro_store_u32(clientSleeping, 1)
+                        let now = mro_load_u32(resp)
+                        if now == seq { break }
+                        _ = mro_futex_wait(resp, now, 20_000_000)
+                    }
+                    mro_store_u32(clientSleeping, 0)
+                    return
+                }
+                if yielding {
+                    sched_yield()
+                    switched = switched || mro_now_ns() - t >= 1500
+                }
+            }
+            mro_cpu_relax()
+        }
+        if yielding {
+            yieldCount = switched ? 0 : yieldCount + 1
+            if yieldCount < 16 { return }
+        } else {
+            yieldCount += 1
+            if yieldCount < 1024 { return }
+        }
+        (yielding, yieldCount) = (!yielding, 0)
+    }
+
+    func stop() {
+        mro_store_u32(Self.word(page, \.state), Self.stateStop)
+        _ = mro_futex_wake(Self.word(page, \.req_seq), 1)
+        peer.waitUntilExit()
+        munmap(page, 4096)
+    }
+
+    /// The server side (`--futex-peer NAME`): answers each new req_seq until told to stop.
+    static func serve(_ name: String) throws {
+        let fd = shm_open(name, O_RDWR, 0)
+        guard fd >= 0, let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), page != MAP_FAILED else {
+            throw BenchError("futex peer: cannot map \(name)")
+        }
+        close(fd)
+        let req = word(page, \.req_seq), resp = word(page, \.resp_seq), state = word(page, \.state)
+        let serverSleeping = word(page, \.daemon_sleeping), clientSleeping = word(page, \.client_sleeping)
+        mro_store_u32(state, stateReady)
+        var last: UInt32 = 0
+        var answeredAt = mro_now_ns()
+        while mro_load_u32(state) != stateStop {
+            var seq = mro_load_u32(req), spins = 0
+            while seq == last && mro_now_ns() - answeredAt < spinNs {
+                mro_cpu_relax()
+                spins += 1
+                if spins % 8 == 0 { sched_yield() }
+                seq = mro_load_u32(req)
+            }
+            if seq == last {
+                mro_store_u32(serverSleeping, 1)
+                if mro_load_u32(req) == last && mro_load_u32(state) != stateStop { _ = mro_futex_wait(req, last, 100_000_000) }
+                mro_store_u32(serverSleeping, 0)
+                continue
+            }
+            mro_store_u32(resp, seq)
+            if mro_load_u32(clientSleeping) != 0 { _ = mro_futex_wake(resp, 1) }
+            last = seq
+            answeredAt = mro_now_ns()
         }
     }
 }

@@ -3,7 +3,9 @@
  * Plain C11 against libzmq; no Swift runtime. One DEALER socket per client, one request in
  * flight; answers to an earlier request that timed out are recognised by id and dropped.
  * Protocol versions 1 and 2: HELLO (always sent as version 1) negotiates, and every other
- * request is sent, and its answer read, in the negotiated version.
+ * request is sent, and its answer read, in the negotiated version. On ipc connections to a daemon
+ * that offers MOE_FEATURE_CHANNELS, ROUTE goes through a shared-memory channel instead (see
+ * "Channels" below); everything else stays on ZeroMQ.
  */
 #define _GNU_SOURCE
 #include "moe_router_client.h"
@@ -11,12 +13,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -27,9 +32,26 @@
 _Static_assert(sizeof(moe_route_req_v2) <= MAX_REQUEST_BODY, "request body buffer");
 _Static_assert(sizeof(moe_hello_req) <= MAX_REQUEST_BODY, "request body buffer");
 
+/* The shared-memory channel that serves this client's ROUTEs (moe_channel_ctrl in its first page,
+ * inline buffers copied to and from the data area after it). */
+typedef struct channel {
+    moe_channel_ctrl *ctrl; /* NULL: no channel */
+    uint8_t *data;          /* the data area, past the control page */
+    uint64_t data_size;
+    uint64_t size;          /* the whole segment */
+    uint64_t handle;        /* its registration */
+    uint64_t epoch;         /* the daemon's, from OPEN_CHANNEL */
+    uint32_t seq;           /* the last req_seq stored */
+    unsigned connection;    /* the moe_client.connection it was opened on */
+    int fd;
+    int unanswered;         /* a request ended without its answer, which may still come */
+} channel;
+
 struct moe_client {
     void *ctx;
     void *sock;
+    void *monitor; /* ipc: receives the socket's DISCONNECTED events (a daemon gone or restarted) */
+    unsigned connection; /* +1 whenever the socket is opened again */
     char endpoint[512];
     /* CURVE keys (Z85, 40 characters each; empty: plain connection). */
     char curve_server[41], curve_public[41], curve_secret[41];
@@ -40,6 +62,14 @@ struct moe_client {
     uint16_t version; /* negotiated by HELLO; 1 until then */
     moe_hello_resp hello;
     moe_hello_ext limits; /* version 2: the connect-time HELLO's extension */
+    channel ch;
+    int channel_wanted;       /* MOE_ROUTER_CHANNEL=0 / moe_set_channel */
+    int channel_yielded;      /* the channel gave its registration to the host's (moe_register_shm) */
+    uint64_t channel_refused; /* the smallest data area refused lately (UINT64_MAX: none) ... */
+    int64_t channel_refused_ns; /* ... and when (refusals are forgotten after CHANNEL_RETRY_NS) */
+    int last_path;            /* MOE_ROUTE_PATH_* of the last ROUTE */
+    int64_t monitor_looked_ns; /* when the channel path last looked at the monitor */
+    int yielding, yield_count; /* channel_wait's yields while spinning */
     char error[MOE_MAX_MESSAGE_TEXT + 128];
 };
 
@@ -126,6 +156,30 @@ static void open_socket(moe_client *c) {
         zmq_close(c->sock);
         c->sock = NULL;
     }
+    c->connection++;
+    /* On ipc a channel lives as long as the connection: the monitor tells when that ended (the
+     * daemon died, restarted or dropped us) without a round trip. */
+    if (c->sock && strncmp(c->endpoint, "ipc://", 6) == 0 &&
+        zmq_socket_monitor(c->sock, "inproc://moe-client-monitor", ZMQ_EVENT_DISCONNECTED) == 0) {
+        c->monitor = zmq_socket(c->ctx, ZMQ_PAIR);
+        if (c->monitor && (zmq_setsockopt(c->monitor, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
+                           zmq_connect(c->monitor, "inproc://moe-client-monitor") != 0)) {
+            zmq_close(c->monitor);
+            c->monitor = NULL;
+        }
+        if (!c->monitor) zmq_socket_monitor(c->sock, NULL, 0);
+    }
+}
+
+static void close_socket(moe_client *c) {
+    if (c->monitor) {
+        zmq_socket_monitor(c->sock, NULL, 0);
+        zmq_close(c->monitor);
+        c->monitor = NULL;
+    }
+    if (c->sock) zmq_close(c->sock);
+    if (c->ctx) zmq_ctx_term(c->ctx);
+    c->sock = c->ctx = NULL;
 }
 
 /* A call returns without its answer (timeout, I/O or protocol error). If libzmq still holds a
@@ -134,9 +188,11 @@ static void open_socket(moe_client *c) {
  * connection is torn down first: with linger 0, terminating the context discards the unsent
  * message and returns only once libzmq has let go of it. Then a fresh connection is opened; the
  * daemon treats it as a new client (the old one's registrations are released). */
+static void channel_forget(moe_client *c);
+static int channel_retire(moe_client *c);
+
 static int reset_connection(moe_client *c, int status) {
-    zmq_close(c->sock);
-    zmq_ctx_term(c->ctx);
+    close_socket(c);
     open_socket(c);
     size_t n = strlen(c->error);
     snprintf(c->error + n, sizeof c->error - n, " (connection reset: the daemon has released this client's shm registrations)");
@@ -304,6 +360,11 @@ int moe_connect_curve(const char *endpoint, int timeout_ms, const char *server_p
     if (!c) return MOE_ERR_CLIENT_SYS;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
     c->version = 1;
+    const char *channel_env = getenv("MOE_ROUTER_CHANNEL");
+    c->channel_wanted = !(channel_env && strcmp(channel_env, "0") == 0);
+    c->channel_refused = UINT64_MAX;
+    c->ch.fd = -1;
+    c->yielding = 1;
     atomic_init(&c->inputs_held, 0);
     if ((size_t)snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint) >= sizeof c->endpoint) {
         free(c);
@@ -330,8 +391,8 @@ int moe_connect_curve(const char *endpoint, int timeout_ms, const char *server_p
 
 void moe_close(moe_client *c) {
     if (!c) return;
-    if (c->sock) zmq_close(c->sock);
-    if (c->ctx) zmq_ctx_term(c->ctx);
+    channel_forget(c); /* the daemon closes the channel with the connection */
+    close_socket(c);
     free(c);
 }
 
@@ -505,8 +566,7 @@ int moe_find_layer(moe_client *c, const char *name, moe_layer_info *out) {
     return fail(c, MOE_ERR_UNKNOWN_LAYER, "no layer named '%s'", name);
 }
 
-int moe_register_shm(moe_client *c, const char *name, uint64_t size, uint64_t *handle) {
-    if (!c || !name || strlen(name) >= MOE_SHM_NAME_BYTES) return MOE_ERR_CLIENT_ARG;
+static int register_shm(moe_client *c, const char *name, uint64_t size, uint64_t *handle) {
     moe_register_req q;
     memset(&q, 0, sizeof q);
     strcpy(q.name, name);
@@ -520,8 +580,7 @@ int moe_register_shm(moe_client *c, const char *name, uint64_t size, uint64_t *h
     return st;
 }
 
-int moe_unregister_shm(moe_client *c, uint64_t handle, int *deferred) {
-    if (!c) return MOE_ERR_CLIENT_ARG;
+static int unregister_shm(moe_client *c, uint64_t handle, int *deferred) {
     moe_unregister_req q = {handle};
     reply r = {0};
     int st = call(c, c->version, MOE_OP_UNREGISTER_SHM, &q, sizeof q, NULL, 0, &r);
@@ -532,8 +591,31 @@ int moe_unregister_shm(moe_client *c, uint64_t handle, int *deferred) {
     return st;
 }
 
-int moe_segment_create(moe_client *c, uint64_t size, moe_segment *out) {
-    if (!c || !out || size == 0) return MOE_ERR_CLIENT_ARG;
+int moe_register_shm(moe_client *c, const char *name, uint64_t size, uint64_t *handle) {
+    if (!c || !name || strlen(name) >= MOE_SHM_NAME_BYTES) return MOE_ERR_CLIENT_ARG;
+    int st = register_shm(c, name, size, handle);
+    /* The channel holds one of this connection's registrations, and its bytes count against the
+     * uid's quota: a host that runs into a limit gets that room back (ROUTE then goes over
+     * ZeroMQ until a registration is released). */
+    if (st == MOE_ERR_LIMIT && c->ch.ctrl) {
+        int retired = channel_retire(c);
+        c->channel_yielded = 1;
+        if (retired >= MOE_ERR_CLIENT_IO) return retired;
+        st = register_shm(c, name, size, handle);
+    }
+    return st;
+}
+
+int moe_unregister_shm(moe_client *c, uint64_t handle, int *deferred) {
+    if (!c) return MOE_ERR_CLIENT_ARG;
+    int st = unregister_shm(c, handle, deferred);
+    if (st == MOE_OK) c->channel_yielded = 0; /* room for a channel again, perhaps */
+    return st;
+}
+
+/* A private shm object of `size` bytes, mapped, registered (with moe_register_shm's room-making
+ * for a host's segment, plainly for a channel's), its name unlinked. */
+static int segment_create(moe_client *c, uint64_t size, moe_segment *out, int for_channel) {
     memset(out, 0, sizeof *out);
     out->fd = -1;
     static unsigned counter;
@@ -553,7 +635,7 @@ int moe_segment_create(moe_client *c, uint64_t size, moe_segment *out) {
         return fail(c, MOE_ERR_CLIENT_SYS, "ftruncate/mmap(%s, %llu): %s", name, (unsigned long long)size, strerror(e));
     }
     uint64_t handle = 0;
-    int st = moe_register_shm(c, name, size, &handle);
+    int st = for_channel ? register_shm(c, name, size, &handle) : moe_register_shm(c, name, size, &handle);
     shm_unlink(name); /* the daemon holds its own mapping; the name is no longer needed */
     if (st != MOE_OK) {
         munmap(p, size);
@@ -565,6 +647,11 @@ int moe_segment_create(moe_client *c, uint64_t size, moe_segment *out) {
     out->size = size;
     out->fd = fd;
     return MOE_OK;
+}
+
+int moe_segment_create(moe_client *c, uint64_t size, moe_segment *out) {
+    if (!c || !out || size == 0) return MOE_ERR_CLIENT_ARG;
+    return segment_create(c, size, out, 0);
 }
 
 int moe_segment_destroy(moe_client *c, moe_segment *s) {
@@ -579,12 +666,343 @@ int moe_segment_destroy(moe_client *c, moe_segment *s) {
 
 static size_t dtype_size(moe_dtype d) { return d == MOE_DTYPE_FP32 ? 4 : 2; }
 
-/* ROUTE in the negotiated version. refs: input, weights, ids, token ids, mask (the last two
- * MOE_BUF_NONE when absent; a version-1 request cannot carry them). */
+/* ---- Channels ------------------------------------------------------------------------------
+ * ROUTE through shared memory (moe_channel_ctrl, Include/moe_router_wire.h): the request goes
+ * into the channel's control page and a futex word, the answer comes back the same way, with no
+ * ZeroMQ message and no daemon I/O thread in between. A channel is opened on the first ROUTE that
+ * can use one (an ipc connection, protocol 2, MOE_FEATURE_CHANNELS) and reopened bigger when an
+ * inline request does not fit its data area. Anything a channel cannot carry, and any refusal to
+ * open one, goes over ZeroMQ; the daemon answers both paths from the same request core. */
+
+#define CHANNEL_UNUSABLE (-1)
+#define CHANNEL_MIN_DATA (64u << 10)
+/* Spinning this long before sleeping catches the answer to a small route without a futex wake
+ * (a wake-up costs tens of µs on a VM); the cost is bounded by the call itself. */
+#define CHANNEL_SPIN_NS 50000
+/* A caller asleep waiting looks at the channel's state and the connection this often. */
+#define CHANNEL_SLICE_NS 20000000
+/* Yielding while spinning (see channel_wait): a yield this long means another thread ran. */
+#define CHANNEL_SWITCH_NS 1500
+#define CHANNEL_YIELD_TRIES 16
+#define CHANNEL_YIELD_RETRY 1024
+/* A ROUTE this long after the last look at the connection looks again before it uses the channel
+ * (a restarted daemon takes far longer to start). */
+#define CHANNEL_LOOK_NS 1000000
+/* A daemon's refusal to open a channel (a limit) is tried again after this long. */
+#define CHANNEL_RETRY_NS 1000000000
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Shared (not FUTEX_PRIVATE): the daemon waits and wakes on the same physical page. */
+static void futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns) {
+    struct timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+    syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+static void futex_wake(uint32_t *word) { syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0); }
+
+/* Whether the socket lost its connection since the last look: the daemon died, restarted or
+ * dropped this client, and with the connection went its registrations and channels. */
+static int connection_dropped(moe_client *c) {
+    if (!c->monitor) return 0;
+    int dropped = 0;
+    zmq_msg_t m;
+    for (;;) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, c->monitor, ZMQ_DONTWAIT) < 0) break;
+        uint16_t event = 0;
+        if (zmq_msg_size(&m) >= 2) memcpy(&event, zmq_msg_data(&m), 2);
+        dropped |= event == ZMQ_EVENT_DISCONNECTED;
+        while (zmq_msg_more(&m)) { /* the event's address frame */
+            zmq_msg_close(&m);
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, c->monitor, ZMQ_DONTWAIT) < 0) break;
+        }
+        zmq_msg_close(&m);
+    }
+    zmq_msg_close(&m);
+    return dropped;
+}
+
+/* Lets go of the channel here only (the daemon has closed it, or will with the connection). */
+static void channel_forget(moe_client *c) {
+    if (c->ch.ctrl) {
+        munmap(c->ch.ctrl, c->ch.size);
+        close(c->ch.fd);
+    }
+    memset(&c->ch, 0, sizeof c->ch);
+    c->ch.fd = -1;
+}
+
+/* Closes the channel: UNREGISTER of its segment closes it on the daemon's side (any request
+ * still running there keeps the daemon's mapping until it ends). Only a client-level status is
+ * passed on: UNKNOWN_HANDLE means it is gone already. */
+static int channel_retire(moe_client *c) {
+    uint64_t handle = c->ch.handle;
+    channel_forget(c);
+    int st = unregister_shm(c, handle, NULL);
+    return st >= MOE_ERR_CLIENT_IO ? st : MOE_OK;
+}
+
+/* Whether this connection could carry a channel at all (whether the daemon refused one aside). */
+static int channel_possible(const moe_client *c) {
+    return c->channel_wanted && c->version >= 2 && (c->limits.features & MOE_FEATURE_CHANNELS) && c->hello.shm_allowed &&
+           strncmp(c->endpoint, "ipc://", 6) == 0;
+}
+
+/* A REGISTER_SHM or OPEN_CHANNEL for a new channel failed with `st`. Without an answer the daemon
+ * may still register the segment, and nothing here could release it but the end of the
+ * connection: so the connection is reset (as a timed-out zero-copy send resets it) and the error
+ * returned. A refusal (a limit, shm not allowed, an old daemon) sends this call, and later ones
+ * needing as much room, over ZeroMQ. */
+static int channel_setup_failed(moe_client *c, int st, uint64_t data_size) {
+    if (st == MOE_ERR_CLIENT_TIMEOUT || st == MOE_ERR_CLIENT_IO || st == MOE_ERR_CLIENT_PROTOCOL)
+        return reset_connection(c, st);
+    if (data_size < c->channel_refused) c->channel_refused = data_size;
+    c->channel_refused_ns = now_ns();
+    return CHANNEL_UNUSABLE;
+}
+
+static int channel_open(moe_client *c, uint64_t data_size) {
+    moe_segment seg;
+    int st = segment_create(c, MOE_CHANNEL_CTRL_BYTES + data_size, &seg, 1);
+    if (st != MOE_OK) return channel_setup_failed(c, st, data_size);
+    moe_channel_ctrl *k = seg.base;
+    k->magic = MOE_CHANNEL_MAGIC; /* every other field is 0: a new object reads as zeros */
+    moe_channel_open_req q = {seg.handle, 0, 0};
+    moe_channel_open_resp resp;
+    reply r = {0};
+    st = call(c, 2, MOE_OP_OPEN_CHANNEL, &q, sizeof q, NULL, 0, &r);
+    if (st < MOE_ERR_CLIENT_IO) st = take_body(c, &r, st, &resp, sizeof resp);
+    reply_close(&r);
+    if (st == MOE_OK && __atomic_load_n(&k->state, __ATOMIC_ACQUIRE) != MOE_CHANNEL_OPEN)
+        st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "OPEN_CHANNEL answered, but the channel's state is %u", k->state);
+    if (st != MOE_OK) {
+        munmap(seg.base, seg.size);
+        close(seg.fd);
+        if (st < MOE_ERR_CLIENT_IO) {
+            int unreg = unregister_shm(c, seg.handle, NULL);
+            if (unreg >= MOE_ERR_CLIENT_IO) st = unreg;
+        }
+        return channel_setup_failed(c, st, data_size);
+    }
+    c->ch = (channel){.ctrl = k, .data = (uint8_t *)seg.base + MOE_CHANNEL_CTRL_BYTES, .data_size = data_size,
+                      .size = seg.size, .handle = seg.handle, .epoch = resp.daemon_epoch,
+                      .seq = __atomic_load_n(&k->req_seq, __ATOMIC_RELAXED), .connection = c->connection, .fd = seg.fd};
+    return MOE_OK;
+}
+
+static uint64_t align64(uint64_t n) { return (n + 63) & ~(uint64_t)63; }
+
+/* A channel whose data area holds `need` bytes: the current one, or a new one. MOE_OK,
+ * CHANNEL_UNUSABLE (go over ZeroMQ) or a client-level error. */
+static int channel_ready(moe_client *c, uint64_t need) {
+    channel *ch = &c->ch;
+    /* A look at the monitor costs about half a µs: calls in quick succession skip it. A daemon
+     * gone since is noticed by the waiting call instead (an error, as for one killed while it
+     * computes). Before a channel is opened the look drains events from before it. */
+    const int64_t t = now_ns();
+    if (!ch->ctrl || t - c->monitor_looked_ns > CHANNEL_LOOK_NS) {
+        c->monitor_looked_ns = t;
+        if (connection_dropped(c)) {
+            if (ch->ctrl) ch->connection = 0;
+            c->channel_refused = UINT64_MAX; /* perhaps another daemon */
+            c->channel_yielded = 0;          /* and the host's registrations are gone */
+        }
+    }
+    if (ch->ctrl && ch->connection != c->connection) channel_forget(c); /* released with the connection */
+    if (ch->ctrl) {
+        moe_channel_ctrl *k = ch->ctrl;
+        if (ch->unanswered && __atomic_load_n(&k->resp_seq, __ATOMIC_ACQUIRE) == ch->seq) ch->unanswered = 0;
+        if (!ch->unanswered && need <= ch->data_size && __atomic_load_n(&k->state, __ATOMIC_ACQUIRE) == MOE_CHANNEL_OPEN &&
+            k->daemon_epoch == ch->epoch)
+            return MOE_OK;
+        int st = channel_retire(c);
+        if (st != MOE_OK) return st;
+    }
+    if (!channel_possible(c) || c->channel_yielded) return CHANNEL_UNUSABLE;
+    if (c->channel_refused != UINT64_MAX && t - c->channel_refused_ns > CHANNEL_RETRY_NS) c->channel_refused = UINT64_MAX;
+    /* The data area: a power of two from CHANNEL_MIN_DATA, or just what this call needs where
+     * that was refused or exceeds the daemon's largest segment. */
+    const uint64_t most = c->limits.max_segment_bytes ? c->limits.max_segment_bytes : UINT64_MAX / 4;
+    if (most <= MOE_CHANNEL_CTRL_BYTES || need > most - MOE_CHANNEL_CTRL_BYTES) return CHANNEL_UNUSABLE;
+    const uint64_t room = most - MOE_CHANNEL_CTRL_BYTES;
+    uint64_t size = CHANNEL_MIN_DATA;
+    while (size < need && size <= room / 2) size *= 2;
+    if (size > room || size >= c->channel_refused) size = (need + 4095) & ~(uint64_t)4095;
+    if (size < need || size > room || size >= c->channel_refused) return CHANNEL_UNUSABLE;
+    return channel_open(c, size);
+}
+
+/* A spin answered; `switched`: one of its yields gave the CPU to another thread for a while. */
+static void spin_answered(moe_client *c, int switched) {
+    if (c->yielding) {
+        c->yield_count = switched ? 0 : c->yield_count + 1;
+        if (c->yield_count < CHANNEL_YIELD_TRIES) return;
+    } else if (++c->yield_count < CHANNEL_YIELD_RETRY) {
+        return;
+    }
+    c->yielding = !c->yielding;
+    c->yield_count = 0;
+}
+
+/* Waits for resp_seq == seq: spinning first, then asleep on the futex in slices, looking at the
+ * channel's state and the connection between them. A spin on the CPU the daemon's channel thread
+ * shares would keep that thread from answering until the spin ends, so the spin yields the CPU
+ * every few rounds; where no one else wants the CPU a yield only costs a system call, and the
+ * client stops yielding once CHANNEL_YIELD_TRIES answers in a row came without one that switched
+ * (trying again every CHANNEL_YIELD_RETRY answers, and whenever the spin saw no answer). */
+static int channel_wait(moe_client *c, moe_channel_ctrl *k, uint32_t seq) {
+    const int64_t start = now_ns();
+    int switched = 0;
+    for (unsigned i = 1;; i++) {
+        if (__atomic_load_n(&k->resp_seq, __ATOMIC_ACQUIRE) == seq) {
+            spin_answered(c, switched);
+            return MOE_OK;
+        }
+        if (i % 8 == 0) {
+            const int64_t t = now_ns();
+            if (t - start >= CHANNEL_SPIN_NS) break;
+            if (c->yielding) {
+                sched_yield();
+                switched |= now_ns() - t >= CHANNEL_SWITCH_NS;
+            }
+        }
+        cpu_relax();
+    }
+    c->yielding = 1;
+    c->yield_count = 0;
+    const int64_t deadline = start + (int64_t)c->timeout_ms * 1000000;
+    int st = MOE_OK;
+    for (;;) {
+        __atomic_store_n(&k->client_sleeping, 1, __ATOMIC_SEQ_CST);
+        uint32_t now = __atomic_load_n(&k->resp_seq, __ATOMIC_SEQ_CST);
+        if (now == seq) break;
+        if (__atomic_load_n(&k->state, __ATOMIC_ACQUIRE) != MOE_CHANNEL_OPEN || k->daemon_epoch != c->ch.epoch) {
+            st = fail(c, MOE_ERR_CLIENT_IO, "the daemon closed the channel before it answered");
+            break;
+        }
+        if (connection_dropped(c)) {
+            c->ch.connection = 0; /* the daemon released it with the connection */
+            c->channel_refused = UINT64_MAX;
+            st = fail(c, MOE_ERR_CLIENT_IO, "the connection to the daemon ended before it answered (the daemon "
+                                            "stopped or restarted; the next call reconnects)");
+            break;
+        }
+        int64_t left = deadline - now_ns();
+        if (left <= 0) {
+            st = fail(c, MOE_ERR_CLIENT_TIMEOUT, "no answer within %d ms", c->timeout_ms);
+            break;
+        }
+        futex_wait(&k->resp_seq, now, left < CHANNEL_SLICE_NS ? left : CHANNEL_SLICE_NS);
+    }
+    __atomic_store_n(&k->client_sleeping, 0, __ATOMIC_RELAXED);
+    return st;
+}
+
+/* One request on the channel: descriptor, then req_seq (seq_cst: the daemon's sleeping flag is
+ * read after it, the other half of the doorbell's Dekker pair), then a wake-up if it sleeps. */
+static int channel_exchange(moe_client *c, const moe_route_req_v2 *q, moe_route_resp_v2 *resp) {
+    channel *ch = &c->ch;
+    moe_channel_ctrl *k = ch->ctrl;
+    const uint64_t id = ++c->next_id;
+    memcpy(&k->request, q, sizeof *q);
+    k->request_id = id;
+    const uint32_t seq = ch->seq + 1;
+    __atomic_store_n(&k->req_seq, seq, __ATOMIC_SEQ_CST);
+    ch->seq = seq;
+    if (__atomic_load_n(&k->daemon_sleeping, __ATOMIC_SEQ_CST)) futex_wake(&k->req_seq);
+    int st = channel_wait(c, k, seq);
+    if (st != MOE_OK) {
+        ch->unanswered = 1;
+        return st;
+    }
+    if (k->answer_request_id != id) {
+        ch->unanswered = 1;
+        return fail(c, MOE_ERR_CLIENT_PROTOCOL, "channel answer for request %llu, expected %llu",
+                    (unsigned long long)k->answer_request_id, (unsigned long long)id);
+    }
+    uint32_t n = k->message_len < sizeof k->message ? k->message_len : (uint32_t)sizeof k->message;
+    snprintf(c->error, sizeof c->error, "%.*s", (int)n, k->message);
+    memcpy(resp, &k->response, sizeof *resp);
+    return (int)k->status;
+}
+
+/* ROUTE over the channel. Inline buffers (copy_inline: moe_route, moe_route_ex) are copied into
+ * the data area and the outputs back on success; shm buffers pass through. CHANNEL_UNUSABLE: the
+ * call goes over ZeroMQ (no channel, an inline buffer without copy_inline, inputs larger than
+ * ZeroMQ would accept, which the daemon answers TOO_LARGE there). */
+static int channel_route(moe_client *c, const moe_route_req_v2 *request, const void *const src[5], void *const dst[5],
+                         moe_route_resp_v2 *resp, int copy_inline) {
+    if (!c->ch.ctrl && !channel_possible(c)) return CHANNEL_UNUSABLE;
+    moe_route_req_v2 q = *request;
+    moe_buffer_ref *ref[5] = {&q.base.input, &q.base.weights, &q.base.ids, &q.token_ids, &q.mask};
+    uint64_t at[5] = {0}, need = 0, inline_in = 0;
+    int copied[5] = {0};
+    const uint64_t most = c->limits.max_segment_bytes ? c->limits.max_segment_bytes : UINT64_MAX / 8;
+    for (int i = 0; i < 5; i++) {
+        if (ref[i]->kind == MOE_BUF_SHM || ref[i]->kind == MOE_BUF_NONE) continue;
+        const int output = i == 1 || i == 2;
+        if (ref[i]->kind != MOE_BUF_INLINE || !copy_inline || ref[i]->length > most ||
+            (ref[i]->length && !(output ? dst[i] : src[i])))
+            return CHANNEL_UNUSABLE;
+        copied[i] = 1;
+        at[i] = need;
+        need += align64(ref[i]->length);
+        if (!output) inline_in += ref[i]->length;
+    }
+    if (inline_in > c->hello.max_message_bytes) return CHANNEL_UNUSABLE;
+    int st = channel_ready(c, need);
+    if (st != MOE_OK) return st;
+    for (int i = 0; i < 5; i++) {
+        if (!copied[i]) continue;
+        ref[i]->kind = MOE_BUF_SHM;
+        ref[i]->handle = c->ch.handle;
+        ref[i]->offset = MOE_CHANNEL_CTRL_BYTES + at[i];
+        if (i != 1 && i != 2 && ref[i]->length) memcpy(c->ch.data + at[i], src[i], ref[i]->length);
+    }
+    c->last_path = MOE_ROUTE_PATH_CHANNEL;
+    st = channel_exchange(c, &q, resp);
+    if (st == MOE_OK) {
+        for (int i = 1; i <= 2; i++)
+            if (copied[i] && ref[i]->length) memcpy(dst[i], c->ch.data + at[i], ref[i]->length);
+    }
+    return st;
+}
+
+static void route_info(const moe_route_resp_v2 *resp, moe_route_info *info) {
+    info->tokens = resp->base.tokens;
+    info->nonfinite_count = resp->base.nonfinite_count;
+    info->first_nonfinite_token = resp->base.first_nonfinite_token;
+    info->compute_ns = resp->base.compute_ns;
+    info->top_k = resp->base.top_k;
+    info->fallback_cast = (int32_t)resp->base.fallback_cast;
+    info->masked_tokens = resp->masked_tokens;
+    info->placement_epoch = resp->placement_epoch;
+    info->first_bad_token = resp->first_bad_token;
+    info->hash_routed = (int32_t)resp->hash_routed;
+}
+
+/* ROUTE in the negotiated version, on the channel when there is one for it (copy_inline: inline
+ * buffers may be copied through it), else over ZeroMQ. refs: input, weights, ids, token ids, mask
+ * (the last two MOE_BUF_NONE when absent; a version-1 request cannot carry them). */
 static int route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const moe_buffer_ref refs[5],
                  const void *input, const void *token_ids, uint32_t token_id_bytes, const uint8_t *mask,
-                 float *weights, int32_t *ids, moe_route_info *info) {
+                 float *weights, int32_t *ids, moe_route_info *info, int copy_inline) {
     if (info) memset(info, 0, sizeof *info);
+    c->last_path = MOE_ROUTE_PATH_ZMQ;
     moe_route_req_v2 q;
     memset(&q, 0, sizeof q);
     q.base.layer_id = layer_id;
@@ -611,32 +1029,30 @@ static int route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tok
                         (unsigned long long)b->length);
         parts[n++] = (part){src[i], (size_t)b->length, NULL, 0};
     }
+    moe_route_resp_v2 resp;
+    memset(&resp, 0, sizeof resp);
+    if (version >= 2) {
+        const void *const from[5] = {input, NULL, NULL, token_ids, mask};
+        void *const to[5] = {NULL, weights, ids, NULL, NULL};
+        int st = channel_route(c, &q, from, to, &resp, copy_inline);
+        if (st != CHANNEL_UNUSABLE) {
+            if (info && st < MOE_ERR_CLIENT_IO) route_info(&resp, info);
+            return st;
+        }
+    }
     reply r = {0};
     int st = version >= 2 ? call(c, 2, MOE_OP_ROUTE, &q, sizeof q, parts, n, &r)
                           : call(c, 1, MOE_OP_ROUTE, &q.base, sizeof q.base, parts, n, &r);
     if (st >= MOE_ERR_CLIENT_IO) return st;
     /* Every ROUTE answer carries the route body of its version; an error answer without it (a
      * header the daemon could not read) keeps its status. */
-    moe_route_resp_v2 resp;
-    memset(&resp, 0, sizeof resp);
     size_t want = version >= 2 ? sizeof resp : sizeof resp.base;
     if (r.header.body_size == want) {
         memcpy(&resp, r.body, want);
     } else if (st == MOE_OK) {
         st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "ROUTE answer body is %u bytes, expected %zu", r.header.body_size, want);
     }
-    if (info && r.header.body_size == want) {
-        info->tokens = resp.base.tokens;
-        info->nonfinite_count = resp.base.nonfinite_count;
-        info->first_nonfinite_token = resp.base.first_nonfinite_token;
-        info->compute_ns = resp.base.compute_ns;
-        info->top_k = resp.base.top_k;
-        info->fallback_cast = (int32_t)resp.base.fallback_cast;
-        info->masked_tokens = resp.masked_tokens;
-        info->placement_epoch = resp.placement_epoch;
-        info->first_bad_token = resp.first_bad_token;
-        info->hash_routed = (int32_t)resp.hash_routed;
-    }
+    if (info && r.header.body_size == want) route_info(&resp, info);
     if (st == MOE_OK) {
         int f = 1;
         void *dst[2] = {weights, ids};
@@ -656,16 +1072,16 @@ static int route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tok
     return st;
 }
 
-int moe_route_refs(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
-                   const moe_buffer_ref refs[3], const void *input, float *weights, int32_t *ids,
-                   moe_route_result *result) {
+/* moe_route_refs; copy_inline: inline buffers may go through the channel (moe_route). */
+static int route_refs(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const moe_buffer_ref refs[3],
+                      const void *input, float *weights, int32_t *ids, moe_route_result *result, int copy_inline) {
     if (!c || !refs) return MOE_ERR_CLIENT_ARG;
     moe_buffer_ref all[5];
     memset(all, 0, sizeof all);
     memcpy(all, refs, 3 * sizeof *refs);
     all[3].kind = all[4].kind = MOE_BUF_NONE;
     moe_route_info info;
-    int st = route(c, layer_id, dtype, tokens, all, input, NULL, 0, NULL, weights, ids, &info);
+    int st = route(c, layer_id, dtype, tokens, all, input, NULL, 0, NULL, weights, ids, &info, copy_inline);
     if (result && st < MOE_ERR_CLIENT_IO) {
         result->nonfinite_count = info.nonfinite_count;
         result->first_nonfinite_token = info.first_nonfinite_token;
@@ -675,12 +1091,18 @@ int moe_route_refs(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t t
     return st;
 }
 
+int moe_route_refs(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
+                   const moe_buffer_ref refs[3], const void *input, float *weights, int32_t *ids,
+                   moe_route_result *result) {
+    return route_refs(c, layer_id, dtype, tokens, refs, input, weights, ids, result, 0);
+}
+
 int moe_route_refs_ex(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
                       const moe_buffer_ref refs[5], const void *input, const void *token_ids,
                       uint32_t token_id_bytes, const uint8_t *mask, float *weights, int32_t *ids,
                       moe_route_info *info) {
     if (!c || !refs) return MOE_ERR_CLIENT_ARG;
-    return route(c, layer_id, dtype, tokens, refs, input, token_ids, token_id_bytes, mask, weights, ids, info);
+    return route(c, layer_id, dtype, tokens, refs, input, token_ids, token_id_bytes, mask, weights, ids, info, 0);
 }
 
 int moe_route_ex(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const void *input,
@@ -703,7 +1125,7 @@ int moe_route_ex(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tok
     }
     if (mask) refs[4].length = tokens;
     if (out_count > UINT64_MAX / 4) return fail(c, MOE_ERR_CLIENT_ARG, "out_count = %zu too large", out_count);
-    return route(c, layer_id, dtype, tokens, refs, input, token_ids, token_id_bytes, mask, weights, ids, info);
+    return route(c, layer_id, dtype, tokens, refs, input, token_ids, token_id_bytes, mask, weights, ids, info, 1);
 }
 
 int moe_route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const void *input,
@@ -713,7 +1135,7 @@ int moe_route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens
     refs[0].length = input_bytes;
     refs[1].length = out_count * 4;
     refs[2].length = out_count * 4;
-    return moe_route_refs(c, layer_id, dtype, tokens, refs, input, weights, ids, result);
+    return route_refs(c, layer_id, dtype, tokens, refs, input, weights, ids, result, 1);
 }
 
 int moe_route_shm(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const moe_segment *s,
@@ -798,3 +1220,13 @@ int moe_expert_load(moe_client *c, uint32_t layer_id, int reset_window, uint64_t
     reply_close(&r);
     return st;
 }
+
+int moe_set_channel(moe_client *c, int enabled) {
+    if (!c) return MOE_ERR_CLIENT_ARG;
+    c->channel_wanted = enabled != 0;
+    c->channel_refused = UINT64_MAX;
+    c->channel_yielded = 0;
+    return !enabled && c->ch.ctrl ? channel_retire(c) : MOE_OK;
+}
+
+int moe_last_route_path(const moe_client *c) { return c ? c->last_path : -1; }

@@ -17,10 +17,12 @@ MAX_MESSAGE_TEXT = 1024
 
 OP_HELLO, OP_LIST_LAYERS, OP_REGISTER_SHM, OP_UNREGISTER_SHM, OP_ROUTE, OP_STATS, OP_PING = range(1, 8)
 OP_SET_PLACEMENT, OP_EXPERT_LOAD = 8, 9  # version 2
+OP_OPEN_CHANNEL, OP_CLOSE_CHANNEL = 10, 11  # version 2, ipc: a shared-memory ROUTE channel
 BUF_INLINE, BUF_SHM, BUF_NONE = 0, 1, 2  # BUF_NONE: version 2, an absent optional buffer
 
 # moe_hello_ext.features
 FEATURE_MASK, FEATURE_TOKEN_IDS, FEATURE_PLACEMENT, FEATURE_EXPERT_LOAD = 1, 2, 4, 8
+FEATURE_CHANNELS = 16
 LOAD_RESET_WINDOW = 1  # moe_load_req.flags
 
 
@@ -126,13 +128,27 @@ STATS_EXT = WireStruct("moe_stats_ext", [
     ("max_mapped_bytes_per_uid", "Q"), ("masked_tokens", "Q"), ("hash_routes", "Q"), ("placement_sets", "Q"),
     ("reserved", "Q")])
 STATS_RESP_V2 = WireStruct("moe_stats_resp_v2", [*_nest("base", STATS_RESP), *_nest("ext", STATS_EXT)])
+# Channels (the C client library runs them; moe_router uses it through moe_router._native).
+CHANNEL_MAGIC = 0x4E48434D
+CHANNEL_CTRL_BYTES = 4096
+CHANNEL_OPEN, CHANNEL_CLOSED = 1, 2
+CHANNEL_CTRL = WireStruct("moe_channel_ctrl", [
+    ("magic", "I"), ("state", "I"), ("daemon_epoch", "Q"), ("req_seq", "I"), ("daemon_sleeping", "I"),
+    ("resp_seq", "I"), ("client_sleeping", "I"), ("request_id", "Q"), ("answer_request_id", "Q"), ("status", "I"),
+    ("message_len", "I"), ("compute_path_ns", "Q"), *_nest("request", ROUTE_REQ_V2),
+    *_nest("response", ROUTE_RESP_V2), ("message", "256s")])
+CHANNEL_OPEN_REQ = WireStruct("moe_channel_open_req", [("handle", "Q"), ("spin_us", "I"), ("reserved", "I")])
+CHANNEL_OPEN_RESP = WireStruct("moe_channel_open_resp", [
+    ("channel_id", "Q"), ("daemon_epoch", "Q"), ("spin_us", "I"), ("max_channels", "I")])
+CHANNEL_CLOSE_REQ = WireStruct("moe_channel_close_req", [("channel_id", "Q")])
 # A version-2 HELLO answer's body: moe_hello_resp, then moe_hello_ext (not a C struct).
 HELLO_ANSWER_V2 = WireStruct("moe_hello_resp + moe_hello_ext", HELLO_RESP.fields + HELLO_EXT.fields)
 
 ALL_STRUCTS = [REQ_HEADER, RESP_HEADER, HELLO_REQ, HELLO_RESP, LIST_RESP, LAYER_INFO, REGISTER_REQ,
                REGISTER_RESP, UNREGISTER_REQ, UNREGISTER_RESP, BUFFER_REF, ROUTE_REQ, ROUTE_RESP, STATS_RESP,
                HELLO_EXT, LAYER_EXT, LAYER_INFO_V2, ROUTE_REQ_V2, ROUTE_RESP_V2, PLACEMENT_REQ, PLACEMENT_RESP,
-               LOAD_REQ, LOAD_RESP, STATS_EXT, STATS_RESP_V2]
+               LOAD_REQ, LOAD_RESP, STATS_EXT, STATS_RESP_V2, CHANNEL_CTRL, CHANNEL_OPEN_REQ, CHANNEL_OPEN_RESP,
+               CHANNEL_CLOSE_REQ]
 
 # The ROUTE request is the hot path: packed positionally (field order of ROUTE_REQ).
 _ROUTE_PACK = ROUTE_REQ.struct.pack

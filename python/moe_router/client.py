@@ -3,11 +3,14 @@ import itertools
 import os
 import threading
 import time
+import warnings
+import weakref
 
 import numpy as np
 import zmq
 import zmq.utils.z85
 
+from . import _native
 from . import _wire as w
 from ._arrays import as_logits, as_mask, as_token_ids
 from .errors import (BadVersionError, ClientArgumentError, ClientIOError, ClientProtocolError, ClientTimeoutError,
@@ -17,6 +20,8 @@ from .types import (DType, ExpertLoad, Layer, Method, Nonfinite, RouteResult, Sc
                     Stats)
 
 DEFAULT_TIMEOUT_MS = 5000
+_unpack_info = _native.INFO.unpack_from
+_ndarray = np.ndarray
 
 
 def default_endpoint():
@@ -67,9 +72,19 @@ class Client:
     them from the files ``moe-routerctl keygen`` writes) connects to a tcp endpoint that requires
     ZeroMQ CURVE. A daemon that does not admit the key never completes the handshake: the HELLO
     times out (ClientTimeoutError).
+
+    ``channel``: on an ipc connection of protocol version 2 to a daemon offering channels
+    (``client.info.supports_channels``), inline ROUTEs go through a shared-memory channel of the
+    C client library (libmoerouter, loaded with ctypes; see moe_router._native) opened at the
+    first such route, instead of a ZeroMQ round trip: same results bit for bit, same errors;
+    ``RouteResult.path`` says which path served each. None (default): on unless the environment
+    has MOE_ROUTER_CHANNEL=0; False: never; True: on whatever the environment says. Without the
+    library (or for shared-memory routes, tcp, protocol 1) ROUTE stays on ZeroMQ; a missing
+    library is a RuntimeWarning, not an error (``client.channel_error`` says why).
     """
 
-    def __init__(self, endpoint=None, timeout_ms=DEFAULT_TIMEOUT_MS, client_name=None, curve=None, protocol=None):
+    def __init__(self, endpoint=None, timeout_ms=DEFAULT_TIMEOUT_MS, client_name=None, curve=None, protocol=None,
+                 channel=None):
         if protocol not in (None, 1, 2):
             raise ClientArgumentError(f"protocol must be None, 1 or 2; got {protocol!r}")
         self.endpoint = endpoint or default_endpoint()
@@ -85,6 +100,13 @@ class Client:
         self._layers_by_id = {}
         self._layers_by_name = {}
         self._closed = False
+        if channel is None:
+            channel = os.environ.get("MOE_ROUTER_CHANNEL") != "0"  # as the C client reads it
+        self._channel_wanted = bool(channel)
+        self._channel_on = False   # inline ROUTEs try the native channel path (set after HELLO)
+        self._native = None        # the _native.NativeClient, opened at the first inline route
+        self._native_finalizer = None
+        self.channel_error = None if self._channel_wanted else "turned off (channel=False or MOE_ROUTER_CHANNEL=0)"
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.linger = 0
         if curve is not None:
@@ -108,6 +130,15 @@ class Client:
             self._sock.close()
             self._closed = True
             raise
+        if self._channel_wanted:
+            if not self.endpoint.startswith("ipc://"):
+                self.channel_error = "not an ipc endpoint"
+            elif self.protocol < 2 or self.info is None:
+                self.channel_error = "protocol version 1"
+            elif not self.info.supports_channels:
+                self.channel_error = "the daemon does not offer channels to this connection"
+            else:
+                self._channel_on = True
 
     # ---- the request/answer cycle ----------------------------------------------------------
     def _call(self, op, body=b"", payload=None, version=None):
@@ -351,6 +382,29 @@ class Client:
         the others; ``mask`` [tokens] bool or uint8, 1/True = padding row (ids -1, weights 0,
         its logits not read). Both go by reference when they lie in this client's shared memory.
         """
+        stage_key = None
+        if (self._channel_on and out is None and token_ids is None and mask is None
+                and type(logits) is _ndarray and (dtype is None or type(dtype) is str or type(dtype) is DType)
+                and (not self._buffers or self._locate(logits) is None)):
+            # The channel's fast path: a request shape seen before goes through its Stage (the
+            # call that made it checked logits of this shape, dtype and dtype argument).
+            if type(layer) is not Layer:
+                layer = self.layer(layer)
+            stage_key = (logits.shape, logits.dtype, layer.top_k, dtype)
+            native = self._native
+            stage = None if native is None else native.stages.get(stage_key)
+            if stage is not None:
+                lock = self._lock
+                lock.acquire()
+                try:
+                    if self._native is native:
+                        result = stage.call(logits, layer.id)
+                        if type(result) is RouteResult:
+                            return result
+                        raise self._native_error(result, native.last_error(), _unpack_info(native.info), layer,
+                                                 stage.input, stage.wire)
+                finally:
+                    lock.release()
         arr, wire = as_logits(logits, dtype)
         tokens = arr.shape[0]
         if token_ids is not None:
@@ -359,7 +413,7 @@ class Client:
         if mask is not None:
             self._need_v2("route(mask=...)")
             mask = as_mask(mask, tokens)
-        return self._route_rows(self.layer(layer), arr, wire, out, token_ids, mask)
+        return self._route_rows(self.layer(layer), arr, wire, out, token_ids, mask, stage_key)
 
     def _ref(self, arr, length=None):
         """(kind, handle, offset, length) of a buffer: by reference in this client's shared
@@ -369,10 +423,10 @@ class Client:
             return (w.BUF_INLINE, 0, 0, arr.nbytes if length is None else length)
         return (w.BUF_SHM, loc[0], loc[1], arr.nbytes)
 
-    def _route_rows(self, layer, arr, wire, out, token_ids=None, mask=None):
+    def _route_rows(self, layer, arr, wire, out, token_ids=None, mask=None, stage_key=None):
         """ROUTE of ``arr``, already a C-contiguous [tokens, E] array of wire dtype ``wire``
         (what ``as_logits`` returns, or a Session's own rows); ``token_ids``/``mask`` checked
-        by as_token_ids/as_mask (or a Session's rows), or None."""
+        by as_token_ids/as_mask (or a Session's rows), or None. ``stage_key``: see route()."""
         tokens, k = arr.shape[0], layer.top_k
         out_len = tokens * k * 4
         payload = None
@@ -390,6 +444,14 @@ class Client:
             for a, want, name in ((outs[0], np.float32, "weights"), (outs[1], np.int32, "ids")):
                 if not isinstance(a, np.ndarray) or a.dtype != want or not a.flags.c_contiguous or not a.flags.writeable:
                     raise ClientArgumentError(f"out {name} must be a writable C-contiguous {np.dtype(want)} array")
+        if (self._channel_on and tokens and loc is None and self.protocol >= 2
+                and all(a is None or a.nbytes == out_len for a in outs)
+                and not (self._buffers and any(self._locate(a) is not None
+                                               for a in (*outs, token_ids, mask) if a is not None))):
+            result = self._route_native(layer, arr, wire, None if out is None else outs, token_ids, mask,
+                                        stage_key)
+            if result is not None:
+                return result
         for a in outs:
             refs.append(self._ref(a, None if a is not None else out_len))
         v2 = self.protocol >= 2
@@ -449,6 +511,77 @@ class Client:
                            fallback_cast=bool(resp["fallback_cast"]), compute_ns=resp["compute_ns"],
                            masked_tokens=resp["masked_tokens"], placement_epoch=resp["placement_epoch"],
                            hash_routed=bool(resp["hash_routed"]))
+
+    # ---- ROUTE through a channel (the C client library) -------------------------------------
+    def _open_native(self):
+        """Connects the C client on this endpoint (under the lock). None, with ROUTE left on
+        ZeroMQ for good and a RuntimeWarning, when the library is missing or cannot connect."""
+        try:
+            lib = _native.load()
+            native = _native.NativeClient(lib, self.endpoint, self.timeout_ms)
+        except _native.NativeUnavailable as e:
+            self._channel_off(str(e))
+            return None
+        if lib.protocol_version(native.handle) < 2:
+            native.close()
+            self._channel_off("the C client negotiated protocol version 1")
+            return None
+        native.enable_channel()
+        self._native = native
+        self._native_finalizer = weakref.finalize(self, native.close)
+        return native
+
+    def _channel_off(self, why):
+        self._channel_on = False
+        self.channel_error = why
+        # stacklevel: the caller of route() (route > _route_rows > _route_native > _open_native > here).
+        warnings.warn(f"moe_router: ROUTE stays on ZeroMQ (no shared-memory channel): {why}", RuntimeWarning,
+                      stacklevel=6)
+
+    def _route_native(self, layer, arr, wire, out, token_ids, mask, stage_key):
+        """An inline ROUTE through moe_route_ex (its channel, or its own ZeroMQ connection when
+        the channel cannot carry it). None: the native path is unavailable; use pyzmq."""
+        with self._lock:
+            if self._closed:
+                raise ClientArgumentError("the client is closed")
+            native = self._native
+            if native is None:
+                native = self._open_native()
+                if native is None:
+                    return None
+            stage = None
+            if stage_key is not None and out is None and token_ids is None and mask is None:
+                stage = native.stage(stage_key, arr, wire, layer.top_k, RouteResult)
+            if stage is not None and layer.id < 0x80000000:
+                result = stage.call(arr, layer.id)
+                if type(result) is RouteResult:
+                    return result
+                raise self._native_error(result, native.last_error(), _unpack_info(native.info), layer, arr, wire)
+            st, weights, ids, info, path = native.route(layer.id, wire, arr, layer.top_k, token_ids, mask, out)
+            if st:
+                raise self._native_error(st, native.last_error(), info, layer, arr, wire)
+        return RouteResult(weights, ids, arr.shape[0], info[1], bool(info[8]), info[3], info[4], info[5],
+                           bool(info[9]), "channel" if path == _native.ROUTE_PATH_CHANNEL else "zmq")
+
+    @staticmethod
+    def _native_error(st, message, info, layer, arr, wire):
+        """The exception the pyzmq path raises for the same answer (``info``: _native.INFO's
+        tuple of the call's moe_route_info)."""
+        extra = {}
+        if st == Status.NONFINITE:
+            extra = dict(token=info[2], count=info[1])
+        elif st in (Status.TOKEN_ID, Status.BAD_MASK):
+            extra = dict(token=info[6])
+        elif st == Status.SIZE_MISMATCH:
+            message += (f" (logits shape {tuple(arr.shape)} {wire.label}; layer '{layer.name}' has "
+                        f"num_experts={layer.num_experts}, top_k={layer.top_k})")
+        return error_for(st, message or f"daemon answered status {st}", **extra)
+
+    @property
+    def channel(self):
+        """Whether inline ROUTEs may go through a shared-memory channel (see the class doc;
+        ``channel_error`` says why not)."""
+        return self._channel_on
 
     # ---- version 2: expert placement and load ------------------------------------------------
     def set_placement(self, layer, replicas, num_physical=None):
@@ -541,6 +674,15 @@ class Client:
                     pass
             self._buffers.clear()
             self._closed = True
+            self._channel_on = False
+            if self._native is not None:
+                try:
+                    self._native.retire()  # unregisters the channel's segment, like the buffers above
+                except Exception:  # noqa: BLE001 - closing must finish
+                    pass
+            if self._native_finalizer is not None:
+                self._native_finalizer()  # moe_close: the C client's connection
+            self._native = None
             self._sock.close(linger=0)
 
     @property

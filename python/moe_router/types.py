@@ -151,6 +151,11 @@ class ServerLimits:
     def supports_expert_load(self):
         return bool(self.features & 8)
 
+    @property
+    def supports_channels(self):
+        """OPEN_CHANNEL / CLOSE_CHANNEL: ROUTE through shared memory (ipc connections only)."""
+        return bool(self.features & 16)
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -212,12 +217,14 @@ class RouteResult:
     Protocol version 2 (0/False on a version-1 connection): ``masked_tokens`` (padding rows:
     ids -1, weights 0), ``placement_epoch`` (the placement the ids were mapped to physical ids
     with; 0: logical ids), ``hash_routed`` (the experts came from the layer's tid2eid table).
+    ``path``: what carried the request: "channel" (a shared-memory channel, through the C client
+    library) or "zmq" (a ZeroMQ round trip).
     """
     __slots__ = ("weights", "ids", "tokens", "nonfinite_count", "fallback_cast", "compute_ns", "masked_tokens",
-                 "placement_epoch", "hash_routed")
+                 "placement_epoch", "hash_routed", "path")
 
     def __init__(self, weights, ids, tokens, nonfinite_count, fallback_cast, compute_ns, masked_tokens=0,
-                 placement_epoch=0, hash_routed=False):
+                 placement_epoch=0, hash_routed=False, path="zmq"):
         self.weights = weights
         self.ids = ids
         self.tokens = tokens
@@ -227,6 +234,7 @@ class RouteResult:
         self.masked_tokens = masked_tokens
         self.placement_epoch = placement_epoch
         self.hash_routed = hash_routed
+        self.path = path
 
     def __iter__(self):
         yield self.weights
@@ -242,4 +250,4 @@ class RouteResult:
         return (f"RouteResult(tokens={self.tokens}, top_k={self.weights.shape[1]}, "
                 f"nonfinite_count={self.nonfinite_count}, fallback_cast={self.fallback_cast}, "
                 f"masked_tokens={self.masked_tokens}, placement_epoch={self.placement_epoch}, "
-                f"hash_routed={self.hash_routed})")
+                f"hash_routed={self.hash_routed}, path={self.path!r})")

@@ -151,7 +151,8 @@ final class Channel: @unchecked Sendable {
         let reqSeq = word(\.req_seq), respSeq = word(\.resp_seq), state = word(\.state)
         let daemonSleeping = word(\.daemon_sleeping), clientSleeping = word(\.client_sleeping)
         let origin = ChannelOrigin(client: client, peer: peer)
-        var last = mro_load_u32(reqSeq)
+        // The last request answered, not the last one posted: a client may ring before this thread runs.
+        var last = mro_load_u32(respSeq)
         var lastAnswerNs = mro_now_ns()
         let headerSize = MemoryLayout<moe_req_header>.size
         var frame = [UInt8](repeating: 0, count: headerSize + MemoryLayout<moe_route_req_v2>.size)
