@@ -921,7 +921,7 @@ static void mode_hostile(void) {
     RAW_EXPECT(raw_call(2, MOE_OP_EXPERT_LOAD, &lq, sizeof lq, 0, NULL, NULL), MOE_ERR_BAD_FIELD, "EXPERT_LOAD unknown flags");
     lq.flags = 0;
     RAW_EXPECT(raw_call(2, MOE_OP_EXPERT_LOAD, &lq, sizeof lq, 1, pf, psz), MOE_ERR_MALFORMED, "EXPERT_LOAD with a frame 1");
-    RAW_EXPECT(raw_call(2, 10, NULL, 0, 0, NULL, NULL), MOE_ERR_UNKNOWN_OP, "op 10");
+    RAW_EXPECT(raw_call(2, 12, NULL, 0, 0, NULL, NULL), MOE_ERR_UNKNOWN_OP, "op 12");
     free(frame);
 
     /* every refused placement left the layer as it was */

@@ -159,9 +159,13 @@ final class Channel: @unchecked Sendable {
         while !stopping.load(ordering: .relaxed) {
             var seq = mro_load_u32(reqSeq)
             if seq == last {
+                // Spin, yielding the CPU every 8 rounds: a client sharing this CPU must get to run
+                // (without the yield a same-CPU 1-token route cost ~58 µs, with it ~6 µs).
                 let spinUntil = lastAnswerNs + spinNs
+                var rounds = 0
                 while seq == last && mro_now_ns() < spinUntil && !stopping.load(ordering: .relaxed) {
-                    mro_cpu_relax()
+                    rounds += 1
+                    if rounds & 7 == 0 { sched_yield() } else { mro_cpu_relax() }
                     seq = mro_load_u32(reqSeq)
                 }
                 if seq == last {
