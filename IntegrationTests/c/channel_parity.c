@@ -24,15 +24,6 @@
 #include "moe_router.h"
 #include "route_dump.h"
 
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                       \
-            fprintf(stderr, __VA_ARGS__);                                                                              \
-            fprintf(stderr, "\n");                                                                                     \
-            exit(1);                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 #define OK(cl, call)                                                                                                   \
     do {                                                                                                               \
         int st_ = (call);                                                                                              \

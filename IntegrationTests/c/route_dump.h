@@ -9,7 +9,19 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* A failed check prints FAIL with its place and exits 1 (the Python driver shows stderr). */
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                       \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fprintf(stderr, "\n");                                                                                     \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
+    } while (0)
 
 /* Logit (t, e): spread over [-2, 2) with no ties that matter. */
 static inline float dump_logit(uint64_t t, uint64_t e) {

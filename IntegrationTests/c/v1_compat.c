@@ -17,15 +17,6 @@
 #include "moe_router_client.h"
 #include "route_dump.h"
 
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                       \
-            fprintf(stderr, __VA_ARGS__);                                                                              \
-            fprintf(stderr, "\n");                                                                                     \
-            exit(1);                                                                                                   \
-        }                                                                                                              \
-    } while (0)
 #define OK(c, call) CHECK((st = (call)) == MOE_OK, "%s: %s (%s)", #call, moe_status_name(st), moe_last_error(c))
 #define EXPECT(c, call, want)                                                                                          \
     CHECK((st = (call)) == (want), "%s: %s, expected %s (%s)", #call, moe_status_name(st), moe_status_name(want),     \
