@@ -45,10 +45,12 @@ enum {
     hipErrorInvalidValue = 1,
     hipErrorOutOfMemory = 2,
     hipErrorNoDevice = 100,
+    hipErrorHostMemoryAlreadyRegistered = 712,
+    hipErrorHostMemoryNotRegistered = 713,
 };
 typedef struct mrh_emulated_stream *hipStream_t;
 enum hipMemcpyKind { hipMemcpyHostToDevice = 1, hipMemcpyDeviceToHost = 2 };
-enum { hipStreamNonBlocking = 1, hipHostMallocDefault = 0 };
+enum { hipStreamNonBlocking = 1, hipHostMallocDefault = 0, hipHostMallocMapped = 2, hipHostRegisterMapped = 2 };
 
 struct dim3 {
     unsigned x, y, z;
@@ -107,11 +109,22 @@ static inline hipError_t hipMalloc(void **p, size_t n) {
 static inline hipError_t hipFree(void *p) { std::free(p); return hipSuccess; }
 static inline hipError_t hipHostMalloc(void **p, size_t n, unsigned) { return hipMalloc(p, n); }
 static inline hipError_t hipHostFree(void *p) { return hipFree(p); }
+/* Host registration is bookkeeping here (moe_router_hip.cpp keeps the table and checks the
+ * ranges); the device sees host memory at its own address, as with unified addressing. */
+static inline hipError_t hipHostRegister(void *, size_t, unsigned) { return hipSuccess; }
+static inline hipError_t hipHostUnregister(void *) { return hipSuccess; }
+static inline hipError_t hipHostGetDevicePointer(void **d, void *h, unsigned) {
+    *d = h;
+    return hipSuccess;
+}
 static inline hipError_t hipMemcpy(void *d, const void *s, size_t n, hipMemcpyKind) {
     std::memcpy(d, s, n);
     return hipSuccess;
 }
+/* Stream copies on this thread, for tests that a path copies nothing (mrh_emulation_copies). */
+static thread_local long long mrh_emulated_copies = 0;
 static inline hipError_t hipMemcpyAsync(void *d, const void *s, size_t n, hipMemcpyKind k, hipStream_t) {
+    mrh_emulated_copies++;
     return hipMemcpy(d, s, n, k);
 }
 static inline hipError_t hipMemsetAsync(void *d, int v, size_t n, hipStream_t) {
@@ -157,6 +170,8 @@ static inline const char *hipGetErrorName(hipError_t e) {
     case hipErrorInvalidValue: return "hipErrorInvalidValue";
     case hipErrorOutOfMemory: return "hipErrorOutOfMemory";
     case hipErrorNoDevice: return "hipErrorNoDevice";
+    case hipErrorHostMemoryAlreadyRegistered: return "hipErrorHostMemoryAlreadyRegistered";
+    case hipErrorHostMemoryNotRegistered: return "hipErrorHostMemoryNotRegistered";
     default: return "hipErrorUnknown";
     }
 }
@@ -166,6 +181,8 @@ static inline const char *hipGetErrorString(hipError_t e) {
     case hipErrorInvalidValue: return "invalid argument";
     case hipErrorOutOfMemory: return "out of memory";
     case hipErrorNoDevice: return "no ROCm-capable device is detected";
+    case hipErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
+    case hipErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
     default: return "unknown error";
     }
 }
@@ -198,10 +215,17 @@ typedef cudaStream_t hipStream_t;
 #define hipErrorInvalidValue cudaErrorInvalidValue
 #define hipErrorOutOfMemory cudaErrorMemoryAllocation
 #define hipErrorNoDevice cudaErrorNoDevice
+#define hipErrorHostMemoryAlreadyRegistered cudaErrorHostMemoryAlreadyRegistered
+#define hipErrorHostMemoryNotRegistered cudaErrorHostMemoryNotRegistered
 #define hipMemcpyHostToDevice cudaMemcpyHostToDevice
 #define hipMemcpyDeviceToHost cudaMemcpyDeviceToHost
 #define hipStreamNonBlocking cudaStreamNonBlocking
 #define hipHostMallocDefault cudaHostAllocDefault
+#define hipHostMallocMapped cudaHostAllocMapped
+#define hipHostRegisterMapped cudaHostRegisterMapped
+#define hipHostRegister cudaHostRegister
+#define hipHostUnregister cudaHostUnregister
+#define hipHostGetDevicePointer cudaHostGetDevicePointer
 #define hipGetDeviceCount cudaGetDeviceCount
 #define hipSetDevice cudaSetDevice
 #define hipMalloc cudaMalloc

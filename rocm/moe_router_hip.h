@@ -20,7 +20,8 @@
 extern "C" {
 #endif
 
-#define MRH_ABI_VERSION 2 /* 2: mrh_layer_create_ex, mrh_route_ex */
+#define MRH_ABI_VERSION 3 /* 2: mrh_layer_create_ex, mrh_route_ex; 3: mrh_host_register, mrh_route_mapped,
+                             mrh_stream_set_copy_above */
 
 /* Only the functions below are exported (the library builds with -fvisibility=hidden), so two
  * builds of it (device and host emulation) can be loaded into one process side by side. */
@@ -31,8 +32,8 @@ extern "C" {
  * Immutable afterwards; shareable. */
 typedef struct mrh_layer mrh_layer;
 
-/* One worker's queue: a device stream, pinned host staging buffers and device I/O buffers,
- * grown on demand. Not thread-safe: one stream per concurrent caller. */
+/* One worker's queue: a device stream, pinned host staging buffers (mapped for the device) and
+ * device I/O buffers, grown on demand. Not thread-safe: one stream per concurrent caller. */
 typedef struct mrh_stream mrh_stream;
 
 MRH_API int32_t mrh_abi_version(void);
@@ -74,9 +75,11 @@ MRH_API void mrh_stream_destroy(mrh_stream *stream);
 
 /*
  * Routes `tokens` rows of `logits` ([tokens, num_experts] in `dtype`) on the layer's device:
- * copies them through the stream's pinned staging buffer, runs the kernel, and copies
- * `weights`/`ids` ([tokens, top_k]) back the same way. Synchronous: returns when the outputs
- * are written. `fallback_bias`, when not NULL, replaces the layer's resident bias for this call
+ * copies them into the stream's pinned staging buffer, runs the kernel, and copies
+ * `weights`/`ids` ([tokens, top_k]) out of the output staging. Up to the stream's copy
+ * threshold (mrh_stream_set_copy_above; by default every batch) the kernel reads and writes the
+ * staging buffers in place, as mapped host memory; above it they are uploaded to and downloaded
+ * from device memory. Synchronous: returns when the outputs are written. `fallback_bias`, when not NULL, replaces the layer's resident bias for this call
  * (the bias converted to the request dtype; uploaded with the logits). Non-finite inputs are
  * clamped; their count goes to *nonfinite. On error the outputs are not written.
  */
@@ -96,6 +99,43 @@ MRH_API int32_t mrh_route_ex(const mrh_layer *layer, mrh_stream *stream, const f
                              const void *logits, int32_t dtype, int64_t tokens, const uint8_t *mask,
                              const void *token_ids, int32_t token_id_bytes, float *weights, int32_t *ids,
                              int64_t *nonfinite);
+
+/*
+ * Inline requests of more than `tokens` tokens on this stream copy their data to and from device
+ * memory; smaller ones are read and written in place in mapped pinned staging (see mrh_route).
+ * 0: every request copies; INT64_MAX (the default, unless the environment variable
+ * MRH_COPY_ABOVE_TOKENS gives a count when the stream is made): none does. Negative:
+ * hipErrorInvalidValue. mrh_stream_copy_above returns the threshold (-1 for a NULL stream).
+ */
+MRH_API int32_t mrh_stream_set_copy_above(mrh_stream *stream, int64_t tokens);
+MRH_API int64_t mrh_stream_copy_above(const mrh_stream *stream);
+
+/*
+ * Zero copies from a client's memory. mrh_host_register pins `bytes` bytes at `ptr` and maps them
+ * for `device` (hipHostRegister / cudaHostRegister, mapped); the library remembers the range.
+ * hipErrorInvalidValue for a NULL pointer or 0 bytes, hipErrorHostMemoryAlreadyRegistered when
+ * any byte of it is registered already. mrh_host_unregister takes a pointer mrh_host_register
+ * was given (hipErrorHostMemoryNotRegistered otherwise); no route using the range may be running.
+ * mrh_host_registered reports the live registrations and their bytes (leak checks). Thread-safe.
+ */
+MRH_API int32_t mrh_host_register(int32_t device, void *ptr, uint64_t bytes);
+MRH_API int32_t mrh_host_unregister(void *ptr);
+MRH_API void mrh_host_registered(int64_t *count, uint64_t *bytes);
+
+/*
+ * mrh_route_ex on registered memory: every non-NULL buffer (logits, mask, token_ids, weights,
+ * ids) must lie wholly inside one registration on the layer's device (else hipErrorInvalidValue,
+ * nothing written). One kernel launch reads the logits and writes weights and ids in place,
+ * then one synchronisation; no copy. The fallback bias and the non-finite count go through the
+ * stream's mapped staging. The memory may be shared with a process that rewrites it at any time:
+ * token ids and mask are checked here before the launch, and the kernel reads each value once
+ * and routes a row whose token id it finds out of range nowhere (ids -1, weights 0), so a
+ * rewrite can change the answer but never makes the device read outside its buffers.
+ */
+MRH_API int32_t mrh_route_mapped(const mrh_layer *layer, mrh_stream *stream, const float *fallback_bias,
+                                 const void *logits, int32_t dtype, int64_t tokens, const uint8_t *mask,
+                                 const void *token_ids, int32_t token_id_bytes, float *weights, int32_t *ids,
+                                 int64_t *nonfinite);
 
 #ifdef __cplusplus
 }

@@ -23,6 +23,13 @@
  * Padding masks (mask byte 1): the token's ids are -1 and its weights 0, its logits and token id
  * are never read and its non-finite values are not counted. In the team kernels a masked team
  * still meets its warp's collectives, with no live slots (every value it holds is a constant).
+ *
+ * The inputs may be a client's shared memory, mapped for the device (mrh_route_mapped), which the
+ * client can rewrite while the kernel runs. The host checks masks and token ids before the launch;
+ * the kernels stay memory-safe whatever they read afterwards: each logit, mask byte and token id
+ * is read once into a register (read_once for those that choose an address), and a token id
+ * outside the table routes the row nowhere (ids -1, weights 0). A changed value can change the
+ * answer, never what memory is read.
  */
 #ifndef MRH_ROUTE_KERNELS_H
 #define MRH_ROUTE_KERNELS_H
@@ -74,6 +81,10 @@ __device__ inline float key_value(SelectKey k) {
     const uint32_t o = (uint32_t)(k >> 32);
     return mrk_f32_from_bits((o & 0x80000000u) ? o & 0x7fffffffu : ~o);
 }
+
+/* A mask byte or token id that may change under us: one load the compiler cannot repeat after the
+ * range check that uses it. */
+template <class T> __device__ inline T read_once(const T *p) { return *(const volatile T *)p; }
 
 /* ---- Team reductions (every lane ends with the team's result) ----------------------------- */
 
@@ -309,7 +320,7 @@ route_team_kernel(LayerParams p, const float *bias, const void *logits, int32_t 
      * every lane of a warp reaches every shuffle. */
     const bool writes = token < tokens;
     const int64_t t = writes ? token : tokens - 1;
-    const bool masked = mask && mask[t];
+    const bool masked = mask && read_once(mask + t);
     const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
     const void *row = (const char *)logits + (size_t)t * row_bytes;
 
@@ -339,52 +350,46 @@ route_team_kernel(LayerParams p, const float *bias, const void *logits, int32_t 
 /* ---- Hash-routed layers (a team per token) ------------------------------------------------- */
 
 __device__ inline int64_t token_id_at(const void *token_ids, int32_t bytes, int64_t t) {
-    return bytes == 8 ? ((const int64_t *)token_ids)[t] : (int64_t)((const int32_t *)token_ids)[t];
+    return bytes == 8 ? read_once((const int64_t *)token_ids + t) : (int64_t)read_once((const int32_t *)token_ids + t);
 }
 
-/* mrk_hash_token across a team: ids = the token's tid2eid row (in [0, E), checked by the host);
- * the scores of those experts (element-wise scorings: lane c scores column c, c + 16; softmax:
- * the team's softmax, each column's score from the lane holding it), clamped; then
- * mrk_finish_weights on every lane. */
+/* mrk_hash_token across a team: ids = the token's tid2eid row (its entries in [0, E), checked at
+ * layer creation); each column's score from the lane holding that expert's logit (the team's
+ * softmax, or the element-wise scoring of the logit), clamped; then mrk_finish_weights on every
+ * lane. The token id was checked against vocab by the host; one found outside it now (a client
+ * rewrote mapped memory since) makes the row a masked one. */
 template <int SLOTS>
 __global__ void __launch_bounds__(kTeamBlockThreads)
-route_hash_team_kernel(LayerParams p, const int32_t *tid2eid, const void *logits, int32_t dtype, int64_t tokens,
-                       const uint8_t *mask, const void *token_ids, int32_t token_id_bytes, float *weights,
-                       int32_t *ids, unsigned long long *nonfinite) {
+route_hash_team_kernel(LayerParams p, const int32_t *tid2eid, int64_t vocab, const void *logits, int32_t dtype,
+                       int64_t tokens, const uint8_t *mask, const void *token_ids, int32_t token_id_bytes,
+                       float *weights, int32_t *ids, unsigned long long *nonfinite) {
     const int lane = (int)(threadIdx.x % kTeamLanes);
     const int64_t token = (int64_t)blockIdx.x * (blockDim.x / kTeamLanes) + threadIdx.x / kTeamLanes;
     const bool writes = token < tokens; /* spare teams: as in route_team_kernel */
     const int64_t t = writes ? token : tokens - 1;
-    const bool masked = mask && mask[t];
+    const bool padding = mask && read_once(mask + t);
+    const int64_t id = padding ? 0 : token_id_at(token_ids, token_id_bytes, t);
+    const bool masked = padding || id < 0 || id >= vocab;
     const size_t row_bytes = (size_t)p.num_experts * (dtype == MRK_DTYPE_FP32 ? 4 : 2);
     const void *row = (const char *)logits + (size_t)t * row_bytes;
     const int32_t k = p.top_k;
-    const int32_t *table_row = masked ? nullptr : tid2eid + token_id_at(token_ids, token_id_bytes, t) * k;
+    const int32_t *table_row = masked ? nullptr : tid2eid + id * k;
 
     const uint64_t live = masked ? 0 : slots_in_range<SLOTS>(lane, 0, p.num_experts);
     float x[SLOTS];
     const int32_t lane_nonfinite = load_row(row, dtype, lane, live, x);
     const bool softmax = p.scoring == MRK_SCORING_SOFTMAX;
     if (softmax) team_softmax(x, live);
-    float mine[MRK_MAX_TOPK / kTeamLanes] = {};
-    if (!softmax && !masked)
-        for (int r = 0; r < MRK_MAX_TOPK / kTeamLanes; r++) {
-            const int c = r * kTeamLanes + lane;
-            if (c < k) mine[r] = mrk_score_elementwise(p.scoring, mrk_widen(row, dtype, table_row[c]));
-        }
     float w[MRK_MAX_TOPK];
     for (int32_t j = 0; j < k; j++) {
         const int32_t e = masked ? 0 : table_row[j];
-        float s;
-        if (softmax) {
-            float held = 0.0f;
+        float held = 0.0f;
 #pragma unroll
-            for (int q = 0; q < SLOTS; q++)
-                if (q == e / kTeamLanes) held = x[q];
-            s = mrh_shfl(held, e % kTeamLanes, kTeamLanes);
-        } else {
-            s = mrh_shfl(j < kTeamLanes ? mine[0] : mine[1], j % kTeamLanes, kTeamLanes);
-        }
+        for (int q = 0; q < SLOTS; q++)
+            if (q == e / kTeamLanes) held = x[q];
+        /* the logit (or softmax score) as its lane loaded it: the row is read once */
+        const float v = mrh_shfl(held, e % kTeamLanes, kTeamLanes);
+        const float s = softmax ? v : mrk_score_elementwise(p.scoring, v);
         w[j] = mrk_is_finite(s) ? s : 0.0f;
     }
     mrk_finish_weights(w, k, p.renormalize, p.eps, p.rsf);
@@ -406,7 +411,7 @@ __global__ void route_thread_kernel(LayerParams p, const float *bias, const void
                                     unsigned long long *nonfinite) {
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= tokens) return;
-    if (mask && mask[t]) {
+    if (mask && read_once(mask + t)) {
         for (int32_t j = 0; j < p.top_k; j++) {
             weights[t * p.top_k + j] = 0.0f;
             ids[t * p.top_k + j] = -1;
@@ -436,6 +441,7 @@ struct RouteArgs {
     unsigned long long *nonfinite;
     const uint8_t *mask = nullptr;
     const int32_t *tid2eid = nullptr;
+    int64_t vocab = 0; /* rows of tid2eid */
     const void *token_ids = nullptr;
     int32_t token_id_bytes = 4;
 };
@@ -460,7 +466,7 @@ inline void launch_team(Kernel kernel, const LayerParams &p, const RouteArgs &a,
     const unsigned blocks = (unsigned)((a.tokens + teams - 1) / teams);
     if (kernel == Kernel::hash_team)
         MRH_LAUNCH(route_hash_team_kernel<SLOTS>, blocks, (unsigned)(teams * kTeamLanes), stream, p, a.tid2eid,
-                   a.logits, a.dtype, a.tokens, a.mask, a.token_ids, a.token_id_bytes, a.weights, a.ids,
+                   a.vocab, a.logits, a.dtype, a.tokens, a.mask, a.token_ids, a.token_id_bytes, a.weights, a.ids,
                    a.nonfinite);
     else
         MRH_LAUNCH(route_team_kernel<SLOTS>, blocks, (unsigned)(teams * kTeamLanes), stream, p, a.bias, a.logits,

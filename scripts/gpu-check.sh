@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU backend on an NVIDIA GPU, in one short run (docs/GPU.md): builds the CUDA library,
-# checks it bit for bit against the CPU reference, times the routing kernels, the library's
-# host round trip and PyTorch eager on the same GPU, and prints one table.
+# checks it bit for bit against the CPU reference (copied and zero-copy routes), times the routing
+# kernels, the library's host round trips (staged, copied, through a registered segment) and
+# PyTorch eager on the same GPU, and prints one table.
 #
 # Usage: [OUT=DIR] scripts/gpu-check.sh
 #   OUT                  where the results go (default build/gpu-check): gpu-check.txt (the
@@ -11,7 +12,7 @@
 #                        is absent): every step runs, on small sizes; timings are the CPU's
 # Needs: nvcc (on PATH or in /usr/local/cuda/bin), g++/c++, cc, python3 (torch with CUDA for the baseline; without it that step is
 # skipped). A failed step says why and the run goes on to the next step that can run; the exit
-# status is 0 when the bit-exactness check passed.
+# status is 0 when the bit-exactness and zero-copy checks passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -27,11 +28,13 @@ if [ -z "${GPU_CHECK_INNER:-}" ]; then
         cat "$OUT/ptxas.txt" 2>/dev/null
         grep -h '^gpu_check: [0-9]' "$OUT/check.txt" 2>/dev/null || echo "bit-exactness check: no verdict (see gpu-check.log)"
         grep -h 'MISMATCH' "$OUT/check.txt" 2>/dev/null | head -20
+        grep -h '^gpu_check mapped: ' "$OUT/mapped.txt" 2>/dev/null || echo "zero-copy check: no verdict (see gpu-check.log)"
         echo
         timeout 30 python3 rocm/check/report.py "$OUT/kernel.tsv" "$OUT/route.tsv" "$OUT/torch.tsv"
     } > "$OUT/gpu-check.txt" 2>&1
     tee -a "$OUT/gpu-check.log" < "$OUT/gpu-check.txt"
-    grep -q '^gpu-check: bit-exactness PASSED' "$OUT/gpu-check.log" # the exit status says whether it did
+    # the exit status says whether both checks passed
+    grep -q '^gpu-check: bit-exactness PASSED' "$OUT/gpu-check.log" && grep -q '^gpu-check: zero copy PASSED' "$OUT/gpu-check.log"
     exit
 fi
 
@@ -44,18 +47,21 @@ fail() { echo "gpu-check: FAILED: $*"; }
 
 # Sizes: the full set on a GPU; small ones in emulation (a CPU emulates ~10^4-10^5 tokens/s).
 MAIN_LAYERS=deepseek-v3,kimi-k2
+V4_LAYERS=deepseek-v4,deepseek-v4-hash # the hash layer: round trips only (no thread-per-token kernel)
 OTHER_LAYERS=glm-4.5,glm-4.5-air,minimax-m2,deepseek-v2,deepseek-v2-lite,qwen3-moe,mixtral-8x7b,gpt-oss-120b,llama-4-maverick
 export NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)} # as build-cuda.sh finds it
 if [ "${GPU_CHECK_EMULATE:-0}" != 1 ] && command -v "$NVCC" >/dev/null; then
     EMULATE=0
     CHECK_ARGS=(--layers all --tokens 1,64,4096)
-    MAIN_TOKENS=1,64,1024,4096,16384,65536 OTHER_TOKENS=1,4096 REPS=200
+    MAIN_TOKENS=1,64,1024,4096,16384,65536 OTHER_TOKENS=1,4096 REPS=200 ROUTE_REPS=0
+    MAPPED_ARGS=(--layers all --tokens 1,64,4096 --families gaussian,exact-ties,non-finite)
 else
     EMULATE=1
     echo "gpu-check: DRY RUN on the host-emulation library (no nvcc, or GPU_CHECK_EMULATE=1): every step"
     echo "gpu-check: runs, on small sizes; the timings are of the CPU emulating the GPU, not of a GPU"
     CHECK_ARGS=(--layers all --tokens 1,9 --families gaussian,exact-ties,group-ties,non-finite)
-    MAIN_TOKENS=1,16 OTHER_TOKENS=1 REPS=2
+    MAIN_TOKENS=1,16 OTHER_TOKENS=1 REPS=2 ROUTE_REPS=5
+    MAPPED_ARGS=(--layers all --tokens 1,9 --families gaussian,non-finite)
 fi
 
 step "machine"
@@ -104,16 +110,27 @@ case "${PIPESTATUS[0]}" in
 *) fail "bit-exactness check (mismatches above, or the library could not run)" ;;
 esac
 
+step "zero copy: mrh_route_mapped on registered host memory against mrh_route_ex (${MAPPED_ARGS[*]})"
+timeout 60 "$B/gpu_check" "$LIB" mapped "${MAPPED_ARGS[@]}" > "$OUT/mapped.txt" 2>&1
+rc=$?
+grep -v 'bit-identical$' "$OUT/mapped.txt" | head -40
+[ "$rc" = 0 ] && echo "gpu-check: zero copy PASSED" || fail "zero-copy check (status $rc: mismatches or refusals above)"
+
 step "kernels alone: team vs thread-per-token, device-resident, $REPS back-to-back launches"
 {
     timeout 60 "$TIMING" --layers "$MAIN_LAYERS" --tokens "$MAIN_TOKENS" --reps "$REPS" || fail "kernel timing, $MAIN_LAYERS"
+    timeout 30 "$TIMING" --layers deepseek-v4 --tokens "$MAIN_TOKENS" --reps "$REPS" || fail "kernel timing, deepseek-v4"
     timeout 30 "$TIMING" --layers "$OTHER_LAYERS" --tokens "$OTHER_TOKENS" --reps "$REPS" || fail "kernel timing, other layers"
 } | tee "$OUT/kernel.tsv"
 
-step "mrh_route host round trip (wall clock)"
+step "whole routes, host memory in and out (wall clock): staged in place, copied, through a registered segment"
 {
-    timeout 40 "$B/gpu_check" "$LIB" time --layers "$MAIN_LAYERS" --tokens "$MAIN_TOKENS" || fail "mrh_route timing, $MAIN_LAYERS"
-    timeout 20 "$B/gpu_check" "$LIB" time --layers "$OTHER_LAYERS" --tokens "$OTHER_TOKENS" || fail "mrh_route timing, other layers"
+    timeout 60 "$B/gpu_check" "$LIB" time --layers "$MAIN_LAYERS" --tokens "$MAIN_TOKENS" --reps "$ROUTE_REPS" ||
+        fail "route timing, $MAIN_LAYERS"
+    timeout 40 "$B/gpu_check" "$LIB" time --layers "$V4_LAYERS" --tokens "$MAIN_TOKENS" --reps "$ROUTE_REPS" ||
+        fail "route timing, $V4_LAYERS"
+    timeout 20 "$B/gpu_check" "$LIB" time --layers "$OTHER_LAYERS" --tokens "$OTHER_TOKENS" --reps "$ROUTE_REPS" ||
+        fail "route timing, other layers"
 } | tee "$OUT/route.tsv"
 
 step "PyTorch eager on the same device"

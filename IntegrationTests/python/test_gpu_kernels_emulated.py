@@ -82,8 +82,8 @@ def test_every_layer_dtype_and_family_is_bit_identical(checker, tmp_path, warp_s
     # a hash layer's non-finite scores not clamped
     ("w[j] = mrk_is_finite(s) ? s : 0.0f;", "w[j] = s;", "deepseek-v4-hash,hash-softmax-e60-k4"),
     # a hash layer's column scored from the neighbouring lane
-    ("s = mrh_shfl(j < kTeamLanes ? mine[0] : mine[1], j % kTeamLanes, kTeamLanes);",
-     "s = mrh_shfl(j < kTeamLanes ? mine[0] : mine[1], (j + 1) % kTeamLanes, kTeamLanes);", "deepseek-v4-hash"),
+    ("const float v = mrh_shfl(held, e % kTeamLanes, kTeamLanes);",
+     "const float v = mrh_shfl(held, (e + 1) % kTeamLanes, kTeamLanes);", "deepseek-v4-hash"),
     # the epsilon dropped from the weights
     ("mrk_finish_weights(w, p.top_k, p.renormalize, p.eps, p.rsf);",
      "mrk_finish_weights(w, p.top_k, p.renormalize, 0.0f, p.rsf);", "sigmoid-eps-e256-k8,ssp-grouped-eps"),
@@ -91,18 +91,65 @@ def test_every_layer_dtype_and_family_is_bit_identical(checker, tmp_path, warp_s
     ("    if (masked) return write_masked(p.top_k, lane, t, weights, ids);\n", "    if (masked) return;\n", "deepseek-v4"),
 ])
 def test_a_wrong_kernel_is_caught(checker, tmp_path, old, new, layers):
+    lib = mutant_library(tmp_path, "route_kernels.h", old, new)
+    rc, passed, failed, out = check(checker, lib, "--layers", layers, "--tokens", "64",
+                                    "--families", "gaussian,wide,exact-ties,non-finite")
+    assert rc == 1 and failed > 0 and "MISMATCH" in out
+
+
+def mutant_library(tmp_path, changed, old, new):
+    """The host-emulation library with `old` replaced by `new` in rocm/`changed`."""
     rocm = tmp_path / "rocm"
     rocm.mkdir()
     for f in ("moe_router_hip.cpp", "moe_router_hip.h", "hip_compat.h", "host_emulation.cpp", "route_kernels.h"):
         text = (ROOT / "rocm" / f).read_text()
-        if f == "route_kernels.h":
+        if f == changed:
             assert old in text
             text = text.replace(old, new)
         (rocm / f).write_text(text)
-    lib = build_library(tmp_path / "lib.so", rocm_dir=rocm)
-    rc, passed, failed, out = check(checker, lib, "--layers", layers, "--tokens", "64",
-                                    "--families", "gaussian,wide,exact-ties,non-finite")
-    assert rc == 1 and failed > 0 and "MISMATCH" in out
+    return build_library(tmp_path / "lib.so", rocm_dir=rocm)
+
+
+MAPPED_VERDICT = re.compile(r"^gpu_check mapped: (\d+) cases bit-identical, (\d+) mismatching; "
+                            r"(\d+) API checks passed, (\d+) failed", re.M)
+
+
+def mapped(checker, library, *args):
+    r = run([str(checker), str(library), "mapped", *args], timeout=120)
+    m = MAPPED_VERDICT.search(r.stdout)
+    return r.returncode, m and tuple(int(g) for g in m.groups()), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("warp_size", [32, 64])
+def test_zero_copy_routes_are_bit_identical_and_checked(checker, tmp_path, warp_size):
+    # mrh_route_mapped on a registered MAP_SHARED segment against mrh_route_ex: every layer x dtype
+    # x {1, 9} tokens x 4 families (masks on the odd ones, int32/int64 token ids), no stream copy
+    # on either; hash layers with token ids rewritten out of range (and unmasked) between the host
+    # check and the launch route those rows nowhere; then the refusals (unregistered, straddling
+    # one registration's end or two registrations, outputs elsewhere, overlapping or repeated
+    # registrations, unknown unregisters), the copy threshold (set and MRH_COPY_ABOVE_TOKENS) and
+    # no registration left behind.
+    lib = build_library(tmp_path / "lib.so", warp_size=warp_size)
+    rc, verdict, out = mapped(checker, lib, "--layers", "all", "--tokens", "1,9",
+                              "--families", "gaussian,exact-ties,group-ties,non-finite")
+    assert rc == 0 and verdict == (LAYERS * 3 * 2 * 4, 0, 25, 0), out
+    assert 'MRH_COPY_ABOVE_TOKENS="lots" is not a token count; ignored' in out
+
+
+@pytest.mark.parametrize("changed,old,new,layers", [
+    # the kernel trusts the host's check of the token ids (a client rewrote them since)
+    ("route_kernels.h", "const bool masked = padding || id < 0 || id >= vocab;", "const bool masked = padding;",
+     "deepseek-v4-hash"),
+    # a buffer that only starts inside a registration is taken
+    ("moe_router_hip.cpp", "off > it->second.bytes || n > it->second.bytes - off", "off > it->second.bytes",
+     "mixtral-8x7b"),
+    # the inline path copies to the device although the threshold says in place
+    ("moe_router_hip.cpp", "const bool copy = tokens > s->copy_above;", "const bool copy = true;", "mixtral-8x7b"),
+])
+def test_a_wrong_zero_copy_path_is_caught(checker, tmp_path, changed, old, new, layers):
+    lib = mutant_library(tmp_path, changed, old, new)
+    rc, verdict, out = mapped(checker, lib, "--layers", layers, "--tokens", "9", "--families", "gaussian,exact-ties")
+    assert rc != 0 and (verdict is None or verdict[1] + verdict[3] > 0), out
 
 
 def test_build_cuda_says_when_nvcc_is_absent():

@@ -151,19 +151,34 @@ int64_t mrk_check_token_ids(const void *token_ids, int32_t token_id_bytes, int64
     return -1;
 }
 
+/* The ids may lie in a client's shared memory, which the client can rewrite while we read them:
+ * each is loaded once (a relaxed atomic load the compiler cannot repeat) and one outside
+ * [0, num_experts) is skipped like a masked row's -1, so a rewrite never indexes outside the
+ * counters or the placement tables. */
+static inline int32_t id_once(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+/* Histogram slot of ids[i]: id + 1 for an id in [0, slots), else 0 (a compare and a select). */
+static inline uint32_t slot_of(const int32_t *ids, int64_t i, uint32_t slots) {
+    const uint32_t s = (uint32_t)id_once(&ids[i]) + 1u;
+    return s <= slots ? s : 0u;
+}
+
 void mrk_place_and_count(int32_t *ids, int64_t tokens, int32_t k, int64_t t0,
                          const int32_t *offsets, const int32_t *replicas, uint64_t *counts,
                          int32_t num_experts) {
     const int64_t n = tokens * k;
     if (counts) {
         if (n * 4 < num_experts) {
-            for (int64_t i = 0; i < n; i++)
-                if (ids[i] >= 0) __atomic_fetch_add(&counts[ids[i]], 1, __ATOMIC_RELAXED);
+            for (int64_t i = 0; i < n; i++) {
+                const int32_t e = id_once(&ids[i]);
+                if (e >= 0 && e < num_experts) __atomic_fetch_add(&counts[e], 1, __ATOMIC_RELAXED);
+            }
         } else {
             /* Four local histograms, ids taken in turn: an increment then rarely waits for the
              * previous one to the same counter (a store-to-load chain). Slot 0 of each takes the
-             * -1 of masked rows, so the loop has no branch. */
+             * -1 of masked rows (and any id out of range), so the loop has no branch. */
             uint32_t local[4][MRK_MAX_EXPERTS + 1];
+            const uint32_t slots = (uint32_t)num_experts;
             for (int32_t h = 0; h < 4; h++)
                 for (int32_t e = 0; e <= num_experts; e++) local[h][e] = 0;
             for (int64_t base = 0; base < n;) {
@@ -171,12 +186,12 @@ void mrk_place_and_count(int32_t *ids, int64_t tokens, int32_t k, int64_t t0,
                 const int64_t end = n - base > 0xffffffffLL ? base + 0xffffffffLL : n;
                 int64_t i = base;
                 for (; i + 4 <= end; i += 4) {
-                    local[0][ids[i] + 1]++;
-                    local[1][ids[i + 1] + 1]++;
-                    local[2][ids[i + 2] + 1]++;
-                    local[3][ids[i + 3] + 1]++;
+                    local[0][slot_of(ids, i, slots)]++;
+                    local[1][slot_of(ids, i + 1, slots)]++;
+                    local[2][slot_of(ids, i + 2, slots)]++;
+                    local[3][slot_of(ids, i + 3, slots)]++;
                 }
-                for (; i < end; i++) local[0][ids[i] + 1]++;
+                for (; i < end; i++) local[0][slot_of(ids, i, slots)]++;
                 for (int32_t e = 0; e < num_experts; e++) {
                     const uint64_t sum = (uint64_t)local[0][e + 1] + local[1][e + 1] + local[2][e + 1] + local[3][e + 1];
                     if (sum) __atomic_fetch_add(&counts[e], sum, __ATOMIC_RELAXED);
@@ -192,8 +207,8 @@ void mrk_place_and_count(int32_t *ids, int64_t tokens, int32_t k, int64_t t0,
         int32_t *row = ids + t * k;
         const uint64_t tok = (uint64_t)(t0 + t);
         for (int32_t j = 0; j < k; j++) {
-            const int32_t e = row[j];
-            if (e < 0) continue;
+            const int32_t e = id_once(&row[j]);
+            if (e < 0 || e >= num_experts) continue;
             const int32_t first = offsets[e], count = offsets[e + 1] - first;
             row[j] = replicas[first + (int32_t)(tok % (uint64_t)count)];
         }

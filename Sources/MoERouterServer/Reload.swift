@@ -86,7 +86,9 @@ extension RouterServer {
                                requests: s.requests.load(ordering: .relaxed), errors: s.errors.load(ordering: .relaxed),
                                tokens: s.tokens.load(ordering: .relaxed), queued: s.queued.load(ordering: .relaxed),
                                fallbackCasts: s.fallbackCasts.load(ordering: .relaxed),
-                               nonFiniteInputs: s.nonFiniteInputs.load(ordering: .relaxed))
+                               nonFiniteInputs: s.nonFiniteInputs.load(ordering: .relaxed),
+                               transfers: state.backend.transfers, backend: state.backend.name,
+                               runtime: state.backend.runtime, device: state.backend.deviceName)
     }
 }
 
@@ -102,4 +104,10 @@ public struct ServiceSnapshot: Sendable {
     public let queued: UInt64
     public let fallbackCasts: UInt64
     public let nonFiniteInputs: UInt64
+    /// The backend's registrations of client mappings and its zero-copy / staged routes.
+    public let transfers: BackendTransfers
+    /// The backend's name, its runtime and the device (or CPU) it routes on.
+    public let backend: String
+    public let runtime: String
+    public let device: String
 }

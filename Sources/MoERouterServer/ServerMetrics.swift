@@ -8,7 +8,11 @@ import Synchronization
 /// - `moe_requests_total{op}`, `moe_errors_total{code,layer}`, `moe_tokens_total{layer}`,
 ///   `moe_request_duration_seconds{op}` (receipt to reply, histogram);
 /// - from `update(_:)` at scrape time: `moe_fallback_casts_total`, `moe_nonfinite_inputs_total`,
-///   `moe_registered_segments`, `moe_mapped_bytes`, `moe_queue_depth`, `moe_clients`, `moe_layers`.
+///   `moe_registered_segments`, `moe_mapped_bytes`, `moe_queue_depth`, `moe_clients`, `moe_layers`;
+///   a device backend's zero copy: `moe_device_registered_segments` and `_bytes` (client mappings
+///   registered with the runtime), `moe_device_registration_failures_total`,
+///   `moe_device_routes_total{path="zero_copy"|"staged"}`; `moe_backend_info{backend,runtime,device}`
+///   (always 1: the backend serving, what runs its kernels and on which device).
 public final class ServerMetrics: Sendable {
     private let instruments = Mutex(Instruments())
 
@@ -65,12 +69,23 @@ public final class ServerMetrics: Sendable {
         Gauge(label: "moe_queue_depth").record(Int64(s.queued))
         Gauge(label: "moe_clients").record(s.clients)
         Gauge(label: "moe_layers").record(s.layers)
+        Gauge(label: "moe_backend_info", dimensions: [("backend", s.backend), ("runtime", s.runtime), ("device", s.device)])
+            .record(1)
+        Gauge(label: "moe_device_registered_segments").record(s.transfers.registrations)
+        Gauge(label: "moe_device_registered_bytes").record(s.transfers.registeredBytes)
+        let totals: [(String, [(String, String)], UInt64)] = [
+            ("moe_fallback_casts_total", [], s.fallbackCasts), ("moe_nonfinite_inputs_total", [], s.nonFiniteInputs),
+            ("moe_device_registration_failures_total", [], s.transfers.registrationFailures),
+            ("moe_device_routes_total", [("path", "zero_copy")], s.transfers.zeroCopyRoutes),
+            ("moe_device_routes_total", [("path", "staged")], s.transfers.stagedRoutes),
+        ]
         instruments.withLock { i in
-            for (label, value) in [("moe_fallback_casts_total", s.fallbackCasts), ("moe_nonfinite_inputs_total", s.nonFiniteInputs)] {
-                let before = i.totals[label] ?? 0
-                let c = Counter(label: label)
-                if value > before || i.totals[label] == nil { c.increment(by: Int64(value - before)) }
-                i.totals[label] = value
+            for (label, dimensions, value) in totals {
+                let key = label + dimensions.map { "/\($0.1)" }.joined()
+                let before = i.totals[key] ?? 0
+                let c = Counter(label: label, dimensions: dimensions)
+                if value > before || i.totals[key] == nil { c.increment(by: Int64(value - before)) }
+                i.totals[key] = value
             }
         }
     }

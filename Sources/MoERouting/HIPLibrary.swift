@@ -2,6 +2,32 @@
 import Glibc
 #endif
 
+/// The two builds of the GPU backend (rocm/): one C ABI, found and named by runtime.
+public enum GPURuntime: String, Sendable, CaseIterable {
+    /// libmoe_router_hip.so (hipcc, AMD GPUs).
+    case rocm
+    /// libmoe_router_cuda.so (nvcc, NVIDIA GPUs).
+    case cuda
+
+    var fileName: String { self == .rocm ? "libmoe_router_hip.so" : "libmoe_router_cuda.so" }
+    /// The variable naming the library (the only path searched when set).
+    var environment: String { self == .rocm ? "MOE_ROUTER_HIP_LIB" : "MOE_ROUTER_CUDA_LIB" }
+    var buildDirectory: String { self == .rocm ? "build/rocm/" : "build/cuda/" }
+    var buildScript: String { self == .rocm ? "scripts/build-rocm.sh" : "scripts/build-cuda.sh" }
+    var displayName: String { self == .rocm ? "ROCm" : "CUDA" }
+    var runtimePackage: String {
+        self == .rocm ? "is the HIP runtime libamdhip64 installed? apt-get install libamdhip64-5"
+            : "is the NVIDIA driver (libcuda.so.1) installed?"
+    }
+
+    /// The runtime a library belongs to: CUDA for the CUDA build's file name or runtime, else ROCm
+    /// (the HIP build and its host emulation).
+    init(libraryPath: String) {
+        let file = libraryPath.split(separator: "/").last.map(String.init) ?? libraryPath
+        self = file.contains("cuda") ? .cuda : .rocm
+    }
+}
+
 /// Why a backend cannot be used, or a device operation failed. Every case says what was tried
 /// and what to do.
 public enum BackendError: Error, Equatable, CustomStringConvertible {
@@ -23,18 +49,20 @@ public enum BackendError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .libraryNotFound(let paths):
-            "ROCm backend library not found (looked at \(paths.joined(separator: ", "))); "
-                + "build it with scripts/build-rocm.sh or set MOE_ROUTER_HIP_LIB"
+            "\(GPURuntime(libraryPath: paths.first ?? "").displayName) backend library not found "
+                + "(looked at \(paths.joined(separator: ", "))); build it with "
+                + "\(GPURuntime(libraryPath: paths.first ?? "").buildScript) or set \(GPURuntime(libraryPath: paths.first ?? "").environment)"
         case .libraryLoadFailed(let path, let reason):
-            "no ROCm runtime: cannot load \(path): \(reason) "
-                + "(is the HIP runtime libamdhip64 installed? apt-get install libamdhip64-5)"
+            "no \(GPURuntime(libraryPath: path).displayName) runtime: cannot load \(path): \(reason) "
+                + "(\(GPURuntime(libraryPath: path).runtimePackage))"
         case .incompatibleLibrary(let path, let reason):
-            "ROCm backend library \(path) is incompatible: \(reason); rebuild it with scripts/build-rocm.sh"
+            "\(GPURuntime(libraryPath: path).displayName) backend library \(path) is incompatible: \(reason); "
+                + "rebuild it with \(GPURuntime(libraryPath: path).buildScript)"
         case .noDevice(let runtime, let status, let error):
-            "no ROCm device: the \(runtime) runtime reports \(error) (status \(status)); "
-                + "use --backend cpu or auto"
+            "no \(GPURuntime(libraryPath: runtime).displayName) device: the \(runtime) runtime reports \(error) "
+                + "(status \(status)); use --backend cpu or auto"
         case .deviceFailure(let op, let status, let error):
-            "ROCm \(op) failed: \(error) (status \(status))"
+            "GPU \(op) failed: \(error) (status \(status))"
         case .unsupportedCPU(let kernel):
             "this CPU cannot run the \(kernel) kernel; use --backend cpu"
         }
@@ -59,8 +87,14 @@ final class HIPLibrary: @unchecked Sendable {
         UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<Int64>?
     ) -> Int32
 
+    typealias HostRegisterFn = @convention(c) (Int32, UnsafeMutableRawPointer?, UInt64) -> Int32
+    typealias HostUnregisterFn = @convention(c) (UnsafeMutableRawPointer?) -> Int32
+    typealias HostRegisteredFn = @convention(c) (UnsafeMutablePointer<Int64>?, UnsafeMutablePointer<UInt64>?) -> Void
+
     /// 2: mrh_layer_create_ex and mrh_route_ex (renorm_epsilon, hash-routed layers, masks).
-    static let abiVersion: Int32 = 2
+    /// 3: zero copy (mrh_host_register, mrh_route_mapped). A version-2 library still serves,
+    /// staging every request.
+    static let abiVersions: ClosedRange<Int32> = 2...3
 
     let path: String
     let runtime: String
@@ -75,6 +109,13 @@ final class HIPLibrary: @unchecked Sendable {
     let streamDestroy: DestroyFn
     /// mrh_route_ex.
     let route: RouteFn
+    /// The library's ABI version (one of `abiVersions`).
+    let version: Int32
+    /// ABI 3 (nil for a version-2 library): host registration and mrh_route_mapped.
+    let hostRegister: HostRegisterFn?
+    let hostUnregister: HostUnregisterFn?
+    let hostRegistered: HostRegisteredFn?
+    let routeMapped: RouteFn?
 
     init(path: String) throws(BackendError) {
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
@@ -90,10 +131,12 @@ final class HIPLibrary: @unchecked Sendable {
         typealias VersionFn = @convention(c) () -> Int32
         typealias TextFn = @convention(c) () -> UnsafePointer<CChar>?
         let version = try symbol("mrh_abi_version", as: VersionFn.self)()
-        guard version == Self.abiVersion else {
-            throw .incompatibleLibrary(path: path, reason: "ABI version \(version), expected \(Self.abiVersion)")
+        guard Self.abiVersions.contains(version) else {
+            throw .incompatibleLibrary(
+                path: path, reason: "ABI version \(version), expected \(Self.abiVersions.lowerBound)...\(Self.abiVersions.upperBound)")
         }
         self.path = path
+        self.version = version
         runtime = try symbol("mrh_runtime_name", as: TextFn.self)().map { String(cString: $0) } ?? "?"
         deviceCount = try symbol("mrh_device_count", as: CountFn.self)
         deviceName = try symbol("mrh_device_name", as: NameFn.self)
@@ -104,6 +147,11 @@ final class HIPLibrary: @unchecked Sendable {
         streamCreate = try symbol("mrh_stream_create", as: StreamCreateFn.self)
         streamDestroy = try symbol("mrh_stream_destroy", as: DestroyFn.self)
         route = try symbol("mrh_route_ex", as: RouteFn.self)
+        let zeroCopy = version >= 3
+        hostRegister = zeroCopy ? try symbol("mrh_host_register", as: HostRegisterFn.self) : nil
+        hostUnregister = zeroCopy ? try symbol("mrh_host_unregister", as: HostUnregisterFn.self) : nil
+        hostRegistered = zeroCopy ? try symbol("mrh_host_registered", as: HostRegisteredFn.self) : nil
+        routeMapped = zeroCopy ? try symbol("mrh_route_mapped", as: RouteFn.self) : nil
     }
 
     /// "hipErrorNoDevice: no ROCm-capable device is detected".
@@ -117,18 +165,24 @@ final class HIPLibrary: @unchecked Sendable {
         .deviceFailure(operation: operation, status: status, error: describe(status))
     }
 
-    /// Where the backend looks for its library, in order: `MOE_ROUTER_HIP_LIB` alone when set;
-    /// else next to the executable, then `build/rocm/` under the working directory.
-    static func searchPaths(fileName: String = "libmoe_router_hip.so") -> [String] {
-        if let env = getenv("MOE_ROUTER_HIP_LIB"), env.pointee != 0 { return [String(cString: env)] }
+    /// Where the backend looks for a runtime's library, in order: its variable
+    /// (`MOE_ROUTER_HIP_LIB`, `MOE_ROUTER_CUDA_LIB`) alone when set; else next to the executable,
+    /// the install's lib directory (`bin/../lib`), then `build/rocm/` or `build/cuda/` under the
+    /// working directory.
+    static func searchPaths(for runtime: GPURuntime = .rocm) -> [String] {
+        if let env = getenv(runtime.environment), env.pointee != 0 { return [String(cString: env)] }
         var paths: [String] = []
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         if n > 0 {
             let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if let slash = exe.lastIndex(of: "/") { paths.append(exe[..<slash] + "/" + fileName) }
+            if let slash = exe.lastIndex(of: "/") {
+                let dir = exe[..<slash]
+                paths.append(dir + "/" + runtime.fileName)
+                if let up = dir.lastIndex(of: "/") { paths.append(dir[..<up] + "/lib/" + runtime.fileName) }
+            }
         }
-        paths.append("build/rocm/" + fileName)
+        paths.append(runtime.buildDirectory + runtime.fileName)
         return paths
     }
 

@@ -8,9 +8,15 @@ import Synchronization
 /// Each layer is uploaded once (`prepare`, or on its first request): its parameters, its bias in
 /// the gate dtype's fp32 widening and, for a hash-routed layer, its tid2eid table stay resident
 /// on the device. Each request copies its gating output (with its padding mask and token ids,
-/// when it has them) through a pinned staging buffer of a stream, runs the kernel and copies the
-/// outputs back the same way. Streams are pooled: every concurrent caller (worker thread)
-/// holds its own for the duration of a request, so the pool grows to the peak concurrency.
+/// when it has them) into a pinned staging buffer of a stream, which the kernel reads in place
+/// (mapped host memory) or, above the library's copy threshold, uploads; the outputs come back
+/// the same way. Streams are pooled: every concurrent caller (worker thread) holds its own for
+/// the duration of a request, so the pool grows to the peak concurrency.
+///
+/// Zero copy (ABI 3): the daemon hands every client segment it maps to `hostMemoryMapped`, which
+/// registers it with the runtime once (pinned, mapped for the device); a request whose buffers
+/// all lie in registered mappings is one kernel launch reading and writing the client's memory
+/// in place (`mrh_route_mapped`). `hostMemoryReleased` unregisters it before the daemon unmaps.
 ///
 /// Once the outputs are in host memory, the backend-independent last step runs as on the CPU
 /// backend: per-expert load counting and the expert placement (`mrk_place_and_count`).
@@ -35,18 +41,23 @@ public final class ROCmBackend: RoutingBackend {
     private let layers = Mutex<[ObjectIdentifier: DeviceLayer]>([:])
     private let idleStreams = Mutex<[DeviceStream]>([])
     private let failures = Mutex<(count: Int, last: BackendError?)>((0, nil))
+    /// Client mappings registered with the runtime, and how many the runtime refused.
+    private let hostRanges = Mutex<(ranges: HostRanges, refused: UInt64)>((HostRanges(), 0))
+    private let zeroCopyRoutes = Atomic<UInt64>(0)
+    private let stagedRoutes = Atomic<UInt64>(0)
 
     /// Loads the backend library and checks that the runtime has a device.
     ///
     /// - Parameters:
     ///   - library: the library to load; by default the first that exists of
-    ///     `ROCmBackend.searchPaths` (`MOE_ROUTER_HIP_LIB`, next to the executable,
-    ///     `build/rocm/libmoe_router_hip.so`).
+    ///     `ROCmBackend.searchPaths(for: runtime)` (`MOE_ROUTER_HIP_LIB` / `MOE_ROUTER_CUDA_LIB`,
+    ///     next to the executable, `bin/../lib`, `build/rocm/` / `build/cuda/`).
     ///   - device: the device ordinal.
-    /// - Throws: `BackendError.libraryNotFound`, `.libraryLoadFailed` (no ROCm runtime),
+    ///   - runtime: which build to look for when `library` is nil: HIP (default) or CUDA.
+    /// - Throws: `BackendError.libraryNotFound`, `.libraryLoadFailed` (no GPU runtime),
     ///   `.incompatibleLibrary`, or `.noDevice` (e.g. hipErrorNoDevice).
-    public static func open(library: String? = nil, device: Int = 0) throws(BackendError) -> ROCmBackend {
-        let candidates = library.map { [$0] } ?? searchPaths
+    public static func open(library: String? = nil, device: Int = 0, runtime: GPURuntime = .rocm) throws(BackendError) -> ROCmBackend {
+        let candidates = library.map { [$0] } ?? searchPaths(for: runtime)
         guard let path = candidates.first(where: HIPLibrary.fileExists) else {
             throw .libraryNotFound(searched: candidates)
         }
@@ -68,8 +79,13 @@ public final class ROCmBackend: RoutingBackend {
         return ROCmBackend(library: lib, device: device, deviceName: arch, deviceCount: Int(count))
     }
 
-    /// Where `open()` looks for the library, in order.
+    /// Where `open()` looks for the HIP library, in order.
     public static var searchPaths: [String] { HIPLibrary.searchPaths() }
+    /// Where `open(runtime:)` looks for that runtime's library, in order.
+    public static func searchPaths(for runtime: GPURuntime) -> [String] { HIPLibrary.searchPaths(for: runtime) }
+
+    /// The library's runtime: "hip", "cuda" or "host-emulation".
+    public var runtime: String { library.runtime }
 
     private init(library: HIPLibrary, device: Int, deviceName: String, deviceCount: Int) {
         self.library = library
@@ -84,6 +100,7 @@ public final class ROCmBackend: RoutingBackend {
     }
 
     deinit {
+        for range in hostRanges.withLock({ $0.ranges.all }) { _ = library.hostUnregister?(UnsafeMutableRawPointer(bitPattern: range.start)) }
         for layer in layers.withLock({ $0.values }) { library.layerDestroy(layer.handle) }
         for stream in idleStreams.withLock({ $0 }) { library.streamDestroy(stream.handle) }
     }
@@ -92,6 +109,46 @@ public final class ROCmBackend: RoutingBackend {
     public var deviceFailures: Int { failures.withLock { $0.count } }
     /// The most recent of them.
     public var lastDeviceFailure: BackendError? { failures.withLock { $0.last } }
+
+    /// Whether the library can route client memory in place (ABI 3).
+    public var supportsZeroCopy: Bool { library.routeMapped != nil }
+
+    /// The library's own count of registered host ranges and bytes (nil before ABI 3): what a
+    /// leak check compares with zero.
+    public var libraryRegistrations: (count: Int, bytes: Int)? {
+        guard let registered = library.hostRegistered else { return nil }
+        var count: Int64 = 0
+        var bytes: UInt64 = 0
+        registered(&count, &bytes)
+        return (Int(count), Int(bytes))
+    }
+
+    public func hostMemoryMapped(_ base: UnsafeMutableRawPointer, bytes: Int) -> Bool {
+        guard let register = library.hostRegister, bytes > 0 else { return false }
+        let status = register(Int32(device), base, UInt64(bytes))
+        hostRanges.withLock { h in
+            if status == 0 { h.ranges.insert(start: UInt(bitPattern: base), bytes: bytes) } else { h.refused += 1 }
+        }
+        return status == 0
+    }
+
+    public func hostMemoryReleased(_ base: UnsafeMutableRawPointer) {
+        // Out of the table first: no later request takes the in-place path on it.
+        guard hostRanges.withLock({ $0.ranges.remove(start: UInt(bitPattern: base)) }) else { return }
+        _ = library.hostUnregister?(base)
+    }
+
+    public var transfers: BackendTransfers {
+        var t = BackendTransfers()
+        hostRanges.withLock { h in
+            t.registrations = h.ranges.count
+            t.registeredBytes = h.ranges.bytes
+            t.registrationFailures = h.refused
+        }
+        t.zeroCopyRoutes = zeroCopyRoutes.load(ordering: .relaxed)
+        t.stagedRoutes = stagedRoutes.load(ordering: .relaxed)
+        return t
+    }
 
     /// Uploads `layer` to the device now (at layer build) rather than on its first request.
     public func prepare(_ layer: BuiltLayer) throws(BackendError) {
@@ -156,11 +213,27 @@ public final class ROCmBackend: RoutingBackend {
         defer { idleStreams.withLock { $0.append(stream) } }
         var nonFinite: Int64 = 0
         let extras = job.extras
-        let status = library.route(deviceLayer.handle, stream.handle, fallbackBias, job.input.baseAddress,
-                                   Int32(job.dtype.rawValue), Int64(job.tokens), extras.mask, extras.tokenIds,
-                                   extras.tokenIdBytes, job.weights.baseAddress, job.ids.baseAddress, &nonFinite)
-        guard status == 0 else { throw library.failure("route", status) }
+        // Token ids only where they are read: a scored layer's may lie anywhere.
+        let tokenIds = layer.spec.hashTable == nil ? nil : extras.tokenIds
+        let inPlace = library.routeMapped.flatMap { mapped in inRegisteredMemory(job, tokenIds) ? mapped : nil }
+        let status = (inPlace ?? library.route)(
+            deviceLayer.handle, stream.handle, fallbackBias, job.input.baseAddress, Int32(job.dtype.rawValue),
+            Int64(job.tokens), extras.mask, tokenIds, extras.tokenIdBytes, job.weights.baseAddress,
+            job.ids.baseAddress, &nonFinite)
+        guard status == 0 else { throw library.failure(inPlace == nil ? "route" : "zero-copy route", status) }
+        if inPlace == nil { stagedRoutes.add(1, ordering: .relaxed) } else { zeroCopyRoutes.add(1, ordering: .relaxed) }
         return Int(nonFinite)
+    }
+
+    /// Whether every buffer of `job` lies wholly inside one registered mapping.
+    private func inRegisteredMemory(_ job: RouteJob, _ tokenIds: UnsafeRawPointer?) -> Bool {
+        hostRanges.withLock { h in
+            guard !h.ranges.isEmpty else { return false }
+            func inside(_ p: UnsafeRawPointer?, _ bytes: Int) -> Bool { p.map { h.ranges.contains(UInt(bitPattern: $0), bytes) } ?? true }
+            return inside(job.input.baseAddress, job.input.count) && inside(job.weights.baseAddress, job.weights.count * 4)
+                && inside(job.ids.baseAddress, job.ids.count * 4) && inside(job.extras.mask, job.tokens)
+                && inside(tokenIds, job.tokens * Int(job.extras.tokenIdBytes))
+        }
     }
 
     private func deviceLayer(for layer: BuiltLayer) throws(BackendError) -> DeviceLayer {
@@ -214,4 +287,45 @@ private final class DeviceLayer: @unchecked Sendable {
 /// One worker's stream with its staging buffers; used by one request at a time.
 private struct DeviceStream: @unchecked Sendable {
     let handle: OpaquePointer
+}
+
+/// Registered host ranges, sorted by start (they never overlap: the library refuses overlaps).
+struct HostRanges {
+    private(set) var all: [(start: UInt, end: UInt)] = []
+    private(set) var bytes = 0
+
+    var count: Int { all.count }
+    var isEmpty: Bool { all.isEmpty }
+
+    /// The index of the first range starting after `address`.
+    private func after(_ address: UInt) -> Int {
+        var lo = 0, hi = all.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if all[mid].start <= address { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    mutating func insert(start: UInt, bytes n: Int) {
+        all.insert((start, start + UInt(n)), at: after(start))
+        bytes += n
+    }
+
+    /// Removes the range starting at `start`; false when there is none.
+    mutating func remove(start: UInt) -> Bool {
+        let i = after(start) - 1
+        guard i >= 0, all[i].start == start else { return false }
+        bytes -= Int(all[i].end - all[i].start)
+        all.remove(at: i)
+        return true
+    }
+
+    /// Whether [address, address + n) lies inside one range.
+    func contains(_ address: UInt, _ n: Int) -> Bool {
+        let i = after(address) - 1
+        guard i >= 0 else { return false }
+        let (end, overflow) = address.addingReportingOverflow(UInt(n))
+        return !overflow && end <= all[i].end
+    }
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CMoEKernels
 
 /// What went wrong with one routing request. Every case is caused by the request, never by the
@@ -194,12 +197,51 @@ public protocol RoutingBackend: Sendable {
     /// Routes `job` through `layer` (the layer its shape was computed for) into its outputs. On
     /// error nothing is written.
     func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome
+
+    /// A client's shared memory the daemon has just mapped: `bytes` at `base`, usable as request
+    /// buffers until `hostMemoryReleased(base)`. A device backend registers it with its runtime
+    /// once, so that a request whose buffers all lie in such mappings copies nothing. Returns
+    /// whether it did.
+    func hostMemoryMapped(_ base: UnsafeMutableRawPointer, bytes: Int) -> Bool
+
+    /// The mapping at `base` (one `hostMemoryMapped` accepted) is about to be unmapped; no request
+    /// uses it any more.
+    func hostMemoryReleased(_ base: UnsafeMutableRawPointer)
+
+    /// How requests reached the device (all zero on a CPU backend).
+    var transfers: BackendTransfers { get }
+
+    /// What runs the kernels: "cpu", or the GPU library's runtime ("hip", "cuda", "host-emulation").
+    var runtime: String { get }
+    /// The processor or device routing ("AMD EPYC 9654 96-Core Processor", "NVIDIA H200", "gfx90a:...").
+    var deviceName: String { get }
+}
+
+/// A device backend's host-memory registrations and how its routes moved their data.
+public struct BackendTransfers: Sendable, Equatable {
+    /// Client mappings registered with the device runtime now, and their bytes.
+    public var registrations = 0
+    public var registeredBytes = 0
+    /// Registrations the runtime refused (those mappings' requests are staged).
+    public var registrationFailures: UInt64 = 0
+    /// Routes that read and wrote the client's mapping in place (no copy).
+    public var zeroCopyRoutes: UInt64 = 0
+    /// Routes whose data went through the backend's staging buffers.
+    public var stagedRoutes: UInt64 = 0
+
+    public init() {}
 }
 
 extension RoutingBackend {
     /// Nothing to prepare: the layer's host copy is all a CPU backend reads.
     public func prepare(_ layer: BuiltLayer) throws(BackendError) {}
     public func release(_ layer: BuiltLayer) {}
+    /// A CPU backend reads client memory where it is: nothing to register.
+    public func hostMemoryMapped(_ base: UnsafeMutableRawPointer, bytes: Int) -> Bool { false }
+    public func hostMemoryReleased(_ base: UnsafeMutableRawPointer) {}
+    public var transfers: BackendTransfers { BackendTransfers() }
+    public var runtime: String { "cpu" }
+    public var deviceName: String { cpuModelName }
 
     /// Routes `tokens` rows of `input` (row-major `[tokens, num_experts]` in `dtype`) into
     /// `weights` and `ids` (`[tokens, top_k]` each), checking every size first. Inlinable, so a
@@ -210,5 +252,28 @@ extension RoutingBackend {
         weights: UnsafeMutableBufferPointer<Float>, ids: UnsafeMutableBufferPointer<Int32>
     ) throws(RouteError) -> RouteOutcome {
         try route(RouteJob(layer: layer, input: input, dtype: dtype, tokens: tokens, weights: weights, ids: ids), on: layer)
+    }
+}
+
+/// The CPU's model name as /proc/cpuinfo gives it ("unknown CPU" where it does not).
+let cpuModelName: String = {
+    guard let file = fopen("/proc/cpuinfo", "r") else { return "unknown CPU" }
+    defer { fclose(file) }
+    var line: UnsafeMutablePointer<CChar>?
+    var capacity = 0
+    defer { free(line) }
+    while getline(&line, &capacity, file) > 0, let line {
+        let text = String(cString: line)
+        guard text.hasPrefix("model name"), let colon = text.firstIndex(of: ":") else { continue }
+        return text[text.index(after: colon)...].trimmingCharacters(in: " \t\n")
+    }
+    return "unknown CPU"
+}()
+
+extension StringProtocol {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        let scalars = Set(set.unicodeScalars)
+        let s = unicodeScalars.drop { scalars.contains($0) }.reversed().drop { scalars.contains($0) }.reversed()
+        return String(String.UnicodeScalarView(s))
     }
 }

@@ -368,4 +368,23 @@ struct AddedSchemesKernelTests {
             #expect(whole[i] == r[r.startIndex + (i / k) % r.count])
         }
     }
+    /// Ids in a client's shared memory may be rewritten between the kernel and this step: one
+    /// outside [0, E) is skipped like a masked row's -1 (never an index), on both counting paths.
+    @Test func idsOutOfRangeAreSkipped() throws {
+        let E = 40, k = 3
+        let placement = try Self.placement(numExperts: E)
+        let bad: [Int32] = [-2, 40, 41, Int32.max, Int32.min, -1]
+        for tokens in [2, 101] {  // n * 4 < E: the per-id path; else the batched one
+            var ids: [Int32] = (0..<tokens * k).map { i in i % 5 == 0 ? bad[(i / 5) % bad.count] : Int32(i % E) }
+            let before = ids
+            var counts = [UInt64](repeating: 0, count: E)
+            placement.offsets.withUnsafeBufferPointer { o in
+                placement.flat.withUnsafeBufferPointer { f in
+                    mrk_place_and_count(&ids, Int64(tokens), Int32(k), 0, o.baseAddress, f.baseAddress, &counts, Int32(E))
+                }
+            }
+            #expect(counts == Self.recount(before.map { $0 >= 0 && $0 < Int32(E) ? $0 : -1 }, numExperts: E))
+            for (i, e) in before.enumerated() where e < 0 || e >= Int32(E) { #expect(ids[i] == e, "left as it was") }
+        }
+    }
 }

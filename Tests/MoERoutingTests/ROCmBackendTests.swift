@@ -206,6 +206,133 @@ struct ROCmHostLogicTests {
     }
 }
 
+/// Zero copy through the host-emulation library: registration is bookkeeping there (the device
+/// address is the host address) but the range checks are the library's own. Serialized: the
+/// library's table of registrations is one per process, and the leak check reads it.
+@Suite(.serialized, .enabled(if: ROCmArtifacts.exists(ROCmArtifacts.hostEmulation),
+                             "\(ROCmArtifacts.hostEmulation) \(ROCmArtifacts.missing)"))
+struct ROCmZeroCopyTests {
+    /// A client's segment: MAP_SHARED memory that requests' buffers are carved from.
+    final class Mapping {
+        let base: UnsafeMutableRawPointer
+        let bytes: Int
+        var used = 0
+        init(bytes: Int) {
+            self.bytes = bytes
+            base = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)!
+        }
+        deinit { munmap(base, bytes) }
+        /// `count` bytes (64-aligned) holding `contents`.
+        func take(_ contents: [UInt8]) -> UnsafeMutableRawPointer {
+            let p = base + used
+            contents.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            used += (contents.count + 63) & ~63
+            precondition(used <= bytes)
+            return p
+        }
+    }
+
+    /// `route`'s request with every buffer in `mapping`.
+    static func routeIn(_ mapping: Mapping, _ layer: BuiltLayer, _ backend: ROCmBackend, _ values: [Float], tokens: Int,
+                        dtype: DType, extras: TestExtras) throws -> (Routed, RouteOutcome) {
+        let n = tokens * layer.spec.topK
+        let input = mapping.take(encode(values, as: dtype))
+        let w = mapping.take([UInt8](repeating: 0xee, count: n * 4)).assumingMemoryBound(to: Float.self)
+        let ids = mapping.take([UInt8](repeating: 0xee, count: n * 4)).assumingMemoryBound(to: Int32.self)
+        var job = RouteJob(try RouteShape(layer: layer, dtype: dtype, tokens: tokens), input: input, weights: w, ids: ids)
+        if let mask = extras.mask { job.extras.mask = UnsafePointer(mapping.take(mask).assumingMemoryBound(to: UInt8.self)) }
+        if let tokenIds = extras.tokenIds {
+            let raw = extras.idBytes == 8 ? tokenIds.withUnsafeBytes { Array($0) }
+                : tokenIds.map { Int32($0) }.withUnsafeBytes { Array($0) }
+            job.extras.tokenIds = UnsafeRawPointer(mapping.take(raw))
+            job.extras.tokenIdBytes = extras.idBytes
+        }
+        let outcome = try backend.route(job, on: layer)
+        return (Routed(weights: Array(UnsafeBufferPointer(start: w, count: n)), ids: Array(UnsafeBufferPointer(start: ids, count: n)),
+                       nonFinite: outcome.nonFiniteInputs), outcome)
+    }
+
+    @Test func registeredMappingsAreRoutedInPlace() throws {
+        let backend = try ROCmBackend.open(library: ROCmArtifacts.hostEmulation)
+        #expect(backend.supportsZeroCopy)
+        let mapping = Mapping(bytes: 1 << 22)
+        #expect(backend.hostMemoryMapped(mapping.base, bytes: mapping.bytes))
+        #expect(!backend.hostMemoryMapped(mapping.base + 4096, bytes: 4096), "an overlapping registration is refused")
+        var t = backend.transfers
+        #expect(t.registrations == 1 && t.registeredBytes == mapping.bytes && t.registrationFailures == 1)
+        #expect(backend.libraryRegistrations! == (1, mapping.bytes))
+        let tokens = 37
+        var zeroCopy: UInt64 = 0, staged: UInt64 = 0
+        for name in ["deepseek-v3", "deepseek-v4", "deepseek-v4-hash", "mixtral-8x7b", "gpt-oss-120b"] {
+            let layer = try BuiltLayer(Presets.spec(named: name)!)
+            let values = InputKind.nonFinite.rows(tokens: tokens, experts: layer.spec.numExperts,
+                                                  groups: layer.spec.numExpertGroup, seed: 5)
+            for (dtype, mask, idBytes) in [(DType.fp32, nil, Int32(8)), (.bf16, (0..<tokens).map { UInt8($0 % 4 == 1 ? 1 : 0) }, 4),
+                                           (.fp16, (0..<tokens).map { UInt8($0 % 3 == 0 ? 1 : 0) }, 8)] {
+                let extras = TestExtras.defaults(layer, tokens: tokens, mask: mask, idBytes: idBytes)
+                let (expected, cpuOutcome) = try route(layer, CPUBackend(kernel: .generic), values, tokens: tokens, dtype: dtype,
+                                                       extras: extras)
+                mapping.used = 0
+                let (got, outcome) = try Self.routeIn(mapping, layer, backend, values, tokens: tokens, dtype: dtype, extras: extras)
+                zeroCopy += 1
+                #expect(got == expected && outcome == cpuOutcome, "\(name) \(dtype) in place")
+                #expect(backend.transfers.zeroCopyRoutes == zeroCopy && backend.transfers.stagedRoutes == staged)
+                // outputs in process memory: the staged path, same answer
+                let (stagedGot, _) = try route(layer, backend, values, tokens: tokens, dtype: dtype, extras: extras)
+                staged += 1
+                #expect(stagedGot == expected, "\(name) \(dtype) staged")
+                #expect(backend.transfers.zeroCopyRoutes == zeroCopy && backend.transfers.stagedRoutes == staged)
+            }
+        }
+        #expect(backend.deviceFailures == 0, "\(String(describing: backend.lastDeviceFailure))")
+        backend.hostMemoryReleased(mapping.base)
+        backend.hostMemoryReleased(mapping.base)  // a second release is a no-op
+        t = backend.transfers
+        #expect(t.registrations == 0 && t.registeredBytes == 0)
+        #expect(backend.libraryRegistrations! == (0, 0), "nothing left registered in the library")
+        // released: the same request is staged now
+        let layer = try BuiltLayer(Presets.spec(named: "mixtral-8x7b")!)
+        mapping.used = 0
+        _ = try Self.routeIn(mapping, layer, backend, [Float](repeating: 0.5, count: 8 * 3), tokens: 3, dtype: .fp32, extras: .none)
+        #expect(backend.transfers.stagedRoutes == staged + 1 && backend.transfers.zeroCopyRoutes == zeroCopy)
+    }
+
+    /// A request whose input lies past the end of a registration is staged (and correct).
+    @Test func buffersStraddlingARegistrationAreStaged() throws {
+        let backend = try ROCmBackend.open(library: ROCmArtifacts.hostEmulation)
+        let mapping = Mapping(bytes: 1 << 16)
+        #expect(backend.hostMemoryMapped(mapping.base, bytes: 4096))
+        defer { backend.hostMemoryReleased(mapping.base) }
+        let layer = try BuiltLayer(Presets.spec(named: "qwen3-moe")!)
+        let tokens = 20  // 20 x 128 x 4 bytes of input: past the first 4096
+        let values = InputKind.gaussian.rows(tokens: tokens, experts: 128, groups: 1, seed: 9)
+        let (expected, _) = try route(layer, CPUBackend(kernel: .generic), values, tokens: tokens, dtype: .fp32)
+        let (got, _) = try Self.routeIn(mapping, layer, backend, values, tokens: tokens, dtype: .fp32, extras: .none)
+        #expect(got == expected)
+        #expect(backend.transfers.zeroCopyRoutes == 0 && backend.transfers.stagedRoutes == 1)
+    }
+
+    /// A backend that goes away unregisters what it still holds.
+    @Test func aBackendReleasesItsRegistrationsWhenItGoes() throws {
+        let mapping = Mapping(bytes: 1 << 16)
+        do {
+            let backend = try ROCmBackend.open(library: ROCmArtifacts.hostEmulation)
+            #expect(backend.hostMemoryMapped(mapping.base, bytes: mapping.bytes))
+            #expect(backend.libraryRegistrations! == (1, mapping.bytes))
+        }
+        let probe = try ROCmBackend.open(library: ROCmArtifacts.hostEmulation)
+        #expect(probe.libraryRegistrations! == (0, 0))
+    }
+
+    /// The CPU backend registers nothing and reports no transfers.
+    @Test func theCPUBackendRegistersNothing() {
+        let cpu = CPUBackend()
+        var byte: UInt8 = 0
+        #expect(!cpu.hostMemoryMapped(&byte, bytes: 1))
+        #expect(cpu.transfers == BackendTransfers())
+    }
+}
+
 /// What a machine without an AMD GPU sees: the clear error, and `auto` falling back to the CPU.
 @Suite struct ROCmNoDeviceTests {
     @Test func missingLibraryIsNamed() {
@@ -286,6 +413,48 @@ struct ROCmHostLogicTests {
         #expect(auto.reason.contains("(auto): ROCm unavailable: ROCm backend library not found"))
         #expect(throws: BackendError.self) { try BackendKind.rocm.select(rocmLibrary: absent) }
         #expect(BackendKind(rawValue: "auto") == .auto && BackendKind(rawValue: "gpu") == nil)
+    }
+
+    /// --backend cuda: the CUDA build's library, named as such when absent; auto tries ROCm, then
+    /// CUDA, then the CPU, and says why each GPU build was skipped.
+    @Test func cudaIsAFirstClassChoice() throws {
+        let noHIP = "/nonexistent/libmoe_router_hip.so", noCUDA = "/nonexistent/libmoe_router_cuda.so"
+        #expect(BackendKind(rawValue: "cuda") == .cuda)
+        do {
+            _ = try BackendKind.cuda.select(cudaLibrary: noCUDA)
+            Issue.record("--backend cuda without a library selected something")
+        } catch {
+            #expect(error == .libraryNotFound(searched: [noCUDA]))
+            #expect(error.description == "CUDA backend library not found (looked at \(noCUDA)); "
+                        + "build it with scripts/build-cuda.sh or set MOE_ROUTER_CUDA_LIB")
+        }
+        let paths = ROCmBackend.searchPaths(for: .cuda)
+        #expect(paths.last == "build/cuda/libmoe_router_cuda.so" && paths.allSatisfy { $0.hasSuffix("/libmoe_router_cuda.so") })
+        #expect(paths.contains { $0.hasSuffix("/lib/libmoe_router_cuda.so") }, "the install's lib directory")
+
+        let cpu = try BackendKind.auto.select(rocmLibrary: noHIP, cudaLibrary: noCUDA)
+        #expect(cpu.backend is CPUBackend)
+        #expect(cpu.reason.contains("(auto): ROCm unavailable: ROCm backend library not found (looked at \(noHIP))"))
+        #expect(cpu.reason.contains("; CUDA unavailable: CUDA backend library not found (looked at \(noCUDA))"))
+        guard ROCmArtifacts.exists(ROCmArtifacts.hostEmulation) else { return }
+        // a library in the CUDA slot is taken when the ROCm one is absent
+        let second = try BackendKind.auto.select(rocmLibrary: noHIP, cudaLibrary: ROCmArtifacts.hostEmulation)
+        #expect(second.backend.name == "rocm-host-emulation")
+        #expect(second.reason.contains("(ROCm unavailable: ROCm backend library not found"))
+        let cuda = try BackendKind.cuda.select(cudaLibrary: ROCmArtifacts.hostEmulation)
+        #expect(cuda.reason.contains("requested with --backend cuda"))
+        #expect(cuda.backend.runtime == "host-emulation" && cuda.backend.deviceName == "host-emulation")
+        #expect(CPUBackend().runtime == "cpu" && !CPUBackend().deviceName.isEmpty)
+    }
+
+    /// The CUDA build's errors speak of CUDA (by the library's file name or runtime).
+    @Test func cudaErrorsNameCUDA() {
+        let load = BackendError.libraryLoadFailed(path: "/x/libmoe_router_cuda.so", reason: "libcuda.so.1: cannot open")
+        #expect(load.description.hasPrefix("no CUDA runtime: cannot load /x/libmoe_router_cuda.so"))
+        #expect(load.description.contains("NVIDIA driver"))
+        let none = BackendError.noDevice(runtime: "cuda", status: 100, error: "cudaErrorNoDevice: no CUDA-capable device is detected")
+        #expect(none.description.hasPrefix("no CUDA device: the cuda runtime reports cudaErrorNoDevice"))
+        #expect(BackendError.noDevice(runtime: "hip", status: 100, error: "x").description.hasPrefix("no ROCm device"))
     }
 
     @Test(.enabled(if: ROCmArtifacts.exists(ROCmArtifacts.device),

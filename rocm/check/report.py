@@ -1,7 +1,7 @@
 """One table from scripts/gpu-check.sh's timing files.
 
-Reads the tab-separated lines of kernel_timing ("kernel ..."), gpu_check time ("route ...") and
-torch_baseline.py ("torch ...") from the files named on the command line (missing files and
+Reads the tab-separated lines of kernel_timing ("kernel ..."), gpu_check time ("route ...",
+"copy ...", "mapped ...") and torch_baseline.py ("torch ...") from the files named on the command line (missing files and
 other lines are skipped: a step that failed leaves its columns as "-") and prints one row per
 (layer, tokens), in the order the kernel timings came.
 """
@@ -9,7 +9,8 @@ import sys
 
 COLUMNS = [
     ("layer", 18), ("tokens", 7), ("kernel", 16), ("kernel us", 10), ("thread/token us", 15),
-    ("speedup", 8), ("mrh_route us", 12), ("torch kernel us", 15), ("torch trip us", 13), ("trip ratio", 10),
+    ("speedup", 8), ("mrh_route us", 12), ("copy us", 8), ("mapped us", 9), ("torch kernel us", 15),
+    ("torch trip us", 13), ("trip ratio", 10),
     ("team==thread", 12),
 ]
 
@@ -23,7 +24,7 @@ def read_rows(paths):
             continue
         for line in lines:
             f = line.split("\t")
-            if len(f) < 4 or f[0] not in ("kernel", "route", "torch"):
+            if len(f) < 4 or f[0] not in ("kernel", "route", "copy", "mapped", "torch"):
                 continue
             key = (f[1], int(f[2]))
             if key not in rows:
@@ -42,6 +43,7 @@ def ratio(a, b):
 
 def format_row(key, r):
     kernel, route, torch = r.get("kernel"), r.get("route"), r.get("torch")
+    copy, mapped = r.get("copy"), r.get("mapped")
     cells = [
         key[0], str(key[1]),
         kernel[2] if kernel else "-",
@@ -49,9 +51,11 @@ def format_row(key, r):
         kernel[1] if kernel else "-",
         ratio(kernel[1], kernel[0]) if kernel else "-",
         route[0] if route else "-",
+        copy[0] if copy else "-",
+        mapped[0] if mapped else "-",
         torch[0] if torch else "-",
         torch[1] if torch else "-",
-        ratio(torch[1], route[0]) if torch and route else "-",
+        ratio(torch[1], mapped[0]) if torch and mapped else "-",
         kernel[3] if kernel else "-",
     ]
     return "  ".join(c.rjust(w) if i > 0 else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
@@ -64,9 +68,11 @@ def main():
         print(format_row(key, rows[key]))
     print()
     print("kernel us / thread/token us: mean of back-to-back launches between two events, device-resident fp32")
-    print("logits (speedup = thread/token / kernel); mrh_route us: median wall clock of the library's host")
-    print("round trip; torch: eager on the same device, kernel = events around back-to-back calls,")
-    print("trip = median wall clock host -> device -> host; trip ratio = torch trip / mrh_route.")
+    print("logits (speedup = thread/token / kernel). Median wall clock of a whole route, host memory in and out:")
+    print("mrh_route us = inline data through the stream's mapped pinned staging (read in place), copy us = the")
+    print("same with the staging uploaded and downloaded, mapped us = mrh_route_mapped on registered host memory")
+    print("(a client's segment: one launch, no copy). torch: eager on the same device, kernel = events around")
+    print("back-to-back calls, trip = median wall clock host -> device -> host; trip ratio = torch trip / mapped.")
 
 
 if __name__ == "__main__":

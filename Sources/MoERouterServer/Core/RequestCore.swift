@@ -24,7 +24,8 @@ final class DaemonState: Sendable {
         self.metrics = metrics
         registry = SegmentRegistry(limits: .init(maxPerClient: config.maxRegistrations, maxSegmentBytes: config.maxSegmentBytes,
                                                  maxPerUID: config.maxRegistrationsPerUID,
-                                                 maxBytesPerUID: config.maxMappedBytesPerUID))
+                                                 maxBytesPerUID: config.maxMappedBytesPerUID),
+                                   backend: backend)
         replyBudget = ReplyBudget(perConnection: config.maxQueuedReplyBytes, total: config.maxQueuedReplyBytesTotal)
         channels = ChannelTable(registry: registry, logger: logger)
     }

@@ -1,4 +1,5 @@
 import Glibc
+import MoERouting
 import Synchronization
 
 /// Every client's shared-memory registrations. Thread-safe.
@@ -30,9 +31,12 @@ final class SegmentRegistry: ConnectionTracking {
 
     private let state: Mutex<State>
     let limits: Limits
+    /// Told of every mapping made and released (a device backend registers them for zero copy).
+    private let backend: (any RoutingBackend)?
 
-    init(limits: Limits) {
+    init(limits: Limits, backend: (any RoutingBackend)? = nil) {
         self.limits = limits
+        self.backend = backend
         state = Mutex(State())
     }
 
@@ -48,7 +52,7 @@ final class SegmentRegistry: ConnectionTracking {
             return h
         }
         let segment = try SharedSegment(handle: handle, owner: client, name: name, size: size, peer: peer,
-                                        maxBytes: limits.maxSegmentBytes)
+                                        maxBytes: limits.maxSegmentBytes, backend: backend)
         try state.withLock { s throws(RequestFailure) in
             do throws(RequestFailure) { try checkLimits(client: client, uid: peer.uid, size: size, in: s) } catch {
                 segment.release()

@@ -1,6 +1,7 @@
 import CMoERouterWire
 import CMoERouterdOS
 import Glibc
+import MoERouting
 
 /// Who sent a request: the connection (ROUTER routing id on the ipc or tcp socket) and, for ipc
 /// peers, the kernel's credentials of the connecting process.
@@ -53,8 +54,9 @@ public struct PeerCredentials: Sendable, Equatable {
     }
 }
 
-/// A client's POSIX shm object, mapped once. Owns its fd, its mapping and its SIGBUS guard
-/// slot, and releases all three in `release()`. Only `SegmentRegistry` creates and frees it.
+/// A client's POSIX shm object, mapped once. Owns its fd, its mapping, its SIGBUS guard slot and
+/// its registration with a device backend (zero copy), and releases all four in `release()`, the
+/// one place a mapping ends. Only `SegmentRegistry` creates and frees it.
 final class SharedSegment: @unchecked Sendable {
     let handle: UInt64
     let owner: ClientKey
@@ -67,6 +69,8 @@ final class SharedSegment: @unchecked Sendable {
     let inode: UInt64
     private let fd: Int32
     private let guardSlot: Int32
+    /// The backend that registered the mapping for in-place routes (nil: none did).
+    private let registeredWith: (any RoutingBackend)?
     /// Requests using the mapping now, and whether an unregister waits for them (registry lock).
     var users = 0
     var releasePending = false
@@ -74,7 +78,7 @@ final class SharedSegment: @unchecked Sendable {
 
     /// Opens, checks and maps `name`. Throws a typed failure naming what was wrong.
     init(handle: UInt64, owner: ClientKey, name: String, size: UInt64, peer: PeerCredentials,
-         maxBytes: UInt64) throws(RequestFailure) {
+         maxBytes: UInt64, backend: (any RoutingBackend)? = nil) throws(RequestFailure) {
         _ = try Self.portableName(Array(name.utf8))
         guard size > 0 else { throw RequestFailure(.shmSize, "size = 0: a segment must hold at least one byte") }
         guard size <= maxBytes else {
@@ -117,7 +121,12 @@ final class SharedSegment: @unchecked Sendable {
         self.inode = info.ino
         self.fd = info.fd
         self.guardSlot = slot
+        // Registered once, here, so that ROUTEs on it copy nothing; a refusal only means they are staged.
+        registeredWith = backend.flatMap { $0.hostMemoryMapped(p, bytes: Int(size)) ? $0 : nil }
     }
+
+    /// Whether a device backend registered the mapping (ROUTEs on it run in place).
+    var zeroCopy: Bool { registeredWith != nil }
 
     /// A portable POSIX shm name, taken as bytes: "/" then 1...254 bytes of the portable
     /// filename set (A-Z a-z 0-9 . _ -), not "." or "..". Anything else is refused naming the
@@ -163,6 +172,7 @@ final class SharedSegment: @unchecked Sendable {
     func release() {
         guard !released else { return }
         released = true
+        registeredWith?.hostMemoryReleased(base)
         mro_guard_remove(guardSlot)
         munmap(base, size)
         close(fd)
