@@ -72,6 +72,8 @@ install: clientlib swift-release
 	install -m 0644 systemd/moe-router.sysusers $(D)/lib/sysusers.d/moe-router.conf
 	install -m 0644 systemd/routerd.yaml.example $(D)/share/moe-router/routerd.yaml.example
 	install -m 0644 README.md docs/PROTOCOL.md $(D)/share/doc/moe-router/
+	# The linker's cache learns the new library (a real install as root only, not a staged one).
+	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig || true; fi
 
 uninstall:
 	rm -f $(addprefix $(D)/bin/,$(BINARIES)) $(D)/lib/libmoerouter.so.1 $(D)/lib/libmoerouter.so \

@@ -17,6 +17,8 @@ CASES = [
     ("moe-router-latency-bench", ["--iterations", "0"], "--iterations"),
     ("moe-router-latency-bench", ["--blocks", "0"], "--blocks"),
     ("moe-router-latency-bench", ["--placements", "same-cpu,sideways"], "--placements"),
+    ("moe-router-latency-bench", ["--batches", "64,0"], "--batches"),
+    ("moe-router-latency-bench", ["--idle-seconds", "-1"], "--idle-seconds"),
 ]
 
 

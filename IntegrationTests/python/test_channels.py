@@ -1,8 +1,10 @@
 """Shared-memory request channels, the daemon's side (issue 18), driven by raw frames and a
 control page written from Python: a route through a channel equals the same route over ZeroMQ
 (and the numpy reference), every refusal is the ROUTE refusal the request core gives, the channel
-closes with its connection or segment, idle channels cost no CPU, and a killed client leaves
-nothing behind. The C client's automatic channel is tested in test_channels_c.py."""
+closes with its connection or segment, idle channels cost no CPU, a killed client leaves nothing
+behind, and the spin budget adapts to the host's pace. Each test runs with a thread per channel
+(the default) and with every channel on one shared thread (--channel-threads 1). The C client's
+automatic channel is tested in test_channels_c.py."""
 import os
 import signal
 import struct
@@ -86,9 +88,16 @@ def shm(handle, offset, length):
     return w.buffer_ref(w.SHM, handle, offset, length)
 
 
-@pytest.fixture
-def daemon(start_daemon):
-    return start_daemon("--preset", "deepseek-v3", "--preset", "deepseek-v4-hash")
+@pytest.fixture(params=[0, 1], ids=["thread-per-channel", "one-shared-thread"])
+def daemon(request, start_daemon):
+    d = start_daemon("--preset", "deepseek-v3", "--preset", "deepseek-v4-hash", "--channel-threads", str(request.param))
+    d.channel_threads = request.param
+    return d
+
+
+def threads_for(d, channels):
+    """Server threads the daemon runs for this many open channels."""
+    return channels if d.channel_threads == 0 else min(channels, d.channel_threads)
 
 
 def connect(d):
@@ -216,7 +225,7 @@ def test_channels_close_with_their_connection_or_segment_and_leave_nothing(daemo
     base_threads = len(os.listdir(f"/proc/{daemon.pid}/task"))
     sock = connect(daemon)
     a, b = Channel(sock), Channel(sock)
-    assert h.wait_until(lambda: len(os.listdir(f"/proc/{daemon.pid}/task")) >= base_threads + 2)
+    assert h.wait_until(lambda: len(os.listdir(f"/proc/{daemon.pid}/task")) >= base_threads + threads_for(daemon, 2))
     # unregistering a channel's segment closes that channel
     r = w.call(sock, [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", a.handle))])
     assert r.status == 0
@@ -225,7 +234,9 @@ def test_channels_close_with_their_connection_or_segment_and_leave_nothing(daemo
     sock.close(linger=0)
     assert h.wait_until(lambda: b.u32(STATE) == 2, timeout=8)
     assert h.wait_until(lambda: len(daemon.shm_maps()) == base_maps, timeout=8), daemon.shm_maps()
-    assert h.wait_until(lambda: len(os.listdir(f"/proc/{daemon.pid}/task")) == base_threads, timeout=8)
+    # a thread per channel leaves with its channel; a shared pool's thread stays, asleep
+    assert h.wait_until(lambda: len(os.listdir(f"/proc/{daemon.pid}/task")) == base_threads + min(daemon.channel_threads, 2),
+                        timeout=8)
     a.close()
     b.close()
 
@@ -260,7 +271,8 @@ def test_a_client_killed_mid_stream_leaves_the_daemon_clean(daemon, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert h.wait_until(lambda: len(daemon.shm_maps()) == base_maps, timeout=10), daemon.shm_maps()
-    assert h.wait_until(lambda: len(os.listdir(f"/proc/{daemon.pid}/task")) == base_threads, timeout=10)
+    assert h.wait_until(lambda: len(os.listdir(f"/proc/{daemon.pid}/task")) <= base_threads + daemon.channel_threads,
+                        timeout=10)
     sock = connect(daemon)
     assert w.call(sock, [w.frame0(w.OP["PING"])]).status == 0
 
@@ -283,3 +295,65 @@ def test_idle_channels_cost_no_cpu(daemon):
     assert used <= 0.01, f"{used:.3%} of a core with 8 idle channels"
     for c in chans:
         c.close()
+
+
+def hash_body(layers, c, tokens=1):
+    v3 = layers["deepseek-v3"]
+    c.seg.mm[CTRL:CTRL + 1024 * tokens] = np.ones(256 * tokens, np.float32).tobytes()
+    return w.route_body_v2(v3["id"], w.FP32, tokens, shm(c.handle, CTRL, 1024 * tokens),
+                           shm(c.handle, CTRL + 4096, 32 * tokens), shm(c.handle, CTRL + 8192, 32 * tokens))
+
+
+def test_one_shared_thread_serves_every_channel_and_a_closed_one_leaves_the_rest(daemon):
+    socks = [connect(daemon) for _ in range(3)]
+    chans = [Channel(socks[i % 3]) for i in range(6)]
+    assert all(c.open_reply.status == 0 for c in chans)
+    layers, _ = w.layers(socks[0])
+    bodies = [hash_body(layers, c) for c in chans]
+    for round_ in range(20):
+        for c, body in zip(chans, bodies):
+            status, message, resp = c.route(body, request_id=round_ + 1)
+            assert status == 0 and resp["tokens"] == 1, message
+    # one channel's connection goes away: the others are answered as before
+    socks[1].close(linger=0)
+    assert h.wait_until(lambda: chans[1].u32(STATE) == 2 and chans[4].u32(STATE) == 2, timeout=8)
+    for i in (0, 2, 3, 5):
+        assert chans[i].u32(STATE) == 1
+        assert chans[i].route(bodies[i], request_id=99)[0] == 0
+    for c in chans:
+        c.close()
+
+
+def time_to_sleep(c, body, request_id):
+    """Routes once, then returns how long after the answer the daemon's server fell asleep."""
+    assert c.route(body, request_id=request_id)[0] == 0
+    t0 = time.perf_counter()
+    while not c.u32(DAEMON_SLEEPING):
+        if time.perf_counter() - t0 > 5:
+            raise TimeoutError("the daemon never fell asleep")
+    return time.perf_counter() - t0
+
+
+def test_the_spin_budget_shrinks_for_a_slow_host_and_grows_back(daemon):
+    sock = connect(daemon)
+    c = Channel(sock, spin_us=2000)
+    assert c.open_reply.status == 0 and c.spin_us == 2000
+    layers, _ = w.layers(sock)
+    body = hash_body(layers, c)
+    # A host calling every 10 ms (more than the 2 ms bound): each sleep halves the spin, so after
+    # a dozen calls the server sleeps almost at once after answering.
+    for i in range(12):
+        time_to_sleep(c, body, i + 1)
+        time.sleep(0.01)
+    late = sorted(time_to_sleep(c, body, 100 + i) for i in range(5))
+    assert late[2] < 1.5e-3, f"median time to sleep {late[2] * 1e6:.0f} us after slow calls (spin not shrunk)"
+    # A host calling back within the bound: the spin doubles back to 2 ms, and a server cannot
+    # fall asleep before its spin ends.
+    grown = False
+    for i in range(60):
+        assert c.route(body, request_id=200 + i)[0] == 0
+        if time_to_sleep(c, body, 300 + i) >= 1.9e-3:
+            grown = True
+            break
+    assert grown, "the spin did not grow back to its bound for a host that calls back at once"
+    c.close()

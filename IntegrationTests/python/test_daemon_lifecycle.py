@@ -342,6 +342,8 @@ def test_bad_configuration_is_a_clear_startup_error(routerd_binary, tmp_path):
                          (["--preset", DS, "--workers", "100000000"], "workers = 100000000 is outside"),
                          (["--preset", DS, "--max-message-bytes", str(2**63 - 1)], "max_message_bytes"),
                          (["--preset", DS, "--queue-depth", "0"], "queue_depth = 0"),
+                         (["--preset", DS, "--channel-threads", "65"], "channel_threads = 65 is outside"),
+                         (["--preset", DS, "--channel-threads=-1"], "channel_threads = -1"),
                          (["--preset", DS, "--max-registrations", "0"], "max_registrations"),
                          (["--preset", DS, "--max-queued-reply-bytes", "1000"], "max_queued_reply_bytes = 1000"),
                          (["--preset", DS, "--max-registrations-per-uid", "5000"], "max_registrations_per_uid = 5000"),

@@ -28,8 +28,14 @@ def test_closed_loop_is_well_formed_and_error_free(bench, start_daemon, tmp_path
                     "--batches", "1,64", "--transport", "both", "--seconds", "0.4", "--svg", str(svg))
     assert out["total_errors"] == 0 and out["layer"] == "kimi-k2"
     rows = out["closed_loop"]
-    assert {(r["clients"], r["batch"], r["transport"]) for r in rows} == {
-        (c, b, t) for c in (1, 2) for b in ("1", "64") for t in ("inline", "shm")}
+    assert {(r["clients"], r["batch"], r["buffers"], r["transport"]) for r in rows} == {
+        (c, b, s, t) for c in (1, 2) for b in ("1", "64") for s in ("inline", "shm") for t in ("zmq", "channel")}
+    # every channel row was served by the channel, and each configuration compares both paths
+    assert all(r["served_over_zmq"] == 0 for r in rows)
+    pairs = out["channel_vs_zmq"]
+    assert {(p["clients"], p["batch"], p["buffers"]) for p in pairs} == {
+        (c, b, s) for c in (1, 2) for b in ("1", "64") for s in ("inline", "shm")}
+    assert all(p["throughput_channel_over_zmq"] > 0 and p["p50_channel_over_zmq"] > 0 for p in pairs)
     for r in rows:
         lat = r["latency_us"]
         assert r["requests"] > 0 and r["errors"] == {}
@@ -49,6 +55,8 @@ def test_mix_open_loop_knee_and_soak(bench, start_daemon):
                     "--open-clients", "2", "--rate-start", "200", "--rate-factor", "4", "--rate-max", "3200",
                     "--soak-seconds", "3", "--daemon-pid", str(d.pid), timeout=180)
     assert out["closed_loop"][0]["batch"] == "1:0.8,64:0.2" and out["closed_loop"][0]["requests"] > 0
+    # --transport shm: the option's old meaning (shm buffers over ZeroMQ)
+    assert [(r["buffers"], r["transport"]) for r in out["closed_loop"]] == [("shm", "zmq")]
     steps = out["open_loop"]
     assert steps and steps[0]["offered_per_s"] == 200
     # 200 req/s is far below this daemon's knee (1 s steps: one stall of this shared VM must not
@@ -76,6 +84,8 @@ def test_bad_arguments_and_unknown_layer_fail_clearly(bench, start_daemon):
                        (["--open-loop", "--open-clients", "0"], "--open-clients"),
                        (["--open-loop", "--open-batch", "0"], "--open-batch"),
                        (["--open-loop", "--open-transport", "pigeon"], "--open-transport"),
+                       (["--open-loop", "--open-path", "pigeon"], "--open-path"),
+                       (["--buffers", "pigeon"], "--buffers"),
                        (["--seconds", "0"], "--seconds"), (["--requests", "0"], "--requests")]:
         p = subprocess.run([str(bench), "--endpoint", d.endpoint, *args], capture_output=True, text=True, timeout=60)
         assert p.returncode != 0 and flag in p.stderr, (args, p.stderr)

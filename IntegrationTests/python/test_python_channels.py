@@ -107,6 +107,18 @@ def test_library_search_order(monkeypatch, library):
     assert _native.candidates() == ["/nonexistent/libmoerouter.so.1"]  # only that one
 
 
+def test_an_installed_library_is_found_without_the_repository(monkeypatch, tmp_path):
+    """An installed package (no repository around it) finds `make install`'s library under its
+    prefix even where the linker's cache does not list it."""
+    monkeypatch.delenv("MOE_ROUTER_LIB", raising=False)
+    monkeypatch.setattr(_native, "_repo_library", lambda: None)
+    monkeypatch.setattr(_native.ctypes.util, "find_library", lambda name: None)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libmoerouter.so.1").write_bytes(b"")
+    monkeypatch.setattr(_native.sys, "prefix", str(tmp_path))
+    assert _native.candidates()[0] == str(tmp_path / "lib" / "libmoerouter.so.1")
+
+
 # ---- same answers ----------------------------------------------------------------------------
 @pytest.mark.parametrize("layer_name", [DS, "deepseek-v3-fp32", "deepseek-v3-fp16"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])

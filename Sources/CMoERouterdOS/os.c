@@ -251,8 +251,30 @@ int mro_futex_wake(uint32_t *word, int count) {
     return (int)syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
 }
 
+int mro_futex_waitv(uint32_t *const *words, const uint32_t *expected, int count, int64_t timeout_ns) {
+    struct futex_waitv w[FUTEX_WAITV_MAX];
+    if (count < 1 || count > FUTEX_WAITV_MAX) return -1;
+    for (int i = 0; i < count; i++)
+        w[i] = (struct futex_waitv){.val = expected[i], .uaddr = (uintptr_t)words[i], .flags = FUTEX_32};
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t end = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + timeout_ns;
+    ts.tv_sec = end / 1000000000;
+    ts.tv_nsec = end % 1000000000;
+    long r = syscall(SYS_futex_waitv, w, (unsigned)count, 0u, &ts, CLOCK_MONOTONIC);
+    if (r >= 0) return (int)r;
+    if (errno == EAGAIN) return 0;
+    if (errno == ENOSYS) {
+        /* Before Linux 5.16: sleep on the first word, briefly, so the others are looked at often. */
+        mro_futex_wait(words[0], expected[0], timeout_ns < 1000000 ? timeout_ns : 1000000);
+        return 0;
+    }
+    return -1;
+}
+
 uint32_t mro_load_u32(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_SEQ_CST); }
 void mro_store_u32(uint32_t *word, uint32_t value) { __atomic_store_n(word, value, __ATOMIC_SEQ_CST); }
+void mro_add_u32(uint32_t *word, uint32_t value) { __atomic_fetch_add(word, value, __ATOMIC_SEQ_CST); }
 void mro_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();

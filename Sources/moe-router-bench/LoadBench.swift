@@ -28,8 +28,10 @@ struct LoadBench: ParsableCommand {
     var batches = "1,64,4096"
     @Option(help: "A batch-size mix for one configuration instead, e.g. 1:0.9,64:0.09,4096:0.01.")
     var mix: String?
-    @Option(help: "inline, shm or both.")
+    @Option(help: "How ROUTE travels: zmq (ZeroMQ messages), channel (the client library's shared-memory channel), or both, measured in alternating blocks. (inline and shm, this option's old values, mean --buffers inline|shm over zmq.)")
     var transport = "both"
+    @Option(help: "Where the tensors travel: inline (in the request; on a channel, copied into the channel's data area), shm (a registered segment), or both.")
+    var buffers = "both"
     @Option(help: "Seconds per configuration.")
     var seconds = 2.0
     @Option(help: "Stop a configuration (a closed-loop row, an open-loop step) after this many requests (across its clients).")
@@ -43,7 +45,10 @@ struct LoadBench: ParsableCommand {
     @Option(help: "Open loop: clients, batch size, transport.")
     var openClients = 8
     @Option var openBatch = 64
-    @Option var openTransport = "shm"
+    @Option(help: "Open loop: buffers (inline or shm).")
+    var openTransport = "shm"
+    @Option(help: "Open loop: path (zmq or channel).")
+    var openPath = "zmq"
     @Option(help: "Open loop: first offered rate (req/s), growth factor, last rate.")
     var rateStart = 500.0
     @Option var rateFactor = 2.0
@@ -74,17 +79,31 @@ struct LoadBench: ParsableCommand {
             guard openClients >= 1 else { throw ValidationError("--open-clients must be at least 1") }
             guard openBatch >= 1 else { throw ValidationError("--open-batch must be at least 1 token") }
             guard ["inline", "shm"].contains(openTransport) else { throw ValidationError("--open-transport must be inline or shm") }
+            guard ["zmq", "channel"].contains(openPath) else { throw ValidationError("--open-path must be zmq or channel") }
             guard rateStart > 0, rateStart.isFinite else { throw ValidationError("--rate-start must be a positive rate") }
             guard rateFactor > 1, rateFactor.isFinite else { throw ValidationError("--rate-factor must be above 1 (each step offers more)") }
             guard rateMax >= rateStart else { throw ValidationError("--rate-max must be at least --rate-start") }
             if let sloP90Us, !(sloP90Us > 0) { throw ValidationError("--slo-p90-us must be positive") }
         }
         let ep = endpoint ?? defaultEndpoint()
-        let transports: [Bool] = switch transport {
+        var bufferKind = buffers
+        let paths: [Bool]
+        switch transport {
+        case "zmq": paths = [false]
+        case "channel": paths = [true]
+        case "both": paths = [false, true]
+        case "inline", "shm":
+            // The option's meaning before channels existed: buffers, over ZeroMQ (old commands
+            // measure what they measured).
+            bufferKind = transport
+            paths = [false]
+        default: throw ValidationError("--transport must be zmq, channel or both")
+        }
+        let transports: [Bool] = switch bufferKind {
         case "inline": [false]
         case "shm": [true]
         case "both": [false, true]
-        default: throw ValidationError("transport must be inline, shm or both")
+        default: throw ValidationError("--buffers must be inline, shm or both")
         }
         let clientCounts = try ints(clients, "clients")
         let batchSets: [[(tokens: Int, weight: Double)]] = try mix.map { [try parseMix($0)] }
@@ -100,16 +119,24 @@ struct LoadBench: ParsableCommand {
             for set in batchSets {
                 for n in clientCounts {
                     let blockSeconds = seconds / Double(blocks)
-                    let config = LoadConfig(clients: n, batches: set, shm: shm, dtype: dt, rate: nil,
-                                            seconds: blockSeconds, maxRequests: requests.map { max(1, $0 / blocks) })
-                    if !quiet { progressLine("closed loop: \(n) clients, batch \(config.batchLabel), \(shm ? "shm" : "inline")\n") }
+                    let configs = paths.map { channel in
+                        LoadConfig(clients: n, batches: set, shm: shm, channel: channel, dtype: dt, rate: nil,
+                                   seconds: blockSeconds, maxRequests: requests.map { max(1, $0 / blocks) })
+                    }
+                    if !quiet {
+                        progressLine("closed loop: \(n) clients, batch \(configs[0].batchLabel), \(configs[0].buffersLabel), over \(configs.map(\.pathLabel).joined(separator: " and "))\n")
+                    }
                     let shape = echo != nil && set.count == 1
                         ? ExchangeShape(tokens: set[0].tokens, experts: local.spec.numExperts, topK: local.spec.topK,
                                         dtype: dt, shm: shm) : nil
-                    var daemonRuns: [LoadResult] = [], echoRuns: [LoadResult] = [], pipelinedRuns: [LoadResult] = []
+                    var daemonRuns = [[LoadResult]](repeating: [], count: configs.count)
+                    var echoRuns: [LoadResult] = [], pipelinedRuns: [LoadResult] = []
                     for _ in 0..<blocks {
-                        daemonRuns.append(try runLoad(endpoint: ep, layer: layer, config: config,
-                                                      progress: !quiet && blockSeconds >= 5))
+                        // The paths alternate block by block, so both see the same spells.
+                        for (i, config) in configs.enumerated() {
+                            daemonRuns[i].append(try runLoad(endpoint: ep, layer: layer, config: config,
+                                                             progress: !quiet && blockSeconds >= 5))
+                        }
                         if let echo, let shape {
                             echoRuns.append(runEcho(server: echo, shape: shape, clients: n,
                                                     seconds: min(blockSeconds, 2)))
@@ -119,16 +146,19 @@ struct LoadBench: ParsableCommand {
                             }
                         }
                     }
-                    var row = ClosedRow(result: LoadResult.merged(daemonRuns))
-                    if let shape {
-                        row.echo = LoadResult.merged(echoRuns)
-                        if !pipelinedRuns.isEmpty {
-                            row.pipelinedEcho = LoadResult.merged(pipelinedRuns)
-                            row.pipelineWindow = pipelinedEcho
+                    let kernelNs = shape.map { _ in kernelTimeNs(layer: local, dtype: dt, tokens: set[0].tokens) }
+                    for runs in daemonRuns {
+                        var row = ClosedRow(result: LoadResult.merged(runs))
+                        if shape != nil {
+                            row.echo = LoadResult.merged(echoRuns)
+                            if !pipelinedRuns.isEmpty {
+                                row.pipelinedEcho = LoadResult.merged(pipelinedRuns)
+                                row.pipelineWindow = pipelinedEcho
+                            }
+                            row.kernelNs = kernelNs
                         }
-                        row.kernelNs = kernelTimeNs(layer: local, dtype: dt, tokens: set[0].tokens)
+                        report.closed.append(row)
                     }
-                    report.closed.append(row)
                 }
             }
         }
@@ -143,12 +173,12 @@ struct LoadBench: ParsableCommand {
     }
 
     func runOpenLoop(_ ep: String, _ dt: DType, _ report: inout Report) throws {
-        let shm = openTransport == "shm"
+        let shm = openTransport == "shm", channel = openPath == "channel"
         var rate = rateStart
         var lowestP90 = Double.infinity
         var retried = false
         while rate <= rateMax {
-            let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, dtype: dt,
+            let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, channel: channel, dtype: dt,
                                     rate: rate, seconds: seconds, maxRequests: requests)
             if !quiet { progressLine("open loop: offered \(Int(rate)) req/s\n") }
             let r = try runLoad(endpoint: ep, layer: layer, config: config, progress: false)
@@ -168,7 +198,7 @@ struct LoadBench: ParsableCommand {
             rate *= rateFactor
         }
         guard soakSeconds > 0, let knee = report.knee else { return }
-        let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, dtype: dt,
+        let config = LoadConfig(clients: openClients, batches: [(openBatch, 1)], shm: shm, channel: channel, dtype: dt,
                                 rate: 0.8 * knee, seconds: soakSeconds)
         if !quiet { progressLine("soak: \(Int(soakSeconds))s at \(Int(0.8 * knee)) req/s\n") }
         let pid = daemonPid

@@ -62,7 +62,7 @@ struct Report {
         if pipelined {
             print("(pipe = the same echo with \(closed.map(\.pipelineWindow).max() ?? 0) requests in flight per client: the transport's rate when nobody waits)")
         }
-        let head = ["clients", "batch", "xport", "req/s", "Mtok/s", "p50", "p90", "p99", "p99.9", "max", "errors",
+        let head = ["clients", "batch", "bufs", "path", "req/s", "Mtok/s", "p50", "p90", "p99", "p99.9", "max", "errors",
                     "echo p50", "echo req/s", "kernel", "d/echo", "d/(k+echo)", "tput/echo"]
             + (pipelined ? ["pipe req/s", "tput/pipe"] : [])
         var rows: [[String]] = []
@@ -71,7 +71,8 @@ struct Report {
             let pipe = pipelined ? [r.pipelinedEcho.map { f($0.requestsPerSecond, 0) } ?? "-",
                                     r.throughputVsPipelined.map { f($0, 2) } ?? "-"] : []
             rows.append([
-                "\(x.config.clients)", x.config.batchLabel, x.config.shm ? "shm" : "inline",
+                "\(x.config.clients)", x.config.batchLabel, x.config.buffersLabel,
+                x.config.pathLabel + (x.overZeroMQ > 0 ? "*" : ""),
                 f(x.requestsPerSecond, 0), f(x.tokensPerSecond / 1e6, 3), f(x.percentileUs(50), 1), f(x.percentileUs(90), 1),
                 f(x.percentileUs(99), 1), f(x.percentileUs(99.9), 1), f(x.maxUs, 1), "\(x.errorCount)",
                 r.echo.map { f($0.percentileUs(50), 1) } ?? "-", r.echo.map { f($0.requestsPerSecond, 0) } ?? "-",
@@ -80,6 +81,21 @@ struct Report {
             ] + pipe)
         }
         table(head, rows)
+        if closed.contains(where: { $0.result.overZeroMQ > 0 }) {
+            print("* some of these routes were served over ZeroMQ: the client library could not use a channel (tcp, an old daemon, a refused channel)")
+        }
+        let pairs = channelPairs
+        if !pairs.isEmpty {
+            print("\nchannel vs ZeroMQ (same configuration, alternating blocks of one run)")
+            table(["clients", "batch", "bufs", "zmq req/s", "channel req/s", "tput channel/zmq", "zmq p50", "channel p50",
+                   "channel - kernel p50"],
+                  pairs.map { z, c in
+                      [ "\(z.result.config.clients)", z.result.config.batchLabel, z.result.config.buffersLabel,
+                        f(z.result.requestsPerSecond, 0), f(c.result.requestsPerSecond, 0),
+                        f(c.result.requestsPerSecond / z.result.requestsPerSecond, 2), f(z.result.percentileUs(50), 1),
+                        f(c.result.percentileUs(50), 1), c.kernelNs.map { f(c.result.percentileUs(50) - $0 / 1000, 1) } ?? "-" ]
+                  })
+        }
         if !open.isEmpty {
             print("\nopen loop (offered rate, latency from the scheduled send time, µs)")
             table(["offered", "achieved", "p50", "p90", "p99", "p99.9", "max", "errors", "within SLO"],
@@ -106,6 +122,13 @@ struct Report {
         if !errs.isEmpty { print("\nerrors by status (every section): " + errs.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")) }
     }
 
+    /// The ZeroMQ and channel rows of each configuration measured both ways.
+    var channelPairs: [(zmq: ClosedRow, channel: ClosedRow)] {
+        func key(_ r: ClosedRow) -> String { "\(r.result.config.clients)/\(r.result.config.batchLabel)/\(r.result.config.shm)" }
+        let channels = Dictionary(closed.filter(\.result.config.channel).map { (key($0), $0) }, uniquingKeysWith: { a, _ in a })
+        return closed.filter { !$0.result.config.channel }.compactMap { z in channels[key(z)].map { (z, $0) } }
+    }
+
     var json: [String: Any] {
         func res(_ x: LoadResult) -> [String: Any] {
             ["requests": x.requests, "tokens": x.tokens, "elapsed_s": Double(x.elapsedNs) / 1e9,
@@ -119,7 +142,9 @@ struct Report {
             var d = res(r.result)
             d["clients"] = r.result.config.clients
             d["batch"] = r.result.config.batchLabel
-            d["transport"] = r.result.config.shm ? "shm" : "inline"
+            d["transport"] = r.result.config.pathLabel
+            d["buffers"] = r.result.config.buffersLabel
+            d["served_over_zmq"] = r.result.overZeroMQ
             if let e = r.echo { d["echo"] = res(e) }
             if let k = r.kernelNs { d["kernel_us"] = k / 1000 }
             if let v = r.overEcho { d["daemon_over_echo_p50"] = v }
@@ -130,6 +155,14 @@ struct Report {
                 d["pipelined_echo_window"] = r.pipelineWindow
                 d["throughput_over_pipelined_echo"] = v
             }
+            return d
+        }
+        out["channel_vs_zmq"] = channelPairs.map { z, c -> [String: Any] in
+            var d: [String: Any] = ["clients": z.result.config.clients, "batch": z.result.config.batchLabel,
+                                    "buffers": z.result.config.buffersLabel,
+                                    "throughput_channel_over_zmq": c.result.requestsPerSecond / z.result.requestsPerSecond,
+                                    "p50_channel_over_zmq": c.result.percentileUs(50) / z.result.percentileUs(50)]
+            if let k = c.kernelNs { d["channel_p50_minus_kernel_us"] = c.result.percentileUs(50) - k / 1000 }
             return d
         }
         out["open_loop"] = open.map { o -> [String: Any] in
@@ -164,7 +197,9 @@ struct Report {
         let single = closed.filter { $0.result.config.batches.count == 1 }
         if !single.isEmpty {
             var series: [(name: String, points: [(x: Double, y: Double)])] = []
-            let groups = Dictionary(grouping: single) { "\($0.result.config.clients) cl, \($0.result.config.shm ? "shm" : "inline")" }
+            let groups = Dictionary(grouping: single) {
+                "\($0.result.config.clients) cl, \($0.result.config.buffersLabel), \($0.result.config.pathLabel)"
+            }
             for key in groups.keys.sorted() {
                 let rows = groups[key]!.sorted { $0.result.config.maxTokens < $1.result.config.maxTokens }
                 series.append(("p50 " + key, rows.map { (Double($0.result.config.maxTokens), $0.result.percentileUs(50)) }))

@@ -10,11 +10,16 @@ struct LoadConfig: Sendable {
     /// (tokens, weight) pairs; each request draws its size from them.
     var batches: [(tokens: Int, weight: Double)]
     var shm: Bool
+    /// ROUTE over the client library's shared-memory channel (else over ZeroMQ).
+    var channel: Bool = false
     var dtype: DType
     /// Closed loop when nil; otherwise the offered rate in requests/s across all clients.
     var rate: Double?
     var seconds: Double
     var maxRequests: Int?
+
+    var pathLabel: String { channel ? "channel" : "zmq" }
+    var buffersLabel: String { shm ? "shm" : "inline" }
 
     var batchLabel: String {
         batches.count == 1 ? "\(batches[0].tokens)" : batches.map { "\($0.tokens):\($0.weight)" }.joined(separator: ",")
@@ -30,6 +35,9 @@ struct LoadResult {
     var tokens = 0
     var errors: [String: Int] = [:]
     var elapsedNs: UInt64 = 0
+    /// Successful routes a channel run had served over ZeroMQ instead (the library could not
+    /// use a channel): its figures are then not the channel's.
+    var overZeroMQ = 0
 
     var requestsPerSecond: Double { Double(requests) / (Double(elapsedNs) / 1e9) }
     var tokensPerSecond: Double { Double(tokens) / (Double(elapsedNs) / 1e9) }
@@ -46,6 +54,7 @@ struct LoadResult {
             total.tokens += r.tokens
             total.errors.merge(r.errors, uniquingKeysWith: +)
             total.elapsedNs += r.elapsedNs
+            total.overZeroMQ += r.overZeroMQ
         }
         return total
     }
@@ -89,6 +98,7 @@ func runLoad(endpoint: String, layer: String, config: LoadConfig, progress: Bool
         merged.tokens += r.tokens
         merged.errors.merge(r.errors, uniquingKeysWith: +)
         merged.elapsedNs = max(merged.elapsedNs, r.elapsedNs)
+        merged.overZeroMQ += r.overZeroMQ
     }
     return merged
 }
@@ -99,6 +109,7 @@ private func clientLoop(endpoint: String, layer: String, config: LoadConfig, ind
     let rc = moe_connect(endpoint, 10_000, &client)
     guard rc == 0, let client else { throw SetupError(description: "connect \(endpoint): \(String(cString: moe_status_name(rc)))") }
     defer { moe_close(client) }
+    _ = moe_set_channel(client, config.channel ? 1 : 0)
     var info = moe_layer_info()
     guard moe_find_layer(client, layer, &info) == 0 else {
         throw SetupError(description: "layer '\(layer)': \(String(cString: moe_last_error(client)))")
@@ -157,6 +168,7 @@ private func clientLoop(endpoint: String, layer: String, config: LoadConfig, ind
             _ = result.latency.record(finished - sent)
             result.requests += 1
             result.tokens += tokens
+            if config.channel && moe_last_route_path(client) != MOE_ROUTE_PATH_CHANNEL { result.overZeroMQ += 1 }
         } else {
             result.errors[String(cString: moe_status_name(status)), default: 0] += 1
         }

@@ -43,10 +43,10 @@ struct RouterDaemon: ParsableCommand {
     @Flag(help: "Serve a non-loopback --tcp address without CURVE: any peer that reaches it may route, list layers and read stats.")
     var tcpAllowInsecure = false
 
-    @Option(help: "Routing backend: \(BackendKind.names.joined(separator: ", ")) (auto: ROCm when a device is present, else cpu).")
+    @Option(help: "Routing backend: \(BackendKind.names.joined(separator: ", ")) (auto: the first of ROCm, CUDA that finds a device, else cpu).")
     var backend: String?
 
-    @Option(help: "ROCm device ordinal for --backend rocm|auto.")
+    @Option(help: "GPU device ordinal for --backend rocm|cuda|auto.")
     var device: Int = 0
 
     @Option(help: "Serve Prometheus metrics, /healthz and /readyz on HOST:PORT (loopback only unless --metrics-allow-remote).")
@@ -75,6 +75,9 @@ struct RouterDaemon: ParsableCommand {
 
     @Option(help: "Queued large requests before BUSY.")
     var queueDepth: Int?
+
+    @Option(help: "Threads serving shared-memory channels: 0 (default) gives each channel its own; n shares n threads among all.")
+    var channelThreads: Int?
 
     @Option(help: "ROUTEs up to this many tokens run on the I/O thread.")
     var inlineTokens: Int?

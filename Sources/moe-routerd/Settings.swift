@@ -86,6 +86,9 @@ extension RouterDaemon {
         let limits = ServerConfig.Limits.self
         if let v = try checked("workers", workers, file.workers, limits.workers) { c.workers = v }
         if let v = try checked("queue_depth", queueDepth, file.queue_depth, limits.queueDepth) { c.queueDepth = v }
+        if let v = try checked("channel_threads", channelThreads, file.channel_threads, limits.channelThreads) {
+            c.channelThreads = v
+        }
         if let v = try checked("inline_tokens", inlineTokens, file.inline_tokens, limits.inlineTokens) { c.inlineTokens = v }
         if let v = try checked("max_message_bytes", maxMessageBytes, file.max_message_bytes, limits.maxMessageBytes) {
             c.maxMessageBytes = v

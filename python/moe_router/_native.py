@@ -3,8 +3,10 @@ for inline ROUTEs on ipc connections (docs/PROTOCOL.md, "Channels: ROUTE through
 
 The library is looked up once per process: ``$MOE_ROUTER_LIB`` (that file only, when set); else,
 when this package is an editable checkout of the repository, its ``build/lib/libmoerouter.so.1``
-(``make clientlib``); else ``ctypes.util.find_library("moerouter")``. ``load()`` returns the
-bound library or raises ``NativeUnavailable`` saying why.
+(``make clientlib``); else ``ctypes.util.find_library("moerouter")`` (the linker's cache); else
+``lib/libmoerouter.so.1`` under this Python's prefix, /usr/local and /usr (where ``make install
+PREFIX=...`` puts it, found even before ``ldconfig`` has run). ``load()`` returns the bound
+library or raises ``NativeUnavailable`` saying why.
 
 Per-call cost is what matters here (a 1-token route over a channel takes a few microseconds):
 
@@ -89,6 +91,10 @@ def candidates():
     found = ctypes.util.find_library("moerouter")
     if found:
         out.append(found)
+    for prefix in (sys.prefix, "/usr/local", "/usr"):
+        lib = Path(prefix) / "lib" / "libmoerouter.so.1"
+        if lib.is_file() and str(lib) not in out:
+            out.append(str(lib))
     return out
 
 

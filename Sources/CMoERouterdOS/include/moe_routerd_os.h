@@ -77,10 +77,16 @@ uint64_t mro_now_ns(void);
  * client sleeps on the same physical page. mro_futex_wake wakes up to `count` waiters. */
 int mro_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int mro_futex_wake(uint32_t *word, int count);
+/* Sleeps while every words[i] == expected[i] (count <= 128), at most timeout_ns: returns the index
+ * of a word that was woken (0 also when one already differed), -1 on timeout or a signal. Shared
+ * futexes, like mro_futex_wait. Without futex_waitv (Linux < 5.16) it sleeps at most 1 ms on
+ * words[0] and returns 0: the caller looks at every word again. */
+int mro_futex_waitv(uint32_t *const *words, const uint32_t *expected, int count, int64_t timeout_ns);
 /* Sequentially consistent load and store of a shared 32-bit word (the doorbell's Dekker pair:
  * "store seq, then load the other side's sleeping flag" on both sides). */
 uint32_t mro_load_u32(const uint32_t *word);
 void mro_store_u32(uint32_t *word, uint32_t value);
+void mro_add_u32(uint32_t *word, uint32_t value);
 /* A spin-wait hint (x86 pause). */
 void mro_cpu_relax(void);
 /* A full fence (the copy of a request happens after its sequence number is seen). */

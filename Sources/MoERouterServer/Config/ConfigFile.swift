@@ -11,6 +11,7 @@ public struct ConfigFile: Decodable, Sendable {
     public var backend: String?
     public var workers: Int?
     public var queue_depth: Int?
+    public var channel_threads: Int?
     public var inline_tokens: Int?
     public var max_message_bytes: Int?
     public var max_tokens: Int?
@@ -37,7 +38,7 @@ public struct ConfigFile: Decodable, Sendable {
     public init() {}
 
     private enum CodingKeys: String, CodingKey {
-        case endpoint, tcp, backend, workers, queue_depth, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
+        case endpoint, tcp, backend, workers, queue_depth, channel_threads, inline_tokens, max_message_bytes, max_tokens, deadline_ms,
              max_registrations, max_queued_reply_bytes, max_queued_reply_bytes_total,
              max_registrations_per_uid, max_mapped_bytes_per_uid, tcp_curve_key, tcp_curve_allow, tcp_allow_insecure,
              control_uids, expert_load_metrics, placements, layers, models
@@ -152,7 +153,7 @@ public struct ConfigFile: Decodable, Sendable {
     /// Every mapping key's dotted path with the position of its value.
     /// The keys decoded as integers (top level and layer entries).
     static let integerKeys: Set<String> = [
-        "workers", "queue_depth", "inline_tokens", "max_message_bytes", "max_tokens", "deadline_ms", "max_registrations",
+        "workers", "queue_depth", "channel_threads", "inline_tokens", "max_message_bytes", "max_tokens", "deadline_ms", "max_registrations",
         "max_queued_reply_bytes", "max_queued_reply_bytes_total", "max_registrations_per_uid", "max_mapped_bytes_per_uid",
         "num_experts", "top_k", "num_expert_group", "topk_group", "num_physical_experts", "control_uids",
     ]

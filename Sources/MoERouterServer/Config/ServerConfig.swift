@@ -12,7 +12,7 @@ public struct ServerConfig: Sendable {
     public var tcpAllowInsecure = false
     /// The kernel backend (`--backend`).
     public var backend: BackendKind = .cpu
-    /// The ROCm device ordinal for the "rocm" and "auto" backends.
+    /// The GPU device ordinal for the "rocm", "cuda" and "auto" backends.
     public var device: Int = 0
     /// A listening unix socket passed by systemd socket activation (LISTEN_FDS), used for the
     /// ipc endpoint through ZMQ_USE_FD instead of binding a new one.
@@ -21,6 +21,9 @@ public struct ServerConfig: Sendable {
     public var workers: Int = ProcessInfo.processInfo.activeProcessorCount
     /// Requests waiting for or running on a worker before new ones get BUSY.
     public var queueDepth: Int = 64
+    /// Threads serving shared-memory channels: 0 gives each channel its own thread (measured
+    /// best on 2 cores: docs/PERFORMANCE.md, issue 18); n > 0 shares n threads among all.
+    public var channelThreads: Int = 0
     /// ROUTE requests of at most this many tokens run on the I/O thread without a hand-off.
     public var inlineTokens: Int = 64
     /// Largest request frame answered with a typed error; libzmq drops a connection that
@@ -36,6 +39,7 @@ public struct ServerConfig: Sendable {
     public enum Limits {
         public static let workers = 1...256
         public static let queueDepth = 1...1_000_000
+        public static let channelThreads = 0...64
         public static let inlineTokens = 0...maxTokens.upperBound
         /// Up to 1 TiB; libzmq's ZMQ_MAXMSGSIZE is set a little above it (an Int64).
         public static let maxMessageBytes = 4096...(1 << 40)

@@ -27,7 +27,7 @@ final class DaemonState: Sendable {
                                                  maxBytesPerUID: config.maxMappedBytesPerUID),
                                    backend: backend)
         replyBudget = ReplyBudget(perConnection: config.maxQueuedReplyBytes, total: config.maxQueuedReplyBytesTotal)
-        channels = ChannelTable(registry: registry, logger: logger)
+        channels = ChannelTable(registry: registry, threads: config.channelThreads, logger: logger)
     }
 }
 

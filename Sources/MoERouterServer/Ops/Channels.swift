@@ -7,28 +7,35 @@ import Synchronization
 
 /// Shared-memory request channels (issue 18; Include/moe_router_wire.h, "Channels"): a ROUTE
 /// placed in a segment the client registered, announced by a futex doorbell instead of a
-/// ZeroMQ message. One thread per channel, spinning briefly after each answer and then sleeping
-/// in FUTEX_WAIT, so an idle channel costs nothing and a host that calls back at once finds the
-/// thread awake. Every request goes through the same request core as ZeroMQ (decode, checks,
-/// accounting) from a private copy of the descriptor.
+/// ZeroMQ message. Channels are served by `ChannelServer` threads: by default one per channel
+/// (`threads` 0), or a pool of `threads` that share them. A server spins briefly after each
+/// answer (an adaptive, bounded budget per channel) and then sleeps in one futex_waitv over its
+/// channels' doorbells, so an idle channel costs nothing and a host that calls back at once
+/// finds its server awake. Every request goes through the same request core as ZeroMQ (decode,
+/// checks, accounting) from a private copy of the descriptor.
 final class ChannelTable: Sendable {
     static let maxPerConnection = 4
     static let maxTotal = 64
     static let defaultSpinUs: UInt32 = 50
     static let maxSpinUs: UInt32 = 2000
-    /// How long a sleeping channel thread waits before it looks whether its channel still
-    /// exists (a closed connection, an unregistered segment).
+    /// How long a sleeping server waits before it looks whether its channels still exist (a
+    /// closed connection, an unregistered segment).
     static let idleCheckNs: Int64 = 100_000_000
 
     /// This daemon process, as channels see it: a client that finds another epoch in its page
     /// talks to a restarted daemon.
     let epoch = mro_random_u64()
+    /// Server threads: 0 gives each channel its own; n > 0 shares n threads among all channels.
+    let threads: Int
     private let channels = Mutex<[UInt64: Channel]>([:])
+    /// The pool (`threads` > 0); a per-channel server is known only to its thread.
+    private let pool = Mutex<[ChannelServer]>([])
     private let registry: SegmentRegistry
     private let logger: Logger
 
-    init(registry: SegmentRegistry, logger: Logger) {
+    init(registry: SegmentRegistry, threads: Int = 0, logger: Logger) {
         self.registry = registry
+        self.threads = threads
         self.logger = logger
     }
 
@@ -75,13 +82,7 @@ final class ChannelTable: Sendable {
             ctrl.pointee.daemon_epoch = epoch
             let state = segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: \.state)!
             mro_store_u32(state.assumingMemoryBound(to: UInt32.self), UInt32(MOE_CHANNEL_OPEN))
-            let thread = Thread { [self] in
-                channel.serve(core: core, registry: registry)
-                channels.withLock { _ = $0.removeValue(forKey: channel.id) }
-                registry.checkin(segment)
-            }
-            thread.name = "moe-channel"
-            thread.start()
+            assign(channel, core: core)
             logger.debug("channel \(channel.id) opened by \(r.origin.client) on segment \(q.handle), spin \(spin) µs")
             var out = moe_channel_open_resp()
             out.channel_id = channel.id
@@ -94,8 +95,41 @@ final class ChannelTable: Sendable {
         }
     }
 
-    /// (`stop` runs under the table's lock: a channel thread leaves the table before it returns
-    /// its segment, so a channel found here still has its page mapped.)
+    /// Hands a new channel to a server: its own (a new thread), or the pool's least busy one
+    /// (a new thread while the pool is smaller than `threads`).
+    private func assign(_ channel: Channel, core: RequestCore) {
+        if threads == 0 {
+            start(ChannelServer(channels: [channel], exitWhenEmpty: true), core: core)
+            return
+        }
+        let (server, isNew) = pool.withLock { servers -> (ChannelServer, Bool) in
+            if servers.count < threads {
+                let s = ChannelServer(channels: [channel], exitWhenEmpty: false)
+                servers.append(s)
+                return (s, true)
+            }
+            let s = servers.min { $0.load < $1.load }!
+            s.add(channel)
+            return (s, false)
+        }
+        if isNew { start(server, core: core) }
+    }
+
+    private func start(_ server: ChannelServer, core: RequestCore) {
+        let thread = Thread { [self] in
+            server.run(core: core, registry: registry) { channel in
+                // The channel has left its server: it is closed in its page and no thread
+                // touches its segment any more.
+                channels.withLock { _ = $0.removeValue(forKey: channel.id) }
+                registry.checkin(channel.segment)
+            }
+        }
+        thread.name = "moe-channel"
+        thread.start()
+    }
+
+    /// (`stop` runs under the table's lock: a channel leaves the table before its segment is
+    /// returned, so a channel found here still has its page mapped.)
     func close(_ id: UInt64, _ r: InboundRequest) -> Reply {
         let found = channels.withLock { table -> Bool in
             guard let c = table[id], c.client == r.origin.client else { return false }
@@ -106,29 +140,189 @@ final class ChannelTable: Sendable {
         return Reply(answering: r, message: "channel \(id) closing")
     }
 
-    /// Stops every channel (shutdown) and waits, at most `timeoutMs`, for their threads.
+    /// Stops every channel and server (shutdown) and waits, at most `timeoutMs`, for the
+    /// channels to be released.
     func closeAll(timeoutMs: Int = 2000) {
         channels.withLock { table in for c in table.values { c.stop() } }
+        pool.withLock { servers in for s in servers { s.stop() } }
         let deadline = mro_now_ns() + UInt64(timeoutMs) * 1_000_000
         while count > 0 && mro_now_ns() < deadline { usleep(1000) }
     }
 }
 
-/// One channel: its segment (checked out for the channel's life) and its thread's state.
+/// One server thread's channels. It answers whichever of them has a request, spins while any
+/// is within its spin budget of its last answer, and otherwise sleeps in one futex_waitv over
+/// their doorbells and its own wake word (a channel added, shutdown).
+final class ChannelServer: @unchecked Sendable {
+    private let members: Mutex<[Channel]>
+    /// Set when `members` changed; the thread rereads them.
+    private let changed = Atomic<Bool>(false)
+    private let stopping = Atomic<Bool>(false)
+    private let exitWhenEmpty: Bool
+    /// The futex word the thread also sleeps on; bumped to wake it.
+    private let wakeWord = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+
+    init(channels: [Channel], exitWhenEmpty: Bool) {
+        members = Mutex(channels)
+        self.exitWhenEmpty = exitWhenEmpty
+        wakeWord.initialize(to: 0)
+    }
+
+    deinit { wakeWord.deallocate() }
+
+    /// Channels served (the pool gives a new one to the server with the fewest).
+    var load: Int { members.withLock { $0.count } }
+
+    func add(_ channel: Channel) {
+        members.withLock { $0.append(channel) }
+        changed.store(true, ordering: .releasing)
+        wake()
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        wake()
+    }
+
+    private func wake() {
+        mro_add_u32(wakeWord, 1)
+        _ = mro_futex_wake(wakeWord, 1)
+    }
+
+    /// The thread: until stopped (or, per channel, until its channel is gone). `retired` runs
+    /// for each channel once the server let go of it.
+    func run(core: RequestCore, registry: SegmentRegistry, retired: (Channel) -> Void) {
+        mro_set_thread_name("moe-channel")
+        var list = members.withLock { $0 }
+        var words: [UnsafeMutablePointer<UInt32>?] = []
+        var expected: [UInt32] = []
+        var yieldEveryRound = false, quietSpins = 0
+        func drop(_ gone: [Channel]) {
+            guard !gone.isEmpty else { return }
+            members.withLock { m in m.removeAll { c in gone.contains { $0 === c } } }
+            for c in gone {
+                c.close()
+                retired(c)
+            }
+            list = members.withLock { $0 }
+        }
+        while true {
+            if changed.exchange(false, ordering: .acquiring) { list = members.withLock { $0 } }
+            if stopping.load(ordering: .relaxed) { drop(list) }
+            if list.isEmpty && (exitWhenEmpty || stopping.load(ordering: .relaxed)) {
+                // Under the lock: an `add` after this sees an exited server only in the pool,
+                // which is stopping (shutdown) — a per-channel server is never added to.
+                if members.withLock({ $0.isEmpty }) { break }
+                list = members.withLock { $0 }
+                continue
+            }
+            var served = false
+            var stopped: [Channel] = []
+            for c in list {
+                if c.isStopping { stopped.append(c); continue }
+                if c.answerIfPosted(core: core) { served = true }
+            }
+            drop(stopped)
+            if served { continue }
+            // The doorbells and the values they hold while nothing is posted: the spin and the
+            // sleep below watch these (plain words, no reference counting per round).
+            words.removeAll(keepingCapacity: true)
+            expected.removeAll(keepingCapacity: true)
+            var spinUntil: UInt64 = 0
+            for c in list {
+                let (word, last) = c.doorbell
+                words.append(word)
+                expected.append(last)
+                spinUntil = max(spinUntil, c.spinDeadline)
+            }
+            // Spin while a channel is within its budget of its last answer, yielding the CPU: a
+            // client sharing this CPU must get to run (without yields a same-CPU 1-token route
+            // cost ~58 µs). Every 8 rounds at first; every round while yields switch to another
+            // thread (a client on this CPU: 4.9 µs a route against 6.6 µs), until 16 spins in a
+            // row found their request without one that did (a yield then only costs a system
+            // call, ~0.2 µs of reaction time).
+            var now = mro_now_ns()
+            if now < spinUntil {
+                var rounds = 0
+                var switched = false
+                var found = false
+                spin: while now < spinUntil && !changed.load(ordering: .relaxed) {
+                    for i in words.indices where mro_load_u32(words[i]!) != expected[i] {
+                        found = true
+                        break spin
+                    }
+                    rounds += 1
+                    if yieldEveryRound || rounds & 7 == 0 {
+                        sched_yield()
+                        let after = mro_now_ns()
+                        switched = switched || after &- now >= 1500
+                        now = after
+                    } else {
+                        mro_cpu_relax()
+                        now = mro_now_ns()
+                    }
+                }
+                if switched {
+                    (yieldEveryRound, quietSpins) = (true, 0)
+                } else if found && yieldEveryRound {
+                    quietSpins += 1
+                    if quietSpins >= 16 { yieldEveryRound = false }
+                }
+                continue
+            }
+            let gone = list.filter { $0.segment.faulted || !registry.isLive($0.segment) }
+            if !gone.isEmpty {
+                drop(gone)
+                continue
+            }
+            if list.isEmpty && exitWhenEmpty { continue }
+            for c in list { c.willSleep() }
+            var posted = false
+            for i in words.indices where mro_load_u32(words[i]!) != expected[i] { posted = true }
+            let wakeValue = mro_load_u32(wakeWord)
+            words.append(wakeWord)
+            expected.append(wakeValue)
+            if !posted && !changed.load(ordering: .acquiring) && !stopping.load(ordering: .relaxed) {
+                _ = words.withUnsafeBufferPointer { w in
+                    mro_futex_waitv(w.baseAddress, expected, Int32(w.count), ChannelTable.idleCheckNs)
+                }
+            }
+            for c in list { c.woke() }
+        }
+    }
+}
+
+/// One channel: its segment (checked out for the channel's life) and its server's state for it.
+/// Only its server thread touches the mutable state; `stop` may come from any thread.
 final class Channel: @unchecked Sendable {
     let id: UInt64
     let segment: SharedSegment
     let client: ClientKey
     let peer: PeerCredentials
-    let spinNs: UInt64
+    /// The spin budget's bound (the client's `spin_us`, or the default).
+    let maxSpinNs: UInt64
+    /// The adaptive budget: doubled (up to the bound) when a request came soon after a sleep
+    /// began, halved (down to `minSpinNs`) when a sleep outlasted the bound — a host that
+    /// computes between calls longer than the bound would only burn the spin.
+    private(set) var spinNs: UInt64
+    static let minSpinNs: UInt64 = 2000
     private let stopping = Atomic<Bool>(false)
+    private let origin: ChannelOrigin
+    /// The last request answered, not the last one posted: a client may ring before its server runs.
+    private var last: UInt32
+    private var lastAnswerNs = mro_now_ns()
+    private var sleptAtNs: UInt64 = 0
+    private var frame = [UInt8](repeating: 0, count: MemoryLayout<moe_req_header>.size + MemoryLayout<moe_route_req_v2>.size)
 
     init(id: UInt64, segment: SharedSegment, client: ClientKey, peer: PeerCredentials, spinNs: UInt64) {
         self.id = id
         self.segment = segment
         self.client = client
         self.peer = peer
+        self.maxSpinNs = spinNs
         self.spinNs = spinNs
+        origin = ChannelOrigin(client: client, peer: peer)
+        last = mro_load_u32((segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: \.resp_seq)!).assumingMemoryBound(to: UInt32.self))
     }
 
     private var ctrl: UnsafeMutablePointer<moe_channel_ctrl> { segment.base.assumingMemoryBound(to: moe_channel_ctrl.self) }
@@ -138,99 +332,99 @@ final class Channel: @unchecked Sendable {
         (segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: keyPath)!).assumingMemoryBound(to: UInt32.self)
     }
 
+    var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+    /// (Wakes the server through the doorbell it sleeps on.)
     func stop() {
         stopping.store(true, ordering: .relaxed)
         _ = mro_futex_wake(word(\.req_seq), 1)
     }
 
-    /// The channel thread: wait for req_seq to move, answer, repeat — until stopped, or the
-    /// segment is no longer registered to its connection, or it shrank.
-    func serve(core: RequestCore, registry: SegmentRegistry) {
-        mro_set_thread_name("moe-channel")
+    /// When the spin after the last answer ends.
+    var spinDeadline: UInt64 { lastAnswerNs &+ spinNs }
+
+    /// The word a sleeping server waits on, and the value it waits while.
+    var doorbell: (UnsafeMutablePointer<UInt32>, UInt32) { (word(\.req_seq), last) }
+
+    func willSleep() {
+        mro_store_u32(word(\.daemon_sleeping), 1)
+        sleptAtNs = mro_now_ns()
+    }
+
+    func woke() { mro_store_u32(word(\.daemon_sleeping), 0) }
+
+    /// Closed in its page: a waiting client wakes and sees it (unless the page may be gone).
+    func close() {
+        guard !segment.faulted else { return }
+        mro_store_u32(word(\.state), UInt32(MOE_CHANNEL_CLOSED))
+        _ = mro_futex_wake(word(\.resp_seq), Int32.max)
+    }
+
+    /// Answers the posted request, if req_seq moved; returns whether it did.
+    func answerIfPosted(core: RequestCore) -> Bool {
+        let seq = mro_load_u32(word(\.req_seq))
+        guard seq != last else { return false }
+        let t0 = mro_now_ns()
+        if sleptAtNs != 0 {
+            // The request came after a sleep: a longer spin would have caught it if it came
+            // within the bound.
+            let gap = t0 &- lastAnswerNs
+            spinNs = gap <= maxSpinNs ? min(maxSpinNs, max(spinNs * 2, Self.minSpinNs)) : max(Self.minSpinNs, spinNs / 2)
+            sleptAtNs = 0
+        }
         let c = ctrl
-        let reqSeq = word(\.req_seq), respSeq = word(\.resp_seq), state = word(\.state)
-        let daemonSleeping = word(\.daemon_sleeping), clientSleeping = word(\.client_sleeping)
-        let origin = ChannelOrigin(client: client, peer: peer)
-        // The last request answered, not the last one posted: a client may ring before this thread runs.
-        var last = mro_load_u32(respSeq)
-        var lastAnswerNs = mro_now_ns()
+        mro_fence()
+        // The one read of the client's descriptor: everything below works on this copy.
+        let requestID = c.pointee.request_id
+        var request = c.pointee.request
         let headerSize = MemoryLayout<moe_req_header>.size
-        var frame = [UInt8](repeating: 0, count: headerSize + MemoryLayout<moe_route_req_v2>.size)
-        while !stopping.load(ordering: .relaxed) {
-            var seq = mro_load_u32(reqSeq)
-            if seq == last {
-                // Spin, yielding the CPU every 8 rounds: a client sharing this CPU must get to run
-                // (without the yield a same-CPU 1-token route cost ~58 µs, with it ~6 µs).
-                let spinUntil = lastAnswerNs + spinNs
-                var rounds = 0
-                while seq == last && mro_now_ns() < spinUntil && !stopping.load(ordering: .relaxed) {
-                    rounds += 1
-                    if rounds & 7 == 0 { sched_yield() } else { mro_cpu_relax() }
-                    seq = mro_load_u32(reqSeq)
-                }
-                if seq == last {
-                    guard !segment.faulted, registry.isLive(segment) else { break }
-                    mro_store_u32(daemonSleeping, 1)
-                    if mro_load_u32(reqSeq) == last && !stopping.load(ordering: .relaxed) {
-                        _ = mro_futex_wait(reqSeq, last, ChannelTable.idleCheckNs)
-                    }
-                    mro_store_u32(daemonSleeping, 0)
-                    continue
-                }
-            }
-            let t0 = mro_now_ns()
-            mro_fence()
-            // The one read of the client's descriptor: everything below works on this copy.
-            let requestID = c.pointee.request_id
-            var request = c.pointee.request
-            frame.withUnsafeMutableBytes { out in
-                var h = moe_req_header()
-                h.magic = MOE_PROTOCOL_MAGIC
-                h.version = 2
-                h.op = UInt16(MOE_OP_ROUTE.rawValue)
-                h.request_id = requestID
-                h.body_size = UInt32(MemoryLayout<moe_route_req_v2>.size)
-                withUnsafeBytes(of: h) { out.copyMemory(from: $0) }
-                withUnsafeBytes(of: request) { UnsafeMutableRawBufferPointer(rebasing: out[headerSize...]).copyMemory(from: $0) }
-            }
-            origin.receivedNs = t0
-            let reply: Reply
-            if let refusal = Self.precheck(&request, channelHandle: segment.handle) {
-                reply = Reply(op: UInt16(MOE_OP_ROUTE.rawValue), requestID: requestID, version: 2, failure: refusal,
-                              body: .route(RouteResult(tokens: request.base.tokens, layerID: request.base.layer_id, version: 2)))
-            } else {
-                switch frame.withUnsafeBytes({ core.decode(ChannelFrame(bytes: $0), from: origin) }) {
-                case .refused(let r): reply = r
-                case .request(let inbound): reply = core.answer(inbound)
-                }
-            }
-            core.record(reply, from: origin)
-            write(reply, requestID: requestID, into: c)
-            c.pointee.compute_path_ns = mro_now_ns() &- t0
-            mro_store_u32(respSeq, seq)
-            if mro_load_u32(clientSleeping) != 0 { _ = mro_futex_wake(respSeq, 1) }
-            last = seq
-            lastAnswerNs = mro_now_ns()
+        frame.withUnsafeMutableBytes { out in
+            var h = moe_req_header()
+            h.magic = MOE_PROTOCOL_MAGIC
+            h.version = 2
+            h.op = UInt16(MOE_OP_ROUTE.rawValue)
+            h.request_id = requestID
+            h.body_size = UInt32(MemoryLayout<moe_route_req_v2>.size)
+            withUnsafeBytes(of: h) { out.copyMemory(from: $0) }
+            withUnsafeBytes(of: request) { UnsafeMutableRawBufferPointer(rebasing: out[headerSize...]).copyMemory(from: $0) }
         }
-        if !segment.faulted {
-            mro_store_u32(state, UInt32(MOE_CHANNEL_CLOSED))
-            _ = mro_futex_wake(respSeq, Int32.max)
+        origin.receivedNs = t0
+        let reply: Reply
+        if let refusal = Self.precheck(&request, channelHandle: segment.handle) {
+            reply = Reply(op: UInt16(MOE_OP_ROUTE.rawValue), requestID: requestID, version: 2, failure: refusal,
+                          body: .route(RouteResult(tokens: request.base.tokens, layerID: request.base.layer_id, version: 2)))
+        } else {
+            switch frame.withUnsafeBytes({ core.decode(ChannelFrame(bytes: $0), from: origin) }) {
+            case .refused(let r): reply = r
+            case .request(let inbound): reply = core.answer(inbound)
+            }
         }
+        core.record(reply, from: origin)
+        write(reply, requestID: requestID, into: c)
+        let done = mro_now_ns()
+        c.pointee.compute_path_ns = done &- t0
+        mro_store_u32(word(\.resp_seq), seq)
+        if mro_load_u32(word(\.client_sleeping)) != 0 { _ = mro_futex_wake(word(\.resp_seq), 1) }
+        last = seq
+        lastAnswerNs = done
+        return true
     }
 
     /// Refusals the ZeroMQ path has no equivalent for: a channel request carries no frames, so
     /// an inline buffer is a client error; and no buffer may lie in the channel's own control page.
     static func precheck(_ q: inout moe_route_req_v2, channelHandle: UInt64) -> RequestFailure? {
-        let refs = [("input", q.base.input), ("weights", q.base.weights), ("ids", q.base.ids), ("token_ids", q.token_ids), ("mask", q.mask)]
-        for (name, ref) in refs {
+        // Five calls, not a loop over an array of them: this runs for every request.
+        func check(_ name: StaticString, _ ref: moe_buffer_ref) -> RequestFailure? {
             if ref.kind == MOE_BUF_INLINE.rawValue {
                 return RequestFailure(.badField, "\(name) is inline: a channel request carries every buffer in shared memory (kind 1), or none (kind 2)")
             }
             if ref.kind == MOE_BUF_SHM.rawValue && ref.handle == channelHandle && ref.offset < UInt64(MOE_CHANNEL_CTRL_BYTES) {
                 return RequestFailure(.outOfBounds, "\(name) starts at \(ref.offset), inside the channel's \(MOE_CHANNEL_CTRL_BYTES)-byte control page")
             }
+            return nil
         }
-        return nil
+        return check("input", q.base.input) ?? check("weights", q.base.weights) ?? check("ids", q.base.ids)
+            ?? check("token_ids", q.token_ids) ?? check("mask", q.mask)
     }
 
     private func write(_ reply: Reply, requestID: UInt64, into c: UnsafeMutablePointer<moe_channel_ctrl>) {

@@ -161,11 +161,14 @@ final class SharedSegment: @unchecked Sendable {
     /// A segment that faulted is dead for good.
     var faulted: Bool { mro_guard_broken(guardSlot) != 0 }
 
-    /// The object's size now (fstat): a client may truncate it at any time, also to a size
-    /// inside a mapped page, where no access would fault.
+    /// The object's size now: a client may truncate it at any time, also to a size inside a
+    /// mapped page, where no access would fault. lseek(SEEK_END) reads the size alone; fstat
+    /// fills a whole stat (owner, times, ...) and cost ~0.7 µs a request on this VM, a quarter of
+    /// a 1-token channel route's daemon time. (The descriptor's offset is never used: the
+    /// segment is read through its mapping.)
     var currentSize: Int {
-        var st = stat()
-        return fstat(fd, &st) == 0 ? Int(st.st_size) : 0
+        let end = lseek(fd, 0, SEEK_END)
+        return end >= 0 ? Int(end) : 0
     }
 
     /// Unmaps and closes. Idempotent.

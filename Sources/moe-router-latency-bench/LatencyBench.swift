@@ -15,7 +15,8 @@ import MoERouting
 /// Targets (issue 3): 1-token deepseek-v3 ROUTE p50 <= 1.15 x echo p50; 4096-token ROUTE via
 /// shm p50 <= in-process kernel p50 + 1.3 x echo p50. Issue 18: 1-token ROUTE over a channel
 /// p50 <= 5 us and p99 <= 25 us in the worst placement, back to back; with a pause between
-/// calls (--pause-us 200), p50 <= 2 x the futex ping-pong's with the same pause.
+/// calls (--pause-us 200), p50 <= 2 x the futex ping-pong's with the same pause; 64 tokens over
+/// a channel <= kernel + 5 us p50; 8 idle channels <= 1 % of a core (Batches.swift).
 @main
 struct LatencyBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "moe-router-latency-bench")
@@ -28,6 +29,9 @@ struct LatencyBench: ParsableCommand {
 
     @Option(help: "The moe-routerd binary (default: beside this one).")
     var daemon: String?
+
+    @Option(parsing: .singleValue, help: "An extra argument for the daemons this bench starts (repeat it), e.g. --daemon-arg=--channel-threads --daemon-arg=1.")
+    var daemonArg: [String] = []
 
     @Option(help: "Internal: run the echo server on this endpoint.")
     var echoServer: String?
@@ -44,6 +48,12 @@ struct LatencyBench: ParsableCommand {
     @Option(help: "Microseconds the host computes (a busy wait) before each measured call, as a model layer between two routes.")
     var pauseUs = 0
 
+    @Option(help: "Batch sizes (tokens) routed via shm against the in-process kernel, comma-separated.")
+    var batches = "64,4096"
+
+    @Option(help: "Seconds to watch the daemon's and this process's CPU time with 8 idle channels open (0: skip).")
+    var idleSeconds = 10.0
+
     mutating func validate() throws {
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
         guard blocks >= 1 else { throw ValidationError("--blocks must be at least 1") }
@@ -55,6 +65,8 @@ struct LatencyBench: ParsableCommand {
         guard Transport.parse(transport) != nil else {
             throw ValidationError("--transport takes zmq, channel or both; got '\(transport)'")
         }
+        guard batchSizes != nil else { throw ValidationError("--batches takes token counts in 1...65536, comma-separated; got '\(batches)'") }
+        guard idleSeconds >= 0, idleSeconds <= 3600 else { throw ValidationError("--idle-seconds takes 0...3600; got \(idleSeconds)") }
         guard (0...1_000_000).contains(pauseUs) else {
             throw ValidationError("--pause-us takes 0...1000000 microseconds; got \(pauseUs)")
         }
@@ -65,8 +77,6 @@ struct LatencyBench: ParsableCommand {
     mutating func run() throws {
         if let endpoint = echoServer { return try EchoServer(endpoint: endpoint, answer: .mirror).serve() }
         if let name = futexPeer { return try FutexPingPong.serve(name) }
-        let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        let daemonPath = daemon ?? here.appendingPathComponent("moe-routerd").path
         let cpus = ProcessInfo.processInfo.activeProcessorCount
         let f = { (x: Double) in String(format: "%.1f", x) }
         print("machine: \(cpus) cores; transports \(transports.map(\.rawValue).joined(separator: ", ")); host pause \(pauseUs) us before each call")
@@ -121,74 +131,8 @@ struct LatencyBench: ParsableCommand {
         }
         _ = mro_pin_thread(-1)
 
-        // 4096 tokens via shm vs the same kernel in this process (unpinned: the kernel uses
-        // every core), measured first: the held echo below holds each message for the kernel's p50.
-        let dir = NSTemporaryDirectory() + "moe-latency-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let echoEndpoint = "ipc://\(dir)/echo.sock", routerEndpoint = "ipc://\(dir)/routerd.sock"
-        let servers = try spawnServers(daemonPath: daemonPath, dir: dir, echoEndpoint: echoEndpoint, routerEndpoint: routerEndpoint)
-        defer { for p in servers { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
-        var (client, info) = try connect(routerEndpoint)
-        defer { moe_close(client) }
-        let echoClient = try Echo.Client(echoEndpoint)
-        let requestBytes = 32 + MemoryLayout<moe_route_req>.size + 512
-        let T = 4096, inBytes = T * 256 * 2, outBytes = T * 8 * 4
-        let input = (0..<(T * 256)).map { DType.bf16.narrow(Float(($0 &* 2654435761) % 1000) / 250 - 2) }
-        let layer = try BuiltLayer(Presets.spec(named: "deepseek-v3")!)
-        let backend = CPUBackend()
-        var w = [Float](repeating: 0, count: T * 8), ids = [Int32](repeating: 0, count: T * 8)
-        let big = max(50, iterations / 20)
-        let kernelSamples = measure(big * blocks) {
-            _ = try? input.withUnsafeBytes { inp in
-                try w.withUnsafeMutableBufferPointer { wp in
-                    try ids.withUnsafeMutableBufferPointer { ip in
-                        try backend.route(layer: layer, input: inp, dtype: .bf16, tokens: T, weights: wp, ids: ip)
-                    }
-                }
-            }
-        }
-        let kernelP50 = percentile(kernelSamples, 0.5)
-        var seg = moe_segment()
-        guard moe_segment_create(client, UInt64(inBytes + 2 * outBytes), &seg) == 0 else { throw BenchError("segment") }
-        input.withUnsafeBytes { seg.base.copyMemory(from: $0.baseAddress!, byteCount: inBytes) }
-        let shmRequestBytes = 32 + MemoryLayout<moe_route_req>.size
-        var shmSamples: [Transport: [Double]] = [:], heldSamples: [Double] = [], echoSamples: [Double] = []
-        for _ in 0..<blocks {
-            echoSamples += measure(big) { echoClient.roundTrip(bytes: requestBytes) }
-            heldSamples += measure(big) { echoClient.roundTrip(bytes: shmRequestBytes, holdNs: UInt64(kernelP50 * 1000)) }
-            for t in transports {
-                _ = moe_set_channel(client, t == .channel ? 1 : 0)
-                shmSamples[t, default: []] += measure(big) {
-                    _ = moe_route_shm(client, info.layer_id, MOE_DTYPE_BF16, UInt64(T), &seg, &info, 0, UInt64(inBytes),
-                                      UInt64(inBytes + outBytes), nil)
-                }
-            }
-        }
-        let lastPath = Int(moe_last_route_path(client))
-        _ = moe_segment_destroy(client, &seg)
-        let heldP50 = percentile(heldSamples, 0.5)
-        let echoP50 = percentile(echoSamples, 0.5)
-        print("[4096 tokens, unpinned] echo (\(requestBytes) B) p50 \(f(echoP50)) us, backend \(backend.name)")
-        print("in-process kernel 4096 tokens (\(backend.name), \(backend.threads) threads): p50 \(f(kernelP50)) us")
-        for t in transports {
-            let xs = shmSamples[t] ?? []
-            let served = t == .channel && lastPath != MOE_ROUTE_PATH_CHANNEL ? " (served over ZeroMQ: no channel)" : ""
-            print("route 4096 tokens via shm over \(t.rawValue): p50 \(f(percentile(xs, 0.5))) us  p99 \(f(percentile(xs, 0.99))) us  n=\(xs.count)\(served)")
-        }
-        if let xs = shmSamples[.zmq] {
-            let shmP50 = percentile(xs, 0.5)
-            let budget = kernelP50 + 1.3 * echoP50
-            print(String(format: "shm route (zmq) p50 vs kernel + 1.3 x echo = %.1f us: %@ (overhead %.1f us = %.2f x echo)",
-                         budget, shmP50 <= budget ? "PASS" : "MISS", shmP50 - kernelP50, (shmP50 - kernelP50) / echoP50))
-            // The same transport when the server is busy as long as the kernel before it answers:
-            // what waiting that long costs on this machine, with no routing code involved.
-            print(String(format: "held echo (%d B, server busy %.0f us before answering): p50 %.1f us = kernel + %.2f x echo; shm route / held echo = %.3f",
-                         shmRequestBytes, kernelP50, heldP50, (heldP50 - kernelP50) / echoP50, shmP50 / heldP50))
-        }
-        if let xs = shmSamples[.channel] {
-            print(String(format: "shm route over the channel: kernel + %.1f us p50", percentile(xs, 0.5) - kernelP50))
-        }
+        try batchRoutes()
+        if idleSeconds > 0 { try idleChannels() }
     }
 
     /// Echo, ping, 1-token ROUTE round trips (over each transport) and the futex ping-pong in
@@ -235,7 +179,7 @@ struct LatencyBench: ParsableCommand {
     /// The bare echo server and the daemon, each waited for until its socket exists.
     func spawnServers(daemonPath: String, dir: String, echoEndpoint: String, routerEndpoint: String) throws -> [Process] {
         let echo = try spawn(CommandLine.arguments[0], ["--echo-server", echoEndpoint], waitFor: dir + "/echo.sock")
-        let routerd = try spawn(daemonPath, ["--preset", "deepseek-v3", "--endpoint", routerEndpoint, "--log-level", "warning"],
+        let routerd = try spawn(daemonPath, ["--preset", "deepseek-v3", "--endpoint", routerEndpoint, "--log-level", "warning"] + daemonArg,
                                 waitFor: dir + "/routerd.sock")
         return [echo, routerd]
     }
