@@ -109,6 +109,11 @@ int moe_protocol_version(const moe_client *client);
 /* The limits the daemon reported in the connect-time HELLO (no request is sent). */
 int moe_limits(moe_client *client, moe_hello_ext *out);
 
+/* The connect-time HELLO's message: which backend serves and on what device, e.g. "backend
+ * cuda: cuda device NVIDIA H200" or "backend cpu-avx512: cpu device AMD EPYC ..." (the fixed
+ * HELLO body names only the backend). Either protocol version. "" for NULL. Valid until moe_close. */
+const char *moe_backend_device(const moe_client *client);
+
 /* One layer's version-2 description from LIST_LAYERS: moe_layer_info and moe_layer_ext (hash
  * routing, the current placement and its epoch). (Not named moe_layer_ext: that is the type.) */
 int moe_layer_v2(moe_client *client, uint32_t layer_id, moe_layer_info_v2 *out);

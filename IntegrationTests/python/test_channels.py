@@ -3,7 +3,8 @@ control page written from Python: a route through a channel equals the same rout
 (and the numpy reference), every refusal is the ROUTE refusal the request core gives, the channel
 closes with its connection or segment, idle channels cost no CPU, a killed client leaves nothing
 behind, and the spin budget adapts to the host's pace. Each test runs with a thread per channel
-(the default) and with every channel on one shared thread (--channel-threads 1). The C client's
+(--channel-threads 0) and with every channel on one shared thread (--channel-threads 1; the
+default is a pool of one thread per core). The C client's
 automatic channel is tested in test_channels_c.py."""
 import os
 import signal
@@ -345,8 +346,10 @@ def test_the_spin_budget_shrinks_for_a_slow_host_and_grows_back(daemon):
     for i in range(12):
         time_to_sleep(c, body, i + 1)
         time.sleep(0.01)
-    late = sorted(time_to_sleep(c, body, 100 + i) for i in range(5))
-    assert late[2] < 1.5e-3, f"median time to sleep {late[2] * 1e6:.0f} us after slow calls (spin not shrunk)"
+    # The least of 5: a busy machine can only delay this process's look at the flag, while a
+    # server still spinning 2 ms cannot set it sooner than 2 ms after its answer.
+    late = min(time_to_sleep(c, body, 100 + i) for i in range(5))
+    assert late < 1.5e-3, f"time to sleep {late * 1e6:.0f} us after slow calls, at least (spin not shrunk)"
     # A host calling back within the bound: the spin doubles back to 2 ms, and a server cannot
     # fall asleep before its spin ends.
     grown = False

@@ -111,15 +111,18 @@ def answer(p):
 
 
 def test_client_killed_mid_stream_leaves_the_daemon_clean(start_daemon, stream):
-    d = start_daemon("--preset", DS)
+    # A pool of 2 channel threads (the default on 2 cores, named so on any machine): two clients
+    # at once warm up what channels start in the daemon (both pool threads, the shm paths) and
+    # leave in order; then the baseline. (A pool thread stays when its channels close.)
+    d = start_daemon("--preset", DS, "--channel-threads", "2")
     ctx = zmq.Context()
     watcher = dealer(ctx, d.endpoint)
-    # Warm up what a channel starts in the daemon (its thread, the shm paths) with a client that
-    # leaves in order, then take the baseline.
-    p = driven(stream, d.endpoint, 5000)
-    assert answer_ok(ask(p))
-    ask(p, "quit", send_only=True)
-    assert p.wait(30) == 0
+    warm = [driven(stream, d.endpoint, 5000) for _ in range(2)]
+    for p in warm:
+        assert answer_ok(ask(p))
+    for p in warm:
+        ask(p, "quit", send_only=True)
+        assert p.wait(30) == 0
     assert wait_until(lambda: w.stats(watcher)["registrations"] == 0 and not d.shm_maps(), timeout=5)
     time.sleep(0.3)
     base = dict(fds=d.stable_fd_count(), threads=threads(d), **mapping_counts(d))

@@ -1,4 +1,5 @@
-"""--backend cpu|rocm|auto through BackendChoice; HELLO and STATS report the chosen backend."""
+"""--backend cpu|rocm|cuda|auto through BackendChoice; HELLO and STATS report the chosen backend
+(in their bodies) and its device (in their messages), and so do both clients and moe-routerctl."""
 import os
 import subprocess
 
@@ -7,7 +8,7 @@ import zmq
 
 import daemon_helpers as h
 import moe_wire as w
-from conftest import ROOT
+from conftest import ROOT, find_binary
 from test_service_metrics import get, metrics_port, sample
 
 
@@ -21,6 +22,14 @@ def hello_backend(sock):
     return w.stats(sock)["backend"]
 
 
+def backend_device(sock):
+    """HELLO's and STATS's messages (the same text)."""
+    hello = w.call(sock, [w.frame0(w.OP["HELLO"], w.hello_body())])
+    stats = w.call(sock, [w.frame0(w.OP["STATS"])])
+    assert hello.status == 0 and stats.status == 0 and hello.message == stats.message
+    return hello.message
+
+
 @pytest.mark.parametrize("backend", ["cpu", "cpu-generic", "auto"])
 def test_backend_reported(start_daemon, backend):
     d = start_daemon("--preset", "mixtral-8x7b", "--backend", backend)
@@ -32,6 +41,11 @@ def test_backend_reported(start_daemon, backend):
         assert "(auto): ROCm unavailable" in d.read_log()
     elif backend != "auto":
         assert name.startswith(backend)
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
+    device = backend_device(s)
+    assert device.startswith(f"backend {name}: cpu device "), device
+    if cpu_model:
+        assert device.endswith(cpu_model), (device, cpu_model)
     layers, _ = w.layers(s)
     assert h.inline_route(s, layers["mixtral-8x7b"], 3).status == 0
     s.close(0)
@@ -91,7 +105,15 @@ def test_cuda_slot_serves_and_names_backend_and_device(start_daemon, monkeypatch
     ctx = zmq.Context()
     s = h.dealer(ctx, d.endpoint)
     assert hello_backend(s) == "rocm-host-emulation"
+    assert backend_device(s) == "backend rocm-host-emulation: host-emulation device host-emulation"
     assert "requested with --backend cuda; device 0 of 1 (host-emulation)" in d.read_log()
+    # the C client keeps it from its connect-time HELLO; moe-routerctl status and the Python client show it
+    ctl = subprocess.run([str(find_binary("moe-routerctl", "MOE_ROUTERCTL")), "status", "--endpoint", d.endpoint],
+                         capture_output=True, text=True, timeout=60)
+    assert ctl.returncode == 0 and "backend rocm-host-emulation: host-emulation device host-emulation" in ctl.stdout, ctl
+    from moe_router import Client
+    with Client(d.endpoint) as c:
+        assert c.server.backend_device == "backend rocm-host-emulation: host-emulation device host-emulation"
     layers, _ = w.layers(s)
     assert h.inline_route(s, layers["mixtral-8x7b"], 3).status == 0
     _, text = get(metrics_port(d), "/metrics")

@@ -81,7 +81,8 @@ extension LatencyBench {
             }
             if let xs = routeSamples[.channel], served[.channel] == true {
                 let over = percentile(xs, 0.5) - kernelP50
-                let verdict = T == 64 ? (over <= 5 ? " (target <= 5 us) PASS" : " (target <= 5 us) MISS") : ""
+                // issue 18's target is for back-to-back calls (a pause adds the futex wake-up)
+                let verdict = T == 64 && pauseUs == 0 ? (over <= 5 ? " (target <= 5 us) PASS" : " (target <= 5 us) MISS") : ""
                 print(String(format: "%d tokens, shm route over the channel: kernel + %.1f us p50%@", T, over, verdict))
             }
         }

@@ -111,6 +111,7 @@ struct Status: ParsableCommand {
         print("""
             \(text(h.daemon_version)), protocol \(h.protocol_version) (min \(h.min_protocol_version))
             backend \(text(h.backend)), \(h.workers) workers, queue depth \(h.queue_depth)
+            \(String(cString: moe_backend_device(c)))
             layers \(h.layer_count); limits: \(h.max_tokens) tokens, \(h.max_message_bytes) bytes per message, \(h.max_registrations) segments per client, deadline \(h.default_deadline_ms) ms
             shared memory on this connection: \(h.shm_allowed != 0 ? "yes" : "no"); ping \(String(format: "%.0f", rtt)) µs
             """)

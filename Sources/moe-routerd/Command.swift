@@ -76,7 +76,7 @@ struct RouterDaemon: ParsableCommand {
     @Option(help: "Queued large requests before BUSY.")
     var queueDepth: Int?
 
-    @Option(help: "Threads serving shared-memory channels: 0 (default) gives each channel its own; n shares n threads among all.")
+    @Option(help: "Threads serving shared-memory channels: a pool of n shared by all (default: online cores); 0 gives each channel its own.")
     var channelThreads: Int?
 
     @Option(help: "ROUTEs up to this many tokens run on the I/O thread.")

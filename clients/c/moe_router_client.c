@@ -62,6 +62,7 @@ struct moe_client {
     uint16_t version; /* negotiated by HELLO; 1 until then */
     moe_hello_resp hello;
     moe_hello_ext limits; /* version 2: the connect-time HELLO's extension */
+    char backend_device[MOE_MAX_MESSAGE_TEXT + 1]; /* the connect-time HELLO's message */
     channel ch;
     int channel_wanted;       /* MOE_ROUTER_CHANNEL=0 / moe_set_channel */
     int channel_yielded;      /* the channel gave its registration to the host's (moe_register_shm) */
@@ -432,6 +433,7 @@ int moe_hello(moe_client *c, moe_hello_resp *out) {
         if (st == MOE_OK) {
             c->version = h.protocol_version;
             c->hello = h;
+            snprintf(c->backend_device, sizeof c->backend_device, "%.*s", (int)MOE_MAX_MESSAGE_TEXT, c->error);
             memset(&c->limits, 0, sizeof c->limits);
             if (h.protocol_version >= 2) memcpy(&c->limits, r.body + sizeof h, sizeof c->limits);
             if (out) *out = h;
@@ -442,6 +444,8 @@ int moe_hello(moe_client *c, moe_hello_resp *out) {
 }
 
 int moe_protocol_version(const moe_client *c) { return c ? (int)c->version : 0; }
+
+const char *moe_backend_device(const moe_client *c) { return c ? c->backend_device : ""; }
 
 int moe_limits(moe_client *c, moe_hello_ext *out) {
     if (!c || !out) return MOE_ERR_CLIENT_ARG;

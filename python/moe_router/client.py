@@ -224,6 +224,7 @@ class Client:
         d["backend"] = w.cstr(d["backend"])
         d["shm_allowed"] = bool(d["shm_allowed"])
         d.pop("reserved")
+        d["backend_device"] = reply.message
         return ServerInfo(**d)
 
     def _need_v2(self, what):

@@ -118,6 +118,8 @@ class ServerInfo:
     shm_allowed: bool
     max_experts: int
     max_top_k: int
+    #: HELLO's message: the backend and its device, e.g. "backend cuda: cuda device NVIDIA H200"
+    backend_device: str = ""
 
 
 @dataclass(frozen=True)

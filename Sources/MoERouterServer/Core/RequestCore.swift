@@ -48,11 +48,15 @@ final class RequestCore: Sendable {
         let c = state.config
         self.state = state
         decoder = RequestDecoder(defaultDeadlineMs: c.defaultDeadlineMs, maxMessageBytes: c.maxMessageBytes, maxTokens: c.maxTokens)
-        hello = HelloHandler(config: c, layers: state.layers, backendName: state.backend.name)
+        let b = state.backend
+        // The device travels in HELLO's and STATS's message text: the fixed bodies have no room
+        // for it, and a longer body would break version-2 clients that check its size.
+        let device = "backend \(b.name): \(b.runtime) device \(b.deviceName)"
+        hello = HelloHandler(config: c, layers: state.layers, backendName: b.name, backendDevice: device)
         listLayers = ListLayersHandler(layers: state.layers)
         registration = RegistrationHandler(registry: state.registry)
         router = RouteHandler(layers: state.layers, backend: state.backend, registry: state.registry, replies: state.replyBudget)
-        statistics = StatsHandler(stats: state.stats, registry: state.registry, backendName: state.backend.name)
+        statistics = StatsHandler(stats: state.stats, registry: state.registry, backendName: b.name, backendDevice: device)
         placement = PlacementHandler(layers: state.layers, stats: state.stats, control: ControlAccess(config: c), logger: logger)
     }
 

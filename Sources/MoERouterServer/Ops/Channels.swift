@@ -7,8 +7,8 @@ import Synchronization
 
 /// Shared-memory request channels (issue 18; Include/moe_router_wire.h, "Channels"): a ROUTE
 /// placed in a segment the client registered, announced by a futex doorbell instead of a
-/// ZeroMQ message. Channels are served by `ChannelServer` threads: by default one per channel
-/// (`threads` 0), or a pool of `threads` that share them. A server spins briefly after each
+/// ZeroMQ message. Channels are served by `ChannelServer` threads: a pool of `threads` that
+/// share them (the daemon's default: one per core), or one per channel (`threads` 0). A server spins briefly after each
 /// answer (an adaptive, bounded budget per channel) and then sleeps in one futex_waitv over its
 /// channels' doorbells, so an idle channel costs nothing and a host that calls back at once
 /// finds its server awake. Every request goes through the same request core as ZeroMQ (decode,
@@ -95,14 +95,19 @@ final class ChannelTable: Sendable {
         }
     }
 
-    /// Hands a new channel to a server: its own (a new thread), or the pool's least busy one
-    /// (a new thread while the pool is smaller than `threads`).
+    /// Hands a new channel to a server: its own (a new thread), or the pool's: an idle one, else
+    /// a new one while the pool is smaller than `threads`, else the least busy. (Pool threads
+    /// stay, asleep, when their channels close.)
     private func assign(_ channel: Channel, core: RequestCore) {
         if threads == 0 {
             start(ChannelServer(channels: [channel], exitWhenEmpty: true), core: core)
             return
         }
         let (server, isNew) = pool.withLock { servers -> (ChannelServer, Bool) in
+            if let idle = servers.first(where: { $0.load == 0 }) {
+                idle.add(channel)
+                return (idle, false)
+            }
             if servers.count < threads {
                 let s = ChannelServer(channels: [channel], exitWhenEmpty: false)
                 servers.append(s)

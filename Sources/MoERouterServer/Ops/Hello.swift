@@ -9,6 +9,8 @@ struct HelloHandler: Sendable {
     let config: ServerConfig
     let layers: LayerSlot
     let backendName: String
+    /// "backend NAME: RUNTIME device DEVICE", the answer's message.
+    let backendDevice: String
 
     func answer(_ q: HelloRequest, _ r: InboundRequest) -> Reply {
         let negotiated = min(q.versions.upperBound, WireVersion.newest)
@@ -30,7 +32,7 @@ struct HelloHandler: Sendable {
         h.shm_allowed = r.origin.transport == .ipc && r.origin.peer != nil ? 1 : 0
         h.max_experts = UInt32(RoutingLimits.maxExperts)
         h.max_top_k = UInt32(RoutingLimits.maxTopK)
-        guard negotiated >= 2 else { return Reply(answering: r, message: "hello", body: .hello(h, ext: nil)) }
+        guard negotiated >= 2 else { return Reply(answering: r, message: backendDevice, body: .hello(h, ext: nil)) }
         var e = moe_hello_ext()
         e.max_segment_bytes = config.maxSegmentBytes
         e.max_mapped_bytes_per_uid = config.maxMappedBytesPerUID
@@ -43,7 +45,7 @@ struct HelloHandler: Sendable {
         e.max_queued_reply_bytes_total = UInt64(config.maxQueuedReplyBytesTotal)
         e.max_physical_experts = UInt32(ExpertPlacement.maxPhysical)
         e.control_allowed = ControlAccess(config: config).allows(r.origin) ? 1 : 0
-        return Reply(answering: r, message: "hello", body: .hello(h, ext: e))
+        return Reply(answering: r, message: backendDevice, body: .hello(h, ext: e))
     }
 }
 

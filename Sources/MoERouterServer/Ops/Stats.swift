@@ -6,6 +6,8 @@ struct StatsHandler: Sendable {
     let stats: ServerStats
     let registry: SegmentRegistry
     let backendName: String
+    /// "backend NAME: RUNTIME device DEVICE", the answer's message.
+    let backendDevice: String
 
     func answer(_ r: InboundRequest) -> Reply {
         let snap = registry.snapshot
@@ -27,7 +29,7 @@ struct StatsHandler: Sendable {
         s.clients_released = snap.releasedClients
         s.compute_ns = stats.computeNs.load(ordering: .relaxed)
         WireBytes.setFixed(&s.backend, backendName)
-        guard r.version >= 2 else { return Reply(answering: r, message: "stats", body: .stats(s, ext: nil)) }
+        guard r.version >= 2 else { return Reply(answering: r, message: backendDevice, body: .stats(s, ext: nil)) }
         var e = moe_stats_ext()
         if let uid = r.origin.peer?.uid {
             let used = registry.usage(uid: uid)
@@ -39,6 +41,6 @@ struct StatsHandler: Sendable {
         e.masked_tokens = stats.maskedTokens.load(ordering: .relaxed)
         e.hash_routes = stats.hashRoutes.load(ordering: .relaxed)
         e.placement_sets = stats.placementSets.load(ordering: .relaxed)
-        return Reply(answering: r, message: "stats", body: .stats(s, ext: e))
+        return Reply(answering: r, message: backendDevice, body: .stats(s, ext: e))
     }
 }
