@@ -107,6 +107,7 @@ struct mrh_stream {
     Buffer stage_in, stage_out;    /* pinned host, mapped: [logits | fallback bias | mask | token ids],
                                       [count | weights | ids] */
     Buffer dev_in, dev_out;        /* device: the same layouts, for requests that copy */
+    Buffer dev_count;              /* device: the non-finite count of in-place launches (AMD) */
     int64_t copy_above = INT64_MAX; /* inline requests of more tokens copy; the rest are read and
                                        written in place in the staging buffers */
 };
@@ -211,6 +212,7 @@ void mrh_stream_destroy(mrh_stream *s) {
     s->stage_out.release();
     s->dev_in.release();
     s->dev_out.release();
+    s->dev_count.release();
     (void)hipStreamDestroy(s->stream);
     delete s;
 }
@@ -305,6 +307,45 @@ hipError_t check_request(const mrh_layer *L, mrh_stream *s, int32_t dtype, int64
     return hipSuccess;
 }
 
+/* The non-finite count of a launch that reads and writes host memory in place. The kernels add
+ * to it with device atomics; on AMD GPUs an atomic on mapped host memory needs PCIe atomics, which
+ * not every platform has (without them the adds can be lost), so there the count lives in device
+ * memory, zeroed before the launch and copied into the mapped host word after it, in stream order.
+ * NVIDIA documents device atomics on mapped host memory as atomic with respect to the device: a
+ * CUDA build adds straight into the host word and spends no stream operation on it. (The host
+ * emulation takes the AMD path, so CI runs it.) */
+#if defined(__CUDACC__)
+constexpr bool count_in_host_memory = true;
+#else
+constexpr bool count_in_host_memory = false;
+#endif
+
+/* Zeroes the count for a launch and returns the device address the kernels add to; `host` is
+ * the mapped word the count is read from after the stream synchronizes, `host_dev` its device
+ * address. */
+hipError_t count_before(mrh_stream *s, unsigned long long *host, unsigned long long *host_dev,
+                        unsigned long long **counter) {
+    *host = 0;
+    if (count_in_host_memory) {
+        *counter = host_dev;
+        return hipSuccess;
+    }
+    hipError_t e = s->dev_count.reserve(sizeof(unsigned long long));
+    if (e == hipSuccess) e = hipMemsetAsync(s->dev_count.ptr, 0, sizeof(unsigned long long), s->stream);
+    *counter = (unsigned long long *)s->dev_count.ptr;
+    return e;
+}
+
+/* After the launch: the device count into the mapped host word (before the synchronization). */
+hipError_t count_after(mrh_stream *s, unsigned long long *host) {
+    if (count_in_host_memory) return hipSuccess;
+    hipError_t e = hipMemcpyAsync(host, s->dev_count.ptr, sizeof(unsigned long long), hipMemcpyDeviceToHost, s->stream);
+#if defined(MRH_HOST_EMULATION)
+    mrh_emulated_copies--; /* mrh_emulation_copies counts copies of request data, not of this word */
+#endif
+    return e;
+}
+
 /* One launch on `s` with the device addresses of `d`; the caller has zeroed *d.count. */
 hipError_t launch(const mrh_layer *L, mrh_stream *s, const Placement &d, int32_t dtype, int64_t tokens,
                   int32_t token_id_bytes) {
@@ -368,15 +409,17 @@ int32_t mrh_route_ex(const mrh_layer *L, mrh_stream *s, const float *fallback_bi
         e = hipMemcpyAsync(dev_in, stage_in, in_total, hipMemcpyHostToDevice, s->stream);
         if (e == hipSuccess) e = hipMemsetAsync(dev_out, 0, sizeof(unsigned long long), s->stream);
         if (e != hipSuccess) return e;
-    } else {
-        std::memset(stage_out, 0, sizeof(unsigned long long));
     }
+    unsigned long long *counter = (unsigned long long *)dev_out; /* device memory when copying */
+    if (!copy) e = count_before(s, (unsigned long long *)stage_out, (unsigned long long *)dev_out, &counter);
+    if (e != hipSuccess) return e;
     const Placement d = {dev_in, fallback_bias ? (const float *)(dev_in + bias_off) : L->bias,
                          mask ? (const uint8_t *)(dev_in + mask_off) : nullptr,
                          hash ? dev_in + ids_in_off : nullptr, (float *)(dev_out + w_off),
-                         (int32_t *)(dev_out + ids_off), (unsigned long long *)dev_out};
+                         (int32_t *)(dev_out + ids_off), counter};
     e = launch(L, s, d, dtype, tokens, token_id_bytes);
     if (e == hipSuccess && copy) e = hipMemcpyAsync(stage_out, dev_out, out_total, hipMemcpyDeviceToHost, s->stream);
+    if (e == hipSuccess && !copy) e = count_after(s, (unsigned long long *)stage_out);
     if (e == hipSuccess) e = hipStreamSynchronize(s->stream);
     if (e != hipSuccess) return e;
 
@@ -418,10 +461,10 @@ int32_t mrh_route_mapped(const mrh_layer *L, mrh_stream *s, const float *fallbac
     if (e == hipSuccess) e = s->stage_out.reserve(sizeof(unsigned long long));
     if (e != hipSuccess) return e;
     if (fallback_bias) std::memcpy(s->stage_in.ptr, fallback_bias, bias_bytes);
-    std::memset(s->stage_out.ptr, 0, sizeof(unsigned long long));
     d.bias = fallback_bias ? (const float *)s->stage_in.dev : L->bias;
-    d.count = (unsigned long long *)s->stage_out.dev;
-    e = launch(L, s, d, dtype, tokens, token_id_bytes);
+    e = count_before(s, (unsigned long long *)s->stage_out.ptr, (unsigned long long *)s->stage_out.dev, &d.count);
+    if (e == hipSuccess) e = launch(L, s, d, dtype, tokens, token_id_bytes);
+    if (e == hipSuccess) e = count_after(s, (unsigned long long *)s->stage_out.ptr);
     if (e == hipSuccess) e = hipStreamSynchronize(s->stream);
     if (e != hipSuccess) return e;
     unsigned long long count;

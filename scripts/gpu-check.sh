@@ -47,7 +47,7 @@ fail() { echo "gpu-check: FAILED: $*"; }
 
 # Sizes: the full set on a GPU; small ones in emulation (a CPU emulates ~10^4-10^5 tokens/s).
 MAIN_LAYERS=deepseek-v3,kimi-k2
-V4_LAYERS=deepseek-v4,deepseek-v4-hash # the hash layer: round trips only (no thread-per-token kernel)
+V4_LAYERS=deepseek-v4,deepseek-v4-hash # the hash layer: its kernel alone (it has no thread-per-token twin)
 OTHER_LAYERS=glm-4.5,glm-4.5-air,minimax-m2,deepseek-v2,deepseek-v2-lite,qwen3-moe,mixtral-8x7b,gpt-oss-120b,llama-4-maverick
 export NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)} # as build-cuda.sh finds it
 if [ "${GPU_CHECK_EMULATE:-0}" != 1 ] && command -v "$NVCC" >/dev/null; then
@@ -119,7 +119,7 @@ grep -v 'bit-identical$' "$OUT/mapped.txt" | head -40
 step "kernels alone: team vs thread-per-token, device-resident, $REPS back-to-back launches"
 {
     timeout 60 "$TIMING" --layers "$MAIN_LAYERS" --tokens "$MAIN_TOKENS" --reps "$REPS" || fail "kernel timing, $MAIN_LAYERS"
-    timeout 30 "$TIMING" --layers deepseek-v4 --tokens "$MAIN_TOKENS" --reps "$REPS" || fail "kernel timing, deepseek-v4"
+    timeout 30 "$TIMING" --layers "$V4_LAYERS" --tokens "$MAIN_TOKENS" --reps "$REPS" || fail "kernel timing, $V4_LAYERS"
     timeout 30 "$TIMING" --layers "$OTHER_LAYERS" --tokens "$OTHER_TOKENS" --reps "$REPS" || fail "kernel timing, other layers"
 } | tee "$OUT/kernel.tsv"
 
@@ -140,6 +140,8 @@ if python3 -c 'import torch' 2>/dev/null; then
     {
         timeout 60 python3 rocm/check/torch_baseline.py --layers-tsv "$OUT/layers.tsv" --device "$DEVICE" \
             --layers "$MAIN_LAYERS" --tokens "$MAIN_TOKENS" || fail "PyTorch baseline, $MAIN_LAYERS"
+        timeout 40 python3 rocm/check/torch_baseline.py --layers-tsv "$OUT/layers.tsv" --device "$DEVICE" \
+            --layers "$V4_LAYERS" --tokens "$MAIN_TOKENS" || fail "PyTorch baseline, $V4_LAYERS"
         timeout 30 python3 rocm/check/torch_baseline.py --layers-tsv "$OUT/layers.tsv" --device "$DEVICE" \
             --layers "$OTHER_LAYERS" --tokens "$OTHER_TOKENS" || fail "PyTorch baseline, other layers"
     } | tee "$OUT/torch.tsv"

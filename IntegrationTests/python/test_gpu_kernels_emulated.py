@@ -3,6 +3,7 @@ CPU reference, through rocm/check/gpu_check.cpp: the same checker scripts/gpu-ch
 a real GPU. No GPU or nvcc here: the emulation runs each warp's lanes as fibers that meet at
 every shuffle (rocm/host_emulation.cpp), so lane-order mistakes show as they would on a device.
 """
+import importlib.util
 import os
 import re
 import subprocess
@@ -167,5 +168,12 @@ def test_gpu_check_dry_run_on_the_emulation(tmp_path):
     assert re.search(r"^gpu_check: \d+ cases bit-identical, 0 mismatching", report, re.M), report
     rows = [l.split() for l in report.splitlines() if l.startswith(("deepseek-v3 ", "kimi-k2 "))]
     assert len(rows) == 4 and all(row[2] == "team16" and row[-1] == "same" for row in rows), report
+    # every preset has its kernel timed, the hash layer's alone (it has no thread-per-token twin)
+    hash_rows = [l.split() for l in report.splitlines() if l.startswith("deepseek-v4-hash ")]
+    assert len(hash_rows) == 2 and all(row[2] == "hash-team16" and float(row[3]) > 0 for row in hash_rows), report
+    if importlib.util.find_spec("torch"):
+        # the PyTorch baseline covers every row, DeepSeek-V4's hash gate included
+        table = [l.split() for l in report.splitlines() if re.match(r"^[a-z][\w.-]+ +\d+ ", l)]
+        assert table and all(re.fullmatch(r"[\d.]+", row[10]) for row in table), report
     log = (tmp_path / "gpu-check.log").read_text()
     assert "DRY RUN" in log and "bit-exactness PASSED" in log

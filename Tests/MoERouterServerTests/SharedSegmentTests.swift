@@ -1,7 +1,29 @@
 import CMoERouterdOS
 import Glibc
+import MoERouting
+import Synchronization
 import Testing
 @testable import MoERouterServer
+
+/// A device backend as the registry sees one: it accepts every mapping and records which it holds.
+private final class RecordingBackend: RoutingBackend {
+    /// Bytes held, by address.
+    let held = Mutex<[Int: Int]>([:])
+    var name: String { "recording" }
+    func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
+        RouteOutcome(nonFiniteInputs: 0, usedFallbackCast: false)
+    }
+    func hostMemoryMapped(_ base: UnsafeMutableRawPointer, bytes: Int) -> Bool {
+        held.withLock { $0[Int(bitPattern: base)] = bytes }
+        return true
+    }
+    func hostMemoryReleased(_ base: UnsafeMutableRawPointer) {
+        held.withLock { h in
+            precondition(h.removeValue(forKey: Int(bitPattern: base)) != nil, "released a mapping the backend does not hold")
+        }
+    }
+    var count: Int { held.withLock { $0.count } }
+}
 
 /// The SIGBUS guard and the registry's reference counting, on real POSIX shm objects.
 @Suite(.serialized) struct SharedSegmentTests {
@@ -48,6 +70,26 @@ import Testing
         registry.checkin(inUse)
         #expect(inUse.released)
         #expect(throws: RequestFailure.self) { try registry.checkout(client: Self.me, handle: seg.handle) }
+    }
+
+    /// What shutdown does after its channels and workers are gone (RouterServer.run):
+    /// `releaseAll` hands every device registration back before it unmaps.
+    @Test func shutdownUnregistersEveryMappingFromTheDevice() throws {
+        let backend = RecordingBackend()
+        let registry = SegmentRegistry(limits: .init(maxPerClient: 4, maxSegmentBytes: 1 << 30), backend: backend)
+        let other = ClientKey(transport: .ipc, routingID: [7])
+        let objects = [makeObject(4096), makeObject(3 * 4096)]
+        defer { for (name, fd) in objects { shm_unlink(name); close(fd) } }
+        let a = try registry.register(client: Self.me, peer: Self.peer, connectionFD: 5, name: objects[0].0, size: 4096)
+        let b = try registry.register(client: other, peer: Self.peer, connectionFD: 6, name: objects[1].0, size: 3 * 4096)
+        #expect(backend.held.withLock { $0 } == [Int(bitPattern: a.base): 4096, Int(bitPattern: b.base): 3 * 4096])
+        // one released the ordinary way first: the backend lets go of it once, not twice
+        #expect(try registry.unregister(client: other, handle: b.handle) == false, "released now, not deferred")
+        #expect(b.released && backend.count == 1)
+        registry.releaseAll()
+        #expect(backend.count == 0)
+        #expect(a.released && b.released)
+        #expect(registry.snapshot.registrations == 0)
     }
 
     @Test func registrationsArePerClientAndChecked() throws {

@@ -2,7 +2,8 @@
  * kernel_timing — the routing kernels alone, on device-resident data: the team kernel against
  * the thread-per-token kernel (rocm/route_kernels.h), in one run.
  *
- *   kernel_timing --list
+ *   kernel_timing --list   (name, method, E, k, G, Gk, scoring, renormalize, rsf, biased, kernel, vocab;
+ *                           vocab > 0: hash-routed)
  *       One line per layer of layers.h: name, method, E, k, G, Gk, scoring, renormalize, rsf,
  *       biased (0/1) and the kernel mrh_route launches for it (tab-separated; for
  *       rocm/check/torch_baseline.py and the report).
@@ -39,9 +40,9 @@ mrh::LayerParams params_of(const check::Layer &l) {
 
 void list_layers() {
     for (const check::Layer &l : check::all_layers())
-        std::printf("%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%g\t%d\t%s\n", l.name, check::method_name(l.method), l.num_experts,
-                    l.top_k, l.num_groups, l.topk_group, check::scoring_name(l.scoring), l.renormalize, l.rsf,
-                    l.bias_scale != 0, mrh::kernel_name(mrh::kernel_for(params_of(l), l.vocab != 0)));
+        std::printf("%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%g\t%d\t%s\t%lld\n", l.name, check::method_name(l.method),
+                    l.num_experts, l.top_k, l.num_groups, l.topk_group, check::scoring_name(l.scoring), l.renormalize, l.rsf,
+                    l.bias_scale != 0, mrh::kernel_name(mrh::kernel_for(params_of(l), l.vocab != 0)), (long long)l.vocab);
 }
 
 template <class T> T *device_copy(const std::vector<T> &v) {
@@ -91,10 +92,6 @@ double time_kernel(mrh::Kernel kernel, const mrh::LayerParams &p, const mrh::Rou
 }
 
 void time_layer(const check::Layer &l, const std::vector<int64_t> &token_counts, int reps) {
-    if (l.vocab) { /* the hash kernel has no thread-per-token counterpart */
-        std::fprintf(stderr, "kernel_timing: %s is hash-routed: not timed here (gpu_check time times it)\n", l.name);
-        return;
-    }
     int64_t most = 0;
     for (int64_t t : token_counts) most = t > most ? t : most;
     const mrh::LayerParams p = params_of(l);
@@ -105,8 +102,27 @@ void time_layer(const check::Layer &l, const std::vector<int64_t> &token_counts,
     hipEvent_t start, stop;
     require(hipEventCreate(&start), "hipEventCreate");
     require(hipEventCreate(&stop), "hipEventCreate");
+    if (l.vocab) { /* the hash kernel alone: it has no thread-per-token counterpart */
+        const std::vector<int32_t> table = check::synthetic_table(l);
+        std::vector<int32_t> token_ids((size_t)most);
+        for (int64_t t = 0; t < most; t++) token_ids[(size_t)t] = (int32_t)(check::splitmix64_at((uint64_t)t) % (uint64_t)l.vocab);
+        int32_t *d_table = device_copy(table), *d_token_ids = device_copy(token_ids);
+        for (int64_t tokens : token_counts) {
+            mrh::RouteArgs a = {d_bias, d_logits, MRK_DTYPE_FP32, tokens, team.w, team.ids, team.nonfinite};
+            a.tid2eid = d_table;
+            a.vocab = l.vocab;
+            a.token_ids = d_token_ids;
+            const double us = time_kernel(mrh::Kernel::hash_team, p, a, reps, start, stop);
+            std::printf("kernel\t%s\t%lld\t%.2f\t-\t%s\t-\n", l.name, (long long)tokens, us,
+                        mrh::kernel_name(mrh::Kernel::hash_team));
+            std::fflush(stdout);
+        }
+        (void)hipFree(d_table);
+        (void)hipFree(d_token_ids);
+    }
     const mrh::Kernel chosen = mrh::kernel_for(p);
     for (int64_t tokens : token_counts) {
+        if (l.vocab) break;
         const mrh::RouteArgs a_team = {d_bias, d_logits, MRK_DTYPE_FP32, tokens, team.w, team.ids, team.nonfinite};
         const mrh::RouteArgs a_thread = {d_bias, d_logits, MRK_DTYPE_FP32, tokens, thread.w, thread.ids, thread.nonfinite};
         const double us_chosen = time_kernel(chosen, p, a_team, reps, start, stop);

@@ -4,7 +4,10 @@ routing kernels.
 Each method is written the way vLLM writes it in eager mode; the biased grouped method
 (deepseek-v3, kimi-k2, ...) is vLLM's `grouped_topk` with `e_score_correction_bias`: sigmoid,
 + bias, group score = sum of the top 2, top groups, mask, top-k, gather the unbiased scores,
-renormalise, x rsf. The layer shapes come from `kernel_timing --list` (rocm/check/layers.h), so
+renormalise, x rsf. A hash-routed layer (deepseek-v4-hash: `vocab` > 0) is DeepSeek-V4's hash
+gate: ids = tid2eid[token id], weights = the scores gathered at them, renormalised, x rsf (the
+table is the same synthetic one the kernels use; its values do not change the work done). The
+layer shapes come from `kernel_timing --list` (rocm/check/layers.h), so
 they are the ones the kernels are timed on.
 
 Prints, per layer and token count, "torch<TAB>layer<TAB>tokens<TAB>kernel_us<TAB>round_trip_us":
@@ -26,13 +29,18 @@ class Layer:
         self.name, self.method = f[0], f[1]
         self.E, self.k, self.G, self.Gk = (int(v) for v in f[2:6])
         self.scoring, self.renormalize, self.rsf, self.biased = f[6], f[7] == "1", float(f[8]), f[9] == "1"
+        self.vocab = int(f[11]) if len(f) > 11 else 0
+
+
+def score(x, layer):
+    return {"softmax": lambda: torch.softmax(x, dim=-1), "sigmoid": x.sigmoid,
+            "sqrtsoftplus": lambda: torch.nn.functional.softplus(x, threshold=20).sqrt(),
+            "none": lambda: x}[layer.scoring]()
 
 
 def grouped_topk(x, layer, bias):
     """vLLM's grouped_topk (eager), biased ("noaux_tc") or not."""
-    scores = {"softmax": lambda: torch.softmax(x, dim=-1), "sigmoid": x.sigmoid,
-              "sqrtsoftplus": lambda: torch.nn.functional.softplus(x, threshold=20).sqrt(),
-              "none": lambda: x}[layer.scoring]()
+    scores = score(x, layer)
     tokens = x.shape[0]
     if bias is not None:
         original = scores
@@ -50,6 +58,15 @@ def grouped_topk(x, layer, bias):
         weights = original.gather(1, ids)
     else:
         weights, ids = torch.topk(masked, k=layer.k, dim=-1, sorted=False)
+    if layer.renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights * layer.rsf, ids.to(torch.int32)
+
+
+def hash_gate(x, layer, table, token_ids):
+    """DeepSeek-V4's hash gate as its reference writes it: a table lookup, then the scores there."""
+    ids = table[token_ids]
+    weights = score(x, layer).gather(1, ids)
     if layer.renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights * layer.rsf, ids.to(torch.int32)
@@ -87,11 +104,30 @@ def reps_for(tokens):
 
 
 def time_layer(layer, tokens, device):
-    route = METHODS[layer.method]
     gen = torch.Generator().manual_seed(42)
     host = torch.randn(tokens, layer.E, generator=gen, dtype=torch.float32)
-    # bias values do not change the work done; the layer's own are the kernels' business
-    bias = (torch.randn(layer.E, generator=gen) * 0.05).to(device) if layer.biased else None
+    if layer.vocab > 0:
+        # The table lives on the device (built with the model); token ids travel with each call.
+        table = torch.randint(0, layer.E, (layer.vocab, layer.k), generator=gen, dtype=torch.int64).to(device)
+        host_ids = torch.randint(0, layer.vocab, (tokens,), generator=gen, dtype=torch.int64)
+        device_ids = host_ids.to(device)
+        bias = None
+
+        def route(x, layer, bias, ids=None):
+            return hash_gate(x, layer, table, device_ids if ids is None else ids)
+
+        def upload(h):
+            return h.to(device), host_ids.to(device)
+    else:
+        method = METHODS[layer.method]
+
+        def route(x, layer, bias, ids=None):
+            return method(x, layer, bias)
+
+        def upload(h):
+            return h.to(device), None
+        # bias values do not change the work done; the layer's own are the kernels' business
+        bias = (torch.randn(layer.E, generator=gen) * 0.05).to(device) if layer.biased else None
     x = host.to(device)
     reps = reps_for(tokens)
     for _ in range(5):
@@ -113,7 +149,8 @@ def time_layer(layer, tokens, device):
     trips = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        weights, ids = route(host.to(device), layer, bias)
+        x_up, ids_up = upload(host)
+        weights, ids = route(x_up, layer, bias, ids_up)
         weights, ids = weights.cpu(), ids.cpu()  # .cpu() waits for the GPU
         trips.append((time.perf_counter() - t0) * 1e6)
     assert weights.shape == (tokens, layer.k) and ids.shape == (tokens, layer.k)
