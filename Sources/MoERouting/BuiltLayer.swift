@@ -19,6 +19,10 @@ public final class BuiltLayer: Sendable {
     public let expertLoad: ExpertLoad
     /// The placement requests use now (EPLB), swapped atomically.
     public let placements: PlacementSlot
+    /// The layer as the C kernels see it, without bias and hash table (a request sets those):
+    /// built once, so that a request copies nothing of the spec. (Its pointers are nil: nothing
+    /// in it is shared mutable state.)
+    public nonisolated(unsafe) let kernelLayer: mrk_layer
 
     /// Validates `spec` and pre-casts its bias to the gate dtype. `previous` (the layer of that
     /// name being replaced, if any) hands over its load counters and its run-time placement when
@@ -26,6 +30,7 @@ public final class BuiltLayer: Sendable {
     public init(_ spec: LayerSpec, replacing previous: BuiltLayer? = nil) throws(LayerSpecError) {
         try spec.validate()
         self.spec = spec
+        kernelLayer = spec.kernelLayer(bias: nil)
         if let previous, previous.spec.numExperts == spec.numExperts {
             expertLoad = previous.expertLoad
             placements = spec.placement == nil ? previous.placements : PlacementSlot(spec.placement)

@@ -46,25 +46,32 @@ public final class CPUBackend: RoutingBackend {
 
     public func route(_ job: RouteJob, on layer: BuiltLayer) throws(RouteError) -> RouteOutcome {
         let masked = try job.check(on: layer)
-        let spec = layer.spec  // the closures then hold no reference to retain
         let (placement, epoch) = layer.placements.snapshot()
         let counts = countsLoad ? layer.expertLoad.counts : nil
-        if spec.hashTable != nil {  // the bias plays no part in hash routing: nothing to convert
-            let n = run(spec, nil, job, placement, counts)
+        // The kernel's view of the layer was built with it: nothing of the spec is copied here.
+        if let table = layer.spec.hashTable {  // the bias plays no part in hash routing: nothing to convert
+            let n = table.ids.withUnsafeBufferPointer { t in
+                var k = layer.kernelLayer
+                k.tid2eid = t.baseAddress
+                return run(k, job, placement, counts)
+            }
             return RouteOutcome(nonFiniteInputs: n, usedFallbackCast: false, maskedTokens: masked, placementEpoch: epoch)
         }
         return layer.withRequestBias(job.dtype) { bias, fallback in
-            RouteOutcome(nonFiniteInputs: run(spec, bias, job, placement, counts), usedFallbackCast: fallback,
-                         maskedTokens: masked, placementEpoch: epoch)
+            var k = layer.kernelLayer
+            k.bias = bias
+            return RouteOutcome(nonFiniteInputs: run(k, job, placement, counts), usedFallbackCast: fallback,
+                                maskedTokens: masked, placementEpoch: epoch)
         }
     }
 
-    private func run(
-        _ spec: LayerSpec, _ bias: UnsafePointer<Float>?, _ job: RouteJob, _ placement: ExpertPlacement?,
-        _ counts: UnsafeMutablePointer<UInt64>?
-    ) -> Int {
-        spec.withKernelLayer(bias: bias, placement: placement) { layer, offsets, replicas in
-            run(layer, spec.numExperts, job, offsets, replicas, counts)
+    private func run(_ layer: mrk_layer, _ job: RouteJob, _ placement: ExpertPlacement?,
+                     _ counts: UnsafeMutablePointer<UInt64>?) -> Int {
+        guard let placement else { return run(layer, Int(layer.num_experts), job, nil, nil, counts) }
+        return placement.offsets.withUnsafeBufferPointer { o in
+            placement.flat.withUnsafeBufferPointer { f in
+                run(layer, Int(layer.num_experts), job, o.baseAddress, f.baseAddress, counts)
+            }
         }
     }
 

@@ -71,9 +71,10 @@ final class RequestCore: Sendable {
         if case .route(let q) = request.request { q.tokens > state.config.inlineTokens } else { false }
     }
 
-    /// Answers a decoded request (any op). A request past its deadline is not run.
-    func answer(_ r: InboundRequest) -> Reply {
-        guard mro_now_ns() <= r.deadlineNs else {
+    /// Answers a decoded request (any op). A request past its deadline is not run. `now`: the
+    /// time, where the transport just read it (a channel answers a request as it sees it).
+    func answer(_ r: InboundRequest, now: UInt64? = nil) -> Reply {
+        guard now ?? mro_now_ns() <= r.deadlineNs else {
             return r.refused(RequestFailure(.deadline, "request waited past its deadline; nothing was run"))
         }
         switch r.request {

@@ -51,22 +51,23 @@ struct RequestDecoder: Sendable {
                                   body: .route(RouteResult(tokens: q.tokens, layerID: q.layer_id, version: version))))
         }
         let ms = h.deadline_ms == 0 ? defaultDeadlineMs : h.deadline_ms
-        var inbound = InboundRequest(request: request, version: version, id: h.request_id,
-                                     deadlineNs: origin.receivedNs + UInt64(ms) * 1_000_000,
-                                     origin: origin, inlineInput: UnsafeRawBufferPointer(start: nil, count: 0))
+        // ROUTE's inline buffers follow frame 0 in the order input, token ids, mask.
+        let none = UnsafeRawBufferPointer(start: nil, count: 0)
+        var inline = (none, none, none)
         if case .route(let q) = request {
-            // Inline buffers follow frame 0 in the order input, token ids, mask.
             var next = 1
             func take(_ ref: BufferRef?) -> UnsafeRawBufferPointer {
-                guard case .inline = ref else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+                guard case .inline = ref else { return none }
                 defer { next += 1 }
                 return frames.frame(next)
             }
-            inbound = InboundRequest(request: request, version: version, id: h.request_id, deadlineNs: inbound.deadlineNs,
-                                     origin: origin, inlineInput: take(q.input))
-            inbound.inlineTokenIds = take(q.tokenIds)
-            inbound.inlineMask = take(q.mask)
+            inline = (take(q.input), take(q.tokenIds), take(q.mask))
         }
+        var inbound = InboundRequest(request: request, version: version, id: h.request_id,
+                                     deadlineNs: origin.receivedNs + UInt64(ms) * 1_000_000,
+                                     origin: origin, inlineInput: inline.0)
+        inbound.inlineTokenIds = inline.1
+        inbound.inlineMask = inline.2
         return .request(inbound)
     }
 
@@ -166,16 +167,28 @@ struct RequestDecoder: Sendable {
                 throw RequestFailure(.badField, "token_id_bytes = \(v2.token_id_bytes) without token_ids; must be 0")
             }
         }
-        let inline: [(String, UInt64)] = [("input", input), ("token_ids", request.tokenIds), ("mask", request.mask)].compactMap {
-            if case .inline(let length)? = $0.1 { ($0.0, length) } else { nil }
+        // Inline buffers follow frame 0 in the order input, token ids, mask. (No array of them
+        // is built: this runs for every request, a channel's included.)
+        func inlineLength(_ ref: BufferRef?) -> UInt64? { if case .inline(let length)? = ref { length } else { nil } }
+        let lengths = (inlineLength(input), inlineLength(request.tokenIds), inlineLength(request.mask))
+        let inlineCount = (lengths.0 == nil ? 0 : 1) + (lengths.1 == nil ? 0 : 1) + (lengths.2 == nil ? 0 : 1)
+        guard frames.frameCount == 1 + inlineCount else {
+            let present = [("input", lengths.0), ("token_ids", lengths.1), ("mask", lengths.2)].filter { $0.1 != nil }
+            let names = present.isEmpty ? "no inline buffer" : "inline " + present.map(\.0).joined(separator: ", ")
+            throw RequestFailure(.malformed, "ROUTE with \(names) takes \(1 + inlineCount) frame(s), got \(frames.frameCount)")
         }
-        guard frames.frameCount == 1 + inline.count else {
-            let names = inline.isEmpty ? "no inline buffer" : "inline " + inline.map(\.0).joined(separator: ", ")
-            throw RequestFailure(.malformed, "ROUTE with \(names) takes \(1 + inline.count) frame(s), got \(frames.frameCount)")
+        var frame = 1
+        func check(_ name: StaticString, _ length: UInt64?) throws(RequestFailure) {
+            guard let length else { return }
+            defer { frame += 1 }
+            let held = frames.frame(frame).count
+            guard held == length else {
+                throw RequestFailure(.sizeMismatch, "\(name) frame holds \(held) bytes, but \(name).length = \(length)")
+            }
         }
-        for (i, (name, length)) in inline.enumerated() where frames.frame(i + 1).count != length {
-            throw RequestFailure(.sizeMismatch, "\(name) frame holds \(frames.frame(i + 1).count) bytes, but \(name).length = \(length)")
-        }
+        try check("input", lengths.0)
+        try check("token_ids", lengths.1)
+        try check("mask", lengths.2)
         return request
     }
 

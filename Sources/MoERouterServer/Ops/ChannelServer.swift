@@ -46,6 +46,13 @@ final class ChannelServer: @unchecked Sendable {
     func run(core: RequestCore, registry: SegmentRegistry, retired: (Channel) -> Void) {
         mro_set_thread_name("moe-channel")
         var list = members.withLock { $0 }
+        // The same channels unretained (`list` keeps them): the per-request loops below then do no
+        // reference counting.
+        var views = list.map { Unmanaged.passUnretained($0) }
+        func reread() {
+            list = members.withLock { $0 }
+            views = list.map { Unmanaged.passUnretained($0) }
+        }
         var words: [UnsafeMutablePointer<UInt32>?] = []
         var expected: [UInt32] = []
         var yieldEveryRound = false, quietSpins = 0
@@ -56,36 +63,38 @@ final class ChannelServer: @unchecked Sendable {
                 c.close()
                 retired(c)
             }
-            list = members.withLock { $0 }
+            reread()
         }
         while true {
-            if changed.exchange(false, ordering: .acquiring) { list = members.withLock { $0 } }
+            if changed.exchange(false, ordering: .acquiring) { reread() }
             if stopping.load(ordering: .relaxed) { drop(list) }
             if list.isEmpty && (exitWhenEmpty || stopping.load(ordering: .relaxed)) {
                 // Under the lock: an `add` after this sees an exited server only in the pool,
                 // which is stopping (shutdown) — a per-channel server is never added to.
                 if members.withLock({ $0.isEmpty }) { break }
-                list = members.withLock { $0 }
+                reread()
                 continue
             }
-            var served = false
-            var stopped: [Channel] = []
-            for c in list {
-                if c.isStopping { stopped.append(c); continue }
-                if c.answerIfPosted(core: core) { served = true }
+            var served = false, anyStopping = false
+            for v in views {
+                v._withUnsafeGuaranteedRef { c in
+                    if c.isStopping { anyStopping = true } else if c.answerIfPosted(core: core) { served = true }
+                }
             }
-            drop(stopped)
+            if anyStopping { drop(list.filter(\.isStopping)) }
             if served { continue }
             // The doorbells and the values they hold while nothing is posted: the spin and the
             // sleep below watch these (plain words, no reference counting per round).
             words.removeAll(keepingCapacity: true)
             expected.removeAll(keepingCapacity: true)
             var spinUntil: UInt64 = 0
-            for c in list {
-                let (word, last) = c.doorbell
-                words.append(word)
-                expected.append(last)
-                spinUntil = max(spinUntil, c.spinDeadline)
+            for v in views {
+                v._withUnsafeGuaranteedRef { c in
+                    let (word, last) = c.doorbell
+                    words.append(word)
+                    expected.append(last)
+                    spinUntil = max(spinUntil, c.spinDeadline)
+                }
             }
             // Spin while a channel is within its budget of its last answer, yielding the CPU: a
             // client sharing this CPU must get to run (without yields a same-CPU 1-token route

@@ -185,47 +185,54 @@ final class Channel: @unchecked Sendable {
         self.maxSpinNs = spinNs
         self.spinNs = spinNs
         origin = ChannelOrigin(client: client, peer: peer)
-        last = mro_load_u32((segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: \.resp_seq)!).assumingMemoryBound(to: UInt32.self))
+        ctrl = segment.base.assumingMemoryBound(to: moe_channel_ctrl.self)
+        // The control page's words, found once (a key path per request would cost reference
+        // counting on every request): the segment stays mapped for the channel's life.
+        func word(_ keyPath: KeyPath<moe_channel_ctrl, UInt32>) -> UnsafeMutablePointer<UInt32> {
+            (segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: keyPath)!).assumingMemoryBound(to: UInt32.self)
+        }
+        reqSeq = word(\.req_seq)
+        respSeq = word(\.resp_seq)
+        daemonSleeping = word(\.daemon_sleeping)
+        clientSleeping = word(\.client_sleeping)
+        stateWord = word(\.state)
+        last = mro_load_u32(respSeq)
     }
 
-    private var ctrl: UnsafeMutablePointer<moe_channel_ctrl> { segment.base.assumingMemoryBound(to: moe_channel_ctrl.self) }
-
-    /// A 32-bit word of the control page, by its offset (the header asserts them).
-    private func word(_ keyPath: KeyPath<moe_channel_ctrl, UInt32>) -> UnsafeMutablePointer<UInt32> {
-        (segment.base + MemoryLayout<moe_channel_ctrl>.offset(of: keyPath)!).assumingMemoryBound(to: UInt32.self)
-    }
+    private let ctrl: UnsafeMutablePointer<moe_channel_ctrl>
+    private let reqSeq, respSeq, daemonSleeping, clientSleeping, stateWord: UnsafeMutablePointer<UInt32>
 
     var isStopping: Bool { stopping.load(ordering: .relaxed) }
 
     /// (Wakes the server through the doorbell it sleeps on.)
     func stop() {
         stopping.store(true, ordering: .relaxed)
-        _ = mro_futex_wake(word(\.req_seq), 1)
+        _ = mro_futex_wake(reqSeq, 1)
     }
 
     /// When the spin after the last answer ends.
     var spinDeadline: UInt64 { lastAnswerNs &+ spinNs }
 
     /// The word a sleeping server waits on, and the value it waits while.
-    var doorbell: (UnsafeMutablePointer<UInt32>, UInt32) { (word(\.req_seq), last) }
+    var doorbell: (UnsafeMutablePointer<UInt32>, UInt32) { (reqSeq, last) }
 
     func willSleep() {
-        mro_store_u32(word(\.daemon_sleeping), 1)
+        mro_store_u32(daemonSleeping, 1)
         sleptAtNs = mro_now_ns()
     }
 
-    func woke() { mro_store_u32(word(\.daemon_sleeping), 0) }
+    func woke() { mro_store_u32(daemonSleeping, 0) }
 
     /// Closed in its page: a waiting client wakes and sees it (unless the page may be gone).
     func close() {
         guard !segment.faulted else { return }
-        mro_store_u32(word(\.state), UInt32(MOE_CHANNEL_CLOSED))
-        _ = mro_futex_wake(word(\.resp_seq), Int32.max)
+        mro_store_u32(stateWord, UInt32(MOE_CHANNEL_CLOSED))
+        _ = mro_futex_wake(respSeq, Int32.max)
     }
 
     /// Answers the posted request, if req_seq moved; returns whether it did.
     func answerIfPosted(core: RequestCore) -> Bool {
-        let seq = mro_load_u32(word(\.req_seq))
+        let seq = mro_load_u32(reqSeq)
         guard seq != last else { return false }
         let t0 = mro_now_ns()
         if sleptAtNs != 0 {
@@ -259,15 +266,15 @@ final class Channel: @unchecked Sendable {
         } else {
             switch frame.withUnsafeBytes({ core.decode(ChannelFrame(bytes: $0), from: origin) }) {
             case .refused(let r): reply = r
-            case .request(let inbound): reply = core.answer(inbound)
+            case .request(let inbound): reply = core.answer(inbound, now: t0)
             }
         }
         core.record(reply, from: origin)
         write(reply, requestID: requestID, into: c)
         let done = mro_now_ns()
         c.pointee.compute_path_ns = done &- t0
-        mro_store_u32(word(\.resp_seq), seq)
-        if mro_load_u32(word(\.client_sleeping)) != 0 { _ = mro_futex_wake(word(\.resp_seq), 1) }
+        mro_store_u32(respSeq, seq)
+        if mro_load_u32(clientSleeping) != 0 { _ = mro_futex_wake(respSeq, 1) }
         last = seq
         lastAnswerNs = done
         return true

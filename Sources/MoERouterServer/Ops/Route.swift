@@ -15,8 +15,8 @@ struct RouteHandler: Sendable {
     func answer(_ q: RouteRequest, _ r: InboundRequest) -> Reply {
         var result = RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID, viaSharedMemory: q.usesSharedMemory,
                                  version: r.version)
-        var checkedOut: [SharedSegment] = []
-        defer { for s in checkedOut { registry.checkin(s) } }
+        var checkedOut = CheckedOut()
+        defer { checkedOut.checkin(to: registry) }
         do {
             // One read of the slot: the request keeps these layers even if a reload swaps them now.
             let catalog = layers.current
@@ -35,37 +35,45 @@ struct RouteHandler: Sendable {
                     : "layer '\(layer.spec.name)' is hash-routed (tid2eid): it needs the token ids that only protocol version 2 carries")
             }
             let outputBytes = shape.outputCount * 4
-            let input = try resolve(q.input, "input", expected: shape.inputBytes, align: q.dtype.byteSize, r, &checkedOut)
-            let weights = try resolve(q.weights, "weights", expected: outputBytes, align: 4, r, &checkedOut)
-            let ids = try resolve(q.ids, "ids", expected: outputBytes, align: 4, r, &checkedOut)
-            let tokenIds = try q.tokenIds.map { (ref) throws(RequestFailure) in
-                try resolve(ref, "token_ids", expected: q.tokens * q.tokenIdBytes, align: q.tokenIdBytes, r, &checkedOut)
+            // (Fixed-size storage, no arrays: this runs for every request, a channel's included.)
+            var buffers = Buffers()
+            let input = try resolve(q.input, .input, expected: shape.inputBytes, align: q.dtype.byteSize, r, &checkedOut)
+            let weights = try resolve(q.weights, .weights, expected: outputBytes, align: 4, r, &checkedOut)
+            let ids = try resolve(q.ids, .ids, expected: outputBytes, align: 4, r, &checkedOut)
+            buffers.append(input)
+            buffers.append(weights)
+            buffers.append(ids)
+            var tokenIds: Resolved?
+            if let ref = q.tokenIds {
+                tokenIds = try resolve(ref, .tokenIds, expected: q.tokens * q.tokenIdBytes, align: q.tokenIdBytes, r, &checkedOut)
+                buffers.append(tokenIds!)
             }
-            let mask = try q.mask.map { (ref) throws(RequestFailure) in
-                try resolve(ref, "mask", expected: q.tokens, align: 1, r, &checkedOut)
+            var mask: Resolved?
+            if let ref = q.mask {
+                mask = try resolve(ref, .mask, expected: q.tokens, align: 1, r, &checkedOut)
+                buffers.append(mask!)
             }
-            let buffers = [input, weights, ids] + [tokenIds, mask].compactMap { $0 }
-            if !checkedOut.isEmpty { try checkOverlap(buffers) }
+            if checkedOut.count > 0 { try checkOverlap(buffers) }
             // Every byte used must lie inside the object (a shrink to a size inside a mapped page
             // faults nowhere, and outputs written there would be lost). A segment that faulted
             // is refused now; its size is read once, after the run (below), which catches a
             // shrink before or during it alike: one system call per segment and request, not two
             // (each costs ~0.3 µs here, a tenth of a 1-token channel route).
             try checkFaults(checkedOut)
-            let weightsFrame = weights.segment == nil ? try outputFrame(outputBytes, for: r) : nil
-            let idsFrame = ids.segment == nil ? try outputFrame(outputBytes, for: r) : nil
-            let inputPtr = input.segment.map { UnsafeRawPointer($0.base + input.offset) } ?? r.inlineInput.baseAddress
-            let wPtr = weights.segment.map { $0.base + weights.offset } ?? weightsFrame!.mutableBytes.baseAddress
-            let iPtr = ids.segment.map { $0.base + ids.offset } ?? idsFrame!.mutableBytes.baseAddress
+            let weightsFrame = weights.inShm ? nil : try outputFrame(outputBytes, for: r)
+            let idsFrame = ids.inShm ? nil : try outputFrame(outputBytes, for: r)
+            let inputPtr = input.inShm ? UnsafeRawPointer(input.address) : r.inlineInput.baseAddress
+            let wPtr = weights.inShm ? weights.address : weightsFrame!.mutableBytes.baseAddress
+            let iPtr = ids.inShm ? ids.address : idsFrame!.mutableBytes.baseAddress
             var job = RouteJob(shape, input: inputPtr, weights: wPtr?.assumingMemoryBound(to: Float.self),
                                ids: iPtr?.assumingMemoryBound(to: Int32.self))
             if let tokenIds {
-                let p = tokenIds.segment.map { UnsafeRawPointer($0.base + tokenIds.offset) } ?? r.inlineTokenIds.baseAddress
+                let p = tokenIds.inShm ? UnsafeRawPointer(tokenIds.address) : r.inlineTokenIds.baseAddress
                 job.extras.tokenIds = q.tokens > 0 ? p : nil
                 job.extras.tokenIdBytes = Int32(q.tokenIdBytes)
             }
             if let mask {
-                let p = mask.segment.map { UnsafeRawPointer($0.base + mask.offset) } ?? r.inlineMask.baseAddress
+                let p = mask.inShm ? UnsafeRawPointer(mask.address) : r.inlineMask.baseAddress
                 job.extras.mask = q.tokens > 0 ? p?.assumingMemoryBound(to: UInt8.self) : nil
             }
             let t0 = mro_now_ns()
@@ -117,32 +125,57 @@ struct RouteHandler: Sendable {
         return ZMQMessage.sized(bytes) { [replies] in replies.release(bytes, for: client) }
     }
 
-    /// A buffer reference checked against the shape and its segment.
-    private struct Resolved {
-        let name: String
-        let segment: SharedSegment?
-        let offset: Int
-        let length: Int
+    /// A ROUTE buffer's name in messages.
+    private enum BufferName: CustomStringConvertible {
+        case input, weights, ids, tokenIds, mask
+
+        var description: String {
+            switch self {
+            case .input: "input"
+            case .weights: "weights"
+            case .ids: "ids"
+            case .tokenIds: "token_ids"
+            case .mask: "mask"
+            }
+        }
+
+        /// Whether the daemon writes it.
+        var isOutput: Bool { self == .weights || self == .ids }
     }
 
-    private func resolve(_ ref: BufferRef, _ name: String, expected: Int, align: Int, _ r: InboundRequest,
-                         _ checkedOut: inout [SharedSegment]) throws(RequestFailure) -> Resolved {
+    /// A buffer reference checked against the shape and its segment: plain values (the segment
+    /// by its index in the request's `CheckedOut`, which keeps it alive), so that handling them
+    /// costs no reference counting.
+    private struct Resolved {
+        let name: BufferName
+        /// The segment's index in `CheckedOut`; -1: inline.
+        var slot = -1
+        let offset: Int
+        let length: Int
+        /// Where the buffer starts in the daemon's mapping (nil: inline).
+        var address: UnsafeMutableRawPointer? = nil
+        /// The segment's object (two registrations of one object share bytes).
+        var device: UInt64 = 0, inode: UInt64 = 0
+
+        var inShm: Bool { slot >= 0 }
+    }
+
+    private func resolve(_ ref: BufferRef, _ name: BufferName, expected: Int, align: Int, _ r: InboundRequest,
+                         _ checkedOut: inout CheckedOut) throws(RequestFailure) -> Resolved {
         guard ref.length == UInt64(expected) else {
             throw RequestFailure(.sizeMismatch, "\(name).length = \(ref.length), expected \(expected) bytes for this layer, dtype and token count")
         }
         guard case .shm(let handle, let offset, let length) = ref else {
-            return Resolved(name: name, segment: nil, offset: 0, length: expected)
+            return Resolved(name: name, offset: 0, length: expected)
         }
         guard r.origin.transport == .ipc else {
             throw RequestFailure(.shmRefused, "\(name): shared memory is only available to ipc peers on this host")
         }
-        let seg: SharedSegment
-        if let s = checkedOut.first(where: { $0.handle == handle }) {
-            seg = s
-        } else {
-            seg = try registry.checkout(client: r.origin.client, handle: handle)
-            checkedOut.append(seg)
+        var slot = checkedOut.index(handle: handle)
+        if slot < 0 {
+            slot = checkedOut.append(try registry.checkout(client: r.origin.client, handle: handle))
         }
+        let seg = checkedOut[slot]
         let (end, overflow) = offset.addingReportingOverflow(length)
         guard !overflow else {
             throw RequestFailure(.overflow, "\(name): offset \(offset) + length \(length) overflows 64 bits")
@@ -153,21 +186,19 @@ struct RouteHandler: Sendable {
         guard offset % UInt64(align) == 0 else {
             throw RequestFailure(.misaligned, "\(name).offset = \(offset) is not a multiple of \(align)")
         }
-        return Resolved(name: name, segment: seg, offset: Int(offset), length: Int(length))
+        return Resolved(name: name, slot: slot, offset: Int(offset), length: Int(length), address: seg.base + Int(offset),
+                        device: seg.device, inode: seg.inode)
     }
 
     /// Two shm buffers overlap when they share bytes of the same object, even through two
     /// registrations of it. Buffers the daemon only reads (input, token ids, mask) may share
     /// bytes with each other; an output may share bytes with nothing. `refs` starts with input,
     /// weights, ids.
-    private func checkOverlap(_ refs: [Resolved]) throws(RequestFailure) {
-        // (Names compared, not a Set built: this runs for every request, a channel's included.)
-        func written(_ r: Resolved) -> Bool { r.name == "weights" || r.name == "ids" }
-        for i in refs.indices {
-            for j in refs.indices where j > i && (written(refs[i]) || written(refs[j])) {
-                guard let a = refs[i].segment, let b = refs[j].segment, refs[i].length > 0, refs[j].length > 0,
-                      a.device == b.device, a.inode == b.inode else { continue }
+    private func checkOverlap(_ refs: Buffers) throws(RequestFailure) {
+        for i in 0..<refs.count {
+            for j in i + 1..<refs.count where refs[i].name.isOutput || refs[j].name.isOutput {
                 let (x, y) = (refs[i], refs[j])
+                guard x.inShm, y.inShm, x.length > 0, y.length > 0, x.device == y.device, x.inode == y.inode else { continue }
                 if x.offset < y.offset + y.length && y.offset < x.offset + x.length {
                     throw RequestFailure(.overlap, "\(x.name) [\(x.offset), \(x.offset + x.length)) overlaps \(y.name) [\(y.offset), \(y.offset + y.length))")
                 }
@@ -176,8 +207,9 @@ struct RouteHandler: Sendable {
     }
 
     /// SHM_TRUNCATED (and the registration dropped) when a segment faulted.
-    private func checkFaults(_ segments: [SharedSegment]) throws(RequestFailure) {
-        for s in segments where s.faulted {
+    private func checkFaults(_ segments: CheckedOut) throws(RequestFailure) {
+        for i in 0..<segments.count where segments[i].faulted {
+            let s = segments[i]
             registry.drop(handle: s.handle)
             throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
         }
@@ -185,9 +217,11 @@ struct RouteHandler: Sendable {
 
     /// SHM_TRUNCATED (and the registration dropped) when a segment faulted or no longer holds
     /// every byte a buffer of this request uses.
-    private func checkSizes(_ segments: [SharedSegment], _ buffers: [Resolved]) throws(RequestFailure) {
-        for s in segments {
-            let end = buffers.lazy.filter { $0.segment === s }.map { $0.offset + $0.length }.max() ?? 0
+    private func checkSizes(_ segments: CheckedOut, _ buffers: Buffers) throws(RequestFailure) {
+        for i in 0..<segments.count {
+            let s = segments[i]
+            var end = 0
+            for b in 0..<buffers.count where buffers[b].slot == i { end = max(end, buffers[b].offset + buffers[b].length) }
             if s.faulted {
                 registry.drop(handle: s.handle)
                 throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
@@ -197,6 +231,52 @@ struct RouteHandler: Sendable {
                 registry.drop(handle: s.handle)
                 throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) now holds \(now) bytes; this request uses bytes up to \(end); its registration is dropped")
             }
+        }
+    }
+
+    /// The segments a request checked out (at most one per buffer), each retained once until
+    /// `checkin`: no heap allocation, and no reference counting as they are passed around.
+    private struct CheckedOut {
+        private var items = InlineArray<5, Unmanaged<SharedSegment>?>(repeating: nil)
+        private(set) var count = 0
+
+        subscript(i: Int) -> SharedSegment { items[i]!.takeUnretainedValue() }
+
+        /// Its index.
+        mutating func append(_ s: SharedSegment) -> Int {
+            items[count] = .passRetained(s)
+            count += 1
+            return count - 1
+        }
+
+        /// The index of the segment of `handle`, or -1.
+        func index(handle: UInt64) -> Int {
+            for i in 0..<count where items[i]!._withUnsafeGuaranteedRef({ $0.handle }) == handle { return i }
+            return -1
+        }
+
+        /// Checks every segment in with `registry` and lets go of it.
+        mutating func checkin(to registry: SegmentRegistry) {
+            for i in 0..<count {
+                registry.checkin(items[i]!.takeUnretainedValue())
+                items[i]!.release()
+                items[i] = nil
+            }
+            count = 0
+        }
+    }
+
+    /// The resolved buffers of a request (input, weights, ids, then token ids and mask when
+    /// present), without a heap allocation.
+    private struct Buffers {
+        private var items = InlineArray<5, Resolved?>(repeating: nil)
+        private(set) var count = 0
+
+        subscript(i: Int) -> Resolved { items[i]! }
+
+        mutating func append(_ r: Resolved) {
+            items[count] = r
+            count += 1
         }
     }
 
