@@ -132,9 +132,13 @@ typedef struct moe_route_info {
     uint32_t top_k;
     int32_t fallback_cast;
     int32_t hash_routed;      /* 1: the experts came from the layer's tid2eid table */
-    uint32_t reserved;
+    uint32_t served_by;       /* MOE_SERVED_BY_ZMQ or MOE_SERVED_BY_CHANNEL: the path the daemon's
+                                 answer came by; 0: no answer (the call failed in the client), or a
+                                 library older than this field */
     uint64_t reserved2[4];    /* zero; room for later fields at the same size */
 } moe_route_info;
+
+enum { MOE_SERVED_BY_ZMQ = 1, MOE_SERVED_BY_CHANNEL = 2 };
 
 /* moe_route with the version-2 inputs, every buffer inline. `token_ids` (may be NULL) holds
  * `tokens` int32 or int64 values (token_id_bytes 4 or 8; hash-routed layers need them);
@@ -144,6 +148,28 @@ typedef struct moe_route_info {
 int moe_route_ex(moe_client *client, uint32_t layer_id, moe_dtype dtype, uint64_t tokens,
                  const void *input, size_t input_bytes, const void *token_ids, uint32_t token_id_bytes,
                  const uint8_t *mask, float *weights, int32_t *ids, size_t out_count, moe_route_info *info);
+
+/* moe_route_ex with its arguments in one struct, for language bindings whose foreign calls pay
+ * per argument (Python's ctypes: ~0.3 µs less per call than the 13 arguments of moe_route_ex). A
+ * binding fills one moe_route_call per request shape and buffers, changes what differs (e.g.
+ * layer_id) and passes it to every call. Same checks, errors and results as moe_route_ex. */
+typedef struct moe_route_call {
+    uint32_t layer_id;
+    uint32_t token_id_bytes;
+    moe_dtype dtype;
+    uint32_t reserved;        /* 0 */
+    uint64_t tokens;
+    const void *input;
+    size_t input_bytes;
+    const void *token_ids;
+    const uint8_t *mask;
+    float *weights;
+    int32_t *ids;
+    size_t out_count;
+    moe_route_info *info;     /* may be NULL */
+} moe_route_call;
+
+int moe_route_prepared(moe_client *client, const moe_route_call *call);
 
 /* The general form of moe_route_ex: refs = input, weights, ids, token ids, mask; each inline
  * (its bytes from/to the pointer argument, refs[i].length bytes), in a registered segment, or

@@ -63,13 +63,15 @@ static void outcome_free(outcome *o) {
     free(o->ids);
 }
 
-/* Both outcomes agree: status, every moe_route_info field but the time, the outputs (when OK). */
+/* Both outcomes agree: status, every moe_route_info field but the time and the path, the outputs (when OK). */
 static void same(const char *what, outcome *a, outcome *b, int want_status) {
     CHECK(a->status == want_status, "%s: channel client got %s, expected %s (%s)", what, moe_status_name(a->status),
           moe_status_name(want_status), a->message);
     CHECK(a->status == b->status, "%s: channel %s, ZeroMQ %s (%s | %s)", what, moe_status_name(a->status),
           moe_status_name(b->status), a->message, b->message);
     a->info.compute_ns = b->info.compute_ns = 0;
+    /* which path answered is the one field that differs (route_ex checks it against the path) */
+    a->info.served_by = b->info.served_by = 0;
     CHECK(memcmp(&a->info, &b->info, sizeof a->info) == 0,
           "%s: route info differs: tokens %llu/%llu top_k %u/%u nonfinite %llu/%llu first_nonfinite %llu/%llu masked "
           "%llu/%llu first_bad %llu/%llu hash %d/%d fallback %d/%d",
@@ -102,6 +104,11 @@ static outcome route_ex(moe_client *c, uint32_t layer, moe_dtype dtype, uint64_t
     o.status = moe_route_ex(c, layer, dtype, T, x, in_bytes, tids, tid_bytes, mask, o.w, o.ids, out_count, &o.info);
     o.path = moe_last_route_path(c);
     snprintf(o.message, sizeof o.message, "%s", moe_last_error(c));
+    /* info.served_by names the path the daemon's answer came by; 0 when none came */
+    const uint32_t served = o.status >= MOE_ERR_CLIENT_IO ? 0u
+                            : o.path == MOE_ROUTE_PATH_CHANNEL ? MOE_SERVED_BY_CHANNEL : MOE_SERVED_BY_ZMQ;
+    CHECK(o.info.served_by == served, "status %d, path %d: info.served_by %u, expected %u", o.status, o.path,
+          o.info.served_by, served);
     return o;
 }
 
@@ -171,6 +178,24 @@ static void scored_layers(void) {
     x[5] = NAN;
     x[E + 3] = INFINITY;
     both_ex("deepseek-v3 non-finite input", l.layer_id, MOE_DTYPE_FP32, T, x, T * E * 4, NULL, 0, NULL, T * k, MOE_OK);
+    /* moe_route_prepared: moe_route_ex's arguments in a struct, the same answer on either path */
+    for (int i = 0; i < 2; i++) {
+        moe_client *c = i ? zmq : chan;
+        moe_route_info info;
+        moe_route_call call = {.layer_id = l.layer_id, .dtype = MOE_DTYPE_FP32, .tokens = T, .input = x,
+                               .input_bytes = T * E * 4, .weights = w[i], .ids = ids[i], .out_count = T * k, .info = &info};
+        OK(c, moe_route_prepared(c, &call));
+        CHECK(info.served_by == (i ? MOE_SERVED_BY_ZMQ : MOE_SERVED_BY_CHANNEL), "moe_route_prepared: served_by %u",
+              info.served_by);
+        CHECK(info.nonfinite_count == 2, "moe_route_prepared: nonfinite %llu", (unsigned long long)info.nonfinite_count);
+        call.reserved = 1;
+        CHECK(moe_route_prepared(c, &call) == MOE_ERR_CLIENT_ARG && strstr(moe_last_error(c), "reserved"),
+              "moe_route_prepared with reserved != 0: %s", moe_last_error(c));
+        CHECK(moe_route_prepared(c, NULL) == MOE_ERR_CLIENT_ARG, "moe_route_prepared(NULL call)");
+    }
+    CHECK(moe_route_prepared(NULL, NULL) == MOE_ERR_CLIENT_ARG, "moe_route_prepared(NULL client)");
+    CHECK(memcmp(w[0], w[1], sizeof w[0]) == 0 && memcmp(ids[0], ids[1], sizeof ids[0]) == 0,
+          "moe_route_prepared differs between the paths");
     free(x);
     printf("scored ok\n");
 }

@@ -988,7 +988,8 @@ static int channel_route(moe_client *c, const moe_route_req_v2 *request, const v
     return st;
 }
 
-static void route_info(const moe_route_resp_v2 *resp, moe_route_info *info) {
+static void route_info(const moe_route_resp_v2 *resp, moe_route_info *info, uint32_t served_by) {
+    info->served_by = served_by;
     info->tokens = resp->base.tokens;
     info->nonfinite_count = resp->base.nonfinite_count;
     info->first_nonfinite_token = resp->base.first_nonfinite_token;
@@ -1042,7 +1043,7 @@ static int route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tok
         void *const to[5] = {NULL, weights, ids, NULL, NULL};
         int st = channel_route(c, &q, from, to, &resp, copy_inline);
         if (st != CHANNEL_UNUSABLE) {
-            if (info && st < MOE_ERR_CLIENT_IO) route_info(&resp, info);
+            if (info && st < MOE_ERR_CLIENT_IO) route_info(&resp, info, MOE_SERVED_BY_CHANNEL);
             return st;
         }
     }
@@ -1058,7 +1059,7 @@ static int route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tok
     } else if (st == MOE_OK) {
         st = fail(c, MOE_ERR_CLIENT_PROTOCOL, "ROUTE answer body is %u bytes, expected %zu", r.header.body_size, want);
     }
-    if (info && r.header.body_size == want) route_info(&resp, info);
+    if (info && r.header.body_size == want) route_info(&resp, info, MOE_SERVED_BY_ZMQ);
     if (st == MOE_OK) {
         int f = 1;
         void *dst[2] = {weights, ids};
@@ -1132,6 +1133,14 @@ int moe_route_ex(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tok
     if (mask) refs[4].length = tokens;
     if (out_count > UINT64_MAX / 4) return fail(c, MOE_ERR_CLIENT_ARG, "out_count = %zu too large", out_count);
     return route(c, layer_id, dtype, tokens, refs, input, token_ids, token_id_bytes, mask, weights, ids, info, 1);
+}
+
+int moe_route_prepared(moe_client *c, const moe_route_call *a) {
+    if (!c) return MOE_ERR_CLIENT_ARG;
+    if (!a) return fail(c, MOE_ERR_CLIENT_ARG, "moe_route_prepared: no call");
+    if (a->reserved) return fail(c, MOE_ERR_CLIENT_ARG, "moe_route_call.reserved = %u, must be 0", a->reserved);
+    return moe_route_ex(c, a->layer_id, a->dtype, a->tokens, a->input, a->input_bytes, a->token_ids, a->token_id_bytes,
+                        a->mask, a->weights, a->ids, a->out_count, a->info);
 }
 
 int moe_route(moe_client *c, uint32_t layer_id, moe_dtype dtype, uint64_t tokens, const void *input,

@@ -53,13 +53,36 @@ class RouteInfo(ctypes.Structure):
         ("top_k", ctypes.c_uint32),
         ("fallback_cast", ctypes.c_int32),
         ("hash_routed", ctypes.c_int32),
-        ("reserved", ctypes.c_uint32),
+        ("served_by", ctypes.c_uint32),
         ("reserved2", ctypes.c_uint64 * 4),
     ]
 
 
 assert ctypes.sizeof(RouteInfo) == 104, ctypes.sizeof(RouteInfo)
 assert RouteInfo.top_k.offset == 56 and RouteInfo.reserved2.offset == 72
+
+
+class RouteCall(ctypes.Structure):
+    """``moe_route_call`` of Include/moe_router_client.h: moe_route_ex's arguments in one struct,
+    passed to ``moe_route_prepared`` (two arguments to convert per call instead of thirteen)."""
+    _fields_ = [
+        ("layer_id", ctypes.c_uint32),
+        ("token_id_bytes", ctypes.c_uint32),
+        ("dtype", ctypes.c_int),
+        ("reserved", ctypes.c_uint32),
+        ("tokens", ctypes.c_uint64),
+        ("input", ctypes.c_void_p),
+        ("input_bytes", ctypes.c_size_t),
+        ("token_ids", ctypes.c_void_p),
+        ("mask", ctypes.c_void_p),
+        ("weights", ctypes.c_void_p),
+        ("ids", ctypes.c_void_p),
+        ("out_count", ctypes.c_size_t),
+        ("info", ctypes.POINTER(RouteInfo)),
+    ]
+
+
+assert ctypes.sizeof(RouteCall) == 88 and RouteCall.info.offset == 80, ctypes.sizeof(RouteCall)
 # The same bytes read in one call (much cheaper than eleven attribute reads).
 INFO = struct.Struct("=7Q I i i I 4Q")
 assert INFO.size == ctypes.sizeof(RouteInfo)
@@ -145,6 +168,10 @@ class Library:
         self.route_ex_raw.restype = c_int
         self.last_route_path_raw = lib["moe_last_route_path"]
         self.last_route_path_raw.restype = c_int
+        # moe_route_prepared (a library from before it: None, and the hot path calls route_ex_raw)
+        self.route_prepared_raw = lib["moe_route_prepared"] if hasattr(lib, "moe_route_prepared") else None
+        if self.route_prepared_raw is not None:
+            self.route_prepared_raw.restype = c_int
         self._lib = lib
 
 
@@ -212,7 +239,7 @@ class Stage:
     see it, and a host that drops its results before the next route gets the same arrays back
     without allocating. When every pair is held, the outputs go to a private pair and are
     returned as copies."""
-    __slots__ = ("input", "wire", "tokens", "k", "scratch", "pool", "call", "_in_args", "_tail")
+    __slots__ = ("input", "wire", "tokens", "k", "scratch", "pool", "call", "_in_args", "_tail", "_info_ptr")
 
     POOL = 4
 
@@ -225,21 +252,29 @@ class Stage:
                          ctypes.c_void_p(address(self.input)) if self.input.nbytes else None,
                          ctypes.c_size_t(self.input.nbytes), None, 0, None)
         self._tail = (ctypes.c_size_t(tokens * k), native.info_ref)
+        self._info_ptr = ctypes.pointer(native.info)
         self.scratch = self._pair()
         self.pool = []
         self.call = self._bind(native, result_type)
 
     def _pair(self):
-        """(weights, ids, moe_route_ex's arguments after layer_id writing into them)."""
+        """(weights, ids, moe_route_ex's arguments after layer_id writing into them, the same as
+        a moe_route_call, and a reference to that for moe_route_prepared)."""
         w = np.empty((self.tokens, self.k), np.float32)
         i = np.empty((self.tokens, self.k), np.int32)
         ptrs = tuple(ctypes.c_void_p(address(a)) if a.nbytes else None for a in (w, i))
-        return w, i, self._in_args + ptrs + self._tail
+        args = self._in_args + ptrs + self._tail
+        call = RouteCall(layer_id=0, dtype=int(self.wire), tokens=self.tokens,
+                         input=address(self.input) if self.input.nbytes else None,
+                         input_bytes=self.input.nbytes, weights=address(w) if w.nbytes else None,
+                         ids=address(i) if i.nbytes else None, out_count=self.tokens * self.k, info=self._info_ptr)
+        return w, i, args, call, ctypes.byref(call)
 
     def _bind(self, native, result_type):
         # Everything the call needs as closure cells: no attribute lookups per call.
         inp, tokens, scratch, pool, size, make = self.input, self.tokens, self.scratch, self.pool, self.POOL, self._pair
         raw, path_raw, handle, info, unpack = native.raw, native.path_raw, native.handle, native.info, INFO.unpack_from
+        prepared = native.prepared
         refs = sys.getrefcount
         use_pool = _pool_usable()
         probe = (np.empty(1), None)
@@ -257,11 +292,17 @@ class Stage:
                         pair = make()
                         pool.append(pair)
             inp[...] = logits
-            st = raw(handle, layer_id, *(pair or scratch)[2])
+            p = pair or scratch
+            if prepared is not None:
+                p[3].layer_id = layer_id
+                st = prepared(handle, p[4])
+            else:
+                st = raw(handle, layer_id, *p[2])
             if st:
                 return st
-            path = path_raw(handle)
             i = unpack(info)
+            # moe_route_info.served_by (2 = channel) saves a second foreign call; 0: an older library
+            path = (ROUTE_PATH_CHANNEL if i[10] == 2 else ROUTE_PATH_ZMQ) if i[10] else path_raw(handle)
             if pair is None:
                 w, ids = scratch[0].copy(), scratch[1].copy()
             else:
@@ -290,6 +331,7 @@ class NativeClient:
         self.info_ref = ctypes.byref(self.info)
         self.stages = {}
         self.raw = lib.route_ex_raw
+        self.prepared = lib.route_prepared_raw
         self.path_raw = lib.last_route_path_raw
 
     def enable_channel(self):
@@ -333,7 +375,8 @@ class NativeClient:
                       tid_ptr, tid_bytes, mask_ptr, ctypes.c_void_p(address(weights)) if weights.nbytes else None,
                       ctypes.c_void_p(address(ids)) if ids.nbytes else None, ctypes.c_size_t(tokens * k),
                       self.info_ref)
-        return st, weights, ids, INFO.unpack_from(self.info), self.path_raw(self.handle)
+        i = INFO.unpack_from(self.info)
+        return st, weights, ids, i, (ROUTE_PATH_CHANNEL if i[10] == 2 else ROUTE_PATH_ZMQ) if i[10] else self.path_raw(self.handle)
 
     def retire(self):
         """Closes the channel and unregisters its segment now (a round trip), so the daemon's
