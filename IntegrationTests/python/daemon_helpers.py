@@ -1,6 +1,7 @@
 """Shared helpers of the moe-routerd pytest suites: shm objects and ROUTE request builders."""
 import mmap
 import os
+import signal
 import socket
 import time
 import uuid
@@ -76,6 +77,30 @@ def wait_until(predicate, timeout=5.0, step=0.05):
             return True
         time.sleep(step)
     return predicate()
+
+def stop_process(pid, timeout=10.0):
+    """SIGSTOP to `pid`, returning once every one of its threads is stopped: the signal only
+    takes effect as each thread next runs, which a loaded machine delays (a request sent right
+    after os.kill could still be answered)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped():
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            return True
+        for t in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{t}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if state not in ("T", "t"):
+                return False
+        return True
+
+    assert wait_until(all_stopped, timeout=timeout, step=0.005), f"pid {pid} did not stop"
+
 
 def free_port():
     """A tcp port on 127.0.0.1 nobody listens on right now."""

@@ -14,7 +14,7 @@ import zmq
 
 import moe_wire as w
 from c_programs import build, passed, run
-from daemon_helpers import dealer, free_port, wait_until
+from daemon_helpers import dealer, free_port, stop_process, wait_until
 
 DS = "deepseek-v3"
 HASH = "deepseek-v4-hash"
@@ -194,7 +194,7 @@ def test_daemon_killed_or_stopped_while_a_client_waits(routerd_binary, routerd_c
     try:
         assert answer_ok(ask(p))
         # killed while the client waits for its answer: an error well within the timeout
-        os.kill(first.pid, signal.SIGSTOP)
+        stop_process(first.pid)
         ask(p, send_only=True)
         time.sleep(0.5)
         first.proc.kill()
@@ -217,7 +217,7 @@ def test_daemon_killed_or_stopped_while_a_client_waits(routerd_binary, routerd_c
         stopped = later.start()
         assert answer_ok(ask(p))
         # stopped: the call times out; resumed, the same channel serves again
-        os.kill(stopped.pid, signal.SIGSTOP)
+        stop_process(stopped.pid)
         got = ask(p)
         assert got["status"] == "MOE_ERR_CLIENT_TIMEOUT" and timeout_ms - 50 <= got["ms"] < timeout_ms + 1000, got
         os.kill(stopped.pid, signal.SIGCONT)

@@ -11,6 +11,7 @@ import pytest
 import moe_router as mr
 from moe_router import Client
 from moe_router import _wire as w
+from daemon_helpers import stop_process
 from python_client_support import DTYPES, PRESETS, encode, logits, start_router
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -162,7 +163,7 @@ def test_c_client_timeout_then_recovery(lib, routerd_binary, routerd_class, tmp_
     assert lib.moe_connect(d.endpoint.encode(), 300, ctypes.byref(handle)) == 0
     try:
         assert lib.moe_ping(handle) == 0
-        os.kill(d.pid, signal.SIGSTOP)
+        stop_process(d.pid)
         try:
             t0 = time.monotonic()
             assert lib.moe_ping(handle) == 101

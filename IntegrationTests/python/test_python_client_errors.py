@@ -12,6 +12,7 @@ import pytest
 
 import moe_router as mr
 from moe_router import Client
+from daemon_helpers import stop_process
 from python_client_support import MAX_REGISTRATIONS, MAX_TOKENS, logits, start_router
 
 
@@ -230,7 +231,7 @@ def test_shared_memory_refused_over_tcp(start_daemon):
 def test_timeout_then_recovery(start_daemon):
     d = start_daemon("--preset", "mixtral-8x7b")
     with Client(d.endpoint, timeout_ms=300) as c:
-        os.kill(d.pid, signal.SIGSTOP)
+        stop_process(d.pid)
         try:
             err = raises(mr.ClientTimeoutError, c.ping)
             assert isinstance(err, TimeoutError)
