@@ -76,12 +76,14 @@ struct Reply {
 /// request's version has them).
 enum ReplyBody {
     case none
-    case hello(moe_hello_resp, ext: moe_hello_ext?)
+    // (The bodies of rare replies are boxed: a reply is moved several times on its way, and an
+    // unboxed 230-byte STATS body would make every ROUTE reply that large.)
+    indirect case hello(moe_hello_resp, ext: moe_hello_ext?)
     case layers(moe_list_resp, [moe_layer_info], ext: [moe_layer_ext]?)
     case registered(moe_register_resp)
     case unregistered(moe_unregister_resp)
     case route(RouteResult)
-    case stats(moe_stats_resp, ext: moe_stats_ext?)
+    indirect case stats(moe_stats_resp, ext: moe_stats_ext?)
     case placement(moe_placement_resp)
     case load(moe_load_resp)
     case channel(moe_channel_open_resp)

@@ -36,23 +36,19 @@ struct RouteHandler: Sendable {
             }
             let outputBytes = shape.outputCount * 4
             // (Fixed-size storage, no arrays: this runs for every request, a channel's included.)
-            var buffers = Buffers()
             let input = try resolve(q.input, .input, expected: shape.inputBytes, align: q.dtype.byteSize, r, &checkedOut)
             let weights = try resolve(q.weights, .weights, expected: outputBytes, align: 4, r, &checkedOut)
             let ids = try resolve(q.ids, .ids, expected: outputBytes, align: 4, r, &checkedOut)
-            buffers.append(input)
-            buffers.append(weights)
-            buffers.append(ids)
             var tokenIds: Resolved?
             if let ref = q.tokenIds {
                 tokenIds = try resolve(ref, .tokenIds, expected: q.tokens * q.tokenIdBytes, align: q.tokenIdBytes, r, &checkedOut)
-                buffers.append(tokenIds!)
             }
             var mask: Resolved?
             if let ref = q.mask {
                 mask = try resolve(ref, .mask, expected: q.tokens, align: 1, r, &checkedOut)
-                buffers.append(mask!)
             }
+            // (A constant: passing a variable to the checks below copied all of it, twice.)
+            let buffers = Buffers(input, weights, ids, tokenIds, mask)
             if checkedOut.count > 0 { try checkOverlap(buffers) }
             // Every byte used must lie inside the object (a shrink to a size inside a mapped page
             // faults nowhere, and outputs written there would be lost). A segment that faulted
@@ -175,7 +171,7 @@ struct RouteHandler: Sendable {
         if slot < 0 {
             slot = checkedOut.append(try registry.checkout(client: r.origin.client, handle: handle))
         }
-        let seg = checkedOut[slot]
+        let seg = checkedOut.with(slot) { s in (size: s.size, base: s.base, device: s.device, inode: s.inode) }
         let (end, overflow) = offset.addingReportingOverflow(length)
         guard !overflow else {
             throw RequestFailure(.overflow, "\(name): offset \(offset) + length \(length) overflows 64 bits")
@@ -194,10 +190,13 @@ struct RouteHandler: Sendable {
     /// registrations of it. Buffers the daemon only reads (input, token ids, mask) may share
     /// bytes with each other; an output may share bytes with nothing. `refs` starts with input,
     /// weights, ids.
-    private func checkOverlap(_ refs: Buffers) throws(RequestFailure) {
+    private func checkOverlap(_ refs: borrowing Buffers) throws(RequestFailure) {
+        // (Items read into locals first: an `||` over `refs[...]` captured, so copied, all of `refs`.)
         for i in 0..<refs.count {
-            for j in i + 1..<refs.count where refs[i].name.isOutput || refs[j].name.isOutput {
-                let (x, y) = (refs[i], refs[j])
+            let x = refs[i]
+            for j in i + 1..<refs.count {
+                let y = refs[j]
+                guard x.name.isOutput || y.name.isOutput else { continue }
                 guard x.inShm, y.inShm, x.length > 0, y.length > 0, x.device == y.device, x.inode == y.inode else { continue }
                 if x.offset < y.offset + y.length && y.offset < x.offset + x.length {
                     throw RequestFailure(.overlap, "\(x.name) [\(x.offset), \(x.offset + x.length)) overlaps \(y.name) [\(y.offset), \(y.offset + y.length))")
@@ -208,7 +207,7 @@ struct RouteHandler: Sendable {
 
     /// SHM_TRUNCATED (and the registration dropped) when a segment faulted.
     private func checkFaults(_ segments: CheckedOut) throws(RequestFailure) {
-        for i in 0..<segments.count where segments[i].faulted {
+        for i in 0..<segments.count where segments.with(i, { $0.faulted }) {
             let s = segments[i]
             registry.drop(handle: s.handle)
             throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
@@ -219,18 +218,15 @@ struct RouteHandler: Sendable {
     /// every byte a buffer of this request uses.
     private func checkSizes(_ segments: CheckedOut, _ buffers: Buffers) throws(RequestFailure) {
         for i in 0..<segments.count {
-            let s = segments[i]
             var end = 0
             for b in 0..<buffers.count where buffers[b].slot == i { end = max(end, buffers[b].offset + buffers[b].length) }
-            if s.faulted {
-                registry.drop(handle: s.handle)
-                throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
-            }
-            let now = s.currentSize
-            if now < end {
-                registry.drop(handle: s.handle)
-                throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) now holds \(now) bytes; this request uses bytes up to \(end); its registration is dropped")
-            }
+            let (faulted, now) = segments.with(i) { s in s.faulted ? (true, 0) : (false, s.currentSize) }
+            guard faulted || now < end else { continue }
+            let s = segments[i]
+            registry.drop(handle: s.handle)
+            throw faulted
+                ? RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
+                : RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) now holds \(now) bytes; this request uses bytes up to \(end); its registration is dropped")
         }
     }
 
@@ -241,6 +237,11 @@ struct RouteHandler: Sendable {
         private(set) var count = 0
 
         subscript(i: Int) -> SharedSegment { items[i]!.takeUnretainedValue() }
+
+        /// `body` on segment `i`, borrowed (this value keeps it alive): no reference counting.
+        func with<R>(_ i: Int, _ body: (SharedSegment) -> R) -> R {
+            items[i]!._withUnsafeGuaranteedRef(body)
+        }
 
         /// Its index.
         mutating func append(_ s: SharedSegment) -> Int {
@@ -258,7 +259,7 @@ struct RouteHandler: Sendable {
         /// Checks every segment in with `registry` and lets go of it.
         mutating func checkin(to registry: SegmentRegistry) {
             for i in 0..<count {
-                registry.checkin(items[i]!.takeUnretainedValue())
+                items[i]!._withUnsafeGuaranteedRef { registry.checkin($0) }
                 items[i]!.release()
                 items[i] = nil
             }
@@ -269,14 +270,26 @@ struct RouteHandler: Sendable {
     /// The resolved buffers of a request (input, weights, ids, then token ids and mask when
     /// present), without a heap allocation.
     private struct Buffers {
-        private var items = InlineArray<5, Resolved?>(repeating: nil)
-        private(set) var count = 0
+        // (Named fields, not an InlineArray: reading one item of that copied all five, 280
+        // bytes, on every access.)
+        private let input, weights, ids: Resolved
+        private let extra: (Resolved?, Resolved?)
+        let count: Int
 
-        subscript(i: Int) -> Resolved { items[i]! }
+        init(_ input: Resolved, _ weights: Resolved, _ ids: Resolved, _ tokenIds: Resolved?, _ mask: Resolved?) {
+            (self.input, self.weights, self.ids) = (input, weights, ids)
+            extra = tokenIds == nil ? (mask, nil) : (tokenIds, mask)
+            count = 3 + (tokenIds == nil ? 0 : 1) + (mask == nil ? 0 : 1)
+        }
 
-        mutating func append(_ r: Resolved) {
-            items[count] = r
-            count += 1
+        subscript(i: Int) -> Resolved {
+            switch i {
+            case 0: input
+            case 1: weights
+            case 2: ids
+            case 3: extra.0!
+            default: extra.1!
+            }
         }
     }
 
