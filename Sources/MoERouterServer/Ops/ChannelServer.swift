@@ -56,6 +56,8 @@ final class ChannelServer: @unchecked Sendable {
         var words: [UnsafeMutablePointer<UInt32>?] = []
         var expected: [UInt32] = []
         var yieldEveryRound = false, quietSpins = 0
+        /// When the yield after the last answers returned (0: this pass did not start there).
+        var yieldedUntil: UInt64 = 0
         func drop(_ gone: [Channel]) {
             guard !gone.isEmpty else { return }
             members.withLock { m in m.removeAll { c in gone.contains { $0 === c } } }
@@ -75,14 +77,34 @@ final class ChannelServer: @unchecked Sendable {
                 reread()
                 continue
             }
-            var served = false, anyStopping = false
+            var answeredAt: UInt64 = 0, anyStopping = false
             for v in views {
                 v._withUnsafeGuaranteedRef { c in
-                    if c.isStopping { anyStopping = true } else if c.answerIfPosted(core: core) { served = true }
+                    if c.isStopping {
+                        anyStopping = true
+                    } else {
+                        // The time read after the yield below is when this pass began: the first
+                        // request found takes it as the time it was seen.
+                        let done = c.answerIfPosted(core: core, seenAt: answeredAt == 0 ? yieldedUntil : 0)
+                        answeredAt = max(answeredAt, done)
+                    }
                 }
             }
+            yieldedUntil = 0
             if anyStopping { drop(list.filter(\.isStopping)) }
-            if served { continue }
+            if answeredAt != 0 {
+                // A client on this CPU waits for the CPU to read its answer: hand it over now,
+                // before any of the bookkeeping below (its next request brings the CPU back).
+                // (A client on another CPU gets nothing from it: 16 such yields in a row that
+                // switched to no one end the yielding, as in the spin below.)
+                if yieldEveryRound {
+                    sched_yield()
+                    yieldedUntil = mro_now_ns()
+                    quietSpins = yieldedUntil &- answeredAt >= 1500 ? 0 : quietSpins + 1
+                    if quietSpins >= 16 { yieldEveryRound = false }
+                }
+                continue
+            }
             // The doorbells and the values they hold while nothing is posted: the spin and the
             // sleep below watch these (plain words, no reference counting per round).
             words.removeAll(keepingCapacity: true)

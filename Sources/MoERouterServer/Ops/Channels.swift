@@ -175,7 +175,6 @@ final class Channel: @unchecked Sendable {
     private var last: UInt32
     private var lastAnswerNs = mro_now_ns()
     private var sleptAtNs: UInt64 = 0
-    private var frame = [UInt8](repeating: 0, count: MemoryLayout<moe_req_header>.size + MemoryLayout<moe_route_req_v2>.size)
 
     init(id: UInt64, segment: SharedSegment, client: ClientKey, peer: PeerCredentials, spinNs: UInt64) {
         self.id = id
@@ -230,11 +229,12 @@ final class Channel: @unchecked Sendable {
         _ = mro_futex_wake(respSeq, Int32.max)
     }
 
-    /// Answers the posted request, if req_seq moved; returns whether it did.
-    func answerIfPosted(core: RequestCore) -> Bool {
+    /// Answers the posted request, if req_seq moved; returns when it answered (0: nothing was
+    /// posted). `seenAt`: the time the server last read, if it just did (0: read it now).
+    func answerIfPosted(core: RequestCore, seenAt: UInt64 = 0) -> UInt64 {
         let seq = mro_load_u32(reqSeq)
-        guard seq != last else { return false }
-        let t0 = mro_now_ns()
+        guard seq != last else { return 0 }
+        let t0 = seenAt != 0 ? seenAt : mro_now_ns()
         if sleptAtNs != 0 {
             // The request came after a sleep: a longer spin would have caught it if it came
             // within the bound.
@@ -247,24 +247,13 @@ final class Channel: @unchecked Sendable {
         // The one read of the client's descriptor: everything below works on this copy.
         let requestID = c.pointee.request_id
         var request = c.pointee.request
-        let headerSize = MemoryLayout<moe_req_header>.size
-        frame.withUnsafeMutableBytes { out in
-            var h = moe_req_header()
-            h.magic = MOE_PROTOCOL_MAGIC
-            h.version = 2
-            h.op = UInt16(MOE_OP_ROUTE.rawValue)
-            h.request_id = requestID
-            h.body_size = UInt32(MemoryLayout<moe_route_req_v2>.size)
-            withUnsafeBytes(of: h) { out.copyMemory(from: $0) }
-            withUnsafeBytes(of: request) { UnsafeMutableRawBufferPointer(rebasing: out[headerSize...]).copyMemory(from: $0) }
-        }
         origin.receivedNs = t0
         let reply: Reply
         if let refusal = Self.precheck(&request, channelHandle: segment.handle) {
             reply = Reply(op: UInt16(MOE_OP_ROUTE.rawValue), requestID: requestID, version: 2, failure: refusal,
                           body: .route(RouteResult(tokens: request.base.tokens, layerID: request.base.layer_id, version: 2)))
         } else {
-            switch frame.withUnsafeBytes({ core.decode(ChannelFrame(bytes: $0), from: origin) }) {
+            switch core.decoder.decodeRoute(request, requestID: requestID, from: origin) {
             case .refused(let r): reply = r
             case .request(let inbound): reply = core.answer(inbound, now: t0)
             }
@@ -277,7 +266,7 @@ final class Channel: @unchecked Sendable {
         if mro_load_u32(clientSleeping) != 0 { _ = mro_futex_wake(respSeq, 1) }
         last = seq
         lastAnswerNs = done
-        return true
+        return done
     }
 
     /// Refusals the ZeroMQ path has no equivalent for: a channel request carries no frames, so
@@ -328,11 +317,4 @@ private final class ChannelOrigin: RequestOrigin, @unchecked Sendable {
         self.client = client
         self.peer = peer
     }
-}
-
-/// The copied descriptor as a one-frame request (header + body), for the shared decoder.
-private struct ChannelFrame: RequestFrames {
-    let bytes: UnsafeRawBufferPointer
-    var frameCount: Int { 1 }
-    func frame(_ index: Int) -> UnsafeRawBufferPointer { bytes }
 }
