@@ -157,12 +157,6 @@ int mro_unix_socket_alive(const char *path) {
     return alive;
 }
 
-uint64_t mro_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int mro_release_free_memory(void) { return malloc_trim(0); }
 
 long mro_raise_fd_limit(void) {
@@ -271,16 +265,6 @@ int mro_futex_waitv(uint32_t *const *words, const uint32_t *expected, int count,
     }
     return -1;
 }
-
-uint32_t mro_load_u32(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_SEQ_CST); }
-void mro_store_u32(uint32_t *word, uint32_t value) { __atomic_store_n(word, value, __ATOMIC_SEQ_CST); }
-void mro_add_u32(uint32_t *word, uint32_t value) { __atomic_fetch_add(word, value, __ATOMIC_SEQ_CST); }
-void mro_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-void mro_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 uint64_t mro_random_u64(void) {
     uint64_t v = 0;

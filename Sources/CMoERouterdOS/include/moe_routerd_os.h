@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,8 +69,13 @@ unsigned long mro_shed_connections(void);
 /* File descriptors open in this process (counts /proc/self/fd; -1 if unreadable). */
 long mro_open_fds(void);
 
-/* Monotonic clock in nanoseconds. */
-uint64_t mro_now_ns(void);
+/* Monotonic clock in nanoseconds. (This and the word operations below are inline: each is
+ * called a few times per channel request and per spin round, where a call costs a share.) */
+static inline uint64_t mro_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* Channels (issue 18): words in a segment shared with another process.
  * mro_futex_wait sleeps while *word == expected, at most timeout_ns; returns 0 when woken or the
@@ -84,13 +90,17 @@ int mro_futex_wake(uint32_t *word, int count);
 int mro_futex_waitv(uint32_t *const *words, const uint32_t *expected, int count, int64_t timeout_ns);
 /* Sequentially consistent load and store of a shared 32-bit word (the doorbell's Dekker pair:
  * "store seq, then load the other side's sleeping flag" on both sides). */
-uint32_t mro_load_u32(const uint32_t *word);
-void mro_store_u32(uint32_t *word, uint32_t value);
-void mro_add_u32(uint32_t *word, uint32_t value);
+static inline uint32_t mro_load_u32(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_SEQ_CST); }
+static inline void mro_store_u32(uint32_t *word, uint32_t value) { __atomic_store_n(word, value, __ATOMIC_SEQ_CST); }
+static inline void mro_add_u32(uint32_t *word, uint32_t value) { __atomic_fetch_add(word, value, __ATOMIC_SEQ_CST); }
 /* A spin-wait hint (x86 pause). */
-void mro_cpu_relax(void);
+static inline void mro_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 /* A full fence (the copy of a request happens after its sequence number is seen). */
-void mro_fence(void);
+static inline void mro_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 /* 64 random bits (getrandom), never 0. */
 uint64_t mro_random_u64(void);
 
