@@ -120,4 +120,67 @@ import Testing
         withUnsafeMutableBytes(of: &reg.name) { $0.initializeMemory(as: UInt8.self, repeating: 0x41) }
         #expect(refusal([WireRequest.frame(.registerShm, reg)])?.status == .shmName)
     }
+
+    /// A channel's descriptor (no header, no frames) passes the very checks a version-2 ROUTE
+    /// frame's body does: the same request when valid, the same status and ROUTE body when not.
+    @Test func aDescriptorDecodesAsTheSameBodyInAFrame() throws {
+        func shm(_ offset: UInt64, _ length: UInt64, kind: UInt32 = MOE_BUF_SHM.rawValue) -> moe_buffer_ref {
+            var r = moe_buffer_ref()
+            r.kind = kind
+            r.handle = 5
+            r.offset = offset
+            r.length = length
+            return r
+        }
+        func none() -> moe_buffer_ref {
+            var r = moe_buffer_ref()
+            r.kind = MOE_BUF_NONE.rawValue
+            return r
+        }
+        func body(_ change: (inout moe_route_req_v2) -> Void = { _ in }) -> moe_route_req_v2 {
+            var q = moe_route_req_v2()
+            q.base.layer_id = 3
+            q.base.dtype = DType.bf16.rawValue
+            q.base.tokens = 2
+            q.base.input = shm(0, 1024)
+            q.base.weights = shm(1024, 64)
+            q.base.ids = shm(1088, 64)
+            q.token_ids = none()
+            q.mask = none()
+            change(&q)
+            return q
+        }
+        let cases: [moe_route_req_v2] = [
+            body(),
+            body { $0.token_ids = shm(2048, 16); $0.token_id_bytes = 8; $0.mask = shm(4096, 2) },
+            body { $0.base.dtype = 9 },                                  // BAD_DTYPE
+            body { $0.base.tokens = 4096 },                              // TOO_LARGE
+            body { $0.reserved = 1 },                                    // BAD_FIELD
+            body { $0.base.weights.kind = 7 },                           // BAD_FIELD
+            body { $0.token_ids = shm(2048, 16); $0.token_id_bytes = 3 }, // BAD_FIELD
+            body { $0.token_id_bytes = 4 },                              // BAD_FIELD (no token ids)
+            body { $0.mask.length = 1 },                                 // BAD_FIELD (absent, not zero)
+        ]
+        var refused = 0
+        for q in cases {
+            let origin = TestRequest([])
+            let viaDescriptor = decoder.decodeRoute(q, requestID: 77, from: origin)
+            let viaFrame = decode([WireRequest.frame(.route, q, id: 77, version: 2)])
+            switch (viaDescriptor, viaFrame) {
+            case let (.request(a), .request(b)):
+                guard case .route(let qa) = a.request, case .route(let qb) = b.request else { Issue.record("not a route"); continue }
+                #expect(qa == qb)
+                #expect(a.id == 77 && a.version == 2 && a.inlineInput.count == 0)
+                #expect(a.deadlineNs == origin.receivedNs + 5_000_000_000)
+            case let (.refused(a), .refused(b)):
+                refused += 1
+                #expect(a.status == b.status && a.message == b.message && a.requestID == 77 && a.op == WireOp.route.rawValue)
+                guard case .route(let ra) = a.body, case .route(let rb) = b.body else { Issue.record("no ROUTE body"); continue }
+                #expect(ra.tokens == rb.tokens && ra.layerID == rb.layerID && ra.version == 2)
+            default:
+                Issue.record("descriptor and frame disagree on \(q)")
+            }
+        }
+        #expect(refused == cases.count - 2)
+    }
 }
