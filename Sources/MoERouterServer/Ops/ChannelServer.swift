@@ -98,8 +98,10 @@ final class ChannelServer: @unchecked Sendable {
                 // (A client on another CPU gets nothing from it: 16 such yields in a row that
                 // switched to no one end the yielding, as in the spin below. With several
                 // channels the next pass may find another request at once: 8 clients x 64
-                // tokens lost ~10 % of their requests/s to a yield here.)
-                if yieldEveryRound && views.count == 1 {
+                // tokens lost ~10 % of their requests/s to a yield here. Nor for a host that
+                // calls back slowly: on a busy CPU a yield can cost a whole time slice, and
+                // such a channel's server should be asleep by then.)
+                if yieldEveryRound && views.count == 1 && views[0]._withUnsafeGuaranteedRef({ $0.callsBackSoon }) {
                     sched_yield()
                     yieldedUntil = mro_now_ns()
                     quietSpins = yieldedUntil &- answeredAt >= 1500 ? 0 : quietSpins + 1

@@ -212,6 +212,10 @@ final class Channel: @unchecked Sendable {
     /// When the spin after the last answer ends.
     var spinDeadline: UInt64 { lastAnswerNs &+ spinNs }
 
+    /// Whether its client calls back within the spin's bound (the budget has not shrunk to its
+    /// least, as it does for a host that computes longer between calls).
+    var callsBackSoon: Bool { spinNs > Self.minSpinNs }
+
     /// The word a sleeping server waits on, and the value it waits while.
     var doorbell: (UnsafeMutablePointer<UInt32>, UInt32) { (reqSeq, last) }
 
