@@ -56,6 +56,18 @@ final class ChannelServer: @unchecked Sendable {
         var words: [UnsafeMutablePointer<UInt32>?] = []
         var expected: [UInt32] = []
         var yieldEveryRound = false, quietSpins = 0
+        /// A yield that took this long let another thread run.
+        let switchNs: UInt64 = 1500
+        /// The yield policy (see the spin below): a yield that switched keeps the yielding on;
+        /// 16 answers in a row found without one turn it off.
+        func noteYields(switched: Bool, answered: Bool) {
+            if switched {
+                (yieldEveryRound, quietSpins) = (true, 0)
+            } else if answered && yieldEveryRound {
+                quietSpins += 1
+                if quietSpins >= 16 { yieldEveryRound = false }
+            }
+        }
         /// When the yield after the last answers returned (0: this pass did not start there).
         var yieldedUntil: UInt64 = 0
         func drop(_ gone: [Channel]) {
@@ -104,8 +116,7 @@ final class ChannelServer: @unchecked Sendable {
                 if yieldEveryRound && views.count == 1 && views[0]._withUnsafeGuaranteedRef({ $0.callsBackSoon }) {
                     sched_yield()
                     yieldedUntil = mro_now_ns()
-                    quietSpins = yieldedUntil &- answeredAt >= 1500 ? 0 : quietSpins + 1
-                    if quietSpins >= 16 { yieldEveryRound = false }
+                    noteYields(switched: yieldedUntil &- answeredAt >= switchNs, answered: true)
                 }
                 continue
             }
@@ -142,19 +153,14 @@ final class ChannelServer: @unchecked Sendable {
                     if yieldEveryRound || rounds & 7 == 0 {
                         sched_yield()
                         let after = mro_now_ns()
-                        switched = switched || after &- now >= 1500
+                        switched = switched || after &- now >= switchNs
                         now = after
                     } else {
                         mro_cpu_relax()
                         now = mro_now_ns()
                     }
                 }
-                if switched {
-                    (yieldEveryRound, quietSpins) = (true, 0)
-                } else if found && yieldEveryRound {
-                    quietSpins += 1
-                    if quietSpins >= 16 { yieldEveryRound = false }
-                }
+                noteYields(switched: switched, answered: found)
                 continue
             }
             let gone = list.filter { $0.segment.faulted || !registry.isLive($0.segment) }
