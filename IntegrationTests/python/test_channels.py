@@ -242,6 +242,43 @@ def test_channels_close_with_their_connection_or_segment_and_leave_nothing(daemo
     b.close()
 
 
+def test_a_request_after_its_channel_segment_was_unregistered_is_refused(daemon):
+    """The server uses its channel's own segment without a checkout while it is registered: a
+    request posted after UNREGISTER_SHM of that segment (before the server noticed and closed
+    the channel) must get UNKNOWN_HANDLE, as over ZeroMQ, never an answer computed in it."""
+    sock = connect(daemon)
+    layers, _ = w.layers(sock)
+    v3 = layers["deepseek-v3"]
+    answered = 0
+    for attempt in range(5):
+        c = Channel(sock)
+        body = w.route_body_v2(v3["id"], w.FP32, 1, shm(c.handle, CTRL, 1024), shm(c.handle, CTRL + 1024, 32),
+                               shm(c.handle, CTRL + 1056, 32))
+        c.seg.mm[CTRL:CTRL + 1024] = np.ones(256, np.float32).tobytes()
+        assert c.route(body)[0] == 0
+        # Asleep, the server looks whether its segment is still registered every 100 ms; woken by
+        # a request it answers first.
+        assert h.wait_until(lambda: c.u32(DAEMON_SLEEPING) == 1, timeout=5)
+        r = w.call(sock, [w.frame0(w.OP["UNREGISTER_SHM"], struct.pack("<Q", c.handle))])
+        assert r.status == 0
+        c.seq += 1
+        struct.pack_into("<Q", c.seg.mm, REQUEST_ID, 8)
+        c.seg.mm[REQUEST:REQUEST + len(body)] = body
+        struct.pack_into("<I", c.seg.mm, REQ_SEQ, c.seq)
+        futex_wake(c.seg, REQ_SEQ)
+        assert h.wait_until(lambda: c.u32(RESP_SEQ) == c.seq or c.u32(STATE) == 2, timeout=5)
+        if c.u32(RESP_SEQ) == c.seq:
+            status, n = struct.unpack_from("<II", c.seg.mm, STATUS)
+            message = bytes(c.seg.mm[MESSAGE:MESSAGE + n]).decode()
+            assert w.STATUS_NAME[status] == "UNKNOWN_HANDLE", message
+            answered += 1
+        assert h.wait_until(lambda: c.u32(STATE) == 2, timeout=5)
+        c.close()
+    # (The server closes the channel at its next look, up to 100 ms later; the request came
+    # within a millisecond of the unregister, so it was answered nearly always.)
+    assert answered >= 1
+
+
 CHILD = r"""
 import struct, sys, time, zmq
 sys.path.insert(0, sys.argv[2])

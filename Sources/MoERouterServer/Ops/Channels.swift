@@ -259,7 +259,10 @@ final class Channel: @unchecked Sendable {
         } else {
             switch core.decoder.decodeRoute(request, requestID: requestID, from: origin) {
             case .refused(let r): reply = r
-            case .request(let inbound): reply = core.answer(inbound, now: t0)
+            case .request(var inbound):
+                // (The channel holds its segment checked out: buffers in it need no checkout.)
+                inbound.held = Unmanaged.passUnretained(segment)
+                reply = core.answer(inbound, now: t0)
             }
         }
         core.record(reply, from: origin)

@@ -2,6 +2,7 @@ import CMoERouterWire
 import CMoERouterdOS
 import Glibc
 import MoERouting
+import Synchronization
 
 /// Who sent a request: the connection (ROUTER routing id on the ipc or tcp socket) and, for ipc
 /// peers, the kernel's credentials of the connecting process.
@@ -71,9 +72,17 @@ final class SharedSegment: @unchecked Sendable {
     private let guardSlot: Int32
     /// The backend that registered the mapping for in-place routes (nil: none did).
     private let registeredWith: (any RoutingBackend)?
-    /// Requests using the mapping now, and whether an unregister waits for them (registry lock).
+    /// Requests using the mapping now (registry lock).
     var users = 0
-    var releasePending = false
+    /// Whether the registration ended (unregistered, released with its client, dropped after a
+    /// truncation) and the last user's check-in releases the mapping. Set under the registry's
+    /// lock; read without it by a channel, which holds its own segment checked out and uses it
+    /// without a checkout while this is false.
+    var releasePending: Bool {
+        get { pending.load(ordering: .acquiring) }
+        set { pending.store(newValue, ordering: .releasing) }
+    }
+    private let pending = Atomic<Bool>(false)
     private(set) var released = false
 
     /// Opens, checks and maps `name`. Throws a typed failure naming what was wrong.
