@@ -99,8 +99,6 @@ static inline void mro_cpu_relax(void) {
     __builtin_ia32_pause();
 #endif
 }
-/* A full fence (the copy of a request happens after its sequence number is seen). */
-static inline void mro_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 /* 64 random bits (getrandom), never 0. */
 uint64_t mro_random_u64(void);
 

@@ -112,6 +112,8 @@ protocol RequestFrames {
 /// where it came from. Handed from the I/O thread to at most one worker.
 struct InboundRequest: @unchecked Sendable {
     let request: Request
+    /// `request.op`, read once (reading it from `request` copied the whole request each time).
+    let op: WireOp
     /// The protocol version of the request's header; its answer's bodies are this version's.
     var version: UInt16 = 1
     let id: UInt64
@@ -128,7 +130,17 @@ struct InboundRequest: @unchecked Sendable {
     /// The transport keeps it alive until the answer is written.
     var held: Unmanaged<SharedSegment>? = nil
 
-    var op: WireOp { request.op }
+    init(request: Request, version: UInt16, id: UInt64, deadlineNs: UInt64, origin: any RequestOrigin,
+         inlineInput: UnsafeRawBufferPointer) {
+        self.request = request
+        op = request.op
+        self.version = version
+        self.id = id
+        self.deadlineNs = deadlineNs
+        self.origin = origin
+        self.inlineInput = inlineInput
+    }
+
 
     /// The reply that refuses this request with `failure` (a ROUTE's carries its response body).
     func refused(_ failure: RequestFailure) -> Reply {

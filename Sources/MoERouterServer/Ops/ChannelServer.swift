@@ -68,8 +68,10 @@ final class ChannelServer: @unchecked Sendable {
                 if quietSpins >= 16 { yieldEveryRound = false }
             }
         }
-        /// When the yield after the last answers returned (0: this pass did not start there).
-        var yieldedUntil: UInt64 = 0
+        /// The time read just before this pass (after the yield that follows an answer, or in the
+        /// spin that found the request; 0: none): the first request found takes it as the time
+        /// it was seen, one clock read fewer.
+        var passStart: UInt64 = 0
         func drop(_ gone: [Channel]) {
             guard !gone.isEmpty else { return }
             members.withLock { m in m.removeAll { c in gone.contains { $0 === c } } }
@@ -95,14 +97,12 @@ final class ChannelServer: @unchecked Sendable {
                     if c.isStopping {
                         anyStopping = true
                     } else {
-                        // The time read after the yield below is when this pass began: the first
-                        // request found takes it as the time it was seen.
-                        let done = c.answerIfPosted(core: core, seenAt: answeredAt == 0 ? yieldedUntil : 0)
+                        let done = c.answerIfPosted(core: core, seenAt: answeredAt == 0 ? passStart : 0)
                         answeredAt = max(answeredAt, done)
                     }
                 }
             }
-            yieldedUntil = 0
+            passStart = 0
             if anyStopping { drop(list.filter(\.isStopping)) }
             if answeredAt != 0 {
                 // A client on this CPU waits for the CPU to read its answer: hand it over now,
@@ -115,8 +115,8 @@ final class ChannelServer: @unchecked Sendable {
                 // such a channel's server should be asleep by then.)
                 if yieldEveryRound && views.count == 1 && views[0]._withUnsafeGuaranteedRef({ $0.callsBackSoon }) {
                     sched_yield()
-                    yieldedUntil = mro_now_ns()
-                    noteYields(switched: yieldedUntil &- answeredAt >= switchNs, answered: true)
+                    passStart = mro_now_ns()
+                    noteYields(switched: passStart &- answeredAt >= switchNs, answered: true)
                 }
                 continue
             }
@@ -147,6 +147,7 @@ final class ChannelServer: @unchecked Sendable {
                 spin: while now < spinUntil && !changed.load(ordering: .relaxed) {
                     for i in words.indices where mro_load_u32(words[i]!) != expected[i] {
                         found = true
+                        passStart = now
                         break spin
                     }
                     rounds += 1

@@ -247,8 +247,8 @@ final class Channel: @unchecked Sendable {
             sleptAtNs = 0
         }
         let c = ctrl
-        mro_fence()
-        // The one read of the client's descriptor: everything below works on this copy.
+        // The one read of the client's descriptor: everything below works on this copy. (The
+        // sequentially consistent load of req_seq above orders these reads after it.)
         let requestID = c.pointee.request_id
         var request = c.pointee.request
         origin.receivedNs = t0
