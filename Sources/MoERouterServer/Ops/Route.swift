@@ -158,6 +158,7 @@ struct RouteHandler: Sendable {
 
     private func resolve(_ ref: BufferRef, _ name: BufferName, expected: Int, align: Int, _ r: InboundRequest,
                          _ checkedOut: inout CheckedOut) throws(RequestFailure) -> Resolved {
+        assert(align > 0 && align & (align - 1) == 0, "alignment \(align) is not a power of two")
         guard ref.length == UInt64(expected) else {
             throw RequestFailure(.sizeMismatch, "\(name).length = \(ref.length), expected \(expected) bytes for this layer, dtype and token count")
         }
@@ -179,7 +180,9 @@ struct RouteHandler: Sendable {
         guard end <= UInt64(seg.size) else {
             throw RequestFailure(.outOfBounds, "\(name): bytes \(offset)..<\(end) lie past the end of the \(seg.size)-byte segment \(handle)")
         }
-        guard offset % UInt64(align) == 0 else {
+        // (Every alignment is a power of two: 1, a dtype's 2 or 4, a token id's 4 or 8. A mask
+        // instead of `%`: three 64-bit divisions cost ~30 ns a request.)
+        guard offset & UInt64(align &- 1) == 0 else {
             throw RequestFailure(.misaligned, "\(name).offset = \(offset) is not a multiple of \(align)")
         }
         return Resolved(name: name, slot: slot, offset: Int(offset), length: Int(length), address: seg.base + Int(offset),
