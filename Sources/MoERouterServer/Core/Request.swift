@@ -141,7 +141,6 @@ struct InboundRequest: @unchecked Sendable {
         self.inlineInput = inlineInput
     }
 
-
     /// The reply that refuses this request with `failure` (a ROUTE's carries its response body).
     func refused(_ failure: RequestFailure) -> Reply {
         if case .route(let q) = request {

@@ -55,7 +55,7 @@ struct RouteHandler: Sendable {
             // is refused now; its size is read once, after the run (below), which catches a
             // shrink before or during it alike: one system call per segment and request, not two
             // (each costs ~0.3 µs here, a tenth of a 1-token channel route).
-            try checkFaults(checkedOut)
+            try checkFaults(checkedOut, buffers)
             let weightsFrame = weights.inShm ? nil : try outputFrame(outputBytes, for: r)
             let idsFrame = ids.inShm ? nil : try outputFrame(outputBytes, for: r)
             let inputPtr = input.inShm ? UnsafeRawPointer(input.address) : r.inlineInput.baseAddress
@@ -168,7 +168,7 @@ struct RouteHandler: Sendable {
         guard r.origin.transport == .ipc else {
             throw RequestFailure(.shmRefused, "\(name): shared memory is only available to ipc peers on this host")
         }
-        var slot = checkedOut.use(handle: handle)
+        var slot = checkedOut.index(handle: handle)
         if slot < 0 {
             slot = checkedOut.append(try registry.checkout(client: r.origin.client, handle: handle))
         }
@@ -208,9 +208,9 @@ struct RouteHandler: Sendable {
         }
     }
 
-    /// SHM_TRUNCATED (and the registration dropped) when a segment faulted.
-    private func checkFaults(_ segments: CheckedOut) throws(RequestFailure) {
-        for i in 0..<segments.count where segments.isUsed(i) && segments.with(i, { $0.faulted }) {
+    /// SHM_TRUNCATED (and the registration dropped) when a segment a buffer uses faulted.
+    private func checkFaults(_ segments: CheckedOut, _ buffers: Buffers) throws(RequestFailure) {
+        for i in 0..<segments.count where buffers.use(segment: i) && segments.with(i, { $0.faulted }) {
             let s = segments[i]
             registry.drop(handle: s.handle)
             throw RequestFailure(.shmTruncated, "segment \(s.handle) (\(s.name)) shrank below its registered \(s.size) bytes; its registration is dropped")
@@ -220,9 +220,12 @@ struct RouteHandler: Sendable {
     /// SHM_TRUNCATED (and the registration dropped) when a segment faulted or no longer holds
     /// every byte a buffer of this request uses.
     private func checkSizes(_ segments: CheckedOut, _ buffers: Buffers) throws(RequestFailure) {
-        for i in 0..<segments.count where segments.isUsed(i) {
-            var end = 0
-            for b in 0..<buffers.count where buffers[b].slot == i { end = max(end, buffers[b].offset + buffers[b].length) }
+        for i in 0..<segments.count {
+            var end = 0, used = false
+            for b in 0..<buffers.count where buffers[b].slot == i {
+                (end, used) = (max(end, buffers[b].offset + buffers[b].length), true)
+            }
+            guard used else { continue }  // a held segment no buffer uses is not looked at
             let (faulted, now) = segments.with(i) { s in s.faulted ? (true, 0) : (false, s.currentSize) }
             guard faulted || now < end else { continue }
             let s = segments[i]
@@ -241,8 +244,8 @@ struct RouteHandler: Sendable {
     private struct CheckedOut {
         private var items = InlineArray<5, Unmanaged<SharedSegment>?>(repeating: nil)
         private(set) var count = 0
-        /// Whether items[0] is the transport's held segment, and whether a buffer uses it.
-        private var holds = false, heldUsed = false
+        /// Whether items[0] is the transport's held segment.
+        private var holds = false
 
         init(held: Unmanaged<SharedSegment>?) {
             guard let held, !held._withUnsafeGuaranteedRef({ $0.releasePending }) else { return }
@@ -264,17 +267,11 @@ struct RouteHandler: Sendable {
             return count - 1
         }
 
-        /// The index of the segment of `handle` (now used by a buffer), or -1.
-        mutating func use(handle: UInt64) -> Int {
-            for i in 0..<count where items[i]!._withUnsafeGuaranteedRef({ $0.handle }) == handle {
-                if i == 0 { heldUsed = true }
-                return i
-            }
+        /// The index of the segment of `handle`, or -1.
+        func index(handle: UInt64) -> Int {
+            for i in 0..<count where items[i]!._withUnsafeGuaranteedRef({ $0.handle }) == handle { return i }
             return -1
         }
-
-        /// Whether a buffer uses segment `i` (a held segment may be used by none).
-        func isUsed(_ i: Int) -> Bool { i > 0 || !holds || heldUsed }
 
         /// Checks every segment in with `registry` and lets go of it.
         mutating func checkin(to registry: SegmentRegistry) {
@@ -283,7 +280,7 @@ struct RouteHandler: Sendable {
                 items[i]!.release()
                 items[i] = nil
             }
-            (count, holds, heldUsed) = (0, false, false)
+            (count, holds) = (0, false)
         }
     }
 
@@ -300,6 +297,12 @@ struct RouteHandler: Sendable {
             (self.input, self.weights, self.ids) = (input, weights, ids)
             extra = tokenIds == nil ? (mask, nil) : (tokenIds, mask)
             count = 3 + (tokenIds == nil ? 0 : 1) + (mask == nil ? 0 : 1)
+        }
+
+        /// Whether a buffer lies in segment `slot` of the request's `CheckedOut`.
+        func use(segment slot: Int) -> Bool {
+            for i in 0..<count where self[i].slot == slot { return true }
+            return false
         }
 
         subscript(i: Int) -> Resolved {
