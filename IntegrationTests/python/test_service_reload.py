@@ -78,3 +78,49 @@ def test_reload_swaps_layers_and_rejects_invalid(start_daemon, tmp_path, monkeyp
     s.close(0)
     ctx.term()
     notify.close()
+
+
+def test_a_channel_routes_on_the_reloaded_layers(start_daemon, tmp_path):
+    """A host calling back-to-back on a channel through a reload is unharmed, and its next
+    request on the same channel may name a new layer. (The server's own copy of the layer list,
+    read without a lock per request, is pinned by ConfigFileTests'
+    aReaderSeesAReloadAtOnceAndLetsGoWhenDropped: here a GIL switch may put the server to sleep,
+    which drops the copy anyway.)"""
+    import numpy as np
+    from moe_router import Client
+
+    cfg = tmp_path / "routerd.yaml"
+    cfg.write_text(ONE)
+    d = start_daemon("--config", str(cfg))
+    c = Client(d.endpoint)
+    rng = np.random.default_rng(7)
+    x8, x128 = rng.standard_normal((1, 8), dtype=np.float32), rng.standard_normal((1, 128), dtype=np.float32)
+    assert c.route("mixtral-8x7b", x8).path == "channel"
+
+    reloaded, outcome = threading.Event(), {}
+
+    def host():
+        n = 0
+        try:
+            while not reloaded.is_set() or n < 200:
+                r = c.route(0, x8)
+                assert r.path == "channel" and r.ids.shape == (1, 2)
+                n += 1
+            r = c.route(1, x128)  # the new layer, on the same busy channel
+            outcome["qwen"] = (r.path, r.ids.shape)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            outcome["error"] = e
+        outcome["calls"] = n
+
+    t = threading.Thread(target=host)
+    t.start()
+    cfg.write_text(TWO)
+    d.proc.send_signal(signal.SIGHUP)
+    assert h.wait_until(lambda: "reloaded: 2 layers" in d.read_log())
+    reloaded.set()
+    t.join(60)
+    assert not t.is_alive()
+    assert "error" not in outcome, outcome
+    assert outcome["qwen"] == ("channel", (1, 8)), outcome
+    c.close()
+    assert d.alive()

@@ -6,6 +6,8 @@ import Synchronization
 /// `BuiltLayer`s live until their last request returns).
 final class LayerSlot: Sendable {
     private let catalog: Mutex<LayerCatalog>
+    /// Bumped by every `replace` (after the swap): a `Reader` whose copy is older reads again.
+    private let generation = Atomic<UInt64>(0)
     /// Layers replaced by a reload whose device copies are not freed yet.
     let retired = Mutex<[BuiltLayer]>([])
 
@@ -18,8 +20,30 @@ final class LayerSlot: Sendable {
         catalog.withLock { old in
             let previous = old
             old = new
+            generation.add(1, ordering: .releasing)
             return previous
         }
+    }
+
+    /// One thread's copy of the slot, for a path that reads it on every request (a channel's):
+    /// an atomic load instead of the lock (~25 ns of a 1-token route). A copy keeps its layers
+    /// alive, so a reload frees their device copies only after `drop` (or the next `current`).
+    struct Reader {
+        private var catalog: LayerCatalog?
+        private var generation: UInt64 = 0
+
+        init() {}
+
+        /// The slot's catalog: the copy, unless a reload replaced it since it was read.
+        mutating func current(_ slot: LayerSlot) -> LayerCatalog {
+            let now = slot.generation.load(ordering: .acquiring)
+            if let catalog, now == generation { return catalog }
+            let fresh = slot.current
+            (catalog, generation) = (fresh, now)
+            return fresh
+        }
+
+        mutating func drop() { catalog = nil }
     }
 }
 
@@ -83,10 +107,10 @@ extension RouterServer {
         let s = state.stats
         return ServiceSnapshot(layers: state.layers.current.layers.count, clients: state.clients.count(),
                                registrations: snap.registrations, mappedBytes: UInt64(snap.mappedBytes),
-                               requests: s.requests.load(ordering: .relaxed), errors: s.errors.load(ordering: .relaxed),
-                               tokens: s.tokens.load(ordering: .relaxed), queued: s.queued.load(ordering: .relaxed),
-                               fallbackCasts: s.fallbackCasts.load(ordering: .relaxed),
-                               nonFiniteInputs: s.nonFiniteInputs.load(ordering: .relaxed),
+                               requests: s.requests.value, errors: s.errors.value,
+                               tokens: s.tokens.value, queued: s.queued.load(ordering: .relaxed),
+                               fallbackCasts: s.fallbackCasts.value,
+                               nonFiniteInputs: s.nonFiniteInputs.value,
                                transfers: state.backend.transfers, backend: state.backend.name,
                                runtime: state.backend.runtime, device: state.backend.deviceName)
     }

@@ -28,19 +28,16 @@ public final class ServerMetrics: Sendable {
 
     /// Counts one reply to a request for `layer` (a ROUTE's; "" for other ops) that arrived at
     /// `receivedNs`.
-    func record(_ reply: Reply, layer: String, receivedNs: UInt64) {
-        let op = reply.op
-        let route: RouteResult? = if case .route(let r) = reply.body { r } else { nil }
-        let failed = reply.status != .ok
-        let tokens = failed ? 0 : route?.tokens ?? 0
+    func record(op: UInt16, status: WireStatus, tokens: UInt64, layer: String, receivedNs: UInt64) {
+        let failed = status != .ok
         let (requests, errors, tokenCounter, latency) = instruments.withLock { i in
             let name = WireOp(rawValue: op)?.name ?? "unknown"
             let r = i.requests[op] ?? { let c = Counter(label: "moe_requests_total", dimensions: [("op", name)]); i.requests[op] = c; return c }()
             var e: Counter?
             if failed {
-                let key = "\(reply.status.rawValue)/\(layer)"
+                let key = "\(status.rawValue)/\(layer)"
                 e = i.errors[key] ?? {
-                    let c = Counter(label: "moe_errors_total", dimensions: [("code", reply.status.name), ("layer", layer)])
+                    let c = Counter(label: "moe_errors_total", dimensions: [("code", status.name), ("layer", layer)])
                     i.errors[key] = c
                     return c
                 }()

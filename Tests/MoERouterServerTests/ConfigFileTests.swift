@@ -85,4 +85,23 @@ import Testing
         do { _ = try LayerCatalog([spec, spec]) } catch { #expect(error.description.hasPrefix("layer 'mixtral-8x7b':")) }
         #expect(throws: ConfigError.noLayers) { try LayerCatalog([]) }
     }
+
+    /// A channel server's copy of the layers (`LayerSlot.Reader`) is replaced by the next read
+    /// after a reload, and an idle server's `drop` leaves the old layers to the reload alone.
+    @Test func aReaderSeesAReloadAtOnceAndLetsGoWhenDropped() throws {
+        let spec = Presets.spec(named: "mixtral-8x7b", gateDType: .fp32)!
+        var other = spec
+        other.name = "other"
+        let slot = LayerSlot(try LayerCatalog([spec]))
+        var reader = LayerSlot.Reader()
+        let first = ObjectIdentifier(reader.current(slot))
+        #expect(ObjectIdentifier(reader.current(slot)) == first)
+        _ = slot.replace(with: try LayerCatalog([spec, other]))
+        #expect(reader.current(slot).layers.count == 2, "the next read after a reload sees the new layers")
+        var replaced = slot.replace(with: try LayerCatalog([spec]))
+        #expect(!isKnownUniquelyReferenced(&replaced), "the reader still holds the layers it read")
+        reader.drop()
+        #expect(isKnownUniquelyReferenced(&replaced), "a dropped reader holds no layers")
+        #expect(reader.current(slot).layers.count == 1)
+    }
 }

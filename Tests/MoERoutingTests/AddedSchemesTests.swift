@@ -287,6 +287,13 @@ struct AddedSchemesKernelTests {
         return try ExpertPlacement(numPhysical: next, replicas: replicas)
     }
 
+    /// The E counters of a sharded block (its rows added up).
+    static func load(_ block: [UInt64], _ E: Int) -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: E)
+        mrk_counts_load(block, &out, Int32(E))
+        return out
+    }
+
     static func recount(_ ids: [Int32], numExperts: Int) -> [UInt64] {
         var c = [UInt64](repeating: 0, count: numExperts)
         for id in ids where id >= 0 { c[Int(id)] += 1 }
@@ -345,7 +352,7 @@ struct AddedSchemesKernelTests {
         var rng = SplitMix64(seed: 4)
         let logical: [Int32] = (0..<tokens * k).map { i in i % 17 == 5 ? -1 : Int32.random(in: 0..<Int32(E), using: &rng) }
         var whole = logical, pieces = logical
-        var c1 = [UInt64](repeating: 0, count: E), c2 = c1
+        var c1 = [UInt64](repeating: 0, count: Int(mrk_counts_size(Int32(E)))), c2 = c1
         placement.offsets.withUnsafeBufferPointer { o in
             placement.flat.withUnsafeBufferPointer { f in
                 mrk_place_and_count(&whole, Int64(tokens), Int32(k), 0, o.baseAddress, f.baseAddress, &c1, Int32(E))
@@ -362,7 +369,7 @@ struct AddedSchemesKernelTests {
             }
         }
         #expect(whole == pieces)
-        #expect(c1 == c2 && c1 == Self.recount(logical, numExperts: E))
+        #expect(Self.load(c1, E) == Self.load(c2, E) && Self.load(c1, E) == Self.recount(logical, numExperts: E))
         for (i, e) in logical.enumerated() where e >= 0 {
             let r = placement.replicas(of: Int(e))
             #expect(whole[i] == r[r.startIndex + (i / k) % r.count])
@@ -377,13 +384,13 @@ struct AddedSchemesKernelTests {
         for tokens in [2, 101] {  // n * 4 < E: the per-id path; else the batched one
             var ids: [Int32] = (0..<tokens * k).map { i in i % 5 == 0 ? bad[(i / 5) % bad.count] : Int32(i % E) }
             let before = ids
-            var counts = [UInt64](repeating: 0, count: E)
+            var counts = [UInt64](repeating: 0, count: Int(mrk_counts_size(Int32(E))))
             placement.offsets.withUnsafeBufferPointer { o in
                 placement.flat.withUnsafeBufferPointer { f in
                     mrk_place_and_count(&ids, Int64(tokens), Int32(k), 0, o.baseAddress, f.baseAddress, &counts, Int32(E))
                 }
             }
-            #expect(counts == Self.recount(before.map { $0 >= 0 && $0 < Int32(E) ? $0 : -1 }, numExperts: E))
+            #expect(Self.load(counts, E) == Self.recount(before.map { $0 >= 0 && $0 < Int32(E) ? $0 : -1 }, numExperts: E))
             for (i, e) in before.enumerated() where e < 0 || e >= Int32(E) { #expect(ids[i] == e, "left as it was") }
         }
     }

@@ -16,7 +16,44 @@ extern "C" {
 enum {
     MRK_MAX_EXPERTS = 1024, /* the CPU backend's documented upper limit on num_experts */
     MRK_MAX_TOPK = 32,      /* ... and on top_k */
+    MRK_SHARDS = 16,        /* rows of a sharded counter (below) */
 };
+
+/*
+ * Sharded counters (kernels.c): a counter that many threads bump on every request is MRK_SHARDS
+ * rows, `stride` uint64 apart (at least a cache line). Rows 0 .. MRK_SHARDS - 2 each belong to
+ * one live thread, which adds with a plain load and store; the last row is shared by threads
+ * that found none free, with atomic adds. Its value is the sum of the rows.
+ */
+extern __thread int32_t mrk_shard_of_thread;
+int32_t mrk_shard_take(void);
+
+/* The calling thread's row. */
+static inline int32_t mrk_thread_shard(void) {
+    const int32_t row = mrk_shard_of_thread;
+    return row >= 0 ? row : mrk_shard_take();
+}
+
+/* Adds n to counter c in row `row` (the calling thread's). */
+static inline void mrk_row_add(uint64_t *c, int32_t row, uint64_t n) {
+    if (row == MRK_SHARDS - 1)
+        __atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+    else
+        __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+/* Adds n to the calling thread's row of the counter whose row 0 is `first`. */
+static inline void mrk_sharded_add(uint64_t *first, int64_t stride, uint64_t n) {
+    const int32_t row = mrk_thread_shard();
+    mrk_row_add(first + row * stride, row, n);
+}
+
+/* The counter's value: its rows added up (relaxed loads). */
+uint64_t mrk_sharded_sum(const uint64_t *first, int64_t stride);
+
+/* Expert load counters: MRK_SHARDS rows of mrk_counts_stride(num_experts) (see above). */
+static inline int64_t mrk_counts_stride(int32_t num_experts) { return ((int64_t)num_experts + 7) & ~(int64_t)7; }
+static inline int64_t mrk_counts_size(int32_t num_experts) { return MRK_SHARDS * mrk_counts_stride(num_experts); }
 
 typedef enum { MRK_DTYPE_FP32 = 0, MRK_DTYPE_BF16 = 1, MRK_DTYPE_FP16 = 2 } mrk_dtype;
 
@@ -96,9 +133,9 @@ int64_t mrk_check_token_ids(const void *token_ids, int32_t token_id_bytes, int64
 
 /* The backend-independent last step of every route, on `tokens` rows of `k` ids whose first row
  * is token `t0` of the request:
- *  - counts (NULL: none; num_experts counters shared by every thread): counts[e] += 1 for every
- *    logical id e >= 0 (masked rows hold -1), by relaxed atomic additions (a batch counts into
- *    a local array first and adds each expert's total once);
+ *  - counts (NULL: none; mrk_counts_size(num_experts) counters, sharded as above): the calling
+ *    thread's row gets [e] += 1 for every logical id e >= 0 (masked rows hold -1) (a batch
+ *    counts into a local array first and adds each expert's total once);
  *  - placement (offsets NULL: none): logical e -> physical replicas
  *    replicas[offsets[e] .. offsets[e+1]); token t takes replica (t mod count) (shared/ROUTING.md).
  * Counting happens before the ids are rewritten, so it counts logical experts. */
@@ -106,7 +143,7 @@ void mrk_place_and_count(int32_t *ids, int64_t tokens, int32_t k, int64_t t0,
                          const int32_t *offsets, const int32_t *replicas, uint64_t *counts,
                          int32_t num_experts);
 
-/* Relaxed atomic loads of n counters (the ones mrk_place_and_count adds to) into out. */
+/* The n expert counters mrk_place_and_count adds to (their rows added up) into out. */
 void mrk_counts_load(const uint64_t *counts, uint64_t *out, int32_t n);
 
 /* The contract's sqrt(softplus(x)), exposed for accuracy tests. */

@@ -125,10 +125,6 @@ struct InboundRequest: @unchecked Sendable {
     /// Version 2 ROUTE: inline token ids and mask (empty when absent or in shared memory).
     var inlineTokenIds = UnsafeRawBufferPointer(start: nil, count: 0)
     var inlineMask = UnsafeRawBufferPointer(start: nil, count: 0)
-    /// A segment of `origin`'s that the transport holds checked out for longer than the request
-    /// (a channel's own): while it is registered, buffers in it are used without a checkout.
-    /// The transport keeps it alive until the answer is written.
-    var held: Unmanaged<SharedSegment>? = nil
 
     init(request: Request, version: UInt16, id: UInt64, deadlineNs: UInt64, origin: any RequestOrigin,
          inlineInput: UnsafeRawBufferPointer) {

@@ -60,6 +60,9 @@ final class RequestCore: Sendable {
         placement = PlacementHandler(layers: state.layers, stats: state.stats, control: ControlAccess(config: c), logger: logger)
     }
 
+    /// The served layers.
+    var layers: LayerSlot { state.layers }
+
     /// The decoded request, or the reply refusing it.
     func decode(_ frames: some RequestFrames, from origin: any RequestOrigin) -> Decoded {
         decoder.decode(frames, from: origin)
@@ -92,16 +95,31 @@ final class RequestCore: Sendable {
         }
     }
 
+    /// A ROUTE that arrived without frames (a channel's, decoded by `RequestDecoder.route`),
+    /// answered at once: there is no queue, so no deadline to miss.
+    func route(_ q: RouteRequest, _ call: RouteCall) -> RouteAnswer { router.route(q, call) }
+
     /// Counts `reply` in STATS and the metrics: once per reply, as the transport sends it.
     /// `origin`: who sent the request (decoded or not), for the request's duration.
     func record(_ reply: Reply, from origin: any RequestOrigin) {
-        state.stats.count(reply)
+        let route: RouteResult? = if case .route(let r) = reply.body { r } else { nil }
+        record(op: reply.op, status: reply.status, route: route, receivedNs: origin.receivedNs)
+    }
+
+    /// Counts a ROUTE answered without a `Reply` (a channel's), as `record(_:from:)` would.
+    func record(_ answer: RouteAnswer, receivedNs: UInt64) {
+        record(op: WireOp.route.rawValue, status: answer.status, route: answer.result, receivedNs: receivedNs)
+    }
+
+    private func record(op: UInt16, status: WireStatus, route: RouteResult?, receivedNs: UInt64) {
+        state.stats.count(status: status, route: route)
         guard let metrics = state.metrics else { return }
         // A ROUTE refused before its layer was looked up is still counted under that layer.
         var layer = ""
-        if case .route(let r) = reply.body {
+        if let r = route {
             layer = r.layerName.isEmpty ? state.layers.current.layer(r.layerID)?.spec.name ?? "" : r.layerName
         }
-        metrics.record(reply, layer: layer, receivedNs: origin.receivedNs)
+        metrics.record(op: op, status: status, tokens: status == .ok ? route?.tokens ?? 0 : 0, layer: layer,
+                       receivedNs: receivedNs)
     }
 }

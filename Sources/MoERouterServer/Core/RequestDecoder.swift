@@ -72,18 +72,10 @@ struct RequestDecoder: Sendable {
     }
 
     /// A ROUTE descriptor that arrived without a header or frames (a channel's, copied once out
-    /// of its page): its fields pass the same checks as a version-2 ROUTE frame's body, and it
-    /// gets the default deadline. A channel holds no inline data, so it is one frame.
-    func decodeRoute(_ q: moe_route_req_v2, requestID: UInt64, from origin: any RequestOrigin) -> Decoded {
-        let request: RouteRequest
-        do throws(RequestFailure) { request = try route(q.base, DescriptorOnly(), extended: q) } catch {
-            return .refused(Reply(op: WireOp.route.rawValue, requestID: requestID, version: 2, failure: error,
-                                  body: .route(RouteResult(tokens: q.base.tokens, layerID: q.base.layer_id, version: 2))))
-        }
-        let none = UnsafeRawBufferPointer(start: nil, count: 0)
-        return .request(InboundRequest(request: .route(request), version: 2, id: requestID,
-                                       deadlineNs: origin.receivedNs + UInt64(defaultDeadlineMs) * 1_000_000,
-                                       origin: origin, inlineInput: none))
+    /// of its page): its fields pass the same checks as a version-2 ROUTE frame's body. A
+    /// channel holds no inline data, so it is one frame.
+    func route(_ q: moe_route_req_v2) throws(RequestFailure) -> RouteRequest {
+        try route(q.base, DescriptorOnly(), extended: q)
     }
 
     /// Header and frame checks; returns the op.

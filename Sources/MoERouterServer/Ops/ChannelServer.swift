@@ -72,6 +72,9 @@ final class ChannelServer: @unchecked Sendable {
         /// spin that found the request; 0: none): the first request found takes it as the time
         /// it was seen, one clock read fewer.
         var passStart: UInt64 = 0
+        /// The served layers as this thread last read them (dropped before it sleeps, so that a
+        /// reload's replaced layers are not kept by an idle server).
+        var layers = LayerSlot.Reader()
         func drop(_ gone: [Channel]) {
             guard !gone.isEmpty else { return }
             members.withLock { m in m.removeAll { c in gone.contains { $0 === c } } }
@@ -97,7 +100,7 @@ final class ChannelServer: @unchecked Sendable {
                     if c.isStopping {
                         anyStopping = true
                     } else {
-                        let done = c.answerIfPosted(core: core, seenAt: answeredAt == 0 ? passStart : 0)
+                        let done = c.answerIfPosted(core: core, layers: &layers, seenAt: answeredAt == 0 ? passStart : 0)
                         answeredAt = max(answeredAt, done)
                     }
                 }
@@ -170,6 +173,7 @@ final class ChannelServer: @unchecked Sendable {
                 continue
             }
             if list.isEmpty && exitWhenEmpty { continue }
+            layers.drop()
             for c in list { c.willSleep() }
             var posted = false
             for i in words.indices where mro_load_u32(words[i]!) != expected[i] { posted = true }

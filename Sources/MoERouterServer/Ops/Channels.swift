@@ -170,7 +170,6 @@ final class Channel: @unchecked Sendable {
     private(set) var spinNs: UInt64
     static let minSpinNs: UInt64 = 2000
     private let stopping = Atomic<Bool>(false)
-    private let origin: ChannelOrigin
     /// The last request answered, not the last one posted: a client may ring before its server runs.
     private var last: UInt32
     private var lastAnswerNs = mro_now_ns()
@@ -183,7 +182,6 @@ final class Channel: @unchecked Sendable {
         self.peer = peer
         self.maxSpinNs = spinNs
         self.spinNs = spinNs
-        origin = ChannelOrigin(client: client, peer: peer)
         ctrl = segment.base.assumingMemoryBound(to: moe_channel_ctrl.self)
         // The control page's words, found once (a key path per request would cost reference
         // counting on every request): the segment stays mapped for the channel's life.
@@ -235,7 +233,8 @@ final class Channel: @unchecked Sendable {
 
     /// Answers the posted request, if req_seq moved; returns when it answered (0: nothing was
     /// posted). `seenAt`: the time the server last read, if it just did (0: read it now).
-    func answerIfPosted(core: RequestCore, seenAt: UInt64 = 0) -> UInt64 {
+    /// `layers`: the server's copy of the served layers.
+    func answerIfPosted(core: RequestCore, layers: inout LayerSlot.Reader, seenAt: UInt64 = 0) -> UInt64 {
         let seq = mro_load_u32(reqSeq)
         guard seq != last else { return 0 }
         let t0 = seenAt != 0 ? seenAt : mro_now_ns()
@@ -251,22 +250,23 @@ final class Channel: @unchecked Sendable {
         // sequentially consistent load of req_seq above orders these reads after it.)
         let requestID = c.pointee.request_id
         var request = c.pointee.request
-        origin.receivedNs = t0
-        let reply: Reply
-        if let refusal = Self.precheck(&request, channelHandle: segment.handle) {
-            reply = Reply(op: UInt16(MOE_OP_ROUTE.rawValue), requestID: requestID, version: 2, failure: refusal,
-                          body: .route(RouteResult(tokens: request.base.tokens, layerID: request.base.layer_id, version: 2)))
-        } else {
-            switch core.decoder.decodeRoute(request, requestID: requestID, from: origin) {
-            case .refused(let r): reply = r
-            case .request(var inbound):
-                // (The channel holds its segment checked out: buffers in it need no checkout.)
-                inbound.held = Unmanaged.passUnretained(segment)
-                reply = core.answer(inbound, now: t0)
-            }
+        // (No `Reply`, no `InboundRequest`: the request core's ROUTE, its checks and its
+        // accounting, straight from the copy into the page — ~0.1 µs of a 1-token route.)
+        var answer: RouteAnswer
+        do throws(RequestFailure) {
+            if let refusal = Self.precheck(&request, channelHandle: segment.handle) { throw refusal }
+            let q = try core.decoder.route(request)
+            var call = RouteCall(version: 2, transport: .ipc, client: client)
+            // The channel holds its segment checked out: buffers in it need no checkout.
+            call.held = Unmanaged.passUnretained(segment)
+            call.catalog = layers.current(core.layers)
+            answer = core.route(q, call)
+        } catch {
+            answer = RouteAnswer(result: RouteResult(tokens: request.base.tokens, layerID: request.base.layer_id, version: 2),
+                                 failure: error)
         }
-        core.record(reply, from: origin)
-        write(reply, requestID: requestID, into: c)
+        core.record(answer, receivedNs: t0)
+        write(answer, requestID: requestID, into: c)
         let done = mro_now_ns()
         c.pointee.compute_path_ns = done &- t0
         mro_store_u32(respSeq, seq)
@@ -293,13 +293,12 @@ final class Channel: @unchecked Sendable {
             ?? check("token_ids", q.token_ids) ?? check("mask", q.mask)
     }
 
-    private func write(_ reply: Reply, requestID: UInt64, into c: UnsafeMutablePointer<moe_channel_ctrl>) {
+    private func write(_ answer: RouteAnswer, requestID: UInt64, into c: UnsafeMutablePointer<moe_channel_ctrl>) {
         c.pointee.answer_request_id = requestID
-        c.pointee.status = reply.status.rawValue
-        var response = moe_route_resp_v2()
-        if case .route(let result) = reply.body { response = result.wireV2 }
-        c.pointee.response = response
-        var text = reply.message
+        c.pointee.status = answer.status.rawValue
+        c.pointee.response = answer.result.wireV2
+        // (The text of ZeroMQ's reply: "routed", or the refusal's.)
+        var text = answer.failure?.message ?? "routed"
         text.withUTF8 { utf8 in
             var n = min(utf8.count, 256)
             if n < utf8.count { while n > 0 && utf8[n] & 0xC0 == 0x80 { n -= 1 } }
@@ -308,20 +307,5 @@ final class Channel: @unchecked Sendable {
             }
             c.pointee.message_len = UInt32(n)
         }
-    }
-}
-
-/// Who sent a channel request: the connection that opened the channel (its registrations, its
-/// credentials), with the time the request was seen.
-private final class ChannelOrigin: RequestOrigin, @unchecked Sendable {
-    let transport = ClientKey.Transport.ipc
-    let client: ClientKey
-    let peer: PeerCredentials?
-    let connectionFD: Int32 = -1
-    var receivedNs: UInt64 = 0
-
-    init(client: ClientKey, peer: PeerCredentials) {
-        self.client = client
-        self.peer = peer
     }
 }

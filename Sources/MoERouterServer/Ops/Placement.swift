@@ -30,7 +30,7 @@ struct PlacementHandler: Sendable {
             do { epoch = try layer.placements.set(placement, numExperts: layer.spec.numExperts) } catch {
                 throw RequestFailure(.badPlacement, "layer '\(layer.spec.name)': \(error.description); its placement is unchanged")
             }
-            stats.placementSets.add(1, ordering: .relaxed)
+            stats.placementSets.add(1)
             let what = placement.map { $0.summary } ?? "removed (logical ids)"
             logger.info("placement of layer '\(layer.spec.name)' set by \(r.origin.client): \(what), epoch \(epoch)")
             var out = moe_placement_resp()

@@ -3,6 +3,44 @@ import CMoERouterdOS
 import MoERouterZMQ
 import MoERouting
 
+/// Everything a ROUTE needs besides its fields: who sent it, over what, and what the transport
+/// holds for it.
+struct RouteCall {
+    /// The protocol version of the request (its answer's body).
+    var version: UInt16
+    var transport: ClientKey.Transport
+    /// The connection whose registrations the buffers name.
+    var client: ClientKey
+    /// A segment of `client`'s that the transport holds checked out for longer than the request
+    /// (a channel's own): while it is registered, buffers in it are used without a checkout.
+    var held: Unmanaged<SharedSegment>? = nil
+    /// Inline buffers (empty when absent or in shared memory); valid for the call.
+    var inlineInput = UnsafeRawBufferPointer(start: nil, count: 0)
+    var inlineTokenIds = UnsafeRawBufferPointer(start: nil, count: 0)
+    var inlineMask = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// The layers, where the transport has read them already (nil: read the slot).
+    var catalog: LayerCatalog? = nil
+
+    init(version: UInt16, transport: ClientKey.Transport, client: ClientKey) {
+        (self.version, self.transport, self.client) = (version, transport, client)
+    }
+
+    init(_ r: InboundRequest) {
+        self.init(version: r.version, transport: r.origin.transport, client: r.origin.client)
+        (inlineInput, inlineTokenIds, inlineMask) = (r.inlineInput, r.inlineTokenIds, r.inlineMask)
+    }
+}
+
+/// What a ROUTE came to: the response's fields, the refusal (nil: routed) and, over ZeroMQ, the
+/// inline output frames.
+struct RouteAnswer {
+    var result: RouteResult
+    var failure: RequestFailure? = nil
+    var frames: [ZMQMessage] = []
+
+    var status: WireStatus { failure?.status ?? .ok }
+}
+
 /// ROUTE: checks every buffer reference against the layer and the client's segments, then runs
 /// the backend straight on the inline input or the client's mapping, writing the outputs into
 /// reply frames or the client's segment. Nothing else in the daemon dereferences client memory.
@@ -12,14 +50,24 @@ struct RouteHandler: Sendable {
     let registry: SegmentRegistry
     let replies: ReplyBudget
 
+    /// ROUTE over ZeroMQ: `route` for the decoded request, as a reply.
     func answer(_ q: RouteRequest, _ r: InboundRequest) -> Reply {
+        let a = route(q, RouteCall(r))
+        guard let failure = a.failure else { return Reply(answering: r, message: "routed", body: .route(a.result), frames: a.frames) }
+        return Reply(refusing: r, failure, body: .route(a.result))
+    }
+
+    /// Runs a ROUTE: every transport's requests come here (ZeroMQ's through `answer`, a
+    /// channel's straight from its page, with no reply to build).
+    func route(_ q: RouteRequest, _ r: RouteCall) -> RouteAnswer {
         var result = RouteResult(tokens: UInt64(q.tokens), layerID: q.layerID, viaSharedMemory: q.usesSharedMemory,
                                  version: r.version)
         var checkedOut = CheckedOut(held: r.held)
         defer { checkedOut.checkin(to: registry) }
         do {
-            // One read of the slot: the request keeps these layers even if a reload swaps them now.
-            let catalog = layers.current
+            // One read of the slot (or the transport's): the request keeps these layers even if a
+            // reload swaps them now.
+            let catalog = r.catalog ?? layers.current
             guard let layer = catalog.layer(q.layerID) else {
                 throw RequestFailure(.unknownLayer, "layer_id = \(q.layerID); the daemon has layers 0...\(catalog.layers.count - 1)")
             }
@@ -87,36 +135,36 @@ struct RouteHandler: Sendable {
             case let (nil, i?): [i]
             case (nil, nil): []
             }
-            return Reply(answering: r, message: "routed", body: .route(result), frames: frames)
+            return RouteAnswer(result: result, frames: frames)
         } catch let f as RequestFailure {
-            return Reply(refusing: r, f, body: .route(result))
+            return RouteAnswer(result: result, failure: f)
         } catch let e as RouteError {
             switch e {
             case .nonFiniteInput(let token, let count):
                 result.nonFiniteCount = count
                 result.firstNonFiniteToken = token
-                return Reply(refusing: r, RequestFailure(.nonFinite, e.description), body: .route(result))
+                return RouteAnswer(result: result, failure: RequestFailure(.nonFinite, e.description))
             case .maskValue(let token, _):
                 result.firstBadToken = token
-                return Reply(refusing: r, RequestFailure(.badMask, e.description), body: .route(result))
+                return RouteAnswer(result: result, failure: RequestFailure(.badMask, e.description))
             case .tokenIdOutOfRange(let token, _, _):
                 result.firstBadToken = token
-                return Reply(refusing: r, RequestFailure(.tokenID, e.description), body: .route(result))
+                return RouteAnswer(result: result, failure: RequestFailure(.tokenID, e.description))
             case .tokenIdsMissing:
-                return Reply(refusing: r, RequestFailure(.tokenID, e.description), body: .route(result))
+                return RouteAnswer(result: result, failure: RequestFailure(.tokenID, e.description))
             case .inputSize, .outputSize, .tokenCount:
-                return Reply(refusing: r, RequestFailure(.sizeMismatch, e.description), body: .route(result))
+                return RouteAnswer(result: result, failure: RequestFailure(.sizeMismatch, e.description))
             }
         } catch {
-            return Reply(refusing: r, RequestFailure(.internalError, "\(error)"), body: .route(result))
+            return RouteAnswer(result: result, failure: RequestFailure(.internalError, "\(error)"))
         }
     }
 
     /// An inline output frame; one large enough to matter is counted against the connection's
     /// and the daemon's budget of unread answers until libzmq frees it (BUSY past either).
-    private func outputFrame(_ bytes: Int, for r: InboundRequest) throws(RequestFailure) -> ZMQMessage {
+    private func outputFrame(_ bytes: Int, for r: RouteCall) throws(RequestFailure) -> ZMQMessage {
         guard bytes >= ReplyBudget.countedBytes else { return ZMQMessage.sized(bytes) }
-        let client = r.origin.client
+        let client = r.client
         if let refusal = replies.reserve(bytes, for: client) { throw RequestFailure(.busy, refusal) }
         return ZMQMessage.sized(bytes) { [replies] in replies.release(bytes, for: client) }
     }
@@ -156,7 +204,7 @@ struct RouteHandler: Sendable {
         var inShm: Bool { slot >= 0 }
     }
 
-    private func resolve(_ ref: BufferRef, _ name: BufferName, expected: Int, align: Int, _ r: InboundRequest,
+    private func resolve(_ ref: BufferRef, _ name: BufferName, expected: Int, align: Int, _ r: RouteCall,
                          _ checkedOut: inout CheckedOut) throws(RequestFailure) -> Resolved {
         assert(align > 0 && align & (align - 1) == 0, "alignment \(align) is not a power of two")
         guard ref.length == UInt64(expected) else {
@@ -165,12 +213,12 @@ struct RouteHandler: Sendable {
         guard case .shm(let handle, let offset, let length) = ref else {
             return Resolved(name: name, offset: 0, length: expected)
         }
-        guard r.origin.transport == .ipc else {
+        guard r.transport == .ipc else {
             throw RequestFailure(.shmRefused, "\(name): shared memory is only available to ipc peers on this host")
         }
         var slot = checkedOut.index(handle: handle)
         if slot < 0 {
-            slot = checkedOut.append(try registry.checkout(client: r.origin.client, handle: handle))
+            slot = checkedOut.append(try registry.checkout(client: r.client, handle: handle))
         }
         let seg = checkedOut.with(slot) { s in (size: s.size, base: s.base, device: s.device, inode: s.inode) }
         let (end, overflow) = offset.addingReportingOverflow(length)

@@ -13,21 +13,21 @@ struct StatsHandler: Sendable {
         let snap = registry.snapshot
         var s = moe_stats_resp()
         s.uptime_ns = mro_now_ns() - stats.startNs
-        s.requests = stats.requests.load(ordering: .relaxed)
-        s.errors = stats.errors.load(ordering: .relaxed)
-        s.routes = stats.routes.load(ordering: .relaxed)
-        s.tokens = stats.tokens.load(ordering: .relaxed)
-        s.shm_routes = stats.shmRoutes.load(ordering: .relaxed)
-        s.busy_rejections = stats.busyRejections.load(ordering: .relaxed)
-        s.deadline_misses = stats.deadlineMisses.load(ordering: .relaxed)
-        s.nonfinite_inputs = stats.nonFiniteInputs.load(ordering: .relaxed)
-        s.fallback_casts = stats.fallbackCasts.load(ordering: .relaxed)
+        s.requests = stats.requests.value
+        s.errors = stats.errors.value
+        s.routes = stats.routes.value
+        s.tokens = stats.tokens.value
+        s.shm_routes = stats.shmRoutes.value
+        s.busy_rejections = stats.busyRejections.value
+        s.deadline_misses = stats.deadlineMisses.value
+        s.nonfinite_inputs = stats.nonFiniteInputs.value
+        s.fallback_casts = stats.fallbackCasts.value
         s.registrations = UInt64(snap.registrations)
         s.clients = UInt64(snap.clients)
         s.mapped_bytes = UInt64(snap.mappedBytes)
         s.queued = stats.queued.load(ordering: .relaxed)
         s.clients_released = snap.releasedClients
-        s.compute_ns = stats.computeNs.load(ordering: .relaxed)
+        s.compute_ns = stats.computeNs.value
         WireBytes.setFixed(&s.backend, backendName)
         guard r.version >= 2 else { return Reply(answering: r, message: backendDevice, body: .stats(s, ext: nil)) }
         var e = moe_stats_ext()
@@ -38,9 +38,9 @@ struct StatsHandler: Sendable {
         }
         e.max_registrations_per_uid = UInt64(registry.limits.maxPerUID)
         e.max_mapped_bytes_per_uid = registry.limits.maxBytesPerUID
-        e.masked_tokens = stats.maskedTokens.load(ordering: .relaxed)
-        e.hash_routes = stats.hashRoutes.load(ordering: .relaxed)
-        e.placement_sets = stats.placementSets.load(ordering: .relaxed)
+        e.masked_tokens = stats.maskedTokens.value
+        e.hash_routes = stats.hashRoutes.value
+        e.placement_sets = stats.placementSets.value
         return Reply(answering: r, message: backendDevice, body: .stats(s, ext: e))
     }
 }
