@@ -286,7 +286,7 @@ struct RouteHandler: Sendable {
 
     /// The segments a request checked out (at most one per buffer), each retained once until
     /// `checkin`: no heap allocation, and no reference counting as they are passed around.
-    /// A segment the transport holds (`InboundRequest.held`) comes first, unless its
+    /// A segment the transport holds (`RouteCall.held`) comes first, unless its
     /// registration ended; it is neither checked out nor in (a registry lock and a table lookup
     /// each way, ~0.1 µs of a 1-token channel route).
     private struct CheckedOut {
