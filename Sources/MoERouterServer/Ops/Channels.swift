@@ -297,8 +297,7 @@ final class Channel: @unchecked Sendable {
         c.pointee.answer_request_id = requestID
         c.pointee.status = answer.status.rawValue
         c.pointee.response = answer.result.wireV2
-        // (The text of ZeroMQ's reply: "routed", or the refusal's.)
-        var text = answer.failure?.message ?? "routed"
+        var text = answer.message  // (the text ZeroMQ's reply carries)
         text.withUTF8 { utf8 in
             var n = min(utf8.count, 256)
             if n < utf8.count { while n > 0 && utf8[n] & 0xC0 == 0x80 { n -= 1 } }

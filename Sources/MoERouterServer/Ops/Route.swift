@@ -39,6 +39,8 @@ struct RouteAnswer {
     var frames: [ZMQMessage] = []
 
     var status: WireStatus { failure?.status ?? .ok }
+    /// The answer's text: "routed", or the refusal's.
+    var message: String { failure?.message ?? "routed" }
 }
 
 /// ROUTE: checks every buffer reference against the layer and the client's segments, then runs
@@ -53,7 +55,7 @@ struct RouteHandler: Sendable {
     /// ROUTE over ZeroMQ: `route` for the decoded request, as a reply.
     func answer(_ q: RouteRequest, _ r: InboundRequest) -> Reply {
         let a = route(q, RouteCall(r))
-        guard let failure = a.failure else { return Reply(answering: r, message: "routed", body: .route(a.result), frames: a.frames) }
+        guard let failure = a.failure else { return Reply(answering: r, message: a.message, body: .route(a.result), frames: a.frames) }
         return Reply(refusing: r, failure, body: .route(a.result))
     }
 
